@@ -88,7 +88,11 @@ class _TempFile:
 
 @dataclass
 class CGDataset:
-    """Mapped CG data. coords, forces: (n_frames, n_beads, 3) in nm and kJ/mol/nm; temperature in K."""
+    """Mapped CG data. coords, forces: (n_frames, n_beads, 3) in nm and kJ/mol/nm; temperature in K.
+
+    ``masses`` (n_beads,) in amu; by default the element mass of each bead's atom in the topology.
+    ``info`` is free-form provenance (source files, map, units), stored as JSON.
+    """
 
     coords: np.ndarray
     forces: np.ndarray
@@ -96,6 +100,7 @@ class CGDataset:
     temperature: float
     topology_pdb: str = ""
     info: dict = field(default_factory=dict)
+    masses: np.ndarray | None = None
 
     def __post_init__(self):
         self.coords = np.ascontiguousarray(self.coords, dtype=np.float64)
@@ -114,6 +119,11 @@ class CGDataset:
         check_finite(self.forces, "forces")
         if not self.topology_pdb:
             self.topology_pdb = topology_to_pdb(chain_topology(self.bead_names))
+        if self.masses is None:
+            self.masses = np.array([a.element.mass for a in self.topology.atoms])
+        self.masses = np.asarray(self.masses, dtype=np.float64)
+        if self.masses.shape != (self.n_beads,) or not (self.masses > 0).all():
+            raise CgdmlError(f"bead masses must be {self.n_beads} positive numbers (amu), got {self.masses}")
 
     @property
     def n_frames(self) -> int:
@@ -137,11 +147,11 @@ class CGDataset:
     def subset(self, index):
         """A new dataset holding the frames ``index`` (an index array, slice or boolean mask)."""
         return CGDataset(self.coords[index], self.forces[index], self.bead_names, self.temperature,
-                         self.topology_pdb, dict(self.info))
+                         self.topology_pdb, dict(self.info), self.masses)
 
     @classmethod
     def from_arrays(cls, coords, forces, *, length_unit="nm", energy_unit="kJ/mol", temperature=300.0,
-                    bead_names=None, topology=None, info=None):
+                    bead_names=None, topology=None, info=None, masses=None):
         """Build a dataset from pre-mapped arrays in named units (converted to nm and kJ/mol/nm)."""
         coords = np.asarray(coords, dtype=np.float64)
         forces = np.asarray(forces, dtype=np.float64)
@@ -160,7 +170,7 @@ class CGDataset:
             pdb = ""
         info = dict(info or {})
         info.setdefault("source_units", {"length": length_unit, "energy": energy_unit})
-        return cls(coords, forces, bead_names, temperature, pdb, info)
+        return cls(coords, forces, bead_names, temperature, pdb, info, masses)
 
     def save(self, path):
         """Write the dataset atomically as ``.npz`` (nm, kJ/mol/nm)."""
@@ -168,7 +178,7 @@ class CGDataset:
 
         save_npz(path, coords=self.coords.astype(np.float32), forces=self.forces.astype(np.float32),
                  bead_names=np.array(self.bead_names), temperature=np.float64(self.temperature),
-                 topology_pdb=np.array(self.topology_pdb), info_json=np.array(json.dumps(self.info)),
+                 topology_pdb=np.array(self.topology_pdb), masses=self.masses, info_json=np.array(json.dumps(self.info)),
                  format_version=np.int64(DATASET_FORMAT_VERSION))
 
     @classmethod
@@ -187,6 +197,6 @@ class CGDataset:
         try:
             return cls(z["coords"], z["forces"], list(z["bead_names"]), float(z["temperature"]),
                        str(z["topology_pdb"]) if "topology_pdb" in z else "",
-                       json.loads(str(z["info_json"])) if "info_json" in z else {})
+                       json.loads(str(z["info_json"])) if "info_json" in z else {}, z.get("masses"))
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
