@@ -47,20 +47,21 @@ def save_npz(path, **arrays):
         np.savez_compressed(tmp, **arrays)
 
 
+def json_default(o):
+    """``json.dumps(default=...)`` hook: numpy scalars and arrays become plain Python, paths strings."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
 def save_json(path, obj):
     """Write JSON atomically, with numpy scalars and arrays converted to plain Python."""
-
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
     with atomic_path(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def load_npz(path, what="file"):

@@ -1,0 +1,116 @@
+"""The fitted CG force field: prior plus learned GDML correction, with what simulation needs to know.
+
+A :class:`CGModel` is what ``python -m cgdml.fit`` writes and ``python -m cgdml.simulate`` loads: one
+versioned ``.npz`` file with the prior, the GDML model, the temperature, the CG topology, bead masses,
+a sample of training configurations to start replicas from, and the fit metadata (JSON).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+
+from ._io import CgdmlError, json_default, load_npz, save_npz
+from .gdml import GDML
+from .prior import HarmonicPrior
+
+MODEL_FORMAT_VERSION = 1
+
+
+class CGModel:
+    """U(x) = U_prior(x) + U_gdml(x). Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm."""
+
+    def __init__(self, gdml, prior, temperature, bead_names, topology_pdb, masses, train_coords_sample,
+                 info=None):
+        self.gdml = gdml
+        self.prior = prior
+        self.temperature = float(temperature)
+        self.bead_names = list(bead_names)
+        self.topology_pdb = topology_pdb
+        self.masses = np.asarray(masses, dtype=np.float64)
+        self.train_coords_sample = np.asarray(train_coords_sample, dtype=np.float64)
+        self.info = dict(info or {})
+
+    @property
+    def n_beads(self):
+        return len(self.bead_names)
+
+    @property
+    def bond_pairs(self):
+        """Bonded bead pairs (n_bonds, 2), from the prior."""
+        return self.prior.bond_pairs_
+
+    @property
+    def max_bond_length(self):
+        """The longest bond seen in training (nm)."""
+        return self.prior.max_bond_length_
+
+    def _check(self, R):
+        R = np.asarray(R, dtype=np.float64)
+        if R.ndim == 2:
+            R = R[None]
+        if R.ndim != 3 or R.shape[1:] != (self.n_beads, 3):
+            raise CgdmlError(f"model has {self.n_beads} beads; got coordinates of shape {R.shape}")
+        return R
+
+    def forces(self, R):
+        """Forces (n, n_beads, 3) in kJ/mol/nm for R (n, n_beads, 3) in nm. The simulation hot path."""
+        R = self._check(R)
+        return self.prior.forces(R) + self.gdml.predict_forces(R)
+
+    def energy_forces(self, R):
+        """Energies (n,) in kJ/mol (up to a constant) and forces (n, n_beads, 3) in kJ/mol/nm."""
+        R = self._check(R)
+        e_prior, f_prior = self.prior.energy_forces(R)
+        e_gdml, f_gdml = self.gdml.predict(R)
+        return e_prior + e_gdml, f_prior + f_gdml
+
+    def out_of_range(self, R, factor=3.0):
+        """Boolean mask (n,): configurations whose descriptor lies far from every training point.
+
+        "Far" means more than ``factor`` kernel lengths (sigma) from the nearest training descriptor.
+        """
+        return self.gdml.nearest_train_distance(self._check(R)) > factor * self.gdml.sigma
+
+    def save(self, path):
+        """Write the model atomically as one ``.npz``."""
+        arrays = {f"gdml/{k}": v for k, v in self.gdml.to_arrays().items()}
+        arrays.update({f"prior/{k}": v for k, v in self.prior.to_arrays().items()})
+        arrays.update(format_version=np.int64(MODEL_FORMAT_VERSION), kind=np.array("cgdml.CGModel"),
+                      temperature=np.float64(self.temperature), bead_names=np.array(self.bead_names),
+                      topology_pdb=np.array(self.topology_pdb), masses=self.masses,
+                      train_coords_sample=self.train_coords_sample.astype(np.float32),
+                      info_json=np.array(json.dumps(self.info, default=json_default)))
+        save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; a bad file is a one-line :class:`CgdmlError`."""
+        z = load_npz(path, "cgdml model file")
+        if "kind" not in z or str(z["kind"]) != "cgdml.CGModel":
+            raise CgdmlError(f"{path}: not a cgdml model file (no 'kind' = cgdml.CGModel)")
+        version = int(z["format_version"])
+        if version > MODEL_FORMAT_VERSION:
+            raise CgdmlError(f"{path}: model format version {version} is newer than this cgdml supports "
+                             f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
+        try:
+            gdml = GDML.from_arrays({k[5:]: v for k, v in z.items() if k.startswith("gdml/")})
+            prior = HarmonicPrior.from_arrays({k[6:]: v for k, v in z.items() if k.startswith("prior/")})
+            model = cls(gdml, prior, float(z["temperature"]), [str(b) for b in z["bead_names"]],
+                        str(z["topology_pdb"]), z["masses"], z["train_coords_sample"],
+                        json.loads(str(z["info_json"])))
+        except CgdmlError as exc:
+            raise CgdmlError(f"{path}: {exc}") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CgdmlError(f"{path}: damaged cgdml model file ({type(exc).__name__}: {exc})") from None
+        return model
+
+    def warn_if_out_of_range(self, R, factor=3.0):
+        """Warn when any configuration in R lies far outside the training data."""
+        far = self.out_of_range(R, factor)
+        if far.any():
+            warnings.warn(f"{far.sum()} of {len(far)} configurations lie more than {factor} sigma from every "
+                          "training configuration; the learned force is unreliable there", stacklevel=2)
+        return far
+

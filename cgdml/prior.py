@@ -1,0 +1,154 @@
+"""Prior potential: harmonic bonds and angles from Boltzmann inversion, plus optional short-range repulsion.
+
+The prior keeps CG simulations inside physical space, where the learned kernel model falls to zero
+(DESIGN §2.5). Its forces are subtracted from the labels before learning and added back when simulating.
+Energies in kJ/mol, lengths in nm, angles in radians.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._io import CgdmlError
+from .units import kT as thermal_energy
+
+
+def bond_lengths(R, pairs):
+    """Distances (n_frames, n_pairs) in nm between bead ``pairs`` (n_pairs, 2) of R (n_frames, n_beads, 3)."""
+    d = R[:, pairs[:, 1]] - R[:, pairs[:, 0]]
+    return np.linalg.norm(d, axis=-1)
+
+
+def bond_angles(R, triples):
+    """Angles (n_frames, n_triples) in radians at the middle bead of each triple (i, j, k)."""
+    a = R[:, triples[:, 0]] - R[:, triples[:, 1]]
+    b = R[:, triples[:, 2]] - R[:, triples[:, 1]]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+class HarmonicPrior:
+    """Harmonic bonds (consecutive beads) and angles (consecutive triples), fitted by Boltzmann inversion.
+
+    U = sum_b k_b/2 (r - r0)^2 + sum_a k_a/2 (theta - theta0)^2 + sum_p kT (r_min,p / r)^12 (if repulsion),
+    with k = kT / variance and x0 = mean of the training distribution. The repulsion acts on bead pairs
+    at least three bonds apart; r_min,p is the smallest distance that pair reaches in the training data,
+    so the repulsion costs about kT there and rises steeply below it.
+    """
+
+    def __init__(self, repulsion=True, bonds=None, angles=None):
+        self.repulsion = repulsion
+        self.bonds = bonds
+        self.angles = angles
+
+    def fit(self, R, temperature):
+        """Fit to coordinates R (n_frames, n_beads, 3) in nm sampled at ``temperature`` K."""
+        R = np.asarray(R, dtype=np.float64)
+        n_beads = R.shape[1]
+        if n_beads < 2:
+            raise CgdmlError("a prior needs at least two beads")
+        kT = thermal_energy(temperature)
+        self.temperature_ = float(temperature)
+        self.bond_pairs_ = np.array(self.bonds if self.bonds is not None
+                                    else [(i, i + 1) for i in range(n_beads - 1)], dtype=np.int64).reshape(-1, 2)
+        self.angle_triples_ = np.array(self.angles if self.angles is not None
+                                       else [(i, i + 1, i + 2) for i in range(n_beads - 2)],
+                                       dtype=np.int64).reshape(-1, 3)
+        r = bond_lengths(R, self.bond_pairs_)
+        self.bond_r0_ = r.mean(0)
+        self.bond_k_ = kT / np.maximum(r.var(0), 1e-12)
+        theta = bond_angles(R, self.angle_triples_)
+        self.angle_theta0_ = theta.mean(0)
+        self.angle_k_ = kT / np.maximum(theta.var(0), 1e-12)
+        if self.repulsion:
+            pairs = [(i, j) for i in range(n_beads) for j in range(i + 3, n_beads)]
+            self.repulsion_pairs_ = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+            self.repulsion_rmin_ = (bond_lengths(R, self.repulsion_pairs_).min(0)
+                                    if len(pairs) else np.zeros(0))
+        else:
+            self.repulsion_pairs_ = np.zeros((0, 2), dtype=np.int64)
+            self.repulsion_rmin_ = np.zeros(0)
+        self.repulsion_eps_ = kT
+        self.max_bond_length_ = float(r.max())
+        return self
+
+    def energy_forces(self, R):
+        """Energies (n,) in kJ/mol and forces (n, n_beads, 3) in kJ/mol/nm for R (n, n_beads, 3) in nm."""
+        R = np.ascontiguousarray(R, dtype=np.float64)
+        return _prior_energy_forces(R, self.bond_pairs_, self.bond_r0_, self.bond_k_, self.angle_triples_,
+                                    self.angle_theta0_, self.angle_k_, self.repulsion_pairs_,
+                                    self.repulsion_rmin_, float(self.repulsion_eps_))
+
+    def forces(self, R):
+        """Forces (n, n_beads, 3) in kJ/mol/nm."""
+        return self.energy_forces(R)[1]
+
+    _ARRAYS = ("bond_pairs_", "bond_r0_", "bond_k_", "angle_triples_", "angle_theta0_", "angle_k_",
+               "repulsion_pairs_", "repulsion_rmin_")
+
+    def to_arrays(self):
+        """Learned state as a dict of arrays (for embedding in a model file)."""
+        out = {name: getattr(self, name) for name in self._ARRAYS}
+        out.update(repulsion=np.bool_(self.repulsion), temperature_=np.float64(self.temperature_),
+                   repulsion_eps_=np.float64(self.repulsion_eps_), max_bond_length_=np.float64(self.max_bond_length_))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Inverse of :meth:`to_arrays`."""
+        prior = cls(repulsion=bool(arrays["repulsion"]))
+        for name in cls._ARRAYS:
+            setattr(prior, name, np.asarray(arrays[name]))
+        prior.temperature_ = float(arrays["temperature_"])
+        prior.repulsion_eps_ = float(arrays["repulsion_eps_"])
+        prior.max_bond_length_ = float(arrays["max_bond_length_"])
+        return prior
+
+
+@numba.njit(parallel=True, cache=True)
+def _prior_energy_forces(R, bonds, r0, kb, angles, theta0, ka, rep_pairs, rmin, eps):
+    n, n_beads = R.shape[0], R.shape[1]
+    E = np.zeros(n)
+    F = np.zeros((n, n_beads, 3))
+    for f in numba.prange(n):
+        e = 0.0
+        for b in range(bonds.shape[0]):
+            i, j = bonds[b, 0], bonds[b, 1]
+            d = R[f, j] - R[f, i]
+            r = np.sqrt((d * d).sum())
+            e += 0.5 * kb[b] * (r - r0[b]) ** 2
+            g = kb[b] * (r - r0[b]) / r  # dU/dr / r
+            for c in range(3):
+                F[f, i, c] += g * d[c]
+                F[f, j, c] -= g * d[c]
+        for a in range(angles.shape[0]):
+            i, j, k = angles[a, 0], angles[a, 1], angles[a, 2]
+            u = R[f, i] - R[f, j]
+            v = R[f, k] - R[f, j]
+            nu = np.sqrt((u * u).sum())
+            nv = np.sqrt((v * v).sum())
+            cos = (u * v).sum() / (nu * nv)
+            cos = min(1.0, max(-1.0, cos))
+            theta = np.arccos(cos)
+            sin = max(np.sqrt(1.0 - cos * cos), 1e-8)
+            e += 0.5 * ka[a] * (theta - theta0[a]) ** 2
+            # dU/dcos = dU/dtheta * dtheta/dcos = ka (theta - theta0) * (-1/sin)
+            dudcos = -ka[a] * (theta - theta0[a]) / sin
+            for c in range(3):
+                dcos_du = v[c] / (nu * nv) - cos * u[c] / (nu * nu)
+                dcos_dv = u[c] / (nu * nv) - cos * v[c] / (nv * nv)
+                F[f, i, c] -= dudcos * dcos_du
+                F[f, k, c] -= dudcos * dcos_dv
+                F[f, j, c] += dudcos * (dcos_du + dcos_dv)
+        for p in range(rep_pairs.shape[0]):
+            i, j = rep_pairs[p, 0], rep_pairs[p, 1]
+            d = R[f, j] - R[f, i]
+            r = np.sqrt((d * d).sum())
+            x = (rmin[p] / r) ** 12
+            e += eps * x
+            g = -12.0 * eps * x / (r * r)  # dU/dr / r
+            for c in range(3):
+                F[f, i, c] += g * d[c]
+                F[f, j, c] -= g * d[c]
+        E[f] = e
+    return E, F
