@@ -1,0 +1,335 @@
+"""The two-layer GDML scheme (Wang, Chmiela, Müller, Noé, Clementi, JCP 152, 194106, 2020; DESIGN §2.6).
+
+1. Fit the prior and subtract its forces from the labels.
+2. Stratify the frames (phi/psi grid for peptides, k-means in descriptor space otherwise).
+3. Layer 1: many small GDML models, each on a batch drawn uniformly over the occupied strata.
+4. The mean-force set: stratified configurations labelled with the average layer-1 prediction.
+5. Layer 2: one GDML model trained on the mean-force set is the final force field.
+
+Hyperparameters are chosen by K-fold cross-validation over frames (folds balanced within strata). The
+score is the mean squared error against held-out *instantaneous* forces; it differs from the error
+against the unknown mean force only by the constant noise variance, so it ranks candidates correctly.
+Layer 1 (sigma1, lam1) is scored through the average of its sub-models, layer 2 (sigma2, lam2) through
+the layer-2 model trained on that average. Every expensive unit of work is cached in ``workdir``, so
+an interrupted fit resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._io import CgdmlError, load_npz, save_json, save_npz
+from .gdml import GDML
+from .model import CGModel
+from .prior import HarmonicPrior
+from .sampling import grid_strata, kmeans_strata, stratified_batch, stratified_folds
+
+
+def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
+    """Stratum labels (n_frames,) and the name of the method used.
+
+    ``auto`` uses a phi/psi grid when the CG topology has a peptide backbone, else k-means in
+    descriptor space.
+    """
+    from .fes import phi_psi
+    from .features import descriptor
+
+    if method in ("auto", "phi-psi"):
+        try:
+            cv = phi_psi(dataset.coords, dataset.topology)
+            return grid_strata(cv, bins=grid_bins), "phi-psi"
+        except CgdmlError:
+            if method == "phi-psi":
+                raise
+    if method not in ("auto", "kmeans"):
+        raise CgdmlError(f"unknown stratification {method!r} (use auto, phi-psi or kmeans)")
+    return kmeans_strata(descriptor(dataset.coords, chiral=True), n_strata, seed), "kmeans"
+
+
+def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, chiral):
+    """Train one GDML on frames ``train_idx`` and return its forces on each array in ``predict_on``."""
+    model = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an automatic lambda increase is recorded in lam_, not shouted
+        model.fit(coords[train_idx], labels[train_idx])
+    return [model.predict_forces(coords[idx]) for idx in predict_on]
+
+
+def _mse(pred, target):
+    return float(np.mean((pred - target) ** 2))
+
+
+class _WorkCache:
+    """Named arrays stored one ``.npz`` per key under ``workdir`` (or in memory when workdir is None)."""
+
+    def __init__(self, workdir, fingerprint):
+        self.dir = Path(workdir) if workdir else None
+        self.mem = {}
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            manifest = self.dir / "manifest.json"
+            if manifest.exists():
+                old = json.loads(manifest.read_text()).get("fingerprint")
+                if old != fingerprint:
+                    raise CgdmlError(f"{self.dir}: holds work from a different fit (other data or settings); "
+                                     "remove it or choose another output")
+            else:
+                save_json(manifest, {"fingerprint": fingerprint})
+
+    def get(self, key):
+        if key in self.mem:
+            return self.mem[key]
+        path = self.dir / f"{key}.npz" if self.dir else None
+        if path is not None and path.exists():
+            self.mem[key] = load_npz(path, "fit checkpoint")
+            return self.mem[key]
+        return None
+
+    def put(self, key, **arrays):
+        self.mem[key] = arrays
+        if self.dir:
+            save_npz(self.dir / f"{key}.npz", **arrays)
+
+
+class TwoLayerGDML:
+    """Two-layer GDML force matching, as an estimator: ``TwoLayerGDML(...).fit(dataset).model_``.
+
+    Parameters
+    ----------
+    n_models, batch_size : layer-1 sub-model count and frames per sub-model.
+    mean_set_size : configurations in the mean-force set (the layer-2 training set).
+    sigma1, sigma2 : candidate kernel widths (descriptor units, 1/nm) for layers 1 and 2.
+    lam1, lam2 : candidate regularisations, relative to the mean kernel diagonal (noise/signal ratio).
+    n_folds : cross-validation folds; cv_models sub-models per candidate and fold; cv_mean_set_size the
+        layer-2 training size during CV; cv_holdout held-out frames scored per fold.
+    strata : "auto" | "phi-psi" | "kmeans"; grid_bins (phi/psi grid) or n_strata (k-means).
+    chiral : add dihedral sines to the descriptor (needed for chirality with few beads).
+    n_jobs : parallel layer-1 trainings (joblib); workdir : checkpoint directory for resuming.
+    """
+
+    def __init__(self, n_models=48, batch_size=300, mean_set_size=1500, sigma1=(2.0, 4.0, 8.0),
+                 lam1=(0.3, 3.0, 30.0), sigma2=(2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=3, cv_models=6,
+                 cv_mean_set_size=600, cv_holdout=2000, strata="auto", grid_bins=12, n_strata=50, chiral=True,
+                 prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True):
+        self.n_models = n_models
+        self.batch_size = batch_size
+        self.mean_set_size = mean_set_size
+        self.sigma1 = sigma1
+        self.lam1 = lam1
+        self.sigma2 = sigma2
+        self.lam2 = lam2
+        self.n_folds = n_folds
+        self.cv_models = cv_models
+        self.cv_mean_set_size = cv_mean_set_size
+        self.cv_holdout = cv_holdout
+        self.strata = strata
+        self.grid_bins = grid_bins
+        self.n_strata = n_strata
+        self.chiral = chiral
+        self.prior_repulsion = prior_repulsion
+        self.n_jobs = n_jobs
+        self.seed = seed
+        self.workdir = workdir
+        self.progress = progress
+
+    def get_params(self):
+        """Hyperparameters as a plain dict (scikit-learn style)."""
+        names = ("n_models", "batch_size", "mean_set_size", "sigma1", "lam1", "sigma2", "lam2", "n_folds",
+                 "cv_models", "cv_mean_set_size", "cv_holdout", "strata", "grid_bins", "n_strata", "chiral",
+                 "prior_repulsion", "seed")
+        return {n: (list(getattr(self, n)) if isinstance(getattr(self, n), (tuple, list, np.ndarray))
+                    else getattr(self, n)) for n in names}
+
+    # ------------------------------------------------------------------ helpers
+    def _rng(self, *stream):
+        return np.random.default_rng([self.seed, *stream])
+
+    def _run(self, tasks, desc):
+        """Run ``(fn, args)`` tasks, in parallel when n_jobs > 1, with a progress bar."""
+        if not tasks:
+            return []
+        if self.n_jobs == 1 or len(tasks) == 1:
+            return [fn(*args) for fn, args in tqdm(tasks, desc=desc, disable=not self.progress, leave=False)]
+        from joblib import Parallel, delayed
+
+        par = Parallel(n_jobs=self.n_jobs, return_as="generator")
+        gen = par(delayed(_limited_threads)(fn, *args) for fn, args in tasks)
+        return list(tqdm(gen, total=len(tasks), desc=desc, disable=not self.progress, leave=False))
+
+    def _check(self, dataset):
+        n = dataset.n_frames
+        if min(self.n_models, self.batch_size, self.mean_set_size, self.cv_models, self.n_folds) < 1:
+            raise CgdmlError("n_models, batch_size, mean_set_size, cv_models and folds must all be >= 1")
+        if self.n_folds > 1 and self.batch_size > n * (self.n_folds - 1) // self.n_folds:
+            raise CgdmlError(f"batch size {self.batch_size} exceeds the {n * (self.n_folds - 1) // self.n_folds} "
+                             f"frames of a training fold ({n} frames, {self.n_folds} folds)")
+        for name in ("sigma1", "lam1", "sigma2", "lam2"):
+            values = np.atleast_1d(getattr(self, name))
+            if len(values) == 0 or not (values > 0).all():
+                raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
+
+    # ------------------------------------------------------------------ stages
+    def _cross_validate(self, coords, labels, strata, folds, cache):
+        """Score every (sigma1, lam1), then every (sigma2, lam2) for the best layer 1. Returns the table."""
+        n_folds = self.n_folds
+        held = {}
+        cv_mean = {}
+        for k in range(n_folds):
+            rng = self._rng(1, k)
+            test = np.flatnonzero(folds == k)
+            held[k] = np.sort(rng.choice(test, size=min(self.cv_holdout, len(test)), replace=False))
+            pool = np.flatnonzero(folds != k)
+            cv_mean[k] = np.sort(stratified_batch(strata, min(self.cv_mean_set_size, len(pool)), rng, pool=pool))
+        scores = []
+        layer1 = list(itertools.product(np.atleast_1d(self.sigma1), np.atleast_1d(self.lam1)))
+        tasks, keys = [], []
+        for (s1, l1), k in itertools.product(layer1, range(n_folds)):
+            pool = np.flatnonzero(folds != k)
+            for i in range(self.cv_models):
+                key = f"cv1_s{s1:g}_l{l1:g}_f{k}_m{i}"
+                if cache.get(key) is None:
+                    batch = stratified_batch(strata, self.batch_size, self._rng(2, k, i), pool=pool)
+                    tasks.append((_fit_and_predict, (coords, labels, batch, [held[k], cv_mean[k]], s1, l1,
+                                                     self.chiral)))
+                    keys.append(key)
+        for key, (p_held, p_mean) in zip(keys, self._run(tasks, "CV layer 1")):
+            cache.put(key, held=p_held.astype(np.float32), mean=p_mean.astype(np.float32))
+        avg_mean = {}
+        for s1, l1 in layer1:
+            fold_scores = []
+            for k in range(n_folds):
+                parts = [cache.get(f"cv1_s{s1:g}_l{l1:g}_f{k}_m{i}") for i in range(self.cv_models)]
+                fold_scores.append(_mse(np.mean([p["held"] for p in parts], 0), labels[held[k]]))
+                avg_mean[(s1, l1, k)] = np.mean([p["mean"] for p in parts], 0)
+            scores.append(dict(layer=1, sigma=float(s1), lam=float(l1), mse=float(np.mean(fold_scores)),
+                               mse_folds=fold_scores))
+        best1 = min((s for s in scores if s["layer"] == 1), key=lambda s: s["mse"])
+        s1, l1 = best1["sigma"], best1["lam"]
+        layer2 = list(itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)))
+        tasks, keys = [], []
+        for (s2, l2), k in itertools.product(layer2, range(n_folds)):
+            key = f"cv2_s{s1:g}_l{l1:g}_s{s2:g}_l{l2:g}_f{k}"
+            if cache.get(key) is None:
+                mean_labels = np.zeros_like(labels)
+                mean_labels[cv_mean[k]] = avg_mean[(s1, l1, k)]
+                tasks.append((_fit_and_predict, (coords, mean_labels, cv_mean[k], [held[k]], s2, l2, self.chiral)))
+                keys.append(key)
+        for key, (p_held,) in zip(keys, self._run(tasks, "CV layer 2")):
+            cache.put(key, held=p_held.astype(np.float32))
+        for s2, l2 in layer2:
+            fold_scores = [_mse(cache.get(f"cv2_s{s1:g}_l{l1:g}_s{s2:g}_l{l2:g}_f{k}")["held"], labels[held[k]])
+                           for k in range(n_folds)]
+            scores.append(dict(layer=2, sigma=float(s2), lam=float(l2), mse=float(np.mean(fold_scores)),
+                               mse_folds=fold_scores, sigma1=s1, lam1=l1))
+        return scores
+
+    def fit(self, dataset):
+        """Fit to a :class:`cgdml.data.CGDataset`. Sets ``model_`` (a CGModel) and the CV table ``cv_scores_``."""
+        self._check(dataset)
+        t0 = time.perf_counter()
+        timings = {}
+        coords = dataset.coords
+        self.prior_ = HarmonicPrior(repulsion=self.prior_repulsion).fit(coords, dataset.temperature)
+        labels = dataset.forces - self.prior_.forces(coords)
+        self.strata_, self.strata_method_ = make_strata(dataset, self.strata, self.grid_bins, self.n_strata, self.seed)
+        folds = stratified_folds(self.strata_, self.n_folds, self._rng(0))
+        cache = _WorkCache(self.workdir, self._fingerprint(dataset))
+        timings["prior_and_strata_s"] = time.perf_counter() - t0
+
+        single = all(len(np.atleast_1d(v)) == 1 for v in (self.sigma1, self.lam1, self.sigma2, self.lam2))
+        t = time.perf_counter()
+        if single or self.n_folds < 2:
+            self.cv_scores_ = []
+            s1, l1, s2, l2 = (float(np.atleast_1d(v)[0]) for v in (self.sigma1, self.lam1, self.sigma2, self.lam2))
+        else:
+            self.cv_scores_ = self._cross_validate(coords, labels, self.strata_, folds, cache)
+            best1 = min((s for s in self.cv_scores_ if s["layer"] == 1), key=lambda s: s["mse"])
+            best2 = min((s for s in self.cv_scores_ if s["layer"] == 2), key=lambda s: s["mse"])
+            s1, l1, s2, l2 = best1["sigma"], best1["lam"], best2["sigma"], best2["lam"]
+        self.sigma1_, self.lam1_, self.sigma2_, self.lam2_ = s1, l1, s2, l2
+        timings["cross_validation_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        rng = self._rng(3)
+        self.mean_set_index_ = np.sort(stratified_batch(self.strata_, min(self.mean_set_size, dataset.n_frames), rng))
+        tasks, keys = [], []
+        for i in range(self.n_models):
+            key = f"layer1_s{s1:g}_l{l1:g}_m{i}"
+            if cache.get(key) is None:
+                batch = stratified_batch(self.strata_, min(self.batch_size, dataset.n_frames), self._rng(4, i))
+                tasks.append((_fit_and_predict, (coords, labels, batch, [self.mean_set_index_], s1, l1, self.chiral)))
+                keys.append(key)
+        for key, (pred,) in zip(keys, self._run(tasks, "layer 1")):
+            cache.put(key, mean=pred)
+        preds = np.array([cache.get(f"layer1_s{s1:g}_l{l1:g}_m{i}")["mean"] for i in range(self.n_models)])
+        self.mean_set_labels_ = preds.mean(0)
+        self.layer1_spread_ = float(preds.std(0).mean()) if self.n_models > 1 else float("nan")
+        timings["layer1_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        gdml = GDML(sigma=s2, lam=l2, relative_lam=True, chiral=self.chiral)
+        gdml.fit(coords[self.mean_set_index_], self.mean_set_labels_)
+        timings["layer2_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t0
+        self.timings_ = timings
+        info = dict(method="two-layer GDML", params=self.get_params(),
+                    chosen=dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_)),
+                    cv_scores=self.cv_scores_, strata=dict(method=self.strata_method_,
+                                                           n_occupied=int(self.strata_.max() + 1)),
+                    timings=timings, data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads,
+                                               temperature=dataset.temperature, source=dataset.info))
+        self.model_ = model_from_fit(gdml, self.prior_, dataset, self.mean_set_index_, info)
+        return self
+
+    def _fingerprint(self, dataset):
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(dataset.coords, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(dataset.forces, dtype=np.float32).tobytes())
+        h.update(json.dumps({k: v for k, v in self.get_params().items() if k not in
+                             ("sigma1", "lam1", "sigma2", "lam2", "n_models", "mean_set_size")},
+                            sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+
+def model_from_fit(gdml, prior, dataset, train_index, info):
+    """Wrap a fitted GDML and prior into a :class:`CGModel` that carries the dataset's metadata."""
+    sample = np.asarray(train_index)[:: max(1, len(train_index) // 500)]
+    return CGModel(gdml, prior, dataset.temperature, dataset.bead_names, dataset.topology_pdb, dataset.masses,
+                   dataset.coords[sample], info)
+
+
+def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="auto", grid_bins=12,
+               chiral=True, prior_repulsion=True, seed=0):
+    """Baseline: one GDML on ``n_frames`` frames (stratified or uniformly random). Returns a CGModel."""
+    t0 = time.perf_counter()
+    prior = HarmonicPrior(repulsion=prior_repulsion).fit(dataset.coords, dataset.temperature)
+    rng = np.random.default_rng([seed, 5])
+    n_frames = min(n_frames, dataset.n_frames)
+    if stratified:
+        labels_strata, _ = make_strata(dataset, strata, grid_bins, seed=seed)
+        idx = np.sort(stratified_batch(labels_strata, n_frames, rng))
+    else:
+        idx = np.sort(rng.choice(dataset.n_frames, size=n_frames, replace=False))
+    labels = dataset.forces[idx] - prior.forces(dataset.coords[idx])
+    gdml = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral).fit(dataset.coords[idx], labels)
+    info = dict(method="single GDML", stratified=stratified, n_frames=n_frames,
+                chosen=dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_)),
+                timings=dict(total_s=time.perf_counter() - t0))
+    return model_from_fit(gdml, prior, dataset, idx, info)
+
+
+def _limited_threads(fn, *args):
+    """Run ``fn`` in a worker with one BLAS and one numba thread (the workers supply the parallelism)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
+        return fn(*args)

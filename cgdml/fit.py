@@ -1,0 +1,105 @@
+"""``python -m cgdml.fit``: fit a CG force field (prior + two-layer GDML) and write MODEL.npz + MODEL.json.
+
+With no dataset it maps and fits the shipped alanine-dipeptide data. Work is checkpointed in
+``MODEL.npz.work/``; rerunning the same command after an interruption resumes from it.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+import tomllib
+from pathlib import Path
+
+from ._io import CgdmlError, run_cli, save_json
+from .ensemble import TwoLayerGDML, fit_single
+
+# option name -> (TwoLayerGDML parameter, type, is a list)
+OPTIONS = {
+    "n_models": (int, False), "batch_size": (int, False), "mean_set_size": (int, False),
+    "sigma1": (float, True), "lam1": (float, True), "sigma2": (float, True), "lam2": (float, True),
+    "folds": (int, False), "cv_models": (int, False), "cv_mean_set_size": (int, False),
+    "cv_holdout": (int, False), "strata": (str, False), "grid_bins": (int, False), "n_strata": (int, False),
+    "chiral": (bool, False), "prior_repulsion": (bool, False), "jobs": (int, False), "seed": (int, False),
+}
+PARAM_NAME = {"folds": "n_folds", "jobs": "n_jobs"}
+
+
+def read_config(path):
+    """Fit options from a TOML file (keys as in OPTIONS, dashes or underscores); errors name the key."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise CgdmlError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CgdmlError(f"{path}: invalid TOML ({exc})") from None
+    config = {}
+    for key, value in raw.get("fit", raw).items():
+        name = key.replace("-", "_")
+        if name not in OPTIONS:
+            raise CgdmlError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(OPTIONS))})")
+        kind, is_list = OPTIONS[name]
+        values = value if isinstance(value, list) else [value]
+        if not is_list and isinstance(value, list):
+            raise CgdmlError(f"{path}: key {key!r} takes one value, not a list")
+        if not all(isinstance(v, kind) or (kind is float and isinstance(v, int) and not isinstance(v, bool))
+                   for v in values):
+            raise CgdmlError(f"{path}: key {key!r} must be {'a list of ' if is_list else ''}{kind.__name__}")
+        config[name] = [kind(v) for v in values] if is_list else kind(value)
+    return config
+
+
+def build_parser():
+    from .map import add_dataset_arguments
+
+    p = argparse.ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
+    add_dataset_arguments(p)
+    p.add_argument("--config", help="TOML file with fit options (command-line options override it)")
+    p.add_argument("--method", choices=["two-layer", "single"], default="two-layer",
+                   help="two-layer ensemble (default) or the single-GDML baseline")
+    p.add_argument("--n-frames", type=int, default=3000, help="frames for --method single")
+    for name, (kind, is_list) in OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, dest=name, type=kind, nargs="+" if is_list else None, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.npz); a .json summary goes beside it")
+    return p
+
+
+def main(argv=None):
+    from .map import dataset_from_args
+
+    args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    if output.suffix != ".npz":
+        raise CgdmlError(f"{output}: the model file must end in .npz")
+    options = read_config(args.config) if args.config else {}
+    options.update({k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None})
+    t0 = time.perf_counter()
+    dataset = dataset_from_args(args)
+    params = {PARAM_NAME.get(k, k): v for k, v in options.items()}
+    workdir = output.with_name(output.name + ".work")
+    if args.method == "single":
+        single = {k: v for k, v in params.items() if k in ("chiral", "prior_repulsion", "seed", "strata", "grid_bins")}
+        model = fit_single(dataset, args.n_frames, sigma=params.get("sigma1", [4.0])[0],
+                           lam=params.get("lam1", [3.0])[0], **single)
+    else:
+        estimator = TwoLayerGDML(workdir=workdir, progress=not args.quiet, **params).fit(dataset)
+        model = estimator.model_
+        print(f"chosen sigma1={estimator.sigma1_:g} lam1={estimator.lam1_:g} sigma2={estimator.sigma2_:g} "
+              f"lam2={estimator.lam2_:g}")
+    model.info["wall_time_s"] = time.perf_counter() - t0
+    model.save(output)
+    save_json(output.with_suffix(".json"), model.info)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"wrote {output} and {output.with_suffix('.json')} ({dataset.n_frames} frames, {dataset.n_beads} beads, "
+          f"{model.info['wall_time_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
