@@ -1,0 +1,223 @@
+"""Integrator physics (Boltzmann sampling, equipartition, NVE energy, diffusion), checkpoint resume and blow-ups."""
+import numpy as np
+import pytest
+
+from cgdml._io import CgdmlError
+from cgdml.simulate import bond_blowup, simulate
+from cgdml.units import kT as thermal_energy
+
+T = 300.0
+KT = thermal_energy(T)
+H = 1.5 * KT          # double-well barrier height (kJ/mol), wells at x = +-1 nm
+KY = 4.0 * KT         # harmonic stiffness in y and z (kJ/mol/nm^2): <y^2> = 0.25 nm^2
+
+
+def double_well_forces(R):
+    """U = H (x^2 - 1)^2 + KY (y^2 + z^2) / 2 for every bead; R (n, n_beads, 3) nm."""
+    F = -KY * R
+    x = R[..., 0]
+    F[..., 0] = -4.0 * H * x * (x * x - 1.0)
+    return F
+
+
+def exact_x_probabilities(edges, kt):
+    """Bin probabilities of x under exp(-H (x^2-1)^2 / kt), by fine quadrature."""
+    fine = np.linspace(edges[0], edges[-1], 200001)
+    dens = np.exp(-H * (fine**2 - 1.0) ** 2 / kt)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(fine))])
+    cdf /= cdf[-1]
+    return np.diff(np.interp(edges, fine, cdf))
+
+
+def sample_start(n_rep, n_beads, seed=1):
+    """Draws from the exact Boltzmann distribution (x by inverse CDF, y and z Gaussian); the second half of the
+    replicas mirrors the first (antithetic), so the two wells start exactly equally populated."""
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(-2.5, 2.5, 5001)
+    p = exact_x_probabilities(edges, KT)
+    cdf = np.concatenate([[0.0], np.cumsum(p)])
+    x0 = rng.normal(0.0, np.sqrt(KT / KY), size=(n_rep, n_beads, 3))
+    x0[..., 0] = np.interp(rng.random((n_rep, n_beads)), cdf, edges)
+    half = n_rep // 2
+    x0[n_rep - half:] = -x0[:half]
+    return x0
+
+
+def total_variation(abs_x, kt, edges):
+    """Total variation distance between the histogram of |x| and its exact Boltzmann bin probabilities."""
+    counts, _ = np.histogram(abs_x, bins=edges)
+    exact = exact_x_probabilities(np.concatenate([-edges[::-1], edges[1:]]), kt)
+    half = len(edges) - 1
+    exact = exact[half:] + exact[:half][::-1]
+    return 0.5 * np.abs(counts / counts.sum() - exact / exact.sum()).sum()
+
+
+MASSES = np.array([1.0, 4.0])
+
+
+@pytest.fixture(scope="module")
+def runs():
+    x0 = sample_start(2000, 2)
+    common = dict(masses=MASSES, temperature=T, n_steps=3000, save_every=20, seed=3, progress=False)
+    over = simulate(double_well_forces, x0, integrator="overdamped", friction=10.0, dt=0.01, **common)
+    lang = simulate(double_well_forces, x0, integrator="langevin", friction=5.0, dt=0.02,
+                    save_velocities=True, **common)
+    return {"overdamped": over, "langevin": lang}
+
+
+@pytest.mark.parametrize("integrator", ["overdamped", "langevin"])
+def test_samples_boltzmann_double_well(runs, integrator):
+    res = runs[integrator]
+    assert res.alive.all()
+    frames = res.frames[len(res.frames) // 3:].astype(np.float64)     # drop burn-in
+    edges = np.linspace(0.0, 2.2, 23)                                  # |x|: the wells are mirror images
+    for bead in range(2):                                              # light and heavy bead
+        x = np.abs(frames[:, :, bead, 0].ravel())
+        tv = total_variation(x, KT, edges)
+        # measured TV ~0.004 against exp(-U/kT); 10% off in T gives ~0.02, 20% off ~0.045, T/2 (a missing
+        # factor of 2 in the noise variance) ~0.17
+        assert tv < 0.012, (integrator, bead, tv)
+        for wrong in (0.8 * KT, 1.25 * KT, 0.5 * KT):
+            assert total_variation(x, wrong, edges) > 0.03
+        y2 = np.mean(frames[:, :, bead, 1:] ** 2)
+        assert y2 == pytest.approx(KT / KY, rel=0.03), (integrator, bead)
+
+
+def test_baoab_equipartition(runs):
+    res = runs["langevin"]
+    v = res.velocity_frames[len(res.frames) // 3:].astype(np.float64)
+    for bead, m in enumerate(MASSES):
+        kinetic_t = m * np.mean(v[:, :, bead] ** 2) / KT               # = T_kin / T, per bead
+        assert kinetic_t == pytest.approx(1.0, abs=0.02), bead
+
+
+def test_overdamped_free_diffusion_constant():
+    """Free Brownian motion: MSD = 6 D t with D = kT / (m gamma), per bead mass."""
+    x0 = np.zeros((2000, 2, 3))
+    gamma, dt, n = 20.0, 0.01, 50
+    res = simulate(lambda R: np.zeros_like(R), x0, masses=MASSES, temperature=T, dt=dt, n_steps=n, save_every=n,
+                   integrator="overdamped", friction=gamma, progress=False)
+    msd = np.mean(np.sum(res.frames[-1].astype(np.float64) ** 2, axis=-1), axis=0)
+    expected = 6 * KT / (MASSES * gamma) * n * dt
+    assert msd == pytest.approx(expected, rel=0.05)                  # 2000 samples of a chi^2_3: 2% noise
+
+
+def test_baoab_zero_friction_conserves_energy():
+    k, m, dt = 100.0, 2.0, 0.01                                        # omega dt = 0.07
+    x0 = np.random.default_rng(0).normal(0, 0.2, size=(50, 1, 3))
+    res = simulate(lambda R: -k * R, x0, masses=[m], temperature=T, dt=dt, n_steps=20000, save_every=10,
+                   integrator="langevin", friction=0.0, save_velocities=True, progress=False)
+    x = res.frames.astype(np.float64)
+    v = res.velocity_frames.astype(np.float64)
+    E = 0.5 * m * np.sum(v**2, axis=(2, 3)) + 0.5 * k * np.sum(x**2, axis=(2, 3))    # (n_saved, n_rep)
+    rel = np.abs(E - E[0]) / E[0]
+    assert rel.max() < 0.01                                            # shadow-energy oscillation ~ (omega dt)^2 / 4
+    drift = np.abs(E[-200:].mean(axis=0) - E[:200].mean(axis=0)) / E[0]
+    assert drift.max() < 1e-3                                          # no secular drift over 2000 periods
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupting(force_fn, after):
+    calls = {"n": 0}
+
+    def f(R):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise Interrupt
+        return force_fn(R)
+
+    return f
+
+
+@pytest.mark.parametrize("integrator", ["overdamped", "langevin"])
+def test_resume_is_bit_for_bit(tmp_path, integrator):
+    x0 = sample_start(8, 2, seed=5)
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=300, save_every=7, integrator=integrator,
+              friction=5.0, seed=11, progress=False, save_velocities=True)
+    ref = simulate(double_well_forces, x0, **kw)
+    ckpt = tmp_path / "run.ckpt.npz"
+    with pytest.raises(Interrupt):
+        simulate(interrupting(double_well_forces, 130), x0, checkpoint=ckpt, checkpoint_every=50, **kw)
+    assert ckpt.exists()
+    res = simulate(double_well_forces, x0, checkpoint=ckpt, checkpoint_every=50, **kw)
+    assert res.timings["resumed_from_step"] == 100
+    assert np.array_equal(res.frames, ref.frames)
+    assert np.array_equal(res.velocity_frames, ref.velocity_frames)
+    assert np.array_equal(res.positions, ref.positions)
+    # a different setting must not silently resume
+    with pytest.raises(CgdmlError, match="different settings.*dt"):
+        simulate(double_well_forces, x0, checkpoint=ckpt, **{**kw, "dt": 0.02})
+    with pytest.raises(CgdmlError, match="different settings"):
+        simulate(double_well_forces, x0 + 0.01, checkpoint=ckpt, **kw)
+    ckpt.write_bytes(b"not a zip")
+    with pytest.raises(CgdmlError, match="run.ckpt.npz"):
+        simulate(double_well_forces, x0, checkpoint=ckpt, **kw)
+
+
+def test_seeded_runs_reproduce():
+    x0 = sample_start(4, 2)
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=50, save_every=10, integrator="langevin",
+              friction=1.0, progress=False)
+    a = simulate(double_well_forces, x0, seed=1, **kw)
+    b = simulate(double_well_forces, x0, seed=1, **kw)
+    c = simulate(double_well_forces, x0, seed=2, **kw)
+    assert np.array_equal(a.frames, b.frames) and not np.array_equal(a.frames, c.frames)
+
+
+def test_blowup_stops_one_replica_others_continue():
+    k = 50.0
+    batch_sizes = []
+
+    def explosive(R):
+        batch_sizes.append(len(R))
+        F = -k * R
+        out = np.abs(R[..., 0]) > 2.0                                  # beyond |x| = 2 the force pushes outwards
+        F[out] = 1e8 * R[out]
+        return F
+
+    x0 = np.zeros((5, 1, 3))
+    x0[2, 0, 0] = 2.5
+    with pytest.warns(UserWarning, match="replica.*2 blew up"):
+        res = simulate(explosive, x0, masses=[12.0], temperature=T, dt=0.002, n_steps=200, save_every=10,
+                       integrator="langevin", friction=1.0, progress=False)
+    assert res.alive.tolist() == [True, True, False, True, True]
+    s = res.stopped_at[2]
+    assert 0 < s < 200 and (res.stopped_at[[0, 1, 3, 4]] == -1).all()
+    assert res.blowups == [{"replica": 2, "step": int(s)}]
+    assert np.isfinite(res.frames[:, [0, 1, 3, 4]]).all()
+    counts = res.n_valid_frames()
+    assert counts.tolist() == [20, 20, (s - 1) // 10, 20, 20]
+    assert np.isfinite(res.replica_frames(2)).all() and np.isnan(res.frames[counts[2]:, 2]).all()
+    assert batch_sizes[0] == 5 and set(batch_sizes[s + 1:]) == {4}    # frozen replica left out of force calls
+
+
+def test_bond_blowup_and_all_blown_up():
+    test = bond_blowup([[0, 1]], 0.5)
+    R = np.zeros((3, 2, 3))
+    R[1, 1, 0] = 0.6
+    R[2, 1, 2] = 0.4
+    assert test(R).tolist() == [False, True, False]
+
+    def stretch(R):                                                    # a bond that keeps lengthening
+        F = np.zeros_like(R)
+        F[:, 1, 0] = 1e4
+        return F
+
+    with pytest.warns(UserWarning), pytest.raises(CgdmlError, match="all 3 replicas blew up"):
+        simulate(stretch, np.zeros((3, 2, 3)), masses=[12.0, 12.0], temperature=T, dt=0.002, n_steps=1000,
+                 save_every=10, integrator="overdamped", friction=1.0, blowup=test, progress=False)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dt=0.0), "dt must be > 0"), (dict(n_steps=0), "n_steps"), (dict(friction=-1.0), "friction"),
+    (dict(integrator="verlet"), "integrator"), (dict(masses=[1.0]), "masses"),
+    (dict(integrator="overdamped", friction=0.0), "friction"),
+])
+def test_bad_settings_are_one_line_errors(bad, match):
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=10, save_every=5, integrator="langevin",
+              friction=1.0, progress=False)
+    with pytest.raises(CgdmlError, match=match):
+        simulate(double_well_forces, np.zeros((2, 2, 3)), **{**kw, **bad})
