@@ -1,0 +1,323 @@
+"""GDML force-field estimator: fit bead forces with the Hessian of a Matérn 5/2 descriptor kernel.
+
+Training solves (K + lambda I) alpha = F in the reduced space of each frame's descriptor Jacobian: with the
+thin SVD J_j = U_j S_j V_j^T (rank r = 3N - 6, rigid motions removed), the system becomes
+(K~ + lambda I) a = V^T F with blocks K~_ij = S_i U_i^T Hc(d_ij) U_j S_j, and the model keeps only the
+descriptor-space vectors v_j = J_j alpha_j = U_j S_j a_j. The null-space part of alpha (F_null / lambda) is
+annihilated by J, so predictions are identical to the full solve while the Cholesky costs (r / 3N)^3 as much.
+Large sets use matrix-free conjugate gradients with a Nyström preconditioner (never storing K).
+
+Units: coordinates nm, forces kJ/mol/nm, energies kJ/mol; sigma is in descriptor units (nm^-1).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+from sklearn.base import BaseEstimator
+
+from . import kernels
+from ._io import CgdmlError, load_npz, save_npz
+from .features import descriptor, descriptor_jacobian, descriptor_vjp, n_descriptors
+
+FORMAT = "cgdml.gdml"
+VERSION = 1
+_MAX_LAMBDA_RETRIES = 4
+
+
+def reduced_rank(n_beads: int, n_desc: int) -> int:
+    """Rank kept per frame: 3N - 6 internal degrees of freedom (1 for a dimer), at most n_desc."""
+    return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
+
+
+def _check_RF(R, F=None, E=None):
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 3 or R.shape[2] != 3 or R.shape[1] < 2 or R.shape[0] < 1:
+        raise CgdmlError(f"coordinates must be shaped (n_frames, n_beads>=2, 3), got {R.shape}")
+    if not np.all(np.isfinite(R)):
+        raise CgdmlError("coordinates contain NaN or infinite values")
+    if F is not None:
+        F = np.asarray(F, dtype=np.float64)
+        if F.shape != R.shape:
+            raise CgdmlError(f"forces shaped {F.shape} do not match coordinates shaped {R.shape}")
+        if not np.all(np.isfinite(F)):
+            raise CgdmlError("forces contain NaN or infinite values")
+    if E is not None:
+        E = np.asarray(E, dtype=np.float64).reshape(-1)
+        if E.shape[0] != R.shape[0]:
+            raise CgdmlError(f"{E.shape[0]} energies given for {R.shape[0]} frames")
+    return R, F, E
+
+
+class GDML(BaseEstimator):
+    """Gradient-domain machine learning of a conservative force field on bead coordinates.
+
+    Parameters: ``sigma`` kernel length scale (nm^-1, descriptor units); ``lam`` ridge regularisation, absolute
+    ((kJ/mol/nm)^2-free: it adds to K's diagonal) or, with ``relative_lam=True``, relative to mean(diag K);
+    ``chiral``/``chiral_scale`` add scaled dihedral sines to the descriptor; ``solver`` is "auto", "cholesky"
+    or "cg"; ``memory_budget_gb`` decides "auto" (Cholesky when the reduced K fits) and bounds the CG
+    preconditioner; ``cg_tol``/``cg_maxiter`` control CG; ``n_inducing`` is the number of Nyström frames
+    (default: up to 500, within the memory budget).
+
+    Learned: ``D_train_`` (M, n_desc) training descriptors, ``V_`` (M, n_desc) descriptor-space coefficients,
+    ``lam_`` absolute lambda used, ``c_`` energy offset (kJ/mol), ``n_train_``, ``n_beads_``, ``solver_``,
+    ``cg_iterations_``.
+    """
+
+    def __init__(self, sigma=2.0, lam=1e-10, relative_lam=False, chiral=True, chiral_scale=1.0,
+                 solver="auto", memory_budget_gb=4.0, cg_tol=1e-6, cg_maxiter=2000, n_inducing=None,
+                 verbose=False):
+        self.sigma = sigma
+        self.lam = lam
+        self.relative_lam = relative_lam
+        self.chiral = chiral
+        self.chiral_scale = chiral_scale
+        self.solver = solver
+        self.memory_budget_gb = memory_budget_gb
+        self.cg_tol = cg_tol
+        self.cg_maxiter = cg_maxiter
+        self.n_inducing = n_inducing
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def _log(self, msg):
+        if self.verbose:
+            print(f"[GDML] {msg}", flush=True)
+
+    def _check_params(self):
+        if not (np.isfinite(self.sigma) and self.sigma > 0):
+            raise CgdmlError(f"sigma must be positive, got {self.sigma!r}")
+        if not (np.isfinite(self.lam) and self.lam > 0):
+            raise CgdmlError(f"lam must be positive, got {self.lam!r}")
+        if self.solver not in ("auto", "cholesky", "cg"):
+            raise CgdmlError(f"solver must be 'auto', 'cholesky' or 'cg', got {self.solver!r}")
+
+    def fit(self, R, F, E=None):
+        """Fit forces F (n, n_beads, 3) kJ/mol/nm at coordinates R (n, n_beads, 3) nm; E (n,) fixes the offset."""
+        self._check_params()
+        R, F, E = _check_RF(R, F, E)
+        M, N = R.shape[:2]
+        t0 = time.perf_counter()
+        D, J = descriptor_jacobian(R, self.chiral, self.chiral_scale)
+        if not np.all(np.isfinite(J)):
+            raise CgdmlError("descriptor undefined for some training frame (overlapping or collinear beads)")
+        r = reduced_rank(N, D.shape[1])
+        U, S, Vh = np.linalg.svd(J, full_matrices=False)
+        W = U[:, :, :r] * S[:, None, :r]
+        y = np.einsum("mkc,mc->mk", Vh[:, :r], F.reshape(M, -1)).ravel()
+        del U, Vh
+        mean_diag = 5.0 / (3.0 * self.sigma ** 2) * np.sum(J * J) / (M * 3 * N)
+        del J
+        lam = float(self.lam) * (mean_diag if self.relative_lam else 1.0)
+        self._log(f"{M} frames, {N} beads, reduced size {M * r}, lambda {lam:.3g}, "
+                  f"descriptors {time.perf_counter() - t0:.2f} s")
+
+        size_gb = (M * r) ** 2 * 8 / 1e9
+        solver = self.solver
+        if solver == "auto":
+            solver = "cholesky" if size_gb <= self.memory_budget_gb else "cg"
+        if solver == "cholesky":
+            a, lam = self._solve_cholesky(D, W, y, lam)
+        else:
+            a, lam = self._solve_cg(D, W, y, lam)
+        self.solver_ = solver
+        self.lam_ = lam
+        self.D_train_ = D
+        self.V_ = np.einsum("mdr,mr->md", W, a.reshape(M, r))
+        self.n_train_ = M
+        self.n_beads_ = N
+        self._prepare()
+        self.c_ = 0.0
+        if E is not None:
+            self.c_ = float(np.mean(E - self.predict(R)[0]))
+        self._log(f"fit done in {time.perf_counter() - t0:.2f} s ({solver})")
+        return self
+
+    def _solve_cholesky(self, D, W, y, lam):
+        n = y.shape[0]
+        self.cg_iterations_ = 0
+        for attempt in range(_MAX_LAMBDA_RETRIES + 1):
+            t0 = time.perf_counter()
+            K = kernels.assemble(D, W, self.sigma)  # lower block triangle, C order
+            K.flat[:: n + 1] += lam
+            t1 = time.perf_counter()
+            try:
+                # K.T is Fortran-ordered and its upper triangle is K's lower one: LAPACK works in place.
+                c = scipy.linalg.cho_factor(K.T, lower=False, overwrite_a=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                if attempt == _MAX_LAMBDA_RETRIES:
+                    break
+                warnings.warn(f"GDML kernel matrix not positive definite with lambda={lam:.3g}; "
+                              f"retrying with lambda={10 * lam:.3g}", RuntimeWarning, stacklevel=3)
+                lam *= 10.0
+                continue
+            a = scipy.linalg.cho_solve(c, y, check_finite=False)
+            self._log(f"assembly {t1 - t0:.2f} s, Cholesky {time.perf_counter() - t1:.2f} s")
+            return a, lam
+        raise CgdmlError(f"GDML kernel matrix is not positive definite even with lambda={lam:.3g}; "
+                         "use a larger lam (or relative_lam=True) or check for duplicate frames")
+
+    def _inducing_count(self, M, r):
+        if self.n_inducing is not None:
+            return int(np.clip(self.n_inducing, 1, M))
+        fit = int(0.3 * self.memory_budget_gb * 1e9 / (8.0 * M * r * r))
+        return max(1, min(M, 500, fit))
+
+    def _nystrom(self, D, W, lam, m):
+        """Preconditioner x -> (K_nm K_mm^-1 K_mn + lam I)^-1 x by Woodbury, from m random inducing frames."""
+        M, _, r = W.shape
+        idx = np.sort(np.random.default_rng(0).choice(M, m, replace=False))
+        Knm = kernels.assemble(D, W, self.sigma, D[idx], W[idx])  # (M r, m r)
+        rows = (idx[:, None] * r + np.arange(r)).ravel()
+        Kmm = Knm[rows].copy()
+        Kmm.flat[:: m * r + 1] += 1e-10 * np.mean(np.diag(Kmm)) + lam * 1e-3
+        L = scipy.linalg.cholesky(Kmm, lower=True, overwrite_a=True, check_finite=False)
+        Bt = scipy.linalg.solve_triangular(L, Knm.T, lower=True, overwrite_b=True, check_finite=False)
+        del Knm
+        inner = Bt @ Bt.T
+        inner.flat[:: m * r + 1] += lam
+        ci = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)
+
+        def apply(x):
+            x = np.asarray(x).ravel()
+            return (x - Bt.T @ scipy.linalg.cho_solve(ci, Bt @ x, check_finite=False)) / lam
+
+        return scipy.sparse.linalg.LinearOperator((M * r, M * r), matvec=apply, dtype=np.float64)
+
+    def _solve_cg(self, D, W, y, lam):
+        t0 = time.perf_counter()
+        op = kernels.ReducedKernelOperator(D, W, self.sigma)
+        n = y.shape[0]
+        A = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda x: op.matvec(x) + lam * np.ravel(x),
+                                               dtype=np.float64)
+        m = self._inducing_count(*W.shape[::2])
+        precond = self._nystrom(D, W, lam, m)
+        t1 = time.perf_counter()
+        count = [0]
+
+        def callback(_):
+            count[0] += 1
+
+        a, info = scipy.sparse.linalg.cg(A, y, rtol=self.cg_tol, atol=0.0, maxiter=int(self.cg_maxiter),
+                                         M=precond, callback=callback)
+        self.cg_iterations_ = count[0]
+        if info != 0:
+            res = np.linalg.norm(A.matvec(a) - y) / np.linalg.norm(y)
+            warnings.warn(f"GDML conjugate gradients stopped after {count[0]} iterations at relative residual "
+                          f"{res:.2g} > {self.cg_tol:g}; consider a larger lam", RuntimeWarning, stacklevel=3)
+        self._log(f"CG setup {t1 - t0:.2f} s ({m} inducing frames), {count[0]} iterations "
+                  f"{time.perf_counter() - t1:.2f} s")
+        return a, lam
+
+    # -------------------------------------------------------------------------------------------- predict
+    def _prepare(self):
+        self._tv = np.einsum("md,md->m", self.D_train_, self.V_)
+        self._sqt = np.einsum("md,md->m", self.D_train_, self.D_train_)
+
+    def _check_fitted(self, R):
+        if not hasattr(self, "V_"):
+            raise CgdmlError("GDML model is not fitted yet: call fit() first")
+        R = np.asarray(R, dtype=np.float64)
+        if R.ndim == 2:
+            R = R[None]
+        if R.ndim != 3 or R.shape[1:] != (self.n_beads_, 3):
+            raise CgdmlError(f"coordinates must be shaped (n, {self.n_beads_}, 3) for this model, got {R.shape}")
+        return R
+
+    def _g(self, R, energy):
+        D = descriptor(R, self.chiral, self.chiral_scale)
+        return kernels.hessian_apply(D, self.D_train_, self.V_, self.sigma, energy=energy,
+                                     tv=self._tv, sqt=self._sqt)
+
+    def predict(self, R):
+        """Energies (n,) kJ/mol (up to a constant unless fitted with E) and forces (n, n_beads, 3) kJ/mol/nm."""
+        R = self._check_fitted(R)
+        g, E = self._g(R, True)
+        return E + self.c_, descriptor_vjp(R, g, self.chiral, self.chiral_scale)
+
+    def predict_forces(self, R):
+        """Forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm, without energies (simulation path)."""
+        R = self._check_fitted(R)
+        g, _ = self._g(R, False)
+        return descriptor_vjp(R, g, self.chiral, self.chiral_scale)
+
+    def nearest_train_distance(self, R, chunk=1024):
+        """Descriptor-space distance (n,) from each configuration to its nearest training configuration."""
+        R = self._check_fitted(R)
+        D = descriptor(R, self.chiral, self.chiral_scale)
+        out = np.empty(D.shape[0])
+        for b0 in range(0, D.shape[0], chunk):
+            x = D[b0:b0 + chunk]
+            r2 = np.einsum("bd,bd->b", x, x)[:, None] + self._sqt[None, :] - 2.0 * (x @ self.D_train_.T)
+            out[b0:b0 + chunk] = np.sqrt(np.maximum(r2.min(axis=1), 0.0))
+        return out
+
+    # ---------------------------------------------------------------------------------------- persistence
+    _HYPER = ("sigma", "lam", "relative_lam", "chiral", "chiral_scale", "solver", "memory_budget_gb",
+              "cg_tol", "cg_maxiter", "n_inducing", "verbose")
+
+    def to_arrays(self):
+        """All parameters and learned state as a dict of numpy arrays (no pickles), for embedding in an npz."""
+        if not hasattr(self, "V_"):
+            raise CgdmlError("GDML model is not fitted yet: nothing to save")
+        out = {"format": np.array(FORMAT), "version": np.array(VERSION)}
+        for name in self._HYPER:
+            value = getattr(self, name)
+            out[name] = np.array(-1 if value is None else value)
+        out.update(lam_=np.array(self.lam_), c_=np.array(self.c_), D_train_=self.D_train_, V_=self.V_,
+                   n_beads_=np.array(self.n_beads_), solver_=np.array(self.solver_),
+                   cg_iterations_=np.array(self.cg_iterations_))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Rebuild a fitted model from :meth:`to_arrays` output; raises CgdmlError on foreign or newer data."""
+        try:
+            fmt = str(arrays["format"])
+            version = int(arrays["version"])
+        except (KeyError, TypeError, ValueError):
+            raise CgdmlError("not a cgdml GDML model (format tag missing)") from None
+        if fmt != FORMAT:
+            raise CgdmlError(f"not a cgdml GDML model (format {fmt!r})")
+        if version > VERSION:
+            raise CgdmlError(f"GDML model format version {version} is newer than this cgdml "
+                             f"(reads up to {VERSION}); upgrade cgdml")
+        try:
+            kw = {}
+            for name in cls._HYPER:
+                v = arrays[name].item()
+                kw[name] = None if name == "n_inducing" and v == -1 else v
+            kw["solver"] = str(kw["solver"])
+            model = cls(**kw)
+            model.lam_ = float(arrays["lam_"])
+            model.c_ = float(arrays["c_"])
+            model.D_train_ = np.ascontiguousarray(arrays["D_train_"], dtype=np.float64)
+            model.V_ = np.ascontiguousarray(arrays["V_"], dtype=np.float64)
+            model.n_beads_ = int(arrays["n_beads_"])
+            model.solver_ = str(arrays["solver_"])
+            model.cg_iterations_ = int(arrays["cg_iterations_"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CgdmlError(f"incomplete or damaged GDML model ({type(exc).__name__}: {exc})") from None
+        nd = n_descriptors(model.n_beads_, model.chiral)
+        if model.D_train_.ndim != 2 or model.D_train_.shape[1] != nd or model.V_.shape != model.D_train_.shape:
+            raise CgdmlError(f"damaged GDML model: training arrays shaped {model.D_train_.shape} and "
+                             f"{model.V_.shape}, expected (M, {nd})")
+        model.n_train_ = model.D_train_.shape[0]
+        model._prepare()
+        return model
+
+    def save(self, path):
+        """Write the model to a versioned ``.npz`` (atomically)."""
+        save_npz(path, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; a bad, damaged or newer file raises CgdmlError naming it."""
+        arrays = load_npz(path, what="GDML model")
+        try:
+            return cls.from_arrays(arrays)
+        except CgdmlError as exc:
+            raise CgdmlError(f"{path}: {exc}") from None
