@@ -1,0 +1,207 @@
+"""GDML estimator: conservative forces, invariances, accuracy on an analytic potential, solvers, persistence."""
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from cgdml._io import CgdmlError
+from cgdml.features import descriptor_jacobian
+from cgdml.gdml import GDML
+
+BASE = np.array([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.2, 0.14, 0.0], [0.35, 0.15, 0.05], [0.4, 0.3, 0.12]])
+K_SPRING = 500.0  # kJ/mol/nm^2
+
+
+def springs(R):
+    """Harmonic springs between all bead pairs, rest lengths from BASE: energies (n,) and forces (n, 5, 3)."""
+    a, b = np.tril_indices(len(BASE), k=-1)
+    d = R[:, a] - R[:, b]
+    r = np.linalg.norm(d, axis=2)
+    r0 = np.linalg.norm(BASE[a] - BASE[b], axis=1)
+    E = 0.5 * K_SPRING * np.sum((r - r0) ** 2, axis=1)
+    f = -(K_SPRING * (r - r0) / r)[:, :, None] * d
+    F = np.zeros_like(R)
+    np.add.at(F, (slice(None), a), f)
+    np.add.at(F, (slice(None), b), -f)
+    return E, F
+
+
+def samples(n, seed):
+    rng = np.random.default_rng(seed)
+    R = BASE + 0.02 * rng.normal(size=(n, len(BASE), 3))
+    return (R, *springs(R))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    R, E, F = samples(200, seed=0)
+    return GDML(sigma=50.0, lam=1e-8).fit(R, F, E)
+
+
+def test_learns_analytic_potential(fitted):
+    R, E, F = samples(100, seed=1)
+    Ep, Fp = fitted.predict(R)
+    rel = np.sqrt(np.mean((Fp - F) ** 2) / np.mean(F ** 2))
+    assert rel < 0.15, rel
+    assert np.sqrt(np.mean((Ep - E) ** 2)) < 0.15 * np.std(E)  # energy offset fitted from E
+    np.testing.assert_allclose(fitted.predict_forces(R), Fp, rtol=1e-12, atol=1e-10)
+
+
+def test_forces_are_minus_energy_gradient(fitted):
+    R, _, _ = samples(3, seed=2)
+    _, F = fitted.predict(R)
+    h = 1e-6
+    grad = np.empty_like(R)
+    for c in range(R[0].size):
+        Rp, Rm = R.copy(), R.copy()
+        Rp.reshape(3, -1)[:, c] += h
+        Rm.reshape(3, -1)[:, c] -= h
+        grad.reshape(3, -1)[:, c] = (fitted.predict(Rp)[0] - fitted.predict(Rm)[0]) / (2 * h)
+    np.testing.assert_allclose(F, -grad, atol=1e-5 * np.abs(F).max())
+
+
+def test_rotation_translation_covariance(fitted):
+    R, _, _ = samples(5, seed=3)
+    Q = Rotation.random(random_state=4).as_matrix()
+    E, F = fitted.predict(R)
+    Em, Fm = fitted.predict(R @ Q.T + np.array([0.3, -1.0, 2.0]))
+    np.testing.assert_allclose(Em, E, atol=1e-8 * np.abs(E).max())
+    np.testing.assert_allclose(Fm, F @ Q.T, atol=1e-8 * np.abs(F).max())
+
+
+def naive_full_solve(R, F, Rtest, sigma, lam, chiral):
+    """Textbook GDML: full (3N M)^2 kernel of J^T Hc J blocks, dense solve, predicted forces."""
+    D, J = descriptor_jacobian(R, chiral)
+    Dt, Jt = descriptor_jacobian(Rtest, chiral)
+
+    def hess(d):
+        r = np.linalg.norm(d)
+        e = np.exp(-np.sqrt(5) * r / sigma)
+        return 5 / (3 * sigma ** 4) * e * ((sigma ** 2 + np.sqrt(5) * sigma * r) * np.eye(len(d)) - 5 * np.outer(d, d))
+
+    M, n = len(R), R[0].size
+    K = np.block([[J[i].T @ hess(D[i] - D[j]) @ J[j] for j in range(M)] for i in range(M)])
+    alpha = np.linalg.solve(K + lam * np.eye(M * n), F.reshape(-1)).reshape(M, n)
+    return np.array([sum(Jt[b].T @ hess(Dt[b] - D[j]) @ J[j] @ alpha[j] for j in range(M))
+                     for b in range(len(Rtest))]).reshape(Rtest.shape)
+
+
+@pytest.mark.parametrize("chiral", [False, True])
+def test_reduced_solve_equals_full_solve(chiral):
+    rng = np.random.default_rng(5)
+    R = BASE + 0.05 * rng.normal(size=(15, 5, 3))
+    F = rng.normal(size=R.shape) * 10.0  # noise labels: no shortcut through a smooth target
+    Rtest = BASE + 0.05 * rng.normal(size=(4, 5, 3))
+    expect = naive_full_solve(R, F, Rtest, sigma=3.0, lam=1e-3, chiral=chiral)
+    got = GDML(sigma=3.0, lam=1e-3, chiral=chiral).fit(R, F).predict_forces(Rtest)
+    np.testing.assert_allclose(got, expect, atol=1e-8 * np.abs(expect).max())
+
+
+def test_cholesky_and_cg_agree():
+    R, _, F = samples(120, seed=6)
+    F = F + np.random.default_rng(7).normal(scale=5.0, size=F.shape)
+    Rt, _, _ = samples(20, seed=8)
+    kw = dict(sigma=20.0, lam=1e-3, relative_lam=True)
+    chol = GDML(solver="cholesky", **kw).fit(R, F)
+    cg = GDML(solver="cg", n_inducing=30, cg_tol=1e-10, **kw).fit(R, F)
+    assert cg.solver_ == "cg" and chol.solver_ == "cholesky" and cg.cg_iterations_ > 1
+    assert cg.lam_ == chol.lam_
+    Fc = chol.predict_forces(Rt)
+    np.testing.assert_allclose(cg.predict_forces(Rt), Fc, atol=1e-6 * np.abs(Fc).max())
+    # auto picks CG when the reduced matrix exceeds the memory budget
+    assert GDML(memory_budget_gb=1e-6, **kw).fit(R[:30], F[:30]).solver_ == "cg"
+
+
+def test_relative_lambda_scales_with_kernel_diagonal():
+    R, _, F = samples(20, seed=9)
+    D, J = descriptor_jacobian(R)
+    mean_diag = 5 / (3 * 4.0 ** 2) * np.mean(np.sum(J ** 2, axis=1))  # diag of J^T Hc(0) J
+    m = GDML(sigma=4.0, lam=1e-2, relative_lam=True).fit(R, F)
+    assert m.lam_ == pytest.approx(1e-2 * mean_diag, rel=1e-12)
+
+
+def test_singular_kernel_raises_lambda_with_warning():
+    R, _, F = samples(10, seed=10)
+    R, F = np.concatenate([R, R, R]), np.concatenate([F, F, F])  # duplicates: K has exact zero modes
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = GDML(sigma=50.0, lam=1e-16).fit(R, F)
+    assert m.lam_ > 1e-16
+    assert any("not positive definite" in str(w.message) for w in caught)
+
+
+def test_chiral_descriptor_breaks_mirror_symmetry():
+    rng = np.random.default_rng(11)
+    R = BASE + 0.03 * rng.normal(size=(60, 5, 3))
+    F = rng.normal(size=R.shape) * 20.0
+    mirror = np.array([1.0, 1.0, -1.0])
+    test = BASE + 0.03 * rng.normal(size=(10, 5, 3))
+    for chiral in (False, True):
+        m = GDML(sigma=5.0, lam=1e-2, relative_lam=True, chiral=chiral).fit(R, F)
+        E, Fp = m.predict(test)
+        Em, Fm = m.predict(test * mirror)
+        diff = np.abs(Fm - Fp * mirror).max() / np.abs(Fp).max()
+        if chiral:
+            assert diff > 1e-2 and np.abs(Em - E).max() > 1e-3 * np.abs(E).max()
+        else:
+            assert diff < 1e-10
+            np.testing.assert_allclose(Em, E, rtol=1e-10, atol=1e-12)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    loaded = GDML.load(path)
+    R, _, _ = samples(7, seed=12)
+    E, F = fitted.predict(R)
+    E2, F2 = loaded.predict(R)
+    np.testing.assert_array_equal(E2, E)
+    np.testing.assert_array_equal(F2, F)
+    assert loaded.get_params() == fitted.get_params()
+    assert (loaded.lam_, loaded.n_train_, loaded.n_beads_) == (fitted.lam_, 200, 5)
+    # embedding in a container file under a key prefix
+    arrays = {f"gdml/{k}": v for k, v in fitted.to_arrays().items()}
+    inner = GDML.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("gdml/")})
+    np.testing.assert_array_equal(inner.predict_forces(R), F)
+    np.testing.assert_allclose(loaded.nearest_train_distance(fitted_train_like(R)), 0.0, atol=1e-6)
+
+
+def fitted_train_like(R):
+    """The first training configurations of the fixture (seed 0) for a zero-distance check."""
+    return samples(200, seed=0)[0][:3]
+
+
+def test_bad_files_raise_clean_errors(fitted, tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(CgdmlError, match="garbage.npz"):
+        GDML.load(garbage)
+    good = tmp_path / "good.npz"
+    fitted.save(good)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CgdmlError, match="truncated.npz"):
+        GDML.load(truncated)
+    arrays = fitted.to_arrays()
+    with pytest.raises(CgdmlError, match="newer"):
+        GDML.from_arrays({**arrays, "version": np.array(99)})
+    with pytest.raises(CgdmlError):
+        GDML.from_arrays({k: v for k, v in arrays.items() if k != "V_"})
+    with pytest.raises(CgdmlError):
+        GDML.from_arrays({"something": np.zeros(3)})
+    with pytest.raises(CgdmlError):
+        GDML.load(tmp_path / "missing.npz")
+    assert zipfile.is_zipfile(good)
+
+
+def test_input_errors(fitted):
+    with pytest.raises(CgdmlError):
+        GDML().fit(np.zeros((3, 5, 3)), np.zeros((3, 4, 3)))
+    with pytest.raises(CgdmlError):
+        fitted.predict(np.zeros((2, 6, 3)))
+    with pytest.raises(CgdmlError):
+        GDML().predict(np.zeros((2, 5, 3)))
+    with pytest.raises(CgdmlError):
+        GDML(sigma=-1.0).fit(*samples(3, seed=0)[::2])
