@@ -18,11 +18,14 @@ from .units import check_temperature, force_factor, length_factor
 DATASET_FORMAT_VERSION = 1
 
 
-def check_finite(array, name, source=""):
-    """Raise a one-line error naming the frames where ``array`` (n_frames, ...) holds NaN or inf."""
+def check_finite(array, name, source="", first_frame=0):
+    """Raise a one-line error naming the frames where ``array`` (n_frames, ...) holds NaN or inf.
+
+    ``first_frame`` is added to the reported frame numbers (for chunks of a longer trajectory).
+    """
     bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
-        frames = np.flatnonzero(bad)
+        frames = np.flatnonzero(bad) + first_frame
         shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
         where = f"{source}: " if source else ""
         raise CgdmlError(f"{where}{name} contain NaN or inf in {len(frames)} frame(s): {shown}")
@@ -200,3 +203,244 @@ class CGDataset:
                        json.loads(str(z["info_json"])) if "info_json" in z else {}, z.get("masses"))
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# All-atom loading: trajectories and forces, chunk by chunk, in nm and kJ/mol/nm.
+
+RAW_SUFFIXES = (".npy", ".npz")
+_POSITION_KEYS = ("positions", "coords", "coordinates", "xyz")
+_FORCE_KEYS = ("forces",)
+
+
+def _as_paths(x):
+    return [Path(p) for p in ([x] if isinstance(x, (str, Path)) else list(x))]
+
+
+def load_topology(top):
+    """An mdtraj Topology from a file mdtraj reads (pdb, psf, prmtop, gro, h5, ...) or a Topology."""
+    import mdtraj as md
+
+    if isinstance(top, md.Topology):
+        return top
+    path = Path(top)
+    if not path.exists():
+        raise CgdmlError(f"{path}: no such topology file")
+    try:
+        return md.load_topology(str(path))
+    except Exception as exc:
+        raise CgdmlError(f"{path}: not a readable topology ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+class _ArrayReader:
+    """Sequential reader of (n_frames, n_atoms, 3) arrays from .npy (memory-mapped), .npz or GROMACS .trr."""
+
+    def __init__(self, path, keys, what, factor):
+        self.path, self.what, self.factor, self.pos = Path(path), what, factor, 0
+        if not self.path.exists():
+            raise CgdmlError(f"{self.path}: no such {what} file")
+        suffix = self.path.suffix.lower()
+        self._trr = None
+        try:
+            if suffix == ".npy":
+                self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            elif suffix == ".npz":
+                z = np.load(self.path, allow_pickle=False)
+                key = next((k for k in keys if k in z.files), z.files[0] if len(z.files) == 1 else None)
+                if key is None:
+                    raise CgdmlError(f"{self.path}: no {what} array (expected one of {', '.join(keys)}; "
+                                     f"found {', '.join(z.files) or 'nothing'})")
+                self.array = z[key]
+            elif suffix == ".trr" and what == "forces":
+                from mdtraj.formats import TRRTrajectoryFile
+
+                self._trr = TRRTrajectoryFile(str(self.path))
+                self.n_frames = len(self._trr)
+                first = self._trr._read(1, None, get_forces=True)
+                self._trr.seek(0)
+                if first[6] is None:
+                    raise CgdmlError(f"{self.path}: the TRR file holds no forces")
+                self.n_atoms = first[0].shape[1]
+                self.factor = 1.0  # GROMACS units: kJ/mol/nm
+                return
+            else:
+                raise CgdmlError(f"{self.path}: unsupported {what} format {suffix or '(none)'} "
+                                 f"(use .npy, .npz{' or .trr' if what == 'forces' else ''})")
+        except CgdmlError:
+            raise
+        except Exception as exc:
+            raise CgdmlError(f"{self.path}: not a readable {what} file ({type(exc).__name__}: {_first_line(exc)})") from None
+        if self.array.ndim != 3 or self.array.shape[2] != 3:
+            raise CgdmlError(f"{self.path}: {what} must have shape (n_frames, n_atoms, 3), got {self.array.shape}")
+        self.n_frames, self.n_atoms = self.array.shape[:2]
+
+    def read(self, n, stride=1, atom_indices=None):
+        """The next ``n`` frames taking every ``stride``-th (float32, converted); fewer at the end."""
+        try:
+            if self._trr is not None:
+                out = self._trr._read(n, None, get_forces=True, stride=stride)[6]
+            else:
+                out = np.asarray(self.array[self.pos:self.pos + n * stride:stride])
+                self.pos += n * stride
+        except Exception as exc:
+            raise CgdmlError(f"{self.path}: cannot read {self.what} ({type(exc).__name__}: {_first_line(exc)})") from None
+        if atom_indices is not None and out.shape[1] != len(atom_indices):
+            out = out[:, atom_indices]
+        return (out * self.factor).astype(np.float32, copy=False)
+
+    def close(self):
+        if self._trr is not None:
+            self._trr.close()
+
+
+def _trajectory_frames(path):
+    """Frame count of an mdtraj-readable trajectory without reading coordinates, or None."""
+    import mdtraj as md
+
+    try:
+        with md.open(str(path)) as f:
+            return len(f)
+    except Exception:
+        return None
+
+
+def _position_chunks(path, topology, stride, chunk, atom_indices, length_unit):
+    """Yield position chunks (nm, float32) of one trajectory file."""
+    import mdtraj as md
+
+    if path.suffix.lower() in RAW_SUFFIXES:
+        reader = _ArrayReader(path, _POSITION_KEYS, "positions", length_factor(length_unit))
+        if reader.n_atoms != topology.n_atoms:
+            raise CgdmlError(f"{path}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
+        while True:
+            xyz = reader.read(chunk, stride, atom_indices)
+            if not len(xyz):
+                return
+            yield xyz
+    if not path.exists():
+        raise CgdmlError(f"{path}: no such trajectory file")
+    try:
+        for t in md.iterload(str(path), top=topology, chunk=chunk, stride=stride, atom_indices=atom_indices):
+            yield t.xyz
+    except CgdmlError:
+        raise
+    except Exception as exc:
+        raise CgdmlError(f"{path}: cannot read as a trajectory of the {topology.n_atoms}-atom topology "
+                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _warn_bond_lengths(xyz, topology, path, length_unit):
+    import warnings
+
+    bonds = np.array([(a.index, b.index) for a, b in topology.bonds], dtype=int).reshape(-1, 2)
+    if not len(bonds):
+        return
+    d = float(np.median(np.linalg.norm(xyz[0, bonds[:, 0]] - xyz[0, bonds[:, 1]], axis=-1)))
+    if d > 0.5 or d < 0.05:
+        unit = f"the given length unit {length_unit!r}" if path.suffix.lower() in RAW_SUFFIXES else "its file format's unit"
+        warnings.warn(f"{path}: median bond length {d:.3g} nm after conversion from {unit}; "
+                      "check the length unit", stacklevel=3)
+
+
+def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", stride=1, chunk=1000,
+                 atom_indices=None):
+    """Yield (positions, forces) chunks, float32 (n, n_atoms, 3) in nm and kJ/mol/nm.
+
+    ``top``: topology file (pdb, psf, prmtop, gro, ...) or mdtraj Topology. ``trajs``: one or more
+    trajectories, any format ``mdtraj.iterload`` reads (dcd, xtc, trr, h5, nc, ...; their own length
+    units), or raw ``.npy``/``.npz`` positions in ``length_unit``. ``forces``: one file per trajectory,
+    ``.npy`` (memory-mapped) or ``.npz`` in ``energy_unit``/``length_unit``, or GROMACS ``.trr`` with
+    forces (kJ/mol/nm). Frames are strided by ``stride``; ``atom_indices`` selects atoms (forces files
+    may hold all atoms or just those). Mismatched frame or atom counts, unreadable files and NaN/inf
+    frames raise a one-line :class:`CgdmlError` naming the file.
+    """
+    topology = load_topology(top)
+    traj_paths, force_paths = _as_paths(trajs), _as_paths(forces)
+    if not traj_paths:
+        raise CgdmlError("no trajectory files given")
+    if len(traj_paths) != len(force_paths):
+        raise CgdmlError(f"{len(traj_paths)} trajectory file(s) but {len(force_paths)} forces file(s); "
+                         "give one forces file per trajectory")
+    stride, chunk = int(stride), int(chunk)
+    if stride < 1 or chunk < 1:
+        raise CgdmlError(f"stride and chunk must be >= 1, got {stride} and {chunk}")
+    f_factor = force_factor(length_unit, energy_unit)
+    length_factor(length_unit)
+    n_all = topology.n_atoms
+    if atom_indices is not None:
+        atom_indices = np.asarray(atom_indices, dtype=int)
+        if atom_indices.ndim != 1 or not len(atom_indices) or atom_indices.min() < 0 or atom_indices.max() >= n_all:
+            raise CgdmlError(f"atom_indices must be indices into the {n_all} topology atoms")
+        sub_topology = topology.subset(atom_indices)
+    else:
+        sub_topology = topology
+    # Open every forces file first, so that a bad file fails before any work.
+    readers = [_ArrayReader(p, _FORCE_KEYS, "forces", f_factor) for p in force_paths]
+    try:
+        for tpath, reader in zip(traj_paths, readers):
+            want = (n_all,) if atom_indices is None else (n_all, len(atom_indices))
+            if reader.n_atoms not in want:
+                raise CgdmlError(f"{reader.path}: forces for {reader.n_atoms} atoms but the topology has {n_all}")
+            n_traj = (len(_ArrayReader(tpath, _POSITION_KEYS, "positions", 1.0).array)
+                      if tpath.suffix.lower() in RAW_SUFFIXES else _trajectory_frames(tpath))
+            if n_traj is not None and n_traj != reader.n_frames:
+                raise CgdmlError(f"{reader.path}: {reader.n_frames} force frames but {tpath} has {n_traj} frames")
+        for tpath, reader in zip(traj_paths, readers):
+            frame = 0
+            for xyz in _position_chunks(tpath, topology, stride, chunk, atom_indices, length_unit):
+                if xyz.shape[1] != sub_topology.n_atoms:
+                    raise CgdmlError(f"{tpath}: {xyz.shape[1]} atoms but the topology has {sub_topology.n_atoms}")
+                if frame == 0:
+                    _warn_bond_lengths(xyz, sub_topology, tpath, length_unit)
+                f = reader.read(len(xyz), stride, atom_indices)
+                if len(f) != len(xyz):
+                    raise CgdmlError(f"{reader.path}: forces end at frame {frame * stride + len(f) * stride} "
+                                     f"but {tpath} goes on")
+                check_finite(xyz, "positions", str(tpath), first_frame=frame)
+                check_finite(f, "forces", str(reader.path), first_frame=frame)
+                frame += len(xyz)
+                yield xyz, f
+            if len(reader.read(1, stride, atom_indices)):
+                raise CgdmlError(f"{reader.path}: more force frames than the {frame * stride}-frame trajectory {tpath}")
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _repo_data_dir():
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def default_dataset_paths():
+    """(topology, trajectory, forces) paths of the shipped all-atom reference (alanine dipeptide, OBC2, 300 K).
+
+    The trajectory and forces live in one ``.npz`` (``positions`` in nm, ``forces`` in kJ/mol/nm).
+    """
+    from collections import namedtuple
+
+    data = _repo_data_dir()
+    top, npz = data / "ala2_implicit_300K.pdb", data / "ala2_implicit_300K.npz"
+    for p in (top, npz):
+        if not p.exists():
+            raise CgdmlError(f"{p}: shipped reference data not found (it lives in the cgdml repository's data/ "
+                             "directory; use a repository checkout or pass a dataset)")
+    return namedtuple("DatasetPaths", "topology trajectory forces")(top, npz, npz)
+
+
+def load_default_cg_dataset(map="ala2-5", force_map="aggregate", stride=1):
+    """The shipped alanine-dipeptide reference mapped to CG beads with ``map`` and ``force_map``."""
+    from .mapping import map_allatom
+
+    paths = default_dataset_paths()
+    temperature = _shipped_temperature(paths.trajectory)
+    return map_allatom(paths.topology, paths.trajectory, paths.forces, map, force_map=force_map,
+                       temperature=temperature, stride=stride)
+
+
+def _shipped_temperature(path):
+    with np.load(path, allow_pickle=False) as z:
+        return float(z["temperature"]) if "temperature" in z.files else 300.0

@@ -1,0 +1,320 @@
+"""All-atom reference simulations of alanine dipeptide with OpenMM (positions and forces for CG fitting).
+
+``python -m cgdml.reference -o DIR [--ns 20 --save-every-ps 1 --temperature 300 --solvent implicit]``
+builds capped alanine dipeptide (ACE-ALA-NME) from coordinates embedded here, parametrises it with AMBER
+ff14SB (implicit solvent: OBC2 GB; explicit: TIP3P, PME), constrains bonds to hydrogen, repartitions
+hydrogen mass, minimises, equilibrates and runs Langevin dynamics (LangevinMiddleIntegrator). Every
+``save_every_ps`` it stores the peptide positions (nm) and forces (kJ/mol/nm; ``getState(getForces=True)``,
+which excludes constraint forces). Frames are written in chunk files, each written atomically and
+carrying an OpenMM checkpoint, so a killed run resumes from its last finished chunk when rerun with the
+same command. At the end the chunks are assembled into ``DIR/NAME.pdb`` (topology) and ``DIR/NAME.npz``
+(``positions``, ``forces``: float32 (n_frames, n_atoms, 3); ``time_ps``; ``temperature``; ``info_json``).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._io import CgdmlError, atomic_path, load_npz, run_cli, save_json, save_npz
+from .units import check_temperature
+
+# Capped alanine dipeptide (L-alanine, extended backbone), AMBER atom names, Angstrom.
+ALA2_PDB = """\
+ATOM      1 HH31 ACE     1       2.000   1.000  -0.000  1.00  0.00           H
+ATOM      2  CH3 ACE     1       2.000   2.090   0.000  1.00  0.00           C
+ATOM      3 HH32 ACE     1       1.486   2.454   0.890  1.00  0.00           H
+ATOM      4 HH33 ACE     1       1.486   2.454  -0.890  1.00  0.00           H
+ATOM      5  C   ACE     1       3.427   2.641  -0.000  1.00  0.00           C
+ATOM      6  O   ACE     1       4.391   1.877  -0.000  1.00  0.00           O
+ATOM      7  N   ALA     2       3.555   3.970  -0.000  1.00  0.00           N
+ATOM      8  H   ALA     2       2.733   4.556  -0.000  1.00  0.00           H
+ATOM      9  CA  ALA     2       4.853   4.614  -0.000  1.00  0.00           C
+ATOM     10  HA  ALA     2       5.408   4.316   0.890  1.00  0.00           H
+ATOM     11  CB  ALA     2       5.661   4.221  -1.232  1.00  0.00           C
+ATOM     12  HB1 ALA     2       5.123   4.521  -2.131  1.00  0.00           H
+ATOM     13  HB2 ALA     2       6.630   4.719  -1.206  1.00  0.00           H
+ATOM     14  HB3 ALA     2       5.809   3.141  -1.241  1.00  0.00           H
+ATOM     15  C   ALA     2       4.713   6.129   0.000  1.00  0.00           C
+ATOM     16  O   ALA     2       3.601   6.653   0.000  1.00  0.00           O
+ATOM     17  N   NME     3       5.846   6.835   0.000  1.00  0.00           N
+ATOM     18  H   NME     3       6.737   6.359  -0.000  1.00  0.00           H
+ATOM     19  CH3 NME     3       5.846   8.284   0.000  1.00  0.00           C
+ATOM     20 HH31 NME     3       4.819   8.648   0.000  1.00  0.00           H
+ATOM     21 HH32 NME     3       6.360   8.648   0.890  1.00  0.00           H
+ATOM     22 HH33 NME     3       6.360   8.648  -0.890  1.00  0.00           H
+TER      23      NME     3
+END
+"""
+
+FORCE_FIELDS = {"implicit": ("amber14/protein.ff14SB.xml", "implicit/obc2.xml"),
+                "explicit": ("amber14/protein.ff14SB.xml", "amber14/tip3p.xml")}
+# Settings that must agree between a run directory and a resumed command.
+_IDENTITY = ("temperature", "solvent", "seed", "save_every_ps", "chunk_ns", "timestep_fs", "friction_per_ps",
+             "hydrogen_mass_amu", "equilibrate_ps", "force_field")
+
+
+def build_alanine_dipeptide():
+    """OpenMM (topology, positions) of capped alanine dipeptide in vacuum (22 atoms)."""
+    from openmm import app
+
+    pdb = app.PDBFile(io.StringIO(ALA2_PDB))
+    return pdb.topology, pdb.positions
+
+
+def build_system(solvent="implicit", *, hydrogen_mass=4.0, padding_nm=1.0):
+    """(topology, positions, system, n_solute) for alanine dipeptide in ``implicit`` or ``explicit`` solvent.
+
+    Bonds to hydrogen are constrained and hydrogen masses set to ``hydrogen_mass`` amu (taken from the
+    bonded heavy atom). Explicit solvent: TIP3P box with ``padding_nm`` padding, PME, 1 nm cutoff.
+    """
+    from openmm import app, unit
+
+    if solvent not in FORCE_FIELDS:
+        raise CgdmlError(f"unknown solvent {solvent!r} (choose implicit or explicit)")
+    topology, positions = build_alanine_dipeptide()
+    n_solute = topology.getNumAtoms()
+    ff = app.ForceField(*FORCE_FIELDS[solvent])
+    common = dict(constraints=app.HBonds, hydrogenMass=hydrogen_mass * unit.amu, rigidWater=True)
+    if solvent == "implicit":
+        system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, **common)
+    else:
+        modeller = app.Modeller(topology, positions)
+        modeller.addSolvent(ff, model="tip3p", padding=padding_nm * unit.nanometer)
+        topology, positions = modeller.topology, modeller.positions
+        system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=1.0 * unit.nanometer,
+                                 **common)
+    return topology, positions, system, n_solute
+
+
+def _platform(name, threads):
+    import openmm
+
+    try:
+        platform = openmm.Platform.getPlatformByName(name)
+    except Exception:
+        names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+        raise CgdmlError(f"OpenMM platform {name!r} is not available (available: {', '.join(names)})") from None
+    props = {"Threads": str(int(threads))} if name == "CPU" and threads else {}
+    return platform, props
+
+
+class _Run:
+    """Plan of a chunked run: frames, steps and chunk files of DIR."""
+
+    def __init__(self, settings, outdir):
+        self.s = settings
+        self.dir = Path(outdir)
+        ts_ps = settings["timestep_fs"] / 1000.0
+        steps = settings["save_every_ps"] / ts_ps
+        if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
+            raise CgdmlError(f"--save-every-ps {settings['save_every_ps']} is not a whole number of "
+                             f"{settings['timestep_fs']} fs steps")
+        self.steps_per_frame = int(round(steps))
+        self.n_frames = int(round(settings["ns"] * 1000.0 / settings["save_every_ps"]))
+        self.frames_per_chunk = max(1, int(round(settings["chunk_ns"] * 1000.0 / settings["save_every_ps"])))
+        if self.n_frames < 1:
+            raise CgdmlError(f"--ns {settings['ns']} gives no frames at --save-every-ps {settings['save_every_ps']}")
+        self.n_chunks = -(-self.n_frames // self.frames_per_chunk)
+
+    def chunk_path(self, i):
+        return self.dir / f"chunk_{i:05d}.npz"
+
+    def chunk_frames(self, i):
+        return min(self.frames_per_chunk, self.n_frames - i * self.frames_per_chunk)
+
+    def finished_chunks(self):
+        """Number of leading chunk files present (later ones are ignored and redone)."""
+        i = 0
+        while i < self.n_chunks and self.chunk_path(i).exists():
+            if len(load_npz(self.chunk_path(i), "reference chunk")["positions"]) != self.chunk_frames(i):
+                break  # a shorter earlier run ended here with a partial chunk: redo it
+            i += 1
+        return i
+
+
+def _check_settings(run_json, settings):
+    if not run_json.exists():
+        save_json(run_json, settings)
+        return
+    try:
+        old = json.loads(run_json.read_text())
+    except (OSError, ValueError) as exc:
+        raise CgdmlError(f"{run_json}: unreadable run settings ({exc})") from None
+    diff = [f"{k} {old.get(k)!r} vs {settings[k]!r}" for k in _IDENTITY if old.get(k) != settings[k]]
+    if diff:
+        raise CgdmlError(f"{run_json.parent} holds a run with other settings ({'; '.join(diff)}); "
+                         "use a new output directory")
+    save_json(run_json, settings)  # ns may grow: a longer run extends the chunks already there
+
+
+def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solvent="implicit", seed=2024,
+                  platform="CPU", threads=1, chunk_ns=1.0, timestep_fs=4.0, friction_per_ps=1.0,
+                  hydrogen_mass=4.0, equilibrate_ps=100.0, name=None, progress=True, log=print):
+    """Run (or resume) the reference simulation in ``outdir``; return (pdb_path, npz_path) of the assembly.
+
+    Units: ns, ps, fs, K, amu. ``seed`` seeds velocities and the Langevin noise.
+    """
+    import openmm
+    from openmm import app, unit
+
+    temperature = check_temperature(temperature)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    settings = dict(ns=float(ns), save_every_ps=float(save_every_ps), temperature=temperature, solvent=solvent,
+                    seed=int(seed), platform=platform, threads=int(threads), chunk_ns=float(chunk_ns),
+                    timestep_fs=float(timestep_fs), friction_per_ps=float(friction_per_ps),
+                    hydrogen_mass_amu=float(hydrogen_mass), equilibrate_ps=float(equilibrate_ps),
+                    force_field=list(FORCE_FIELDS.get(solvent, ())), integrator="LangevinMiddleIntegrator",
+                    constraints="HBonds", openmm_version=openmm.__version__)
+    plan = _Run(settings, outdir)
+    _check_settings(outdir / "run.json", settings)
+
+    topology, positions, system, n_solute = build_system(solvent, hydrogen_mass=hydrogen_mass)
+    if solvent == "explicit":
+        system.addForce(openmm.MonteCarloBarostat(1.0 * unit.bar, temperature * unit.kelvin))
+    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction_per_ps / unit.picosecond,
+                                                 timestep_fs * unit.femtoseconds)
+    integrator.setRandomNumberSeed(int(seed))
+    plat, props = _platform(platform, threads)
+    context = openmm.Context(system, integrator, plat, props)
+
+    done = plan.finished_chunks()
+    if done:
+        _restore(context, plan.chunk_path(done - 1))
+        log(f"resuming {outdir}: {done}/{plan.n_chunks} chunks done")
+    else:
+        context.setPositions(positions)
+        openmm.LocalEnergyMinimizer.minimize(context, 1.0, 2000)
+        context.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
+        n_eq = int(round(equilibrate_ps * 1000.0 / timestep_fs))
+        if n_eq:
+            integrator.step(n_eq)
+        log(f"minimised and equilibrated {equilibrate_ps:g} ps")
+    pdb_text = _solute_pdb(context, topology, n_solute)
+
+    bar = None
+    if progress and done < plan.n_chunks:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=plan.n_frames, initial=done * plan.frames_per_chunk, unit="ps",
+                   unit_scale=plan.s["save_every_ps"], desc="reference")
+    t_start, frames_run = time.perf_counter(), 0
+    for i in range(done, plan.n_chunks):
+        n = plan.chunk_frames(i)
+        pos = np.empty((n, n_solute, 3), dtype=np.float32)
+        frc = np.empty((n, n_solute, 3), dtype=np.float32)
+        t0 = time.perf_counter()
+        for k in range(n):
+            integrator.step(plan.steps_per_frame)
+            st = context.getState(getPositions=True, getForces=True)
+            pos[k] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)[:n_solute]
+            frc[k] = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)[:n_solute]
+            if bar is not None:
+                bar.update(1)
+        if not (np.isfinite(pos).all() and np.isfinite(frc).all()):
+            raise CgdmlError(f"{outdir}: the simulation blew up (NaN) in chunk {i}; try a smaller --timestep-fs")
+        state = context.getState(getPositions=True, getVelocities=True, getParameters=True)
+        save_npz(plan.chunk_path(i), positions=pos, forces=frc,
+                 step=np.int64(context.getStepCount()), time_ps=np.float64(state.getTime().value_in_unit(unit.picosecond)),
+                 checkpoint=np.frombuffer(context.createCheckpoint(), dtype=np.uint8),
+                 state_xml=np.array(openmm.XmlSerializer.serialize(state)))
+        dt = time.perf_counter() - t0
+        frames_run += n
+        ns_day = n * plan.s["save_every_ps"] / 1000.0 / dt * 86400.0
+        log(f"chunk {i + 1}/{plan.n_chunks}: {n} frames in {dt:.1f} s ({ns_day:.0f} ns/day)")
+    if bar is not None:
+        bar.close()
+    if frames_run:
+        elapsed = time.perf_counter() - t_start
+        settings["ns_per_day"] = frames_run * plan.s["save_every_ps"] / 1000.0 / elapsed * 86400.0
+        settings["production_wall_s"] = elapsed
+        log(f"production: {frames_run} frames, {elapsed:.1f} s, {settings['ns_per_day']:.0f} ns/day")
+    return assemble_reference(outdir, plan, pdb_text, settings, name=name)
+
+
+def _restore(context, chunk_path):
+    """Continue from the checkpoint stored in a chunk (state XML when the platform differs)."""
+    import openmm
+
+    z = load_npz(chunk_path, "reference chunk")
+    try:
+        context.loadCheckpoint(z["checkpoint"].tobytes())
+    except Exception:
+        context.setState(openmm.XmlSerializer.deserialize(str(z["state_xml"])))
+
+
+def _solute_pdb(context, topology, n_solute):
+    from openmm import app
+
+    pos = context.getState(getPositions=True).getPositions()[:n_solute]
+    top = app.Topology()
+    chain = top.addChain()
+    atom_map = {}
+    for res in topology.residues():
+        atoms = [a for a in res.atoms() if a.index < n_solute]
+        if not atoms:
+            continue
+        r = top.addResidue(res.name, chain)
+        for a in atoms:
+            atom_map[a] = top.addAtom(a.name, a.element, r)
+    for a, b in topology.bonds():
+        if a in atom_map and b in atom_map:
+            top.addBond(atom_map[a], atom_map[b])
+    buf = io.StringIO()
+    app.PDBFile.writeFile(top, pos, buf)
+    return buf.getvalue()
+
+
+def assemble_reference(outdir, plan, pdb_text, settings, *, name=None):
+    """Concatenate the chunks of ``outdir`` into NAME.pdb and NAME.npz (float32, nm and kJ/mol/nm)."""
+    outdir = Path(outdir)
+    name = name or f"ala2_{settings['solvent']}_{settings['temperature']:g}K"
+    pos, frc = [], []
+    for i in range(plan.n_chunks):
+        z = load_npz(plan.chunk_path(i), "reference chunk")
+        pos.append(z["positions"])
+        frc.append(z["forces"])
+    pos, frc = np.concatenate(pos), np.concatenate(frc)
+    time_ps = plan.s["save_every_ps"] * np.arange(1, len(pos) + 1)
+    pdb_path, npz_path = outdir / f"{name}.pdb", outdir / f"{name}.npz"
+    with atomic_path(pdb_path) as tmp:
+        tmp.write_text(pdb_text)
+    save_npz(npz_path, positions=pos, forces=frc, time_ps=time_ps, temperature=np.float64(settings["temperature"]),
+             info_json=np.array(json.dumps(settings)))
+    return pdb_path, npz_path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
+    p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
+    p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
+    p.add_argument("--save-every-ps", type=float, default=1.0, help="frame spacing in ps (default 1)")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--solvent", choices=("implicit", "explicit"), default="implicit")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--platform", default="CPU")
+    p.add_argument("--threads", type=int, default=1, help="CPU platform threads (default 1)")
+    p.add_argument("--chunk-ns", type=float, default=1.0, help="ns per chunk file (default 1)")
+    p.add_argument("--timestep-fs", type=float, default=4.0)
+    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
+    p.add_argument("--hydrogen-mass", type=float, default=4.0, help="repartitioned H mass in amu (default 4)")
+    p.add_argument("--equilibrate-ps", type=float, default=100.0)
+    p.add_argument("--name", default=None, help="base name of the assembled files (default ala2_SOLVENT_TK)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    pdb, npz = run_reference(a.output, ns=a.ns, save_every_ps=a.save_every_ps, temperature=a.temperature,
+                             solvent=a.solvent, seed=a.seed, platform=a.platform, threads=a.threads,
+                             chunk_ns=a.chunk_ns, timestep_fs=a.timestep_fs, friction_per_ps=a.friction,
+                             hydrogen_mass=a.hydrogen_mass, equilibrate_ps=a.equilibrate_ps, name=a.name,
+                             progress=not a.no_progress)
+    print(f"wrote {pdb} and {npz}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
