@@ -70,10 +70,10 @@ def _dihedral_sin_grad(x, k, grad):
     return sin_phi
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _descriptor_kernel(R, chiral, scale, D):
     n, nb_ = R.shape[0], R.shape[1]
-    for f in nb.prange(n):
+    for f in range(n):
         x = R[f]
         k = 0
         for a in range(1, nb_):
@@ -90,10 +90,10 @@ def _descriptor_kernel(R, chiral, scale, D):
                 k += 1
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _jacobian_kernel(R, chiral, scale, D, J):
     n, nb_ = R.shape[0], R.shape[1]
-    for f in nb.prange(n):
+    for f in range(n):
         x = R[f]
         k = 0
         for a in range(1, nb_):
@@ -121,10 +121,10 @@ def _jacobian_kernel(R, chiral, scale, D, J):
                 k += 1
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _vjp_kernel(R, G, chiral, scale, out):
     n, nb_ = R.shape[0], R.shape[1]
-    for f in nb.prange(n):
+    for f in range(n):
         x = R[f]
         o = out[f]
         for a in range(nb_):

@@ -214,7 +214,7 @@ class GDML(BaseEstimator):
 
     # -------------------------------------------------------------------------------------------- predict
     def _prepare(self):
-        self._tv = np.einsum("md,md->m", self.D_train_, self.V_)
+        self._tables = kernels.TrainTables(self.D_train_, self.V_, self.sigma)
         self._sqt = np.einsum("md,md->m", self.D_train_, self.D_train_)
 
     def _check_fitted(self, R):
@@ -229,8 +229,7 @@ class GDML(BaseEstimator):
 
     def _g(self, R, energy):
         D = descriptor(R, self.chiral, self.chiral_scale)
-        return kernels.hessian_apply(D, self.D_train_, self.V_, self.sigma, energy=energy,
-                                     tv=self._tv, sqt=self._sqt)
+        return kernels.hessian_apply(D, self._tables, energy=energy)
 
     def predict(self, R):
         """Energies (n,) kJ/mol (up to a constant unless fitted with E) and forces (n, n_beads, 3) kJ/mol/nm."""

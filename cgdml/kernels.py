@@ -14,6 +14,9 @@ so that F = -dE/dx exactly. Everything here works on plain arrays; :mod:`cgdml.g
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+
 import numba as nb
 import numpy as np
 
@@ -111,57 +114,109 @@ def assemble(D, W, sigma, Dc=None, Wc=None, out=None):
 
 
 # ------------------------------------------------------------------------------------------------ BLAS form
-@nb.njit(cache=True, parallel=True)
-def _fuse(P, Q, sqx, sqt, tv, sigma, want_e, S, E):
-    """From P = Dx Dt^T and Q = Dx V^T, overwrite P with c1 and Q with c2 (d.v); row sums into S, energies into E."""
-    B, M = P.shape
-    k = 5.0 / (3.0 * sigma ** 4)
-    a = SQRT5 / sigma
-    ek = -5.0 / (3.0 * sigma ** 3)
-    s2 = sigma * sigma
-    for i in nb.prange(B):
-        acc = 0.0
-        acc_e = 0.0
+class TrainTables:
+    """Training-side matrices for batched prediction with GEMMs (built once per fitted model).
+
+    With a = sqrt5 / s, one GEMM of the augmented batch [x, 1, |x|^2] with ``Z`` gives a^2 r_ij^2 and
+    d_ij . v_j = x_i . v_j - D_j . v_j side by side; two more GEMMs with ``VA`` = [V, -D.V] and ``DA`` = [D, 1]
+    give the descriptor-space force g_i, its row sums and the energy.
+    """
+
+    def __init__(self, Dt, V, sigma):
+        Dt = np.ascontiguousarray(Dt, dtype=np.float64)
+        V = np.ascontiguousarray(V, dtype=np.float64)
+        M, nd = Dt.shape
+        a2 = 5.0 / sigma ** 2
+        tv = np.einsum("md,md->m", Dt, V)
+        Z = np.zeros((2 * M, nd + 2))
+        Z[:M, :nd] = -2.0 * a2 * Dt
+        Z[:M, nd] = a2 * np.einsum("md,md->m", Dt, Dt)
+        Z[:M, nd + 1] = a2
+        Z[M:, :nd] = V
+        Z[M:, nd] = -tv
+        self.ZT = np.ascontiguousarray(Z.T)
+        self.VA = np.ascontiguousarray(np.column_stack([V, -tv]))
+        self.DA = np.ascontiguousarray(np.column_stack([Dt, np.ones(M)]))
+        self.M, self.nd, self.sigma = M, nd, float(sigma)
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _pass1(P, M, A):
+    """P[:, :M] holds a^2 r^2: overwrite it with a r, and A with -a r (exp of A follows in numpy)."""
+    B = P.shape[0]
+    for i in range(B):
         for j in range(M):
-            r2 = sqx[i] + sqt[j] - 2.0 * P[i, j]
-            r = np.sqrt(r2) if r2 > 0.0 else 0.0
-            e = np.exp(-a * r)
-            dv = Q[i, j] - tv[j]
-            t = 5.0 * k * e * dv
-            P[i, j] = k * (s2 + SQRT5 * sigma * r) * e
-            Q[i, j] = t
-            acc += t
-            if want_e:
-                acc_e += (sigma + SQRT5 * r) * e * dv
-        S[i] = acc
-        E[i] = ek * acc_e
+            ar = np.sqrt(max(P[i, j], 0.0))
+            P[i, j] = ar
+            A[i, j] = -ar
 
 
-def hessian_apply(Dx, Dt, V, sigma, energy=False, chunk=512, tv=None, sqt=None):
-    """g_i = sum_j Hc(Dx_i - Dt_j) V_j for a batch, and optionally E_i = sum_j grad phi(d_ij) . V_j.
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _pass2(P, M, A):
+    """With A = exp(-a r): P[:, :M] <- (1 + a r) e (scaled c1) and P[:, M:] <- e (d.v) (scaled c2 d.v)."""
+    B = P.shape[0]
+    for i in range(B):
+        for j in range(M):
+            e = A[i, j]
+            P[i, j] = (1.0 + P[i, j]) * e
+            P[i, M + j] *= e
 
-    Dx (B, nd), Dt (M, nd), V (M, nd). Works in row chunks of ``chunk`` with GEMMs; memory O(chunk * M).
-    Returns g (B, nd) and E (B,) (zeros unless ``energy``).
+
+def _apply_rows(X, tab, energy):
+    B, nd = X.shape
+    M = tab.M
+    s = tab.sigma
+    XA = np.empty((B, nd + 2))
+    XA[:, :nd] = X
+    XA[:, nd] = 1.0
+    XA[:, nd + 1] = np.einsum("bd,bd->b", X, X)
+    P = XA @ tab.ZT  # (B, 2M): a^2 r^2 | d.v
+    A = np.empty((B, M))
+    _pass1(P, M, A)
+    np.exp(A, out=A)
+    _pass2(P, M, A)
+    G1 = P[:, :M] @ tab.VA  # sum_j c1' [v_j, -tv_j]
+    G2 = P[:, M:] @ tab.DA  # sum_j c2' (d.v) [D_j, 1]
+    k = 5.0 / (3.0 * s ** 4)
+    g = (k * s * s) * G1[:, :nd] + (5.0 * k) * (G2[:, :nd] - G2[:, nd:] * X)
+    E = None
+    if energy:
+        E = (-5.0 / (3.0 * s ** 2)) * (np.einsum("bd,bd->b", X, G1[:, :nd]) + G1[:, nd])
+    return g, E
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@functools.lru_cache(maxsize=8)
+def _executor(n):
+    return concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="cgdml-gdml")
+
+
+def hessian_apply(Dx, tab, energy=False, chunk=256, n_threads=None):
+    """g_i = sum_j Hc(Dx_i - D_j) v_j for a batch Dx (B, nd), and E_i = sum_j grad phi(d_ij) . v_j if ``energy``.
+
+    ``tab`` is a :class:`TrainTables`. Rows are processed in chunks with single-threaded GEMMs, spread over
+    ``n_threads`` Python threads (default: numba's thread count), which is much faster than multi-threaded
+    BLAS on these thin products, above all on a busy machine. Returns g (B, nd) and E (B,) or None.
     """
     Dx = np.ascontiguousarray(Dx, dtype=np.float64)
     B = Dx.shape[0]
-    if tv is None:
-        tv = np.einsum("md,md->m", Dt, V)
-    if sqt is None:
-        sqt = np.einsum("md,md->m", Dt, Dt)
-    g = np.empty_like(Dx)
-    E = np.zeros(B)
-    S = np.empty(B)
-    for b0 in range(0, B, chunk):
-        x = Dx[b0:b0 + chunk]
-        P = x @ Dt.T
-        Q = x @ V.T
-        sqx = np.einsum("bd,bd->b", x, x)
-        _fuse(P, Q, sqx, sqt, tv, float(sigma), bool(energy), S[b0:b0 + chunk], E[b0:b0 + chunk])
-        gb = P @ V
-        gb += Q @ Dt
-        gb -= S[b0:b0 + chunk, None] * x
-        g[b0:b0 + chunk] = gb
+    n_threads = nb.get_num_threads() if n_threads is None else int(n_threads)
+    per = max(8, min(chunk, -(-B // max(n_threads, 1))))
+    bounds = [(b, min(b + per, B)) for b in range(0, B, per)]
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if len(bounds) == 1 or n_threads <= 1:
+            parts = [_apply_rows(Dx[b0:b1], tab, energy) for b0, b1 in bounds]
+        else:
+            ex = _executor(n_threads)
+            parts = list(ex.map(lambda b: _apply_rows(Dx[b[0]:b[1]], tab, energy), bounds))
+    g = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    E = (np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]) if energy else None
     return g, E
 
 
@@ -179,10 +234,10 @@ def _coeffs(P, sqx, sqt, sigma, C2):
             C2[i, j] = 5.0 * k * e
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _scale_dv(Q, C2, tv, S):
     B, M = Q.shape
-    for i in nb.prange(B):
+    for i in range(B):
         acc = 0.0
         for j in range(M):
             t = C2[i, j] * (Q[i, j] - tv[j])
@@ -209,19 +264,24 @@ class ReducedKernelOperator:
         self.C2 = np.empty_like(self.C1)
         _coeffs(self.C1, sq, sq, float(sigma), self.C2)
 
+    def _rows(self, sl, V, tv, y):
+        x = self.D[sl]
+        Q = x @ V.T
+        S = np.empty(Q.shape[0])
+        _scale_dv(Q, self.C2[sl], tv, S)
+        g = self.C1[sl] @ V
+        g += Q @ self.D
+        g -= S[:, None] * x
+        y[sl] = np.matmul(g[:, None, :], self.W[sl])[:, 0, :]
+
     def matvec(self, a):
         a = np.asarray(a, dtype=np.float64).reshape(self.M, self.r)
-        V = np.einsum("mdr,mr->md", self.W, a)
+        V = np.matmul(self.W, a[:, :, None])[:, :, 0]
         tv = np.einsum("md,md->m", self.D, V)
         y = np.empty((self.M, self.r))
-        for i0 in range(0, self.M, self.chunk):
-            sl = slice(i0, i0 + self.chunk)
-            x = self.D[sl]
-            Q = x @ V.T
-            S = np.empty(Q.shape[0])
-            _scale_dv(Q, self.C2[sl], tv, S)
-            g = self.C1[sl] @ V
-            g += Q @ self.D
-            g -= S[:, None] * x
-            y[sl] = np.einsum("mdr,md->mr", self.W[sl], g)
+        n_threads = nb.get_num_threads()
+        per = max(1, min(self.chunk, -(-self.M // n_threads)))
+        slices = [slice(i0, i0 + per) for i0 in range(0, self.M, per)]
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            list(_executor(n_threads).map(lambda sl: self._rows(sl, V, tv, y), slices))
         return y.ravel()
