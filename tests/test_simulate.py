@@ -221,3 +221,116 @@ def test_bad_settings_are_one_line_errors(bad, match):
               friction=1.0, progress=False)
     with pytest.raises(CgdmlError, match=match):
         simulate(double_well_forces, np.zeros((2, 2, 3)), **{**kw, **bad})
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+NAMES = ["C", "N", "CA", "C", "N"]
+
+
+def tiny_model(path):
+    """A small fitted CGModel (prior + GDML on 60 noisy frames of a 5-bead backbone) written to ``path``."""
+    from cgdml.data import CGDataset, chain_topology
+    from cgdml.gdml import GDML
+    from cgdml.model import CGModel
+    from cgdml.prior import HarmonicPrior
+
+    rng = np.random.default_rng(0)
+    template = np.array([[0.0, 0.0, 0.0], [0.13, 0.0, 0.0], [0.18, 0.14, 0.0], [0.33, 0.15, 0.03],
+                         [0.39, 0.27, 0.08]])
+    R = template + rng.normal(0.0, 0.006, size=(300, 5, 3))
+    F = -2e3 * (R - R.mean(axis=1, keepdims=True) - (template - template.mean(0))) + rng.normal(0, 50, R.shape)
+    F -= F.mean(axis=1, keepdims=True)
+    ds = CGDataset.from_arrays(R, F, temperature=T, topology=chain_topology(NAMES, ["ACE", "ALA", "NME"],
+                                                                              [0, 1, 1, 1, 2]))
+    prior = HarmonicPrior().fit(ds.coords, T)
+    gdml = GDML(sigma=2.0, lam=1e-2, relative_lam=True).fit(ds.coords[:60], ds.forces[:60] - prior.forces(ds.coords[:60]))
+    CGModel(gdml, prior, T, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40]).save(path)
+    ds.save(path.parent / "data.npz")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("model") / "model.npz")
+
+
+def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeypatch):
+    import json
+
+    import mdtraj as md
+
+    from cgdml.model import CGModel
+    from cgdml.simulate import main
+
+    args = ["--replicas", "6", "--steps", "200", "--save-every", "10", "--checkpoint-every", "50",
+            "--no-progress"]
+    clean = tmp_path / "clean.h5"
+    assert main([str(model_file), "-o", str(clean)] + args) == 0
+    traj = md.load(str(clean))
+    assert traj.n_frames == 6 * 20 and [a.name for a in traj.topology.atoms] == NAMES
+    assert [r.name for r in traj.topology.residues] == ["ACE", "ALA", "NME"]
+    side = json.loads(clean.with_suffix(".json").read_text())
+    assert side["frames_per_replica"] == [20] * 6 and side["blowups"] == [] and side["timings"]["steps_per_s"] > 0
+    assert not (tmp_path / "clean.h5.ckpt.npz").exists()
+    assert np.isfinite(traj.xyz).all() and side["settings"]["blowup_bond_nm"] == pytest.approx(
+        2 * CGModel.load(model_file).max_bond_length)
+
+    # interrupt a second run after 130 force calls, then rerun the same command: identical trajectory
+    out = tmp_path / "resumed.dcd"
+    real = CGModel.forces
+    calls = {"n": 0}
+
+    def flaky(self, R):
+        calls["n"] += 1
+        if calls["n"] == 130:
+            raise KeyboardInterrupt
+        return real(self, R)
+
+    monkeypatch.setattr(CGModel, "forces", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_file), "-o", str(out)] + args)
+    assert (tmp_path / "resumed.dcd.ckpt.npz").exists() and not out.exists()
+    assert main([str(model_file), "-o", str(out)] + args) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["timings"]["resumed_from_step"] == 100
+    again = md.load(str(out), top=traj.topology)
+    assert np.allclose(again.xyz, traj.xyz, atol=1e-6)                 # dcd stores float32 in Angstrom
+    assert not (tmp_path / "resumed.dcd.ckpt.npz").exists()
+
+    # a different setting does not silently resume someone else's checkpoint
+    monkeypatch.setattr(CGModel, "forces", flaky)
+    calls["n"] = 0
+    other = tmp_path / "other.h5"
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_file), "-o", str(other)] + args)
+    with pytest.raises(CgdmlError, match="different settings.*dt"):
+        main([str(model_file), "-o", str(other), "--dt", "0.001"] + args)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--steps", "0"], "--steps"), (["--dt", "-1"], "--dt"), (["--friction", "0"], "--friction"),
+    (["--replicas", "0"], "--replicas"), (["--steps", "100", "--save-every", "500"], "larger than --steps"),
+])
+def test_cli_bad_options(model_file, tmp_path, extra, match):
+    from cgdml.simulate import main
+
+    with pytest.raises(CgdmlError, match=match):
+        main([str(model_file), "-o", str(tmp_path / "t.h5"), "--no-progress"] + extra)
+
+
+def test_cli_bad_files(model_file, tmp_path):
+    from cgdml.data import CGDataset
+    from cgdml.simulate import main
+
+    with pytest.raises(CgdmlError, match="must end in"):
+        main([str(model_file), "-o", str(tmp_path / "t.txt")])
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(CgdmlError, match="junk.npz"):
+        main([str(tmp_path / "junk.npz"), "-o", str(tmp_path / "t.h5")])
+    wrong = CGDataset.from_arrays(np.zeros((3, 4, 3)), np.zeros((3, 4, 3)))
+    wrong.save(tmp_path / "four.npz")
+    with pytest.raises(CgdmlError, match="4 beads.*5"):
+        main([str(model_file), "-o", str(tmp_path / "t.h5"), "--start", str(tmp_path / "four.npz")])
+    # start frames from a dataset work
+    assert main([str(model_file), "-o", str(tmp_path / "s.xtc"), "--start", str(model_file.parent / "data.npz"),
+                 "--replicas", "2", "--steps", "20", "--save-every", "10", "--no-progress"]) == 0
