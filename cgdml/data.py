@@ -249,12 +249,12 @@ class _ArrayReader:
             if suffix == ".npy":
                 self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
             elif suffix == ".npz":
-                z = np.load(self.path, allow_pickle=False)
-                key = next((k for k in keys if k in z.files), z.files[0] if len(z.files) == 1 else None)
-                if key is None:
-                    raise CgdmlError(f"{self.path}: no {what} array (expected one of {', '.join(keys)}; "
-                                     f"found {', '.join(z.files) or 'nothing'})")
-                self.array = z[key]
+                with np.load(self.path, allow_pickle=False) as z:
+                    key = next((k for k in keys if k in z.files), z.files[0] if len(z.files) == 1 else None)
+                    if key is None:
+                        raise CgdmlError(f"{self.path}: no {what} array (expected one of {', '.join(keys)}; "
+                                         f"found {', '.join(z.files) or 'nothing'})")
+                    self.array = z[key]
             elif suffix == ".trr" and what == "forces":
                 from mdtraj.formats import TRRTrajectoryFile
 

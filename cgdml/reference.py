@@ -66,11 +66,11 @@ def build_alanine_dipeptide():
     return pdb.topology, pdb.positions
 
 
-def build_system(solvent="implicit", *, hydrogen_mass=4.0, padding_nm=1.0):
+def build_system(solvent="implicit", *, hydrogen_mass=4.0, padding_nm=1.2):
     """(topology, positions, system, n_solute) for alanine dipeptide in ``implicit`` or ``explicit`` solvent.
 
     Bonds to hydrogen are constrained and hydrogen masses set to ``hydrogen_mass`` amu (taken from the
-    bonded heavy atom). Explicit solvent: TIP3P box with ``padding_nm`` padding, PME, 1 nm cutoff.
+    bonded heavy atom). Explicit solvent: TIP3P box with ``padding_nm`` padding, PME, 0.9 nm cutoff.
     """
     from openmm import app, unit
 
@@ -86,7 +86,7 @@ def build_system(solvent="implicit", *, hydrogen_mass=4.0, padding_nm=1.0):
         modeller = app.Modeller(topology, positions)
         modeller.addSolvent(ff, model="tip3p", padding=padding_nm * unit.nanometer)
         topology, positions = modeller.topology, modeller.positions
-        system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=1.0 * unit.nanometer,
+        system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer,
                                  **common)
     return topology, positions, system, n_solute
 
@@ -192,8 +192,10 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
         openmm.LocalEnergyMinimizer.minimize(context, 1.0, 2000)
         context.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
         n_eq = int(round(equilibrate_ps * 1000.0 / timestep_fs))
-        if n_eq:
+        try:
             integrator.step(n_eq)
+        except openmm.OpenMMException as exc:
+            raise CgdmlError(f"{outdir}: OpenMM failed during equilibration ({str(exc).strip()})") from None
         log(f"minimised and equilibrated {equilibrate_ps:g} ps")
     pdb_text = _solute_pdb(context, topology, n_solute)
 
@@ -209,13 +211,17 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
         pos = np.empty((n, n_solute, 3), dtype=np.float32)
         frc = np.empty((n, n_solute, 3), dtype=np.float32)
         t0 = time.perf_counter()
-        for k in range(n):
-            integrator.step(plan.steps_per_frame)
-            st = context.getState(getPositions=True, getForces=True)
-            pos[k] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)[:n_solute]
-            frc[k] = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)[:n_solute]
-            if bar is not None:
-                bar.update(1)
+        try:
+            for k in range(n):
+                integrator.step(plan.steps_per_frame)
+                st = context.getState(getPositions=True, getForces=True)
+                pos[k] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)[:n_solute]
+                frc[k] = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)[:n_solute]
+                if bar is not None:
+                    bar.update(1)
+        except openmm.OpenMMException as exc:
+            raise CgdmlError(f"{outdir}: OpenMM failed in chunk {i} ({str(exc).strip()}); chunks before it are "
+                             "kept and a rerun resumes there") from None
         if not (np.isfinite(pos).all() and np.isfinite(frc).all()):
             raise CgdmlError(f"{outdir}: the simulation blew up (NaN) in chunk {i}; try a smaller --timestep-fs")
         state = context.getState(getPositions=True, getVelocities=True, getParameters=True)
