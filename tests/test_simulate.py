@@ -264,7 +264,7 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
     from cgdml.simulate import main
 
     args = ["--replicas", "6", "--steps", "200", "--save-every", "10", "--checkpoint-every", "50",
-            "--no-progress"]
+            "--burn-in", "0", "--no-progress"]
     clean = tmp_path / "clean.h5"
     assert main([str(model_file), "-o", str(clean)] + args) == 0
     traj = md.load(str(clean))
@@ -275,6 +275,12 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
     assert not (tmp_path / "clean.h5.ckpt.npz").exists()
     assert np.isfinite(traj.xyz).all() and side["settings"]["blowup_bond_nm"] == pytest.approx(
         2 * CGModel.load(model_file).max_bond_length)
+
+    # a burn-in drops the leading frames of each replica, nothing else changes
+    burnt = tmp_path / "burnt.h5"
+    assert main([str(model_file), "-o", str(burnt)] + args[:-3] + ["--burn-in", "50", "--no-progress"]) == 0
+    assert json.loads(burnt.with_suffix(".json").read_text())["frames_per_replica"] == [15] * 6
+    assert np.array_equal(md.load(str(burnt)).xyz.reshape(6, 15, 5, 3), traj.xyz.reshape(6, 20, 5, 3)[:, 5:])
 
     # interrupt a second run after 130 force calls, then rerun the same command: identical trajectory
     out = tmp_path / "resumed.dcd"
@@ -310,6 +316,7 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
 @pytest.mark.parametrize("extra, match", [
     (["--steps", "0"], "--steps"), (["--dt", "-1"], "--dt"), (["--friction", "0"], "--friction"),
     (["--replicas", "0"], "--replicas"), (["--steps", "100", "--save-every", "500"], "larger than --steps"),
+    (["--steps", "100", "--burn-in", "100"], "--burn-in"), (["--steps", "100", "--burn-in", "95"], "no frame"),
 ])
 def test_cli_bad_options(model_file, tmp_path, extra, match):
     from cgdml.simulate import main
