@@ -404,7 +404,8 @@ def main(argv=None):
         names = [at.name for at in trajs[0].topology.atoms]
         distributions = [(f"bond {names[i]}-{names[j]} (nm)", l_m[:, k], l_r[:, k])
                          for k, (i, j) in enumerate(bond_pairs)]
-        distributions += [(f"angle {names[i]}-{names[j]}-{names[k]} (rad)", ang_m[:, t], ang_r[:, t])
+        distributions += [(f"angle {names[i]}-{names[j]}-{names[k]} (deg)", np.degrees(ang_m[:, t]),
+                           np.degrees(ang_r[:, t]))
                           for t, (i, j, k) in enumerate(triples)]
         line = f"FES RMSE {metrics['fes_rmse']:.3f} kT, JS {metrics['js']:.4f} nats"
         if "bootstrap" in report:

@@ -171,3 +171,13 @@ def test_cli_writes_plot_and_metrics(tmp_path, capsys):
     md.Trajectory(xyz.astype(np.float32), top).save(str(tmp_path / "t.dcd"))
     with pytest.raises(CgdmlError, match="give --top"):
         main([str(tmp_path / "t.dcd"), "-o", str(tmp_path / "g.png")])
+    # formats without topology take --top; several trajectories are pooled; no reference: landscape only
+    md.Trajectory(xyz[:1].astype(np.float32), top).save(str(tmp_path / "top.pdb"))
+    assert main([str(tmp_path / "t.dcd"), str(tmp_path / "t.h5"), "--top", str(tmp_path / "top.pdb"),
+                 "-o", str(tmp_path / "g.svg"), "--json", str(tmp_path / "g.json")]) == 0
+    assert json.loads((tmp_path / "g.json").read_text())["n_frames"] == 600
+    assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(CgdmlError, match="reference has 4 beads, trajectories have 5"):
+        bad = CGDataset.from_arrays(np.zeros((3, 4, 3)), np.zeros((3, 4, 3)))
+        bad.save(tmp_path / "four.npz")
+        main([str(tmp_path / "t.h5"), "--reference", str(tmp_path / "four.npz"), "-o", str(tmp_path / "h.png")])
