@@ -111,11 +111,12 @@ def _load_checkpoint(path, fingerprint, shape, n_save, save_velocities):
 
 
 def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, integrator="overdamped",
-             friction=1.0, seed=0, checkpoint=None, checkpoint_every=None, blowup=None, progress=True,
+             friction=None, seed=0, checkpoint=None, checkpoint_every=None, blowup=None, progress=True,
              save_velocities=False, checkpoint_tag=None):
     """Run ``n_steps`` of Langevin dynamics for all replicas in ``x0`` (n_replicas, n_beads, 3) nm.
 
-    masses (n_beads,) amu; temperature K; dt ps; friction gamma 1/ps; ``force_fn(R) -> F`` batched,
+    masses (n_beads,) amu; temperature K; dt ps; friction gamma 1/ps (default 1 for langevin, 1000 for
+    overdamped, see ``DEFAULTS``); ``force_fn(R) -> F`` batched,
     kJ/mol/nm. ``checkpoint``: path of an ``.npz`` written every ``checkpoint_every`` steps (default
     n_steps // 20); if it exists and was written with the same settings (``checkpoint_tag`` adds e.g. a
     model hash), the run resumes from it. ``blowup(R) -> bool (n,)`` flags replicas to stop besides NaN/inf.
@@ -135,6 +136,8 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     n_steps, save_every = int(n_steps), int(save_every)
     if n_steps < 1 or save_every < 1:
         raise CgdmlError(f"n_steps and save_every must be >= 1, got {n_steps} and {save_every}")
+    if friction is None:
+        friction = DEFAULTS[integrator]["friction"]
     dt, friction = float(dt), float(friction)
     if not dt > 0:
         raise CgdmlError(f"time step dt must be > 0 ps, got {dt}")
