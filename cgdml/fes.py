@@ -362,6 +362,8 @@ def main(argv=None):
     p.add_argument("--top", help="topology file (e.g. .pdb) for trajectory formats without one")
     p.add_argument("--bins", type=int, default=36, help="bins per dimension on [-pi, pi) (default 36)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200; 0 = none)")
+    p.add_argument("--block", type=int, default=None, help="bootstrap block length in frames (default: frames/50; "
+                   "use at least a few correlation times, e.g. one replica's frames)")
     p.add_argument("-o", "--output", required=True, help="plot file (.png, .pdf, .svg)")
     p.add_argument("--json", help="write the metrics to this JSON file")
     a = p.parse_args(argv)
@@ -398,7 +400,7 @@ def main(argv=None):
         floor = split_half_floor(cv_ref, a.bins)
         report.update(reference=str(a.reference), n_ref_frames=len(cv_ref), metrics=metrics, noise_floor=floor)
         if a.n_boot:
-            report["bootstrap"] = bootstrap_metrics(cv_model, cv_ref, a.n_boot, bins=a.bins)
+            report["bootstrap"] = bootstrap_metrics(cv_model, cv_ref, a.n_boot, a.block, bins=a.bins)
         l_m, ang_m, triples = bonds_and_angles(xyz_model, bond_pairs)
         l_r, ang_r, _ = bonds_and_angles(ref.coords, bond_pairs)
         names = [at.name for at in trajs[0].topology.atoms]

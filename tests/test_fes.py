@@ -159,12 +159,14 @@ def test_cli_writes_plot_and_metrics(tmp_path, capsys):
     _, _, xyz_ref = _peptide(n_frames=400, seed=3)
     CGDataset.from_arrays(xyz_ref, np.zeros_like(xyz_ref), topology=top).save(tmp_path / "ref.npz")
     assert main([str(tmp_path / "t.h5"), "--reference", str(tmp_path / "ref.npz"), "-o", str(tmp_path / "f.png"),
-                 "--json", str(tmp_path / "m.json"), "--n-boot", "20"]) == 0
+                 "--json", str(tmp_path / "m.json"), "--n-boot", "20", "--block", "30"]) == 0
     out = capsys.readouterr().out
     assert "FES RMSE" in out and "noise floor" in out
     report = json.loads((tmp_path / "m.json").read_text())
     cv_m = phi_psi(md.load(str(tmp_path / "t.h5")))
     assert report["metrics"] == compare_fes(cv_m, phi_psi(xyz_ref, top))
+    assert report["bootstrap"]["block"] == 30 and report["bootstrap"]["n_boot"] == 20
+    assert report["noise_floor"] == split_half_floor(phi_psi(xyz_ref, top))
     assert (tmp_path / "f.png").stat().st_size > 10000
     with pytest.raises(CgdmlError, match="no such trajectory"):
         main([str(tmp_path / "missing.h5"), "-o", str(tmp_path / "g.png")])
