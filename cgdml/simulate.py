@@ -403,14 +403,18 @@ def main(argv=None):
     import numba
     from threadpoolctl import threadpool_limits
 
+    numba_threads = numba.get_num_threads()
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
-    with warnings.catch_warnings(), threadpool_limits(limits=a.threads):
-        warnings.simplefilter("default")
-        result = simulate(model.forces, x0, masses=model.masses, temperature=temperature, dt=dt, n_steps=a.steps,
-                          save_every=a.save_every, integrator=a.integrator, friction=friction, seed=a.seed,
-                          checkpoint=ckpt, checkpoint_every=a.checkpoint_every, blowup=blowup,
-                          progress=not a.no_progress,
-                          checkpoint_tag={"model_sha256": _file_sha256(a.model), "blowup": settings["blowup_bond_nm"]})
+    try:
+        with warnings.catch_warnings(), threadpool_limits(limits=a.threads):
+            warnings.simplefilter("default")
+            result = simulate(model.forces, x0, masses=model.masses, temperature=temperature, dt=dt,
+                              n_steps=a.steps, save_every=a.save_every, integrator=a.integrator, friction=friction,
+                              seed=a.seed, checkpoint=ckpt, checkpoint_every=a.checkpoint_every, blowup=blowup,
+                              progress=not a.no_progress, checkpoint_tag={"model_sha256": _file_sha256(a.model),
+                                                                          "blowup": settings["blowup_bond_nm"]})
+    finally:
+        numba.set_num_threads(numba_threads)                   # main() may run inside a notebook or test
     counts = write_trajectory(out, result, topology_from_pdb(model.topology_pdb), dt, burn_in // a.save_every)
     t = result.timings
     sidecar = {"trajectory": out.name, "settings": settings, "n_replicas": a.replicas,
