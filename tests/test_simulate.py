@@ -113,7 +113,7 @@ def test_baoab_zero_friction_conserves_energy():
     rel = np.abs(E - E[0]) / E[0]
     assert rel.max() < 0.01                                            # shadow-energy oscillation ~ (omega dt)^2 / 4
     drift = np.abs(E[-200:].mean(axis=0) - E[:200].mean(axis=0)) / E[0]
-    assert drift.max() < 1e-3                                          # no secular drift over 2000 periods
+    assert drift.max() < 1e-3                                          # no secular drift over ~225 periods
 
 
 class Interrupt(Exception):
