@@ -285,7 +285,7 @@ class TwoLayerGDML:
                                                            n_occupied=int(self.strata_.max() + 1)),
                     timings=timings, data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads,
                                                temperature=dataset.temperature, source=dataset.info))
-        self.model_ = model_from_fit(gdml, self.prior_, dataset, self.mean_set_index_, info)
+        self.model_ = model_from_fit(gdml, self.prior_, dataset, info, seed=self.seed)
         return self
 
     def _fingerprint(self, dataset):
@@ -298,9 +298,14 @@ class TwoLayerGDML:
         return h.hexdigest()[:16]
 
 
-def model_from_fit(gdml, prior, dataset, train_index, info):
-    """Wrap a fitted GDML and prior into a :class:`CGModel` that carries the dataset's metadata."""
-    sample = np.asarray(train_index)[:: max(1, len(train_index) // 500)]
+def model_from_fit(gdml, prior, dataset, info, n_start=500, seed=0):
+    """Wrap a fitted GDML and prior into a :class:`CGModel` that carries the dataset's metadata.
+
+    The model keeps ``n_start`` frames drawn at random from the (Boltzmann-distributed) dataset, not
+    from the stratified training set, so that replicas started there begin near equilibrium.
+    """
+    rng = np.random.default_rng([seed, 6])
+    sample = np.sort(rng.choice(dataset.n_frames, size=min(n_start, dataset.n_frames), replace=False))
     return CGModel(gdml, prior, dataset.temperature, dataset.bead_names, dataset.topology_pdb, dataset.masses,
                    dataset.coords[sample], info)
 
@@ -322,7 +327,7 @@ def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="a
     info = dict(method="single GDML", stratified=stratified, n_frames=n_frames,
                 chosen=dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_)),
                 timings=dict(total_s=time.perf_counter() - t0))
-    return model_from_fit(gdml, prior, dataset, idx, info)
+    return model_from_fit(gdml, prior, dataset, info, seed=seed)
 
 
 def _limited_threads(fn, *args):
