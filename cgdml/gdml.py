@@ -163,27 +163,39 @@ class GDML(BaseEstimator):
     def _inducing_count(self, M, r):
         if self.n_inducing is not None:
             return int(np.clip(self.n_inducing, 1, M))
-        fit = int(0.3 * self.memory_budget_gb * 1e9 / (8.0 * M * r * r))
+        fit = int(0.4 * self.memory_budget_gb * 1e9 / (8.0 * M * r * r))
         return max(1, min(M, 500, fit))
 
     def _nystrom(self, D, W, lam, m):
-        """Preconditioner x -> (K_nm K_mm^-1 K_mn + lam I)^-1 x by Woodbury, from m random inducing frames."""
+        """Preconditioner: Nyström on m random inducing frames plus the exact per-frame diagonal blocks.
+
+        P = B B^T + Lam with B = K_nm L^-T (K_mm = L L^T) and Lam_i = K_ii - B_i B_i^T + lam I (r x r blocks,
+        a partially independent conditional). P^-1 by Woodbury: only B (M r x m r) and an (m r)^2 matrix are kept.
+        """
         M, _, r = W.shape
+        mr = m * r
         idx = np.sort(np.random.default_rng(0).choice(M, m, replace=False))
         Knm = kernels.assemble(D, W, self.sigma, D[idx], W[idx])  # (M r, m r)
         rows = (idx[:, None] * r + np.arange(r)).ravel()
         Kmm = Knm[rows].copy()
-        Kmm.flat[:: m * r + 1] += 1e-10 * np.mean(np.diag(Kmm)) + lam * 1e-3
+        Kmm.flat[:: mr + 1] += 1e-10 * np.mean(np.diag(Kmm))
         L = scipy.linalg.cholesky(Kmm, lower=True, overwrite_a=True, check_finite=False)
-        Bt = scipy.linalg.solve_triangular(L, Knm.T, lower=True, overwrite_b=True, check_finite=False)
+        B = scipy.linalg.solve_triangular(L, Knm.T, lower=True, overwrite_b=True, check_finite=False).T
         del Knm
-        inner = Bt @ Bt.T
-        inner.flat[:: m * r + 1] += lam
+        B3 = B.reshape(M, r, mr)
+        Kii = 5.0 / (3.0 * self.sigma ** 2) * np.einsum("mdr,mds->mrs", W, W)  # Hc(0) = 5/(3 s^2) I
+        lam_blocks = Kii - np.einsum("mrk,msk->mrs", B3, B3) + lam * np.eye(r)
+        Linv = np.linalg.inv(lam_blocks)  # (M, r, r)
+        inner = np.eye(mr)
+        for c0 in range(0, M, 256):
+            X = np.matmul(Linv[c0:c0 + 256], B3[c0:c0 + 256]).reshape(-1, mr)
+            inner += B3[c0:c0 + 256].reshape(-1, mr).T @ X
         ci = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)
 
         def apply(x):
-            x = np.asarray(x).ravel()
-            return (x - Bt.T @ scipy.linalg.cho_solve(ci, Bt @ x, check_finite=False)) / lam
+            z = np.matmul(Linv, np.asarray(x).reshape(M, r, 1)).ravel()
+            w = B @ scipy.linalg.cho_solve(ci, B.T @ z, check_finite=False)
+            return z - np.matmul(Linv, w.reshape(M, r, 1)).ravel()
 
         return scipy.sparse.linalg.LinearOperator((M * r, M * r), matvec=apply, dtype=np.float64)
 
