@@ -60,7 +60,7 @@ class GDML(BaseEstimator):
     ``chiral``/``chiral_scale`` add scaled dihedral sines to the descriptor; ``solver`` is "auto", "cholesky"
     or "cg"; ``memory_budget_gb`` decides "auto" (Cholesky when the reduced K fits) and bounds the CG
     preconditioner; ``cg_tol``/``cg_maxiter`` control CG; ``n_inducing`` is the number of Nyström frames
-    (default: up to 500, within the memory budget).
+    (default: about 1200 / r frames, within the memory budget).
 
     Learned: ``D_train_`` (M, n_desc) training descriptors, ``V_`` (M, n_desc) descriptor-space coefficients,
     ``lam_`` absolute lambda used, ``c_`` energy offset (kJ/mol), ``n_train_``, ``n_beads_``, ``solver_``,
@@ -161,10 +161,12 @@ class GDML(BaseEstimator):
                          "use a larger lam (or relative_lam=True) or check for duplicate frames")
 
     def _inducing_count(self, M, r):
+        """Nyström frames: n_inducing, or as many as keep m r <= 1200 (setup costs (m r)^2 M r flops) and the
+        (M r, m r) preconditioner factor within 40% of the memory budget."""
         if self.n_inducing is not None:
             return int(np.clip(self.n_inducing, 1, M))
         fit = int(0.4 * self.memory_budget_gb * 1e9 / (8.0 * M * r * r))
-        return max(1, min(M, 500, fit))
+        return max(1, min(M, 1200 // r, fit))
 
     def _nystrom(self, D, W, lam, m):
         """Preconditioner: Nyström on m random inducing frames plus the exact per-frame diagonal blocks.
