@@ -9,8 +9,9 @@
 Hyperparameters are chosen by K-fold cross-validation over frames (folds balanced within strata). The
 score is the mean squared error against held-out *instantaneous* forces; it differs from the error
 against the unknown mean force only by the constant noise variance, so it ranks candidates correctly.
-Layer 1 (sigma1, lam1) is scored through the average of its sub-models, layer 2 (sigma2, lam2) through
-the layer-2 model trained on that average. Every expensive unit of work is cached in ``workdir``, so
+Layer 1 (sigma1, lam1) is scored through the average of its sub-models, extrapolated from the few
+cross-validation models to the final ensemble size; layer 2 (sigma2, lam2) through the layer-2 model
+trained on that average. Every expensive unit of work is cached in ``workdir``, so
 an interrupted fit resumes where it stopped.
 """
 from __future__ import annotations
@@ -66,6 +67,21 @@ def _mse(pred, target):
     return float(np.mean((pred - target) ** 2))
 
 
+def _ensemble_size_correction(preds, n_final):
+    """Change in the MSE of an ensemble average when it grows from m = len(preds) to ``n_final`` models.
+
+    For exchangeable sub-models the average of n has error bias^2 + noise + c + (v - c)/n, where v - c
+    is the between-model variance, estimated without bias by the sample variance over the m models.
+    Cross-validating a few models this way scores lambda for the ensemble that will actually be used:
+    a small lambda that interpolates noise is penalised less when many models average it out.
+    """
+    m = len(preds)
+    if m < 2:
+        return 0.0
+    between = float(preds.var(axis=0, ddof=1).mean())
+    return between * (1.0 / n_final - 1.0 / m)
+
+
 class _WorkCache:
     """Named arrays stored one ``.npz`` per key under ``workdir`` (or in memory when workdir is None)."""
 
@@ -114,9 +130,9 @@ class TwoLayerGDML:
     n_jobs : parallel layer-1 trainings (joblib); workdir : checkpoint directory for resuming.
     """
 
-    def __init__(self, n_models=48, batch_size=300, mean_set_size=1500, sigma1=(2.0, 4.0, 8.0),
-                 lam1=(0.3, 3.0, 30.0), sigma2=(2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=3, cv_models=6,
-                 cv_mean_set_size=600, cv_holdout=2000, strata="auto", grid_bins=12, n_strata=50, chiral=True,
+    def __init__(self, n_models=48, batch_size=300, mean_set_size=1500, sigma1=(1.0, 2.0, 4.0),
+                 lam1=(0.1, 1.0, 10.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=3, cv_models=4,
+                 cv_mean_set_size=600, cv_holdout=4000, strata="auto", grid_bins=12, n_strata=50, chiral=True,
                  prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True):
         self.n_models = n_models
         self.batch_size = batch_size
@@ -176,59 +192,77 @@ class TwoLayerGDML:
                 raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
 
     # ------------------------------------------------------------------ stages
+    def _layer1(self, specs, coords, labels, strata, folds, sets, cache, desc):
+        """Train the sub-models ``specs`` = [(sigma1, lam1, fold, i)] not yet in ``cache``; return their entries.
+
+        A model of fold k draws its batch from the frames outside fold k (fold -1: from all frames) and
+        predicts on ``sets[k]``, a dict of named index arrays (held-out frames, mean sets).
+        """
+        tasks, keys = [], []
+        for s1, l1, k, i in specs:
+            key = f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}"
+            if cache.get(key) is None:
+                pool = np.flatnonzero(folds != k)
+                batch = stratified_batch(strata, min(self.batch_size, len(pool)), self._rng(2, k + 1, i), pool=pool)
+                tasks.append((_fit_and_predict, (coords, labels, batch, list(sets[k].values()), s1, l1, self.chiral)))
+                keys.append((key, k))
+        for (key, k), preds in zip(keys, self._run(tasks, desc)):
+            cache.put(key, **{name: p.astype(np.float32) for name, p in zip(sets[k], preds)})
+        return [cache.get(f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}") for s1, l1, k, i in specs]
+
     def _cross_validate(self, coords, labels, strata, folds, cache):
-        """Score every (sigma1, lam1), then every (sigma2, lam2) for the best layer 1. Returns the table."""
-        n_folds = self.n_folds
-        held = {}
-        cv_mean = {}
-        for k in range(n_folds):
+        """Choose (sigma1, lam1), then (sigma2, lam2); return the CV table and the final layer-1 entries.
+
+        Layer 1: ``cv_models`` sub-models per candidate and fold, their average scored on the held-out
+        fold and extrapolated to the final ensemble size. Layer 2: the best layer 1 grows to
+        n_models / n_folds sub-models per fold; each layer-2 candidate is trained on the fold's mean set
+        labelled by that fold's ensemble and scored on the held-out fold. The fold ensembles together
+        are the final layer 1, so no sub-model is trained twice.
+        """
+        sets = {}
+        for k in range(self.n_folds):
             rng = self._rng(1, k)
             test = np.flatnonzero(folds == k)
-            held[k] = np.sort(rng.choice(test, size=min(self.cv_holdout, len(test)), replace=False))
             pool = np.flatnonzero(folds != k)
-            cv_mean[k] = np.sort(stratified_batch(strata, min(self.cv_mean_set_size, len(pool)), rng, pool=pool))
+            sets[k] = dict(held=np.sort(rng.choice(test, size=min(self.cv_holdout, len(test)), replace=False)),
+                           mean=np.sort(stratified_batch(strata, min(self.cv_mean_set_size, len(pool)), rng, pool=pool)),
+                           final=self.mean_set_index_)
         scores = []
-        layer1 = list(itertools.product(np.atleast_1d(self.sigma1), np.atleast_1d(self.lam1)))
-        tasks, keys = [], []
-        for (s1, l1), k in itertools.product(layer1, range(n_folds)):
-            pool = np.flatnonzero(folds != k)
-            for i in range(self.cv_models):
-                key = f"cv1_s{s1:g}_l{l1:g}_f{k}_m{i}"
-                if cache.get(key) is None:
-                    batch = stratified_batch(strata, self.batch_size, self._rng(2, k, i), pool=pool)
-                    tasks.append((_fit_and_predict, (coords, labels, batch, [held[k], cv_mean[k]], s1, l1,
-                                                     self.chiral)))
-                    keys.append(key)
-        for key, (p_held, p_mean) in zip(keys, self._run(tasks, "CV layer 1")):
-            cache.put(key, held=p_held.astype(np.float32), mean=p_mean.astype(np.float32))
-        avg_mean = {}
-        for s1, l1 in layer1:
-            fold_scores = []
-            for k in range(n_folds):
-                parts = [cache.get(f"cv1_s{s1:g}_l{l1:g}_f{k}_m{i}") for i in range(self.cv_models)]
-                fold_scores.append(_mse(np.mean([p["held"] for p in parts], 0), labels[held[k]]))
-                avg_mean[(s1, l1, k)] = np.mean([p["mean"] for p in parts], 0)
+        for s1, l1 in itertools.product(np.atleast_1d(self.sigma1), np.atleast_1d(self.lam1)):
+            specs = [(s1, l1, k, i) for k in range(self.n_folds) for i in range(self.cv_models)]
+            entries = self._layer1(specs, coords, labels, strata, folds, sets, cache, "CV layer 1")
+            fold_scores, fold_raw = [], []
+            for k in range(self.n_folds):
+                held_preds = np.array([e["held"] for e, sp in zip(entries, specs) if sp[2] == k], dtype=np.float64)
+                raw = _mse(held_preds.mean(0), labels[sets[k]["held"]])
+                fold_raw.append(raw)
+                fold_scores.append(raw + _ensemble_size_correction(held_preds, self.n_models))
             scores.append(dict(layer=1, sigma=float(s1), lam=float(l1), mse=float(np.mean(fold_scores)),
-                               mse_folds=fold_scores))
-        best1 = min((s for s in scores if s["layer"] == 1), key=lambda s: s["mse"])
+                               mse_folds=fold_scores, mse_cv_ensemble=float(np.mean(fold_raw))))
+        best1 = min(scores, key=lambda s: s["mse"])
         s1, l1 = best1["sigma"], best1["lam"]
-        layer2 = list(itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)))
+        per_fold = max(self.cv_models, -(-self.n_models // self.n_folds))
+        specs = [(s1, l1, k, i) for k in range(self.n_folds) for i in range(per_fold)]
+        final_entries = self._layer1(specs, coords, labels, strata, folds, sets, cache, "layer 1")
         tasks, keys = [], []
-        for (s2, l2), k in itertools.product(layer2, range(n_folds)):
-            key = f"cv2_s{s1:g}_l{l1:g}_s{s2:g}_l{l2:g}_f{k}"
-            if cache.get(key) is None:
-                mean_labels = np.zeros_like(labels)
-                mean_labels[cv_mean[k]] = avg_mean[(s1, l1, k)]
-                tasks.append((_fit_and_predict, (coords, mean_labels, cv_mean[k], [held[k]], s2, l2, self.chiral)))
-                keys.append(key)
-        for key, (p_held,) in zip(keys, self._run(tasks, "CV layer 2")):
+        for s2, l2 in itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)):
+            for k in range(self.n_folds):
+                key = f"l2_s{s1:g}_l{l1:g}_n{per_fold}_s{s2:g}_l{l2:g}_f{k}"
+                keys.append((key, s2, l2, k))
+                if cache.get(key) is None:
+                    fold_labels = np.zeros_like(labels)
+                    fold_labels[sets[k]["mean"]] = np.mean(
+                        [e["mean"] for e, sp in zip(final_entries, specs) if sp[2] == k], axis=0)
+                    tasks.append((key, (_fit_and_predict, (coords, fold_labels, sets[k]["mean"], [sets[k]["held"]],
+                                                           s2, l2, self.chiral))))
+        for (key, _), (p_held,) in zip(tasks, self._run([t for _, t in tasks], "CV layer 2")):
             cache.put(key, held=p_held.astype(np.float32))
-        for s2, l2 in layer2:
-            fold_scores = [_mse(cache.get(f"cv2_s{s1:g}_l{l1:g}_s{s2:g}_l{l2:g}_f{k}")["held"], labels[held[k]])
-                           for k in range(n_folds)]
+        for s2, l2 in itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)):
+            fold_scores = [_mse(cache.get(key)["held"], labels[sets[k]["held"]])
+                           for key, a, b, k in keys if (a, b) == (s2, l2)]
             scores.append(dict(layer=2, sigma=float(s2), lam=float(l2), mse=float(np.mean(fold_scores)),
-                               mse_folds=fold_scores, sigma1=s1, lam1=l1))
-        return scores
+                               mse_folds=fold_scores, sigma1=s1, lam1=l1, models_per_fold=per_fold))
+        return scores, final_entries
 
     def fit(self, dataset):
         """Fit to a :class:`cgdml.data.CGDataset`. Sets ``model_`` (a CGModel) and the CV table ``cv_scores_``."""
@@ -240,38 +274,30 @@ class TwoLayerGDML:
         labels = dataset.forces - self.prior_.forces(coords)
         self.strata_, self.strata_method_ = make_strata(dataset, self.strata, self.grid_bins, self.n_strata, self.seed)
         folds = stratified_folds(self.strata_, self.n_folds, self._rng(0))
+        self.mean_set_index_ = np.sort(stratified_batch(self.strata_, min(self.mean_set_size, dataset.n_frames),
+                                                        self._rng(3)))
         cache = _WorkCache(self.workdir, self._fingerprint(dataset))
         timings["prior_and_strata_s"] = time.perf_counter() - t0
 
-        single = all(len(np.atleast_1d(v)) == 1 for v in (self.sigma1, self.lam1, self.sigma2, self.lam2))
         t = time.perf_counter()
-        if single or self.n_folds < 2:
+        grids = [np.atleast_1d(v) for v in (self.sigma1, self.lam1, self.sigma2, self.lam2)]
+        if all(len(g) == 1 for g in grids) or self.n_folds < 2:
+            s1, l1, s2, l2 = (float(g[0]) for g in grids)
             self.cv_scores_ = []
-            s1, l1, s2, l2 = (float(np.atleast_1d(v)[0]) for v in (self.sigma1, self.lam1, self.sigma2, self.lam2))
+            all_frames = np.full(dataset.n_frames, -2)  # fold -1 draws from every frame
+            entries = self._layer1([(s1, l1, -1, i) for i in range(self.n_models)], coords, labels, self.strata_,
+                                   all_frames, {-1: dict(final=self.mean_set_index_)}, cache, "layer 1")
         else:
-            self.cv_scores_ = self._cross_validate(coords, labels, self.strata_, folds, cache)
+            self.cv_scores_, entries = self._cross_validate(coords, labels, self.strata_, folds, cache)
             best1 = min((s for s in self.cv_scores_ if s["layer"] == 1), key=lambda s: s["mse"])
             best2 = min((s for s in self.cv_scores_ if s["layer"] == 2), key=lambda s: s["mse"])
             s1, l1, s2, l2 = best1["sigma"], best1["lam"], best2["sigma"], best2["lam"]
         self.sigma1_, self.lam1_, self.sigma2_, self.lam2_ = s1, l1, s2, l2
-        timings["cross_validation_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        rng = self._rng(3)
-        self.mean_set_index_ = np.sort(stratified_batch(self.strata_, min(self.mean_set_size, dataset.n_frames), rng))
-        tasks, keys = [], []
-        for i in range(self.n_models):
-            key = f"layer1_s{s1:g}_l{l1:g}_m{i}"
-            if cache.get(key) is None:
-                batch = stratified_batch(self.strata_, min(self.batch_size, dataset.n_frames), self._rng(4, i))
-                tasks.append((_fit_and_predict, (coords, labels, batch, [self.mean_set_index_], s1, l1, self.chiral)))
-                keys.append(key)
-        for key, (pred,) in zip(keys, self._run(tasks, "layer 1")):
-            cache.put(key, mean=pred)
-        preds = np.array([cache.get(f"layer1_s{s1:g}_l{l1:g}_m{i}")["mean"] for i in range(self.n_models)])
+        preds = np.array([e["final"] for e in entries], dtype=np.float64)
+        self.n_layer1_models_ = len(preds)
         self.mean_set_labels_ = preds.mean(0)
-        self.layer1_spread_ = float(preds.std(0).mean()) if self.n_models > 1 else float("nan")
-        timings["layer1_s"] = time.perf_counter() - t
+        self.layer1_spread_ = float(preds.std(0).mean()) if len(preds) > 1 else float("nan")
+        timings["cross_validation_and_layer1_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         gdml = GDML(sigma=s2, lam=l2, relative_lam=True, chiral=self.chiral)
@@ -280,7 +306,8 @@ class TwoLayerGDML:
         timings["total_s"] = time.perf_counter() - t0
         self.timings_ = timings
         info = dict(method="two-layer GDML", params=self.get_params(),
-                    chosen=dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_)),
+                    chosen=dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_),
+                                n_layer1_models=len(preds)),
                     cv_scores=self.cv_scores_, strata=dict(method=self.strata_method_,
                                                            n_occupied=int(self.strata_.max() + 1)),
                     timings=timings, data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads,
@@ -293,7 +320,7 @@ class TwoLayerGDML:
         h.update(np.ascontiguousarray(dataset.coords, dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(dataset.forces, dtype=np.float32).tobytes())
         h.update(json.dumps({k: v for k, v in self.get_params().items() if k not in
-                             ("sigma1", "lam1", "sigma2", "lam2", "n_models", "mean_set_size")},
+                             ("sigma1", "lam1", "sigma2", "lam2", "n_models")},
                             sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
