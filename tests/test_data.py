@@ -211,3 +211,25 @@ def test_map_cli_errors_are_one_line_and_write_nothing(system, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error:") and "f.npy" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.npz*"))
+
+
+def test_dataset_arguments_shared_with_fit(system, tmp_path):
+    import argparse
+
+    from cgdml.map import add_dataset_arguments, dataset_from_args
+
+    d, top, x, f = system
+    parser = add_dataset_arguments(argparse.ArgumentParser())
+    cg = CGDataset.from_arrays(x[:, [4, 6, 8, 14, 16]], f[:, [4, 6, 8, 14, 16]], bead_names=list("CNACN"))
+    cg.save(tmp_path / "ds.npz")
+    ds = dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), "--stride", "5"]))
+    assert ds.n_frames == 10
+    np.testing.assert_allclose(ds.coords, x[::5, [4, 6, 8, 14, 16]], atol=1e-6)
+    with pytest.raises(CgdmlError, match="not both"):
+        dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), "--coords", "c.npy", "--cg-forces", "f.npy"]))
+    with pytest.raises(CgdmlError, match="go together"):
+        dataset_from_args(parser.parse_args(["--coords", "c.npy"]))
+    with pytest.raises(CgdmlError, match="310 K"):
+        dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), "--temperature", "310"]))
+    ds = dataset_from_args(parser.parse_args(["--map", "ala2-6", "--stride", "50"]))  # the shipped reference
+    assert ds.n_beads == 6 and ds.n_frames == 400
