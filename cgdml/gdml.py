@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 from sklearn.base import BaseEstimator
+from tqdm.auto import tqdm
 
 from . import kernels
 from ._io import CgdmlError, load_npz, save_npz
@@ -31,6 +32,33 @@ _MAX_LAMBDA_RETRIES = 4
 def reduced_rank(n_beads: int, n_desc: int) -> int:
     """Rank kept per frame: 3N - 6 internal degrees of freedom (1 for a dimer), at most n_desc."""
     return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
+
+
+def cholesky_upper_inplace(A, block=2048):
+    """Upper Cholesky factor of the F-ordered symmetric matrix A (upper triangle used), in place; returns A.
+
+    Right-looking blocked algorithm: LAPACK potrf on diagonal blocks, trsm on the block row and GEMM updates of
+    the trailing matrix. Multi-threaded OpenBLAS potrf segfaults on this project's machines for n above
+    ~15000 (reproducible with a bare scipy.linalg.cho_factor), while GEMM and small potrf calls are fine.
+    Raises numpy.linalg.LinAlgError when A is not positive definite.
+    """
+    n = A.shape[0]
+    potrf, = scipy.linalg.get_lapack_funcs(("potrf",), (A,))
+    trsm, = scipy.linalg.get_blas_funcs(("trsm",), (A,))
+    for k in range(0, n, block):
+        e = min(k + block, n)
+        c, info = potrf(A[k:e, k:e], lower=0, clean=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"leading minor of order {k + info} is not positive definite")
+        A[k:e, k:e] = c
+        if e == n:
+            break
+        X = trsm(1.0, c, A[k:e, e:], side=0, lower=0, trans_a=1, diag=0)  # U_kk^T X = A_k,rest
+        A[k:e, e:] = X
+        for j0 in range(e, n, block):
+            j1 = min(j0 + block, n)
+            A[e:j1, j0:j1] -= X[:, : j1 - e].T @ X[:, j0 - e:j1 - e]
+    return A
 
 
 def _check_RF(R, F=None, E=None):
@@ -64,7 +92,7 @@ class GDML(BaseEstimator):
 
     Learned: ``D_train_`` (M, n_desc) training descriptors, ``V_`` (M, n_desc) descriptor-space coefficients,
     ``lam_`` absolute lambda used, ``c_`` energy offset (kJ/mol), ``n_train_``, ``n_beads_``, ``solver_``,
-    ``cg_iterations_``.
+    ``cg_iterations_``, ``timings_`` (seconds per fit stage; not saved).
     """
 
     def __init__(self, sigma=2.0, lam=1e-10, relative_lam=False, chiral=True, chiral_scale=1.0,
@@ -101,6 +129,7 @@ class GDML(BaseEstimator):
         R, F, E = _check_RF(R, F, E)
         M, N = R.shape[:2]
         t0 = time.perf_counter()
+        self.timings_ = {}
         D, J = descriptor_jacobian(R, self.chiral, self.chiral_scale)
         if not np.all(np.isfinite(J)):
             raise CgdmlError("descriptor undefined for some training frame (overlapping or collinear beads)")
@@ -112,6 +141,7 @@ class GDML(BaseEstimator):
         mean_diag = 5.0 / (3.0 * self.sigma ** 2) * np.sum(J * J) / (M * 3 * N)
         del J
         lam = float(self.lam) * (mean_diag if self.relative_lam else 1.0)
+        self.timings_["descriptors"] = time.perf_counter() - t0
         self._log(f"{M} frames, {N} beads, reduced size {M * r}, lambda {lam:.3g}, "
                   f"descriptors {time.perf_counter() - t0:.2f} s")
 
@@ -133,6 +163,7 @@ class GDML(BaseEstimator):
         self.c_ = 0.0
         if E is not None:
             self.c_ = float(np.mean(E - self.predict(R)[0]))
+        self.timings_["total"] = time.perf_counter() - t0
         self._log(f"fit done in {time.perf_counter() - t0:.2f} s ({solver})")
         return self
 
@@ -146,7 +177,10 @@ class GDML(BaseEstimator):
             t1 = time.perf_counter()
             try:
                 # K.T is Fortran-ordered and its upper triangle is K's lower one: LAPACK works in place.
-                c = scipy.linalg.cho_factor(K.T, lower=False, overwrite_a=True, check_finite=False)
+                if n > 8192:
+                    c = (cholesky_upper_inplace(K.T), False)
+                else:
+                    c = scipy.linalg.cho_factor(K.T, lower=False, overwrite_a=True, check_finite=False)
             except np.linalg.LinAlgError:
                 if attempt == _MAX_LAMBDA_RETRIES:
                     break
@@ -154,8 +188,10 @@ class GDML(BaseEstimator):
                               f"retrying with lambda={10 * lam:.3g}", RuntimeWarning, stacklevel=3)
                 lam *= 10.0
                 continue
+            t2 = time.perf_counter()
             a = scipy.linalg.cho_solve(c, y, check_finite=False)
-            self._log(f"assembly {t1 - t0:.2f} s, Cholesky {time.perf_counter() - t1:.2f} s")
+            self.timings_.update(assembly=t1 - t0, factorization=t2 - t1, solve=time.perf_counter() - t2)
+            self._log(f"assembly {t1 - t0:.2f} s, Cholesky {t2 - t1:.2f} s")
             return a, lam
         raise CgdmlError(f"GDML kernel matrix is not positive definite even with lambda={lam:.3g}; "
                          "use a larger lam (or relative_lam=True) or check for duplicate frames")
@@ -211,13 +247,17 @@ class GDML(BaseEstimator):
         precond = self._nystrom(D, W, lam, m)
         t1 = time.perf_counter()
         count = [0]
+        bar = tqdm(total=int(self.cg_maxiter), desc="GDML CG", leave=False, disable=not self.verbose)
 
         def callback(_):
             count[0] += 1
+            bar.update()
 
         a, info = scipy.sparse.linalg.cg(A, y, rtol=self.cg_tol, atol=0.0, maxiter=int(self.cg_maxiter),
                                          M=precond, callback=callback)
+        bar.close()
         self.cg_iterations_ = count[0]
+        self.timings_.update(cg_setup=t1 - t0, cg_iterations=time.perf_counter() - t1)
         if info != 0:
             res = np.linalg.norm(A.matvec(a) - y) / np.linalg.norm(y)
             warnings.warn(f"GDML conjugate gradients stopped after {count[0]} iterations at relative residual "

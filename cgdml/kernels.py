@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 
 import numba as nb
 import numpy as np
@@ -193,8 +194,13 @@ def _blas_controller():
 
 
 @functools.lru_cache(maxsize=8)
-def _executor(n):
+def _executor_for(n, pid):
     return concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="cgdml-gdml")
+
+
+def _executor(n):
+    """Shared worker threads (one pool per process id, so a forked child never inherits dead threads)."""
+    return _executor_for(n, os.getpid())
 
 
 def hessian_apply(Dx, tab, energy=False, chunk=256, n_threads=None):

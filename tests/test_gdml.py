@@ -205,3 +205,17 @@ def test_input_errors(fitted):
         GDML().predict(np.zeros((2, 5, 3)))
     with pytest.raises(CgdmlError):
         GDML(sigma=-1.0).fit(*samples(3, seed=0)[::2])
+
+
+def test_blocked_cholesky_matches_lapack():
+    from scipy.linalg import cholesky
+
+    from cgdml.gdml import cholesky_upper_inplace
+
+    rng = np.random.default_rng(13)
+    G = rng.normal(size=(300, 300))
+    A = G @ G.T + 300 * np.eye(300)
+    U = cholesky_upper_inplace(np.asfortranarray(A), block=64)
+    np.testing.assert_allclose(np.triu(U), cholesky(A), atol=1e-10)
+    with pytest.raises(np.linalg.LinAlgError):
+        cholesky_upper_inplace(np.asfortranarray(A - 400 * np.eye(300)), block=64)
