@@ -34,6 +34,7 @@ DATA = Path(os.environ.get("CGDML_SHARED", "/work/shared")) / "data" / "cgnet-al
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gdml.md"
 SIGMA = 2.0  # nm^-1
 REL_LAM = 1e-4  # lambda relative to mean(diag K); the same absolute value is given to sgdml
+SCIPY_CHO_MAX = 12000  # larger scipy cho_factor calls segfault in multithreaded OpenBLAS on this machine
 CG_REL_LAM = 1e-3  # for the matrix-free run (CG iterations grow as lambda shrinks)
 
 
@@ -201,21 +202,28 @@ def main(argv=None):
     say()
     say("## Training")
     say()
-    say("| M | reduced n | ours fit (s) | sgdml train (s) | speed-up | cho_factor alone (s) | cho GFLOP/s | "
-        "fit / cho time | max rel. force diff vs sgdml |")
-    say("|---|---|---|---|---|---|---|---|---|")
+    say("| M | reduced n | ours fit (s) | factorization in fit (s) | its GFLOP/s | factorization / fit | "
+        "scipy cho_factor alone (s) | its GFLOP/s | sgdml train (s) | speed-up | max rel. force diff vs sgdml |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|")
     sg_models = {}
     ours = {}
+    fmt = lambda v, f: "n/a" if v is None else f.format(v)  # noqa: E731
     for M in sizes:
         tr = perm[:M]
         model = GDML(sigma=SIGMA, lam=REL_LAM, relative_lam=True, chiral=False, solver="cholesky",
                      memory_budget_gb=8.0)
         model.fit(R[tr[:50]], F[tr[:50]])  # warm numba caches
-        t0 = time.perf_counter()
-        model.fit(R[tr], F[tr])
-        fit_s = time.perf_counter() - t0
+        fit_s, fact_s = np.inf, np.inf
+        for _ in range(2 if M <= 1000 else 1):  # best of two where cheap: the machine is shared
+            t0 = time.perf_counter()
+            model.fit(R[tr], F[tr])
+            fit_s = min(fit_s, time.perf_counter() - t0)
+            fact_s = min(fact_s, model.timings_["factorization"])
         ours[M] = model
-        n, cho_s, gflops = cholesky_reference(R[tr], SIGMA, model.lam_)
+        n = M * reduced_rank(R.shape[1], 10)
+        cho_s = gflops = None
+        if n <= SCIPY_CHO_MAX:
+            n, cho_s, gflops = cholesky_reference(R[tr], SIGMA, model.lam_)
         sg_s, diff = None, None
         if M in sgdml_sizes:
             sg_model, sg_s = sgdml_train(R[tr], F[tr], SIGMA, model.lam_)
@@ -223,10 +231,14 @@ def main(argv=None):
             _, Fs = sgdml_predictor(sg_model).predict(R[test].reshape(len(test), -1))
             Fo = model.predict_forces(R[test]).reshape(len(test), -1)
             diff = np.abs(Fs - Fo).max() / np.abs(Fs).max()
-        fmt = lambda v, f: "n/a" if v is None else f.format(v)  # noqa: E731
-        say(f"| {M} | {n} | {fit_s:.2f} | {fmt(sg_s, '{:.2f}')} | {fmt(None if sg_s is None else sg_s / fit_s, '{:.1f}x')} "
-            f"| {cho_s:.2f} | {gflops:.1f} | {fit_s / cho_s:.2f} | {fmt(diff, '{:.1e}')} |")
-
+        say(f"| {M} | {n} | {fit_s:.2f} | {fact_s:.2f} | {n ** 3 / 3 / fact_s / 1e9:.1f} | {fact_s / fit_s:.2f} "
+            f"| {fmt(cho_s, '{:.2f}')} | {fmt(gflops, '{:.1f}')} | {fmt(sg_s, '{:.1f}')} "
+            f"| {fmt(None if sg_s is None else sg_s / fit_s, '{:.1f}x')} | {fmt(diff, '{:.1e}')} |")
+    say()
+    say(f"Factorization: scipy cho_factor up to n = 8192, above that cgdml's blocked Cholesky (potrf on 2048 "
+        f"blocks + GEMM updates), because multithreaded OpenBLAS potrf segfaults here for n above ~15000 (a bare "
+        f"scipy.linalg.cho_factor of a 16300 x 16300 matrix crashes; with 1 thread it works). The scipy "
+        f"reference is therefore only run for n <= {SCIPY_CHO_MAX}. GFLOP/s = n^3/3 / time.")
     say()
     say("## Prediction (forces only, per configuration)")
     say()
