@@ -5,6 +5,7 @@ into one line on stderr and exit status 2, so no traceback ever reaches a user f
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -19,22 +20,64 @@ class CgdmlError(Exception):
     """A user mistake (bad file, bad option, bad data). The message is one line, shown as is."""
 
 
+def _directory_of(path):
+    path = Path(path)
+    return path.parent if str(path.parent) else Path(".")
+
+
+def check_output(path):
+    """Fail early, with one line naming ``path``, when its directory is missing or cannot be written to.
+
+    Long runs call this before any work, so that a typo in ``-o`` does not cost the whole run.
+    """
+    path = Path(path)
+    directory = _directory_of(path)
+    if not directory.is_dir():
+        if directory.exists() or any(p.exists() and not p.is_dir() for p in directory.parents):
+            raise CgdmlError(f"{path}: {directory} is not a directory")
+        raise CgdmlError(f"{path}: output directory {directory} does not exist")
+    if path.is_dir():
+        raise CgdmlError(f"{path}: is a directory, not a file name")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as exc:
+        raise CgdmlError(f"{path}: cannot write to directory {directory} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    An interrupted or failed write never leaves a file at ``path`` that looks complete.
+    An interrupted or failed write never leaves a file at ``path`` that looks complete, nor the temporary
+    file; a write error (disk full, permission denied, file too large) becomes a one-line :class:`CgdmlError`
+    naming ``path``. The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
     """
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = _directory_of(path)
     if not directory.is_dir():
-        raise CgdmlError(f"{path}: output directory {directory} does not exist")
+        check_output(path)  # raises the right message
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=directory)
+    except OSError as exc:
+        raise CgdmlError(f"{path}: cannot write to directory {directory} ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CgdmlError(f"{path}: write failed ({exc.strerror or exc}); nothing was written") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -76,19 +119,44 @@ def load_npz(path, what="file"):
         raise CgdmlError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text."""
+
+    def error(self, message):
+        raise CgdmlError(f"{message} (see {self.prog} --help)")
+
+
+def one_line(text, limit=600):
+    """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {one_line(message)}", file=sys.stderr if file is None else file)
+
+
 def run_cli(main, argv=None):
-    """Run ``main(argv)`` as a command: user errors become one stderr line and a non-zero exit."""
-    prog = Path(sys.argv[0]).stem if argv is None else "cgdml"
+    """Run ``main(argv)`` as a command: user errors become one stderr line and a non-zero exit.
+
+    Warnings are shown as one ``warning: ...`` line each (no source line, no file name).
+    """
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         status = main(argv)
     except CgdmlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
     except OSError as exc:  # disk full, permission denied, ...
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"error: {name}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {name}{one_line(exc.strerror or exc)}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        warnings.showwarning = shown
     sys.exit(status or 0)

@@ -13,13 +13,12 @@ Command line: ``python -m cgdml.fes TRAJ.h5 --reference DATA.npz -o FES.png --js
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from scipy.special import rel_entr
 
-from ._io import CgdmlError, atomic_path, run_cli, save_json
+from ._io import ArgumentParser, CgdmlError, atomic_path, check_output, run_cli, save_json
 
 PERIODIC = (-np.pi, np.pi)
 BACKBONE = ("C", "N", "CA", "C", "N")
@@ -353,7 +352,7 @@ def _load_trajectories(paths, top):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m cgdml.fes", description=(
+    p = ArgumentParser(prog="python -m cgdml.fes", description=(
         "Free-energy landscape of CG trajectories over (phi, psi), optionally compared with a reference CG "
         "dataset: FES RMSE (kT) and Jensen-Shannon divergence with split-half noise floor and bootstrap."))
     p.add_argument("traj", nargs="+", help="trajectory file(s) readable by mdtraj (.h5 carries its topology)")
@@ -375,8 +374,7 @@ def main(argv=None):
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise CgdmlError(f"{out}: plot must end in .png, .pdf or .svg")
     for path in [out] + ([Path(a.json)] if a.json else []):
-        if str(path.parent) and not path.parent.is_dir():
-            raise CgdmlError(f"{path}: output directory {path.parent} does not exist")
+        check_output(path)
     if a.top is not None and not Path(a.top).exists():
         raise CgdmlError(f"{a.top}: no such topology file")
 

@@ -11,8 +11,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from ._io import CgdmlError, run_cli, save_json
-from .ensemble import TwoLayerGDML, fit_single
+from ._io import ArgumentParser, CgdmlError, check_output, run_cli, save_json
 
 # option name -> (TwoLayerGDML parameter, type, is a list)
 OPTIONS = {
@@ -32,10 +31,15 @@ def read_config(path):
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise CgdmlError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CgdmlError(f"{path}: invalid TOML ({exc})") from None
+    except OSError as exc:
+        raise CgdmlError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    section = raw.get("fit", raw)
+    if not isinstance(section, dict):
+        raise CgdmlError(f"{path}: key 'fit' must be a table of fit options")
     config = {}
-    for key, value in raw.get("fit", raw).items():
+    for key, value in section.items():
         name = key.replace("-", "_")
         if name not in OPTIONS:
             raise CgdmlError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(OPTIONS))})")
@@ -43,17 +47,32 @@ def read_config(path):
         values = value if isinstance(value, list) else [value]
         if not is_list and isinstance(value, list):
             raise CgdmlError(f"{path}: key {key!r} takes one value, not a list")
-        if not all(isinstance(v, kind) or (kind is float and isinstance(v, int) and not isinstance(v, bool))
-                   for v in values):
+        if not all((isinstance(v, kind) and (kind is bool or not isinstance(v, bool)))
+                   or (kind is float and isinstance(v, int) and not isinstance(v, bool)) for v in values):
             raise CgdmlError(f"{path}: key {key!r} must be {'a list of ' if is_list else ''}{kind.__name__}")
         config[name] = [kind(v) for v in values] if is_list else kind(value)
     return config
 
 
+def _check_options(options, config=None):
+    """Counts >= 1, --jobs not 0, hyperparameter grids of positive finite numbers: checked before any work."""
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        where = f" (option {flag} or key {name!r} in {config})" if config else ""
+        kind, is_list = OPTIONS[name]
+        if name == "jobs":
+            if value == 0:
+                raise CgdmlError(f"{flag} must be >= 1 (or negative: all cores but |n| - 1), got 0{where}")
+        elif kind is int and name != "seed" and value < 1:
+            raise CgdmlError(f"{flag} must be >= 1, got {value}{where}")
+        elif is_list and not all(v > 0 and v < float("inf") for v in value):
+            raise CgdmlError(f"{flag} must be positive numbers, got {' '.join(f'{v:g}' for v in value)}{where}")
+
+
 def build_parser():
     from .map import add_dataset_arguments
 
-    p = argparse.ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
     add_dataset_arguments(p)
     p.add_argument("--config", help="TOML file with fit options (command-line options override it)")
     p.add_argument("--method", choices=["two-layer", "single"], default="two-layer",
@@ -77,12 +96,19 @@ def main(argv=None):
     output = Path(args.output)
     if output.suffix != ".npz":
         raise CgdmlError(f"{output}: the model file must end in .npz")
+    check_output(output)
     options = read_config(args.config) if args.config else {}
     options.update({k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None})
+    _check_options(options, args.config)
     t0 = time.perf_counter()
     dataset = dataset_from_args(args)
     params = {PARAM_NAME.get(k, k): v for k, v in options.items()}
     workdir = output.with_name(output.name + ".work")
+    from .ensemble import TwoLayerGDML, fit_single  # heavy (numba, scikit-learn): after the input checks
+
+    cached = [f for f in workdir.glob("*.npz") if not f.name.startswith(".")] if workdir.is_dir() else []
+    if cached:
+        print(f"resuming from {len(cached)} checkpoint file(s) in {workdir}")
     if args.method == "single":
         single = {k: v for k, v in params.items() if k in ("chiral", "prior_repulsion", "seed", "strata", "grid_bins")}
         model = fit_single(dataset, args.n_frames, sigma=params.get("sigma1", [4.0])[0],

@@ -343,8 +343,13 @@ class GDML(BaseEstimator):
             for name in cls._HYPER:
                 v = arrays[name].item()
                 kw[name] = None if name == "n_inducing" and v == -1 else v
-            kw["solver"] = str(kw["solver"])
+            types = dict(sigma=float, lam=float, relative_lam=bool, chiral=bool, chiral_scale=float, solver=str,
+                         memory_budget_gb=float, cg_tol=float, cg_maxiter=int, verbose=bool)
+            kw = {k: (types[k](v) if k in types else None if v is None else int(v)) for k, v in kw.items()}
             model = cls(**kw)
+            model._check_params()
+            if not np.isfinite(model.chiral_scale):
+                raise ValueError(f"chiral_scale {model.chiral_scale}")
             model.lam_ = float(arrays["lam_"])
             model.c_ = float(arrays["c_"])
             model.D_train_ = np.ascontiguousarray(arrays["D_train_"], dtype=np.float64)

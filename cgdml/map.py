@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, run_cli
-from .data import CGDataset, load_default_cg_dataset
+from ._io import ArgumentParser, CgdmlError, check_output, run_cli
+from .data import CGDataset, check_finite, load_default_cg_dataset
 from .mapping import FORCE_MAPS, available_presets, map_allatom, preset_map
 
 
@@ -72,9 +72,15 @@ def _stride(args):
     return args.stride
 
 
+def _check_temperature(args):
+    if args.temperature is not None and not args.temperature > 0:
+        raise CgdmlError(f"--temperature must be > 0 K, got {args.temperature:g}")
+
+
 def dataset_from_args(args):
     """The :class:`CGDataset` named by options from :func:`add_dataset_arguments`."""
     stride = _stride(args)
+    _check_temperature(args)
     dataset_path = getattr(args, "dataset", None)
     if dataset_path and (args.coords or args.cg_forces):
         raise CgdmlError("give either a dataset file or --coords/--cg-forces, not both")
@@ -86,8 +92,21 @@ def dataset_from_args(args):
     if args.coords or args.cg_forces:
         if not (args.coords and args.cg_forces):
             raise CgdmlError("--coords and --cg-forces go together")
-        coords = _load_array(args.coords, "coordinates")[::stride]
-        forces = _load_array(args.cg_forces, "forces")[::stride]
+        from .units import energy_factor, length_factor
+
+        length_factor(args.length_unit)
+        energy_factor(args.energy_unit, 300.0 if args.temperature is None else args.temperature)
+        coords = _load_array(args.coords, "coordinates")
+        forces = _load_array(args.cg_forces, "forces")
+        for path, array, what in ((args.coords, coords, "coordinates"), (args.cg_forces, forces, "forces")):
+            if array.ndim != 3 or array.shape[2] != 3:
+                raise CgdmlError(f"{path}: {what} must have shape (n_frames, n_beads, 3), got {array.shape}")
+        if forces.shape != coords.shape:
+            raise CgdmlError(f"{args.cg_forces}: forces shaped {forces.shape} do not match the coordinates "
+                             f"{args.coords} shaped {coords.shape}")
+        check_finite(coords, "coordinates", str(args.coords))
+        check_finite(forces, "forces", str(args.cg_forces))
+        coords, forces = coords[::stride], forces[::stride]
         topology = masses = names = None
         if args.beads in available_presets():
             cgmap = preset_map(args.beads)
@@ -129,7 +148,7 @@ def _one_line_warnings():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m cgdml.map", description=__doc__.splitlines()[0],
+    p = ArgumentParser(prog="python -m cgdml.map", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     aa = p.add_argument_group("all-atom input")
     aa.add_argument("--top", help="topology (pdb, psf, prmtop, gro, ...)")
@@ -144,8 +163,8 @@ def main(argv=None):
     out = Path(a.output)
     if out.suffix != ".npz":
         raise CgdmlError(f"{out}: the output file must end in .npz")
-    if not out.parent.is_dir():
-        raise CgdmlError(f"{out}: output directory {out.parent} does not exist")
+    check_output(out)
+    _check_temperature(a)
     with _one_line_warnings():
         if a.top or a.traj or a.forces:
             missing = [f for f, v in (("--top", a.top), ("--traj", a.traj), ("--forces", a.forces), ("--map", a.map))

@@ -12,8 +12,6 @@ import warnings
 import numpy as np
 
 from ._io import CgdmlError, json_default, load_npz, save_npz
-from .gdml import GDML
-from .prior import HarmonicPrior
 
 MODEL_FORMAT_VERSION = 1
 
@@ -88,29 +86,63 @@ class CGModel:
     def load(cls, path):
         """Read a model written by :meth:`save`; a bad file is a one-line :class:`CgdmlError`."""
         z = load_npz(path, "cgdml model file")
-        if "kind" not in z or str(z["kind"]) != "cgdml.CGModel":
+        try:
+            kind = str(z["kind"]) if "kind" in z else ""
+        except (TypeError, ValueError):
+            kind = ""
+        if kind != "cgdml.CGModel":
             raise CgdmlError(f"{path}: not a cgdml model file (no 'kind' = cgdml.CGModel)")
-        version = int(z["format_version"])
+        try:
+            version = int(z["format_version"])
+        except (KeyError, TypeError, ValueError):
+            raise CgdmlError(f"{path}: damaged cgdml model file (no readable format_version)") from None
         if version > MODEL_FORMAT_VERSION:
             raise CgdmlError(f"{path}: model format version {version} is newer than this cgdml supports "
                              f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
+        from .gdml import GDML  # heavy imports (numba, scikit-learn) only for a file that looks right
+        from .prior import HarmonicPrior
+
         try:
             gdml = GDML.from_arrays({k[5:]: v for k, v in z.items() if k.startswith("gdml/")})
             prior = HarmonicPrior.from_arrays({k[6:]: v for k, v in z.items() if k.startswith("prior/")})
             model = cls(gdml, prior, float(z["temperature"]), [str(b) for b in z["bead_names"]],
                         str(z["topology_pdb"]), z["masses"], z["train_coords_sample"],
                         json.loads(str(z["info_json"])))
+            model._check_consistent()
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise CgdmlError(f"{path}: damaged cgdml model file ({type(exc).__name__}: {exc})") from None
         return model
 
-    def warn_if_out_of_range(self, R, factor=3.0):
-        """Warn when any configuration in R lies far outside the training data."""
+    def _check_consistent(self):
+        """Raise CgdmlError when the parts of a loaded model disagree (a damaged or hand-edited file)."""
+        n = self.n_beads
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise CgdmlError(f"damaged cgdml model file: temperature {self.temperature}")
+        try:
+            sigma_ok = bool(np.isfinite(self.gdml.sigma) and self.gdml.sigma > 0)
+        except TypeError:
+            sigma_ok = False
+        if not sigma_ok:
+            raise CgdmlError(f"damaged cgdml model file: GDML sigma {self.gdml.sigma!r}")
+        if self.gdml.n_beads_ != n:
+            raise CgdmlError(f"damaged cgdml model file: GDML model for {self.gdml.n_beads_} beads, {n} bead names")
+        if self.masses.shape != (n,) or not (self.masses > 0).all():
+            raise CgdmlError(f"damaged cgdml model file: masses shaped {self.masses.shape}, expected ({n},) > 0")
+        if self.train_coords_sample.ndim != 3 or self.train_coords_sample.shape[1:] != (n, 3):
+            raise CgdmlError(f"damaged cgdml model file: start sample shaped {self.train_coords_sample.shape}")
+        if not np.isfinite(self.train_coords_sample).all():
+            raise CgdmlError("damaged cgdml model file: start sample holds NaN or inf")
+        self.prior.check(n)
+
+    def warn_if_out_of_range(self, R, factor=3.0, what="configurations"):
+        """Warn when any configuration in R lies far outside the training data; returns the mask (n,)."""
+        R = self._check(R)
+        if not len(R):
+            return np.zeros(0, dtype=bool)
         far = self.out_of_range(R, factor)
         if far.any():
-            warnings.warn(f"{far.sum()} of {len(far)} configurations lie more than {factor} sigma from every "
-                          "training configuration; the learned force is unreliable there", stacklevel=2)
+            warnings.warn(f"{far.sum()} of {len(far)} {what} lie more than {factor:g} sigma (descriptor space) from "
+                          "every training configuration; the learned force is unreliable there", stacklevel=2)
         return far
-

@@ -95,14 +95,35 @@ class HarmonicPrior:
 
     @classmethod
     def from_arrays(cls, arrays):
-        """Inverse of :meth:`to_arrays`."""
-        prior = cls(repulsion=bool(arrays["repulsion"]))
-        for name in cls._ARRAYS:
-            setattr(prior, name, np.asarray(arrays[name]))
-        prior.temperature_ = float(arrays["temperature_"])
-        prior.repulsion_eps_ = float(arrays["repulsion_eps_"])
-        prior.max_bond_length_ = float(arrays["max_bond_length_"])
+        """Inverse of :meth:`to_arrays`; damaged input raises :class:`CgdmlError`."""
+        try:
+            prior = cls(repulsion=bool(arrays["repulsion"]))
+            for name in cls._ARRAYS:
+                kind = np.int64 if name.endswith(("pairs_", "triples_")) else np.float64
+                value = np.asarray(arrays[name])
+                if kind is np.int64 and value.size and value.dtype.kind not in "iu":
+                    raise ValueError(f"{name} holds {value.dtype} values, not bead indices")
+                setattr(prior, name, np.ascontiguousarray(value, dtype=kind))
+            prior.temperature_ = float(arrays["temperature_"])
+            prior.repulsion_eps_ = float(arrays["repulsion_eps_"])
+            prior.max_bond_length_ = float(arrays["max_bond_length_"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CgdmlError(f"incomplete or damaged prior ({type(exc).__name__}: {exc})") from None
         return prior
+
+    def check(self, n_beads):
+        """Raise :class:`CgdmlError` unless the learned arrays are consistent and index ``n_beads`` beads."""
+        shapes = [(self.bond_pairs_, 2, (self.bond_r0_, self.bond_k_)),
+                  (self.angle_triples_, 3, (self.angle_theta0_, self.angle_k_)),
+                  (self.repulsion_pairs_, 2, (self.repulsion_rmin_,))]
+        for index, width, params in shapes:
+            if index.ndim != 2 or index.shape[1] != width or any(p.shape != (len(index),) for p in params):
+                raise CgdmlError(f"damaged prior: index array shaped {index.shape} with parameters shaped "
+                                 f"{[p.shape for p in params]}")
+            if index.size and (index.min() < 0 or index.max() >= n_beads):
+                raise CgdmlError(f"damaged prior: bead indices outside 0..{n_beads - 1}")
+        if not all(np.isfinite(p).all() for _, _, ps in shapes for p in ps):
+            raise CgdmlError("damaged prior: NaN or inf parameters")
 
 
 @numba.njit(parallel=True, cache=True)

@@ -12,7 +12,6 @@ same command. At the end the chunks are assembled into ``DIR/NAME.pdb`` (topolog
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, atomic_path, load_npz, run_cli, save_json, save_npz
+from ._io import ArgumentParser, CgdmlError, atomic_path, load_npz, run_cli, save_json, save_npz
 from .units import check_temperature
 
 # Capped alanine dipeptide (L-alanine, extended backbone), AMBER atom names, Angstrom.
@@ -109,6 +108,9 @@ class _Run:
     def __init__(self, settings, outdir):
         self.s = settings
         self.dir = Path(outdir)
+        for key in ("ns", "save_every_ps", "timestep_fs", "chunk_ns"):
+            if not settings[key] > 0:
+                raise CgdmlError(f"--{key.replace('_', '-')} must be > 0, got {settings[key]:g}")
         ts_ps = settings["timestep_fs"] / 1000.0
         steps = settings["save_every_ps"] / ts_ps
         if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
@@ -164,7 +166,12 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
 
     temperature = check_temperature(temperature)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    for value, label, ok in ((friction_per_ps, "--friction", friction_per_ps >= 0),
+                             (hydrogen_mass, "--hydrogen-mass", hydrogen_mass > 0),
+                             (equilibrate_ps, "--equilibrate-ps", equilibrate_ps >= 0),
+                             (threads, "--threads", threads >= 0)):
+        if not ok:
+            raise CgdmlError(f"{label} must be {'> 0' if label == '--hydrogen-mass' else '>= 0'}, got {value:g}")
     settings = dict(ns=float(ns), save_every_ps=float(save_every_ps), temperature=temperature, solvent=solvent,
                     seed=int(seed), platform=platform, threads=int(threads), chunk_ns=float(chunk_ns),
                     timestep_fs=float(timestep_fs), friction_per_ps=float(friction_per_ps),
@@ -172,6 +179,11 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
                     force_field=list(FORCE_FIELDS.get(solvent, ())), integrator="LangevinMiddleIntegrator",
                     constraints="HBonds", openmm_version=openmm.__version__)
     plan = _Run(settings, outdir)
+    plat, props = _platform(platform, threads)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CgdmlError(f"{outdir}: cannot create the run directory ({exc.strerror or exc})") from None
     _check_settings(outdir / "run.json", settings)
 
     topology, positions, system, n_solute = build_system(solvent, hydrogen_mass=hydrogen_mass)
@@ -180,7 +192,6 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction_per_ps / unit.picosecond,
                                                  timestep_fs * unit.femtoseconds)
     integrator.setRandomNumberSeed(int(seed))
-    plat, props = _platform(platform, threads)
     context = openmm.Context(system, integrator, plat, props)
 
     done = plan.finished_chunks()
@@ -296,7 +307,7 @@ def assemble_reference(outdir, plan, pdb_text, settings, *, name=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
     p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
     p.add_argument("--save-every-ps", type=float, default=1.0, help="frame spacing in ps (default 1)")

@@ -17,7 +17,6 @@ Command line: ``python -m cgdml.simulate MODEL.npz -o TRAJ.h5`` (see ``--help``)
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, load_npz, run_cli, save_json, save_npz
+from ._io import ArgumentParser, CgdmlError, check_output, load_npz, run_cli, save_json, save_npz
 from .units import kT as thermal_energy
 
 INTEGRATORS = ("overdamped", "langevin")
@@ -313,12 +312,17 @@ def write_trajectory(path, result, topology, dt, skip=0):
     times = np.concatenate([(skip + np.arange(c) + 1) * result.save_every * dt for c in counts])
     traj = md.Trajectory(xyz.astype(np.float32), topology, time=times)
     with atomic_path(path) as tmp:
-        traj.save(str(tmp), force_overwrite=True)
+        try:
+            traj.save(str(tmp), force_overwrite=True)
+        except OSError:
+            raise                                   # atomic_path reports it with the path
+        except Exception as exc:                    # e.g. PyTables errors on a full disk
+            raise CgdmlError(f"{path}: cannot write trajectory ({type(exc).__name__}: {exc})") from None
     return counts
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m cgdml.simulate", description=(
+    p = ArgumentParser(prog="python -m cgdml.simulate", description=(
         "Run batched Langevin simulations of a fitted CG model and write one mdtraj trajectory (all replicas, "
         "one after another) plus a JSON sidecar. Interrupted runs resume when the same command is rerun."))
     p.add_argument("model", help="fitted CG model (.npz)")
@@ -354,8 +358,9 @@ def main(argv=None):
     out = Path(a.output)
     if out.suffix.lower() not in (".h5", ".dcd", ".xtc"):
         raise CgdmlError(f"{out}: output must end in .h5, .dcd or .xtc")
-    if not out.parent.is_dir() and str(out.parent):
-        raise CgdmlError(f"{out}: output directory {out.parent} does not exist")
+    check_output(out)
+    if a.temperature is not None and not a.temperature > 0:
+        raise CgdmlError(f"--temperature must be > 0 K, got {a.temperature:g}")
     dt = DEFAULTS[a.integrator]["dt"] if a.dt is None else a.dt
     friction = DEFAULTS[a.integrator]["friction"] if a.friction is None else a.friction
     for name, val in (("--replicas", a.replicas), ("--steps", a.steps), ("--save-every", a.save_every)):
@@ -385,14 +390,14 @@ def main(argv=None):
     from .data import CGDataset, topology_from_pdb
     from .model import CGModel
 
+    start = CGDataset.load(a.start) if a.start is not None else None
     model = CGModel.load(a.model)
     temperature = model.temperature if a.temperature is None else a.temperature
-    start = None
-    if a.start is not None:
-        start = CGDataset.load(a.start)
+    if start is not None:
         if start.n_beads != model.n_beads:
             raise CgdmlError(f"{a.start}: dataset has {start.n_beads} beads, model {a.model} has {model.n_beads}")
     x0 = start_configurations(model, a.replicas, a.seed, start)
+    model.warn_if_out_of_range(x0, what=f"start configurations (from {a.start or a.model})")
     blowup = bond_blowup(model.bond_pairs, a.blowup_factor * model.max_bond_length) \
         if len(model.bond_pairs) else None
     ckpt = Path(str(out) + ".ckpt.npz")
@@ -415,6 +420,7 @@ def main(argv=None):
                                                                           "blowup": settings["blowup_bond_nm"]})
     finally:
         numba.set_num_threads(numba_threads)                   # main() may run inside a notebook or test
+    model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
     counts = write_trajectory(out, result, topology_from_pdb(model.topology_pdb), dt, burn_in // a.save_every)
     t = result.timings
     sidecar = {"trajectory": out.name, "settings": settings, "n_replicas": a.replicas,
