@@ -430,6 +430,8 @@ def main(argv=None):
                "ns_per_day_per_replica": (t["steps_per_s"] * dt * 86400 / 1000) if t["steps"] else None}
     save_json(out.with_suffix(".json"), sidecar)
     ckpt.unlink(missing_ok=True)
+    for stale in ckpt.parent.glob(f".{ckpt.name}.*.tmp.npz"):   # left by a run killed while checkpointing
+        stale.unlink(missing_ok=True)
     print(f"wrote {out} ({int(counts.sum())} frames from {a.replicas} replicas, {sidecar['n_blown_up']} blown up) "
           f"and {out.with_suffix('.json')}; {t['steps_per_s']:.0f} steps/s")
     return 0

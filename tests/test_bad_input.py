@@ -30,12 +30,17 @@ SIM_SMALL = ["--replicas", "2", "--steps", "20", "--save-every", "10", "--burn-i
 GARBAGE = np.random.default_rng(7).bytes(3000)
 
 
+# one BLAS thread per command: the commands run side by side, and spinning BLAS threads on a busy machine make a
+# 1000 x 1000 Cholesky take seconds instead of milliseconds
+ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def command(module, *args):
     return [sys.executable, "-m", f"cgdml.{module}", *map(str, args)]
 
 
 def run(module, *args, timeout=240):
-    return subprocess.run(command(module, *args), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(command(module, *args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
 
 
 def run_limited(module, *args, max_file_bytes):
@@ -45,7 +50,7 @@ def run_limited(module, *args, max_file_bytes):
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
             f"sys.argv = ['cgdml.{module}'] + sys.argv[1:]; runpy.run_module('cgdml.{module}', run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=240, cwd=REPO)
+                          timeout=240, cwd=REPO, env=ENV)
 
 
 def leftovers(path):
@@ -96,7 +101,6 @@ def write_npz(path, **arrays):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """Small all-atom data (200 frames of the shipped reference), its 5-bead map, a model, and bad variants."""
-    t00 = time.perf_counter()
     import mdtraj as md
 
     from cgdml.data import CGDataset
@@ -163,7 +167,6 @@ def inputs(tmp_path_factory):
     (d / "garbage.h5").write_bytes(GARBAGE)
     md.Trajectory(ds.coords[:50, :4].astype(np.float32), ds.topology.subset(range(4))).save_hdf5(str(d / "four.h5"))
     (d / "existing_file").write_text("a file, not a directory\n")
-    print("INPUTS", time.perf_counter() - t00)
     return SimpleNamespace(d=d, ds=ds, model=model, top=top)
 
 
@@ -292,16 +295,10 @@ def results(inputs, tmp_path_factory):
         module, args, _ = CASES[name]
         o = root / name
         o.mkdir()
-        t0 = time.perf_counter()
-        r = run(module, *[_resolve(a, inputs.d, o) for a in args])
-        r.elapsed = time.perf_counter() - t0
-        return name, r, o
+        return name, run(module, *[_resolve(a, inputs.d, o) for a in args]), o
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        out = {name: (r, o) for name, r, o in pool.map(one, CASES)}
-    print("POOL", time.perf_counter() - t0, sorted(((round(r.elapsed, 1), n) for n, (r, o) in out.items()))[-12:])
-    return out
+        return {name: (r, o) for name, r, o in pool.map(one, CASES)}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -402,20 +399,27 @@ def _models_trained(stderr):
 def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
     """SIGKILL a fit once layer-1 checkpoints exist; the same command then trains only what is missing and gives
     the model of an uninterrupted run. (Layer 1 is checkpointed per batch of sub-models, one batch per CV candidate.)"""
+    from threadpoolctl import threadpool_limits
+
+    from cgdml.data import CGDataset
+    from cgdml.ensemble import TwoLayerGDML
     from cgdml.model import CGModel
 
     args = [fit_data, "--n-models", 4, "--batch-size", 120, "--mean-set-size", 100, "--sigma1", 2, "--lam1", 1, 10,
             "--sigma2", 2, "--lam2", 0.01, 0.1, "--folds", 2, "--cv-models", 1, "--seed", 3]
-    clean = tmp_path / "clean.npz"
-    r = run("fit", *args, "-o", clean)
-    assert r.returncode == 0, r.stderr
-    trained_clean = _models_trained(r.stderr)
+    # the uninterrupted fit, in this process (the command line is a thin shell over it)
+    work_clean = tmp_path / "clean.work"
+    with threadpool_limits(1):
+        clean = TwoLayerGDML(n_models=4, batch_size=120, mean_set_size=100, sigma1=[2.0], lam1=[1.0, 10.0],
+                             sigma2=[2.0], lam2=[0.01, 0.1], n_folds=2, cv_models=1, seed=3, workdir=work_clean,
+                             progress=False).fit(CGDataset.load(fit_data)).model_
+    trained_clean = len(list(work_clean.glob("l[12]_*.npz")))
     assert trained_clean == 4 + 2 + 4                  # CV layer 1, the rest of layer 1, CV layer 2
 
     out = tmp_path / "model.npz"
     work = Path(str(out) + ".work")
     proc = subprocess.Popen(command("fit", *args, "-o", out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
+                            text=True, cwd=REPO, env=ENV)
     _kill_when(proc, work, "l1_*.npz")
     assert not out.exists()
     cached = [p for p in work.glob("*.npz") if not p.name.startswith(".")]
@@ -426,7 +430,7 @@ def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
     assert _models_trained(r.stderr) == trained_clean - len(cached)    # only the missing models were trained
     assert not work.exists() and not [p for p in leftovers(out) if p.name.startswith(".")]
 
-    a, b = CGModel.load(clean), CGModel.load(out)
+    a, b = clean, CGModel.load(out)
     assert a.info["chosen"] == b.info["chosen"]
     R = a.train_coords_sample[:20]
     np.testing.assert_allclose(b.forces(R), a.forces(R), rtol=1e-9, atol=1e-9 * np.abs(a.forces(R)).max())
@@ -438,21 +442,22 @@ def test_killed_simulation_resumes_bit_for_bit(inputs, tmp_path):
 
     args = [inputs.d / "model.npz", "--replicas", 4, "--steps", 6000, "--save-every", 20, "--burn-in", 1000,
             "--checkpoint-every", 500, "--seed", 5, "--no-progress"]
-    clean = tmp_path / "clean.h5"
-    r = run("simulate", *args, "-o", clean)
-    assert r.returncode == 0, r.stderr
+    from cgdml.simulate import main
+
+    clean = tmp_path / "clean.h5"                                       # uninterrupted, in this process
+    assert main([str(a) for a in args] + ["-o", str(clean)]) == 0
 
     out = tmp_path / "t.h5"
     ckpt = tmp_path / "t.h5.ckpt.npz"
     proc = subprocess.Popen(command("simulate", *args, "-o", out), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
     _kill_when(proc, tmp_path, ckpt.name)
     assert not out.exists()
     r = run("simulate", *args, "-o", out)
     assert r.returncode == 0, r.stderr
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["timings"]["resumed_from_step"] >= 500
-    assert not ckpt.exists()
+    assert not ckpt.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     a, b = md.load(str(clean)), md.load(str(out))
     assert a.n_frames == 4 * 250
     assert np.array_equal(a.xyz, b.xyz) and np.array_equal(a.time, b.time)
