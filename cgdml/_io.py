@@ -107,11 +107,28 @@ def save_json(path, obj):
         tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
+def numpy_file_kind(path):
+    """"npy" or "npz" from the first bytes of ``path`` (NumPy magic or zip header), else None. Without this
+    check ``numpy.load`` takes random bytes for a pickle and reports pickled data."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "npz"
+    return None
+
+
 def load_npz(path, what="file"):
     """Open an ``.npz`` written by cgdml, turning any read failure into a one-line :class:`CgdmlError`."""
     path = Path(path)
     if not path.exists():
         raise CgdmlError(f"{path}: no such {what}")
+    if path.is_file() and numpy_file_kind(path) != "npz":
+        raise CgdmlError(f"{path}: not a readable {what} (not a NumPy .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

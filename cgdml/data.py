@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, load_npz, save_npz
+from ._io import CgdmlError, load_npz, numpy_file_kind, save_npz
 from .units import check_temperature, force_factor, length_factor
 
 DATASET_FORMAT_VERSION = 1
@@ -245,6 +245,8 @@ class _ArrayReader:
             raise CgdmlError(f"{self.path}: no such {what} file")
         suffix = self.path.suffix.lower()
         self._trr = None
+        if suffix in RAW_SUFFIXES and self.path.is_file() and numpy_file_kind(self.path) != suffix[1:]:
+            raise CgdmlError(f"{self.path}: not a readable {what} file (no NumPy {suffix} content)")
         try:
             if suffix == ".npy":
                 self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)

@@ -344,7 +344,12 @@ def _load_trajectories(paths, top):
             trajs.append(md.load(str(p), top=top) if top is not None and Path(p).suffix.lower() != ".h5"
                          else md.load(str(p)))
         except Exception as exc:
-            raise CgdmlError(f"{p}: cannot read trajectory ({type(exc).__name__}: {exc})") from None
+            with open(p, "rb") as fh:
+                head = fh.read(8)
+            if Path(p).suffix.lower() in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+                raise CgdmlError(f"{p}: cannot read trajectory (not an HDF5 file)") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise CgdmlError(f"{p}: cannot read trajectory ({type(exc).__name__}: {first})") from None
     n_atoms = {t.n_atoms for t in trajs}
     if len(n_atoms) > 1:
         raise CgdmlError(f"trajectories have different bead counts: {sorted(n_atoms)}")
@@ -379,7 +384,13 @@ def main(argv=None):
         raise CgdmlError(f"{a.top}: no such topology file")
 
     trajs = _load_trajectories(a.traj, a.top)
-    cv_model = np.concatenate([phi_psi(t) for t in trajs])
+    cv_model = []
+    for path, t in zip(a.traj, trajs):
+        try:
+            cv_model.append(phi_psi(t))
+        except CgdmlError as exc:
+            raise CgdmlError(f"{path}: {exc}") from None
+    cv_model = np.concatenate(cv_model)
     xyz_model = np.concatenate([t.xyz for t in trajs])
     bond_pairs = [(b[0].index, b[1].index) for b in trajs[0].topology.bonds]
     report = {"trajectories": [str(t) for t in a.traj], "n_frames": len(cv_model), "cv": a.cv, "bins": a.bins}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import ArgumentParser, CgdmlError, check_output, run_cli
+from ._io import ArgumentParser, CgdmlError, check_output, numpy_file_kind, run_cli
 from .data import CGDataset, check_finite, load_default_cg_dataset
 from .mapping import FORCE_MAPS, available_presets, map_allatom, preset_map
 
@@ -52,6 +52,8 @@ def _load_array(path, what):
     path = Path(path)
     if not path.exists():
         raise CgdmlError(f"{path}: no such {what} file")
+    if path.is_file() and numpy_file_kind(path) is None:
+        raise CgdmlError(f"{path}: not a readable {what} array (neither .npy nor .npz content)")
     try:
         z = np.load(path, allow_pickle=False)
         if isinstance(z, np.ndarray):

@@ -198,7 +198,8 @@ CASES = {
     "map-missing-topology": ("map", _with(_map(), "--top", "D/nope.pdb"), ["nope.pdb", "no such topology"]),
     "map-garbage-topology": ("map", _with(_map(), "--top", "D/garbage.pdb"), ["garbage.pdb"]),
     "map-missing-trajectory": ("map", _with(_map(), "--traj", "D/nope.npy"), ["nope.npy", "no such"]),
-    "map-garbage-trajectory": ("map", _with(_map(), "--traj", "D/garbage.npy"), ["garbage.npy", "not a readable"]),
+    "map-garbage-trajectory": ("map", _with(_map(), "--traj", "D/garbage.npy"),
+                               ["garbage.npy", "not a readable positions file (no NumPy .npy content)"]),
     "map-atom-count": ("map", _with(_map(), "--traj", "D/x21.npy"), ["x21.npy", "21 atoms", "22"]),
     "map-forces-shape": ("map", _with(_map(), "--forces", "D/f_2d.npy"), ["f_2d.npy", "shape"]),
     "map-forces-frames": ("map", _with(_map(), "--forces", "D/f_150.npy"), ["f_150.npy", "150 force frames", "200"]),
@@ -220,7 +221,8 @@ CASES = {
     "map-unwritable-outdir": ("map", _map(out="/proc/cgdml_test_cg.npz"), ["/proc", "cannot write"]),
     # fit: dataset files, pre-mapped arrays, units, TOML config (naming the key), settings, outputs
     "fit-missing-dataset": ("fit", _fit(dataset="D/nope.npz"), ["nope.npz", "no such CG dataset"]),
-    "fit-garbage-dataset": ("fit", _fit(dataset="D/garbage.npz"), ["garbage.npz", "not a readable"]),
+    "fit-garbage-dataset": ("fit", _fit(dataset="D/garbage.npz"),
+                            ["garbage.npz", "not a readable CG dataset (not a NumPy .npz archive)"]),
     "fit-nan-dataset": ("fit", _fit(dataset="D/cg_nan.npz"), ["cg_nan.npz", "1 frame(s): 11"]),
     "fit-newer-dataset": ("fit", _fit(dataset="D/cg_v99.npz"), ["cg_v99.npz", "version 99", "newer"]),
     "fit-premapped-frames": ("fit", [*FIT_SMALL, "--coords", "D/c.npy", "--cg-forces", "D/g_199.npy", "-o",
@@ -230,7 +232,8 @@ CASES = {
     "fit-config-unknown-key": ("fit", _fit("--config", "D/fit_unknown.toml"), ["fit_unknown.toml", "'sigma3'"]),
     "fit-config-wrong-type": ("fit", _fit("--config", "D/fit_type.toml"), ["fit_type.toml", "'n_models'", "int"]),
     "fit-config-syntax": ("fit", _fit("--config", "D/fit_syntax.toml"), ["fit_syntax.toml", "invalid TOML"]),
-    "fit-config-out-of-range": ("fit", _fit("--config", "D/fit_range.toml"), ["'cv_holdout'", "fit_range.toml", "got 0"]),
+    "fit-config-out-of-range": ("fit", _fit("--config", "D/fit_range.toml"),
+                                ["'cv_holdout'", "fit_range.toml", "got 0"]),
     "fit-missing-config": ("fit", _fit("--config", "D/nope.toml"), ["nope.toml", "no such config"]),
     "fit-zero-models": ("fit", _fit("--n-models", "0"), ["--n-models must be >= 1"]),
     "fit-no-such-outdir": ("fit", _fit(out="O/nodir/model.npz"), ["nodir", "does not exist"]),
@@ -238,7 +241,8 @@ CASES = {
     "fit-unwritable-outdir": ("fit", _fit(out="/proc/cgdml_test_model.npz"), ["/proc", "cannot write"]),
     # simulate: model files, start dataset, settings, outputs
     "sim-missing-model": ("simulate", _sim("D/nope.npz"), ["nope.npz", "no such cgdml model file"]),
-    "sim-garbage-model": ("simulate", _sim("D/garbage.npz"), ["garbage.npz", "not a readable cgdml model"]),
+    "sim-garbage-model": ("simulate", _sim("D/garbage.npz"),
+                          ["garbage.npz", "not a readable cgdml model file (not a NumPy .npz archive)"]),
     "sim-truncated-model": ("simulate", _sim("D/truncated.npz"), ["truncated.npz", "not a readable cgdml model"]),
     "sim-corrupt-model": ("simulate", _sim("D/model_novalues.npz"), ["model_novalues.npz", "V_"]),
     "sim-unversioned-model": ("simulate", _sim("D/model_noversion.npz"), ["model_noversion.npz", "format_version"]),
@@ -258,9 +262,10 @@ CASES = {
     "sim-unwritable-outdir": ("simulate", _sim(out="/proc/cgdml_test_t.h5"), ["/proc", "cannot write"]),
     # fes: trajectories, topology, reference, options, outputs
     "fes-missing-trajectory": ("fes", ["D/nope.h5", "-o", "O/fes.png"], ["nope.h5", "no such trajectory"]),
-    "fes-garbage-trajectory": ("fes", ["D/garbage.h5", "-o", "O/fes.png"], ["garbage.h5", "cannot read"]),
+    "fes-garbage-trajectory": ("fes", ["D/garbage.h5", "-o", "O/fes.png"],
+                               ["garbage.h5", "cannot read trajectory (not an HDF5 file)"]),
     "fes-dcd-without-topology": ("fes", ["D/cg.dcd", "-o", "O/fes.png"], ["cg.dcd", "give --top"]),
-    "fes-no-backbone": ("fes", ["D/four.h5", "-o", "O/fes.png"], ["backbone"]),
+    "fes-no-backbone": ("fes", ["D/four.h5", "-o", "O/fes.png"], ["four.h5", "no backbone found"]),
     "fes-reference-bead-count": ("fes", ["D/cg.h5", "--reference", "D/four.npz", "-o", "O/fes.png", "--json",
                                          "O/m.json"], ["four.npz", "4 beads", "5"]),
     "fes-garbage-reference": ("fes", ["D/cg.h5", "--reference", "D/garbage.npz", "-o", "O/fes.png"],
@@ -278,7 +283,8 @@ CASES = {
                                  ["existing_file/run", "cannot create"]),
 }
 # outputs each case must leave absent (besides everything under its own directory O, checked to stay empty)
-OUTPUTS = {"map-unwritable-outdir": ["/proc/cgdml_test_cg.npz"], "fit-unwritable-outdir": ["/proc/cgdml_test_model.npz"],
+OUTPUTS = {"map-unwritable-outdir": ["/proc/cgdml_test_cg.npz"],
+           "fit-unwritable-outdir": ["/proc/cgdml_test_model.npz"],
            "sim-unwritable-outdir": ["/proc/cgdml_test_t.h5"], "fes-unwritable-outdir": ["/proc/cgdml_test_fes.png"]}
 
 
@@ -323,6 +329,19 @@ def test_good_inputs_work(inputs, tmp_path):
     r = run("map", *[_resolve(a, inputs.d, tmp_path) for a in _map()])
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cg.npz").stat().st_mode & 0o044, "atomic writes must honour the umask, not mkstemp's 0600"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="chmod does not restrict root (the /proc and file-as-directory "
+                    "cases cover unwritable outputs)")
+def test_read_only_directory(inputs, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = run("simulate", *[_resolve(a, inputs.d, ro) for a in _sim()])
+        assert_clean_failure(r, ["t.h5", "cannot write", "Permission denied"], [ro / "t.h5"])
+    finally:
+        ro.chmod(0o755)
 
 
 # ------------------------------------------------------------------------------------------------- full disk
