@@ -168,12 +168,12 @@ def throughput(say, quick):
         pred = sgdml_predictor(sg_built, os.cpu_count())
         diff_built = rel_diff(pred.predict(test[:20].reshape(20, -1))[1], twin.predict_forces(test[:20]).reshape(20, -1))
         del pred
-    say()
     dense_gb = lambda m: (m * 18) ** 2 * 8 / 1e9  # noqa: E731  sgdml's kernel matrix, 6 beads, no reduction
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     say()
-    say(f"sgdml at M = {M}: not trained (its dense {M * 18}^2 kernel matrix needs {dense_gb(M):.0f} GB; at M = 3000 "
-        f"{dense_gb(3000):.0f} GB, more than this machine's {ram_gb:.0f} GB RAM). Its GDMLPredict is built instead "
+    say(f"sgdml at M = {M}: not trained (its analytic solver needs the dense {M * 18}^2 kernel matrix, "
+        f"{dense_gb(M):.0f} GB, plus working copies; at M = 3000 that is beyond this shared machine's {ram_gb:.0f} GB "
+        "RAM). Its GDMLPredict is built instead "
         f"from our non-chiral GDML fitted to the same {M} frames and prior-subtracted labels (sigma {SIGMA}, "
         f"lambda {g.lam_:.4g} absolute). Checks: a real sgdml training (use_sym=False, use_E=False) on 200 of "
         f"these frames ({sg_train_s:.1f} s) matches our fit of them to max rel. force diff {diff_train:.1e}; the "
