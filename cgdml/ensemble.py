@@ -168,16 +168,19 @@ class TwoLayerGDML:
         return np.random.default_rng([self.seed, *stream])
 
     def _run(self, tasks, desc):
-        """Run ``(fn, args)`` tasks, in parallel when n_jobs > 1, with a progress bar."""
-        if not tasks:
-            return []
-        if self.n_jobs == 1 or len(tasks) == 1:
-            return [fn(*args) for fn, args in tqdm(tasks, desc=desc, disable=not self.progress, leave=False)]
+        """Yield the results of ``(fn, args)`` tasks in order, as each finishes (so each can be checkpointed).
+
+        Tasks run in parallel processes when n_jobs > 1, with a progress bar.
+        """
+        if self.n_jobs == 1 or len(tasks) <= 1:
+            for fn, args in tqdm(tasks, desc=desc, disable=not self.progress or not tasks, leave=False):
+                yield fn(*args)
+            return
         from joblib import Parallel, delayed
 
         par = Parallel(n_jobs=self.n_jobs, return_as="generator")
         gen = par(delayed(_limited_threads)(fn, *args) for fn, args in tasks)
-        return list(tqdm(gen, total=len(tasks), desc=desc, disable=not self.progress, leave=False))
+        yield from tqdm(gen, total=len(tasks), desc=desc, disable=not self.progress, leave=False)
 
     def _check(self, dataset):
         n = dataset.n_frames
