@@ -130,8 +130,8 @@ class TwoLayerGDML:
     n_jobs : parallel layer-1 trainings (joblib); workdir : checkpoint directory for resuming.
     """
 
-    def __init__(self, n_models=48, batch_size=300, mean_set_size=1500, sigma1=(1.0, 2.0, 4.0),
-                 lam1=(0.1, 1.0, 10.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=3, cv_models=4,
+    def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
+                 lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
                  cv_mean_set_size=600, cv_holdout=4000, strata="auto", grid_bins=12, n_strata=50, chiral=True,
                  prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True):
         self.n_models = n_models
@@ -188,7 +188,7 @@ class TwoLayerGDML:
             raise CgdmlError("n_models, batch_size, mean_set_size, cv_models and folds must all be >= 1")
         if self.n_folds > 1 and self.batch_size > n * (self.n_folds - 1) // self.n_folds:
             raise CgdmlError(f"batch size {self.batch_size} exceeds the {n * (self.n_folds - 1) // self.n_folds} "
-                             f"frames of a training fold ({n} frames, {self.n_folds} folds)")
+                             f"frames of a training fold ({n} frames, {self.n_folds} folds); lower --batch-size")
         for name in ("sigma1", "lam1", "sigma2", "lam2"):
             values = np.atleast_1d(getattr(self, name))
             if len(values) == 0 or not (values > 0).all():
