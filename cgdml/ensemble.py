@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._io import CgdmlError, load_npz, save_json, save_npz
 from .gdml import GDML

@@ -249,15 +249,10 @@ def bonds_and_angles(coords, bond_pairs):
 # ------------------------------------------------------------------------------------------------ plots
 
 def _savefig(fig, path):
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
 
 
 def plot_fes(F, edges, ax=None, vmax=8.0, title="", labels=(r"$\phi$ (rad)", r"$\psi$ (rad)")):
@@ -276,18 +271,17 @@ def plot_fes(F, edges, ax=None, vmax=8.0, title="", labels=(r"$\phi$ (rad)", r"$
 
 def plot_comparison(path, cv_model, cv_ref=None, bins=36, range=None, metrics=None, floor=None,
                     distributions=None, vmax=8.0):
-    """Save a figure (atomically): model FES, and with a reference the reference FES and the offset-removed
-    difference map; ``distributions`` = [(label, model_values, ref_values), ...] adds 1D histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save a figure (atomically) and return it: model FES, and with a reference the reference FES and the
+    offset-removed difference map; ``distributions`` = [(label, model_values, ref_values), ...] adds 1D
+    histograms. The figure is built without pyplot, so the caller's matplotlib backend is left alone
+    (in Jupyter, display the returned figure)."""
+    from matplotlib.figure import Figure
 
     n_top = 1 if cv_ref is None else 3
     n_bottom = len(distributions or [])
     ncols = max(n_top, min(n_bottom, 4))
     nrows = 1 + -(-n_bottom // ncols) if n_bottom else 1
-    fig = plt.figure(figsize=(4.6 * ncols, 4.0 * nrows))
+    fig = Figure(figsize=(4.6 * ncols, 4.0 * nrows))
     F_m, edges, _ = histogram_fes(cv_model, bins, range)
     ax = fig.add_subplot(nrows, ncols, 1)
     fig.colorbar(plot_fes(F_m, edges, ax, vmax, f"CG model ({len(_as_cv(cv_model))} frames)"), ax=ax,
@@ -327,6 +321,7 @@ def plot_comparison(path, cv_model, cv_ref=None, bins=36, range=None, metrics=No
         ax.legend(fontsize="small")
     fig.tight_layout()
     _savefig(fig, path)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------ command line

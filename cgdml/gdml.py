@@ -18,7 +18,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 from sklearn.base import BaseEstimator
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import kernels
 from ._io import CgdmlError, load_npz, save_npz

@@ -374,7 +374,7 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
     coords, cg_forces = [], []
     it = load_allatom(topology, trajs, forces, **load)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         it = tqdm(it, desc="mapping", unit="chunk")
     for xyz, f in it:

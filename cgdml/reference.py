@@ -212,7 +212,7 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
 
     bar = None
     if progress and done < plan.n_chunks:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         bar = tqdm(total=plan.n_frames, initial=done * plan.frames_per_chunk, unit="ps",
                    unit_scale=plan.s["save_every_ps"], desc="reference")

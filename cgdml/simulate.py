@@ -203,7 +203,7 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     blowups = [{"replica": int(i), "step": int(stopped_at[i])} for i in np.flatnonzero(~alive)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"simulate {n_rep} replicas", mininterval=0.5)
     start_step = step
     try:
