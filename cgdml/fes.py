@@ -422,6 +422,9 @@ def main(argv=None):
         print(f"noise floor (reference split half): FES RMSE {floor['fes_rmse']:.3f} kT, JS {floor['js']:.4f} nats")
         print(f"{metrics['bins_missed_by_model']} of {metrics['bins_ref_visited']} reference bins never visited "
               f"by the model ({len(cv_model)} model frames, {len(cv_ref)} reference frames)")
+        report["phi_positive"] = dict(model=float(np.mean(cv_model[:, 0] > 0)), reference=float(np.mean(cv_ref[:, 0] > 0)))
+        print(f"phi > 0 population: model {report['phi_positive']['model']:.2%}, "
+              f"reference {report['phi_positive']['reference']:.2%}")
     plot_comparison(out, cv_model, cv_ref, a.bins, metrics=metrics, floor=floor, distributions=distributions)
     if a.json:
         save_json(a.json, report)
