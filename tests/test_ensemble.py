@@ -11,6 +11,7 @@ from cgdml.data import CGDataset
 from cgdml.ensemble import TwoLayerGDML, fit_single
 from cgdml.prior import bond_angles
 from cgdml.units import kT as thermal_energy
+from numerics import numerical_forces
 
 T = 300.0
 KT = thermal_energy(T)
@@ -24,23 +25,17 @@ def dihedral(R):
 
 
 def toy_energy(R):
-    r = np.linalg.norm(np.diff(R, axis=1), axis=-1)
     theta = bond_angles(R, np.array([[0, 1, 2], [1, 2, 3]]))
     phi = dihedral(R)
-    stiff = 0.5 * 40000.0 * ((r - 0.15) ** 2).sum(1) + 0.5 * 300.0 * ((theta - 1.9) ** 2).sum(1)
     soft = KT * (1.5 * np.cos(phi) + 1.0 * np.sin(phi) + 8.0 * (theta[:, 0] - 1.9) * np.cos(phi))
-    return stiff + soft
+    return stiff_energy(R) + soft
 
 
-def toy_forces(R, h=1e-6):
-    F = np.zeros_like(R)
-    for b in range(R.shape[1]):
-        for c in range(3):
-            Rp, Rm = R.copy(), R.copy()
-            Rp[:, b, c] += h
-            Rm[:, b, c] -= h
-            F[:, b, c] = -(toy_energy(Rp) - toy_energy(Rm)) / (2 * h)
-    return F
+def stiff_energy(R):
+    """The bond and angle part of the toy energy (kJ/mol)."""
+    r = np.linalg.norm(np.diff(R, axis=1), axis=-1)
+    theta = bond_angles(R, np.array([[0, 1, 2], [1, 2, 3]]))
+    return 0.5 * 40000.0 * ((r - 0.15) ** 2).sum(1) + 0.5 * 300.0 * ((theta - 1.9) ** 2).sum(1)
 
 
 @pytest.fixture(scope="module")
@@ -61,24 +56,11 @@ def make_toy():
         Et = toy_energy(trial)
         ok = rng.random(len(R)) < np.exp(-(Et - E) / KT)
         R[ok], E[ok] = trial[ok], Et[ok]
-    F_true = toy_forces(R)
-    soft_rms = np.sqrt(np.mean((F_true - toy_forces_stiff_only(R)) ** 2))
+    F_true = numerical_forces(toy_energy, R)
+    soft_rms = np.sqrt(np.mean((F_true - numerical_forces(stiff_energy, R)) ** 2))
     noisy = F_true + rng.normal(scale=4 * soft_rms, size=R.shape)
     data = CGDataset(R, noisy, ["C1", "C2", "C3", "C4"], T)
     return data, F_true
-
-
-def toy_forces_stiff_only(R, h=1e-6):
-    r_only = lambda X: (0.5 * 40000.0 * ((np.linalg.norm(np.diff(X, axis=1), axis=-1) - 0.15) ** 2).sum(1)
-                        + 0.5 * 300.0 * ((bond_angles(X, np.array([[0, 1, 2], [1, 2, 3]])) - 1.9) ** 2).sum(1))
-    F = np.zeros_like(R)
-    for b in range(R.shape[1]):
-        for c in range(3):
-            Rp, Rm = R.copy(), R.copy()
-            Rp[:, b, c] += h
-            Rm[:, b, c] -= h
-            F[:, b, c] = -(r_only(Rp) - r_only(Rm)) / (2 * h)
-    return F
 
 
 def mean_force_error(model, data, F_true, test):

@@ -3,6 +3,7 @@ import pytest
 
 from cgdml.prior import HarmonicPrior, bond_angles, bond_lengths
 from cgdml.units import kT as thermal_energy
+from numerics import numerical_forces
 
 T = 300.0
 KT = thermal_energy(T)
@@ -68,14 +69,7 @@ def test_prior_forces_are_minus_energy_gradient():
     prior = HarmonicPrior(repulsion=True).fit(R + rng.normal(scale=0.01, size=R.shape), T)
     assert len(prior.repulsion_pairs_) == 3  # (0,3), (0,4), (1,4)
     E, F = prior.energy_forces(R)
-    h = 1e-6
-    num = np.zeros_like(F)
-    for b in range(R.shape[1]):
-        for c in range(3):
-            Rp, Rm = R.copy(), R.copy()
-            Rp[:, b, c] += h
-            Rm[:, b, c] -= h
-            num[:, b, c] = -(prior.energy_forces(Rp)[0] - prior.energy_forces(Rm)[0]) / (2 * h)
+    num = numerical_forces(lambda X: prior.energy_forces(X)[0], R)
     np.testing.assert_allclose(F, num, rtol=1e-5, atol=1e-4 * np.abs(F).max())
     np.testing.assert_allclose(F.sum(1), 0.0, atol=1e-8 * np.abs(F).max())  # no net force
 
