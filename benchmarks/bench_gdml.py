@@ -28,6 +28,7 @@ from cgdml._io import atomic_path, run_cli
 from cgdml.features import descriptor, descriptor_jacobian, descriptor_vjp
 from cgdml.gdml import GDML, reduced_rank
 from cgdml.units import force_factor, length_factor
+from _common import best_time
 
 DATA = Path(os.environ.get("CGDML_SHARED", "/work/shared")) / "data" / "cgnet-ala2"
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gdml.md"
@@ -53,21 +54,6 @@ def wall_and_cpu(fn, repeat=3, min_time=0.5):
             fn()
             n += 1
         best = min(best, ((time.perf_counter() - t0) / n, (time.process_time() - c0) / n))
-    return best
-
-
-def best_time(fn, repeat=3, min_time=0.5):
-    """Best wall time of ``fn()`` over ``repeat`` rounds of at least ``min_time`` s each (per call)."""
-    best = np.inf
-    for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        best = min(best, dt / n)
     return best
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cgdml._io import atomic_path, run_cli
+from _common import best_time
 
 SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
 CGNET = SHARED / "data" / "cgnet-ala2"
@@ -49,21 +50,6 @@ TARGET_STEPS = 50_000  # aggregate replica-steps/s on 2 cores
 def load_str():
     la = os.getloadavg()
     return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
-
-
-def best_time(fn, repeat=3, min_time=0.3):
-    """Best wall time of ``fn()`` per call over ``repeat`` rounds of at least ``min_time`` s each."""
-    best = np.inf
-    for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        best = min(best, dt / n)
-    return best
 
 
 class threads:
@@ -187,12 +173,12 @@ def throughput(say, quick):
         with threads(nt):
             pred = sgdml_predictor(sg_built, nt)
             pred.predict(Xf[:1], return_E=False)
-            sg_times[nt] = (best_time(lambda: pred.predict(Xf[:1], return_E=False), repeat=2),
+            sg_times[nt] = (best_time(lambda: pred.predict(Xf[:1], return_E=False), repeat=2, min_time=0.3),
                             best_time(lambda: pred.predict(Xf, return_E=False), repeat=2, min_time=0.5) / len(Xf))
             del pred
             model.forces(test[:1])
-            ours_single[nt] = (best_time(lambda: model.forces(test[:1])),
-                               best_time(lambda: twin.predict_forces(test[:1])))
+            ours_single[nt] = (best_time(lambda: model.forces(test[:1]), min_time=0.3),
+                               best_time(lambda: twin.predict_forces(test[:1]), min_time=0.3))
             run_sim(model, test[:10], 20)  # warm-up (numba dispatch for this thread count)
     sg = min(min(v) for v in sg_times.values())
 
