@@ -19,7 +19,8 @@ Toy: the 4-bead molecule of tests/test_ensemble.py (exact mean force known, labe
 same two fits at three budgets, scored by the MSE against the exact mean force on 1000 test frames.
 
 All fits run with one numba and one BLAS thread (on the shared 2-core machine extra threads slow small fits).
-Run: ``python benchmarks/bench_fit.py [--quick]``. Writes benchmarks/results/bench_fit.md too.
+Run: ``python benchmarks/bench_fit.py [--quick]`` (about 20 min with the 12 x 2000-frame defaults on the shared
+2-core machine; --quick about 1 min). Writes benchmarks/results/bench_fit.md too. Needs /work/shared data.
 """
 from __future__ import annotations
 
@@ -133,6 +134,12 @@ def mse(pred, target):
     return float(np.mean((pred - target) ** 2))
 
 
+def paired_diff(pred_a, pred_b, target):
+    """Mean and standard error over test frames of the per-frame squared-error difference a - b."""
+    d = ((pred_a - target) ** 2).mean(axis=(1, 2)) - ((pred_b - target) ** 2).mean(axis=(1, 2))
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def split(n, seed=0):
     """(test indices, shuffled pool of the remaining frames) for a fixed seed."""
     perm = np.random.default_rng([seed, 7]).permutation(n)
@@ -152,8 +159,10 @@ def bench_dataset(name, data, budgets, defaults, quick, log):
         single, chosen, t_single = fit_single_cv(train, size, quick, toy=False)
         two, t_two = fit_two_layer(train, params)
         prior_mse = mse(two.model_.prior.forces(Rt), Ft)
-        e_single, e_two = mse(single.forces(Rt), Ft), mse(two.model_.forces(Rt), Ft)
-        row = dict(data=name, budget=b, n_test=len(test), prior=prior_mse, single=e_single, two=e_two,
+        p_single, p_two = single.forces(Rt), two.model_.forces(Rt)
+        e_single, e_two = mse(p_single, Ft), mse(p_two, Ft)
+        diff = paired_diff(p_two, p_single, Ft)
+        row = dict(data=name, budget=b, n_test=len(test), prior=prior_mse, single=e_single, two=e_two, diff=diff,
                    t_single=t_single, t_two=t_two, single_size=size, single_chosen=chosen,
                    two_chosen=dict(sigma1=two.sigma1_, lam1=two.lam1_, sigma2=two.sigma2_, lam2=two.lam2_),
                    two_models=two.n_layer1_models_, batch=params["batch_size"], load=os.getloadavg()[0],
@@ -176,9 +185,11 @@ def bench_toy(budgets, defaults, quick, log):
         single, chosen, t_single = fit_single_cv(train, size, quick, toy=True)
         two, t_two = fit_two_layer(train, params)
         prior = mse(two.model_.prior.forces(Rt), F_true[test])
-        e_single, e_two = mse(single.forces(Rt), F_true[test]), mse(two.model_.forces(Rt), F_true[test])
+        p_single, p_two = single.forces(Rt), two.model_.forces(Rt)
+        e_single, e_two = mse(p_single, F_true[test]), mse(p_two, F_true[test])
+        diff = paired_diff(p_two, p_single, F_true[test])
         noise = mse(data.forces[test], F_true[test])
-        row = dict(budget=b, prior=prior, single=e_single, two=e_two, noise=noise, t_single=t_single,
+        row = dict(budget=b, prior=prior, single=e_single, two=e_two, diff=diff, noise=noise, t_single=t_single,
                    t_two=t_two, single_size=size, single_chosen=chosen,
                    two_chosen=dict(sigma1=two.sigma1_, lam1=two.lam1_, sigma2=two.sigma2_, lam2=two.lam2_),
                    two_models=two.n_layer1_models_, batch=params["batch_size"], load=os.getloadavg()[0])
@@ -211,25 +222,27 @@ def report(rows, toy_rows, defaults, args, load_start, wall):
               "includes that search. Two-layer time includes its own 3-fold CV.", ""]
     lines += ["## Held-out force MSE, (kJ/mol/nm)^2, against instantaneous forces", "",
               "Improvement = prior-only MSE minus model MSE (what the GDML learned; larger is better). "
-              f"Test set: a fixed random {TEST_FRACTION:.0%} of the frames; budget = training frames.", "",
-              "| data | budget | test | prior MSE | single MSE | two-layer MSE | single improvement | "
+              "two - single = two-layer MSE minus single MSE +- its paired standard error over test frames "
+              "(negative: two-layer better; the SE treats test frames as independent, which MD frames are only "
+              f"roughly). Test set: a fixed random {TEST_FRACTION:.0%} of the frames; budget = training frames.", "",
+              "| data | budget | test | prior MSE | single MSE | two-layer MSE | two - single | single improvement | "
               "two-layer improvement | single time (s) | two-layer time (s) | single: M, chosen | "
               "two-layer: layer-1 models x batch, chosen | load |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['data']} | {r['budget']} | {r['n_test']} | {r['prior']:.1f} | {r['single']:.1f} | "
-                     f"{r['two']:.1f} | {r['prior'] - r['single']:.1f} | {r['prior'] - r['two']:.1f} | "
+                     f"{r['two']:.1f} | {r['diff'][0]:.0f} +- {r['diff'][1]:.0f} | {r['prior'] - r['single']:.1f} | {r['prior'] - r['two']:.1f} | "
                      f"{r['t_single']:.0f} | {r['t_two']:.0f} | {r['single_size']}, {fmt_chosen(r['single_chosen'])} | "
                      f"{r['two_models']} x {r['batch']}, {fmt_chosen(r['two_chosen'])} | {r['load']:.1f} |")
     lines += ["", "## Toy (4 beads, exact mean force known): MSE against the exact mean force, (kJ/mol/nm)^2", "",
               "Labels = exact force + Gaussian noise (tests/test_ensemble.py `make_toy`); 1000 test frames; "
               "noise = MSE of the noisy labels themselves.", "",
-              "| budget | prior MSE | single MSE | two-layer MSE | two-layer / single | noise | single time (s) | "
-              "two-layer time (s) | single: M, chosen | two-layer: models x batch, chosen |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| budget | prior MSE | single MSE | two-layer MSE | two-layer / single | two - single (+- SE) | noise | "
+              "single time (s) | two-layer time (s) | single: M, chosen | two-layer: models x batch, chosen |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in toy_rows:
         lines.append(f"| {r['budget']} | {r['prior']:.0f} | {r['single']:.0f} | {r['two']:.0f} | "
-                     f"{r['two'] / r['single']:.2f} | {r['noise']:.0f} | {r['t_single']:.0f} | {r['t_two']:.0f} | "
+                     f"{r['two'] / r['single']:.2f} | {r['diff'][0]:.0f} +- {r['diff'][1]:.0f} | {r['noise']:.0f} | {r['t_single']:.0f} | {r['t_two']:.0f} | "
                      f"{r['single_size']}, {fmt_chosen(r['single_chosen'])} | "
                      f"{r['two_models']} x {r['batch']}, {fmt_chosen(r['two_chosen'])} |")
     lines.append("")
