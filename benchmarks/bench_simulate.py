@@ -10,8 +10,8 @@ is built from the coefficients of our non-chiral GDML fitted on the same 3,000 f
 (sgdml's R_d_desc_alpha * std = -J alpha = -V_, R_desc = our descriptors); the benchmark checks that this
 predictor gives our forces, and that a real sgdml training at M = 200 gives the same model as ours.
 
-Part 2 (accuracy): a two-layer model of the cgnet data (5 beads; /work/scratch/cgnet_model.npz if present,
-else fitted with ``python -m cgdml.fit`` defaults) simulated with the ``python -m cgdml.simulate`` defaults
+Part 2 (accuracy): a two-layer model of the cgnet data (5 beads; ``--model MODEL.npz`` if given, else fitted
+here with ``python -m cgdml.fit`` defaults) simulated with the ``python -m cgdml.simulate`` defaults
 (100 replicas, 50k steps); FES RMSE, JS and phi > 0 population against the reference, beside the
 reference's split-half noise floor.
 
@@ -40,7 +40,6 @@ from _common import best_time
 
 SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
 CGNET = SHARED / "data" / "cgnet-ala2"
-SCRATCH_MODEL = Path("/work/scratch/cgnet_model.npz")
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_simulate.md"
 SIGMA, LAM = 4.0, 3.0  # fit_single defaults (sigma nm^-1, lambda relative to mean(diag K))
 DT, FRICTION = 0.002, 1.0  # ps, 1/ps: the simulate CLI's langevin defaults
@@ -304,7 +303,7 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def fes_accuracy(say, quick, workdir):
+def fes_accuracy(say, quick, workdir, given_model=None):
     import mdtraj as md
 
     from cgdml.fes import bootstrap_metrics, compare_fes, phi_psi, split_half_floor
@@ -318,18 +317,18 @@ def fes_accuracy(say, quick, workdir):
     ds.save(data_path)
     model_path = workdir / "cgnet_model.npz"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    if SCRATCH_MODEL.exists():
-        shutil.copy2(SCRATCH_MODEL, model_path)
-        mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(SCRATCH_MODEL.stat().st_mtime))
-        source = (f"the existing fitted model {SCRATCH_MODEL} (copied; written {mtime}, sha256 "
-                  f"{sha256(model_path)}), fitted by the other engineer with `TwoLayerGDML` defaults of that time")
+    if given_model is not None:
+        given_model = Path(given_model)
+        shutil.copy2(given_model, model_path)
+        mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(given_model.stat().st_mtime))
+        source = f"the given model {given_model} (written {mtime}, sha256 {sha256(model_path)})"
     else:
         extra = ["--method", "single", "--n-frames", "1000"] if quick else []
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cgdml.fit", str(data_path), "-o", str(model_path), "--quiet"] + extra,
                        check=True, env=env)
         source = (f"fitted here with `python -m cgdml.fit cgnet.npz -o model.npz {' '.join(extra)}` "
-                  f"in {time.perf_counter() - t0:.0f} s (no model at {SCRATCH_MODEL})")
+                  f"in {time.perf_counter() - t0:.0f} s")
     model = CGModel.load(model_path)
     chosen = model.info.get("chosen", {})
     say(f"Model: {source}. Method {model.info.get('method')!r}, chosen {json.dumps(chosen)}, "
@@ -382,6 +381,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="M=1000, replicas 1-100, 10k-step FES run (about 2-3 minutes)")
     ap.add_argument("--skip-fes", action="store_true", help="throughput part only")
+    ap.add_argument("--model", help="fitted cgnet model for part 2 (default: fit one with the fit CLI defaults)")
     args = ap.parse_args(argv)
     lines = []
 
@@ -399,7 +399,7 @@ def main(argv=None):
     throughput(say, args.quick)
     if not args.skip_fes:
         with tempfile.TemporaryDirectory(prefix="bench_simulate_") as tmp:
-            fes_accuracy(say, args.quick, Path(tmp))
+            fes_accuracy(say, args.quick, Path(tmp), args.model)
     say()
     say(f"Total benchmark time {time.perf_counter() - t_start:.0f} s; load average at end: {load_str()}.")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
