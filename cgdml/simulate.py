@@ -359,6 +359,9 @@ def main(argv=None):
     if out.suffix.lower() not in (".h5", ".dcd", ".xtc"):
         raise CgdmlError(f"{out}: output must end in .h5, .dcd or .xtc")
     check_output(out)
+    if out.with_suffix(".json").resolve() == Path(a.model).with_suffix(".json").resolve():
+        raise CgdmlError(f"{out}: its sidecar {out.with_suffix('.json')} would overwrite the fit summary of "
+                         f"{a.model}; give the trajectory another name")
     if a.temperature is not None and not a.temperature > 0:
         raise CgdmlError(f"--temperature must be > 0 K, got {a.temperature:g}")
     dt = DEFAULTS[a.integrator]["dt"] if a.dt is None else a.dt

@@ -254,6 +254,8 @@ CASES = {
     "sim-start-missing": ("simulate", _sim("D/model.npz", "--start", "D/nope.npz"), ["nope.npz", "no such"]),
     "sim-temperature-zero": ("simulate", _sim("D/model.npz", "--temperature", "0"), ["--temperature must be > 0"]),
     "sim-negative-steps": ("simulate", _sim("D/model.npz", "--steps", "-5"), ["--steps must be >= 1, got -5"]),
+    "sim-sidecar-over-fit-summary": ("simulate", _sim("D/model.npz", out="D/model.h5"),
+                                     ["model.json", "would overwrite the fit summary"]),
     "sim-negative-replicas": ("simulate", _sim("D/model.npz", "--replicas", "-3"), ["--replicas must be >= 1"]),
     "sim-steps-not-a-number": ("simulate", _sim("D/model.npz", "--steps", "many"), ["--steps", "'many'"]),
     "sim-missing-output-option": ("simulate", ["D/model.npz"], ["-o/--output"]),
