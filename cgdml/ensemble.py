@@ -186,9 +186,11 @@ class TwoLayerGDML:
         n = dataset.n_frames
         if min(self.n_models, self.batch_size, self.mean_set_size, self.cv_models, self.n_folds) < 1:
             raise CgdmlError("n_models, batch_size, mean_set_size, cv_models and folds must all be >= 1")
-        if self.n_folds > 1 and self.batch_size > n * (self.n_folds - 1) // self.n_folds:
-            raise CgdmlError(f"batch size {self.batch_size} exceeds the {n * (self.n_folds - 1) // self.n_folds} "
-                             f"frames of a training fold ({n} frames, {self.n_folds} folds); lower --batch-size")
+        pool = n * (self.n_folds - 1) // self.n_folds if self.n_folds > 1 else n
+        self.batch_size_ = min(self.batch_size, max(1, pool // 2))
+        if self.batch_size_ < self.batch_size:
+            warnings.warn(f"batch size {self.batch_size} lowered to {self.batch_size_}, half of the {pool} frames a "
+                          "sub-model can draw from, so that the sub-models differ", stacklevel=3)
         for name in ("sigma1", "lam1", "sigma2", "lam2"):
             values = np.atleast_1d(getattr(self, name))
             if len(values) == 0 or not (values > 0).all():
@@ -206,7 +208,7 @@ class TwoLayerGDML:
             key = f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}"
             if cache.get(key) is None:
                 pool = np.flatnonzero(folds != k)
-                batch = stratified_batch(strata, min(self.batch_size, len(pool)), self._rng(2, k + 1, i), pool=pool)
+                batch = stratified_batch(strata, min(self.batch_size_, len(pool)), self._rng(2, k + 1, i), pool=pool)
                 tasks.append((_fit_and_predict, (coords, labels, batch, list(sets[k].values()), s1, l1, self.chiral)))
                 keys.append((key, k))
         for (key, k), preds in zip(keys, self._run(tasks, desc)):
@@ -310,7 +312,7 @@ class TwoLayerGDML:
         self.timings_ = timings
         info = dict(method="two-layer GDML", params=self.get_params(),
                     chosen=dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_),
-                                n_layer1_models=len(preds)),
+                                n_layer1_models=len(preds), batch_size=self.batch_size_),
                     cv_scores=self.cv_scores_, strata=dict(method=self.strata_method_,
                                                            n_occupied=int(self.strata_.max() + 1)),
                     timings=timings, data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads,

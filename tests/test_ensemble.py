@@ -106,3 +106,12 @@ def test_fit_resumes_from_cached_layer1_models(toy, tmp_path):
     (tmp_path / "work" / cached[-1]).unlink()  # as if killed before the last sub-model finished
     again = TwoLayerGDML(**kwargs).fit(train)
     np.testing.assert_allclose(again.mean_set_labels_, first.mean_set_labels_, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_larger_than_the_data_is_lowered_with_a_warning(toy):
+    data, _ = toy
+    small = data.subset(np.arange(400))
+    with pytest.warns(UserWarning, match="lowered to 200"):
+        two = TwoLayerGDML(n_models=2, batch_size=10_000, mean_set_size=50, sigma1=[1.0], lam1=[3.0], sigma2=[1.0],
+                           lam2=[1e-2], strata="kmeans", n_strata=10, progress=False).fit(small)
+    assert two.batch_size_ == 200 and two.model_.info["chosen"]["batch_size"] == 200
