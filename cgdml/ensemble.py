@@ -182,11 +182,16 @@ class TwoLayerGDML:
         gen = par(delayed(_limited_threads)(fn, *args) for fn, args in tasks)
         yield from tqdm(gen, total=len(tasks), desc=desc, disable=not self.progress, leave=False)
 
+    def _runs_cv(self):
+        """Cross-validation runs when any hyperparameter has several candidates and there are >= 2 folds."""
+        grids = (self.sigma1, self.lam1, self.sigma2, self.lam2)
+        return self.n_folds >= 2 and any(len(np.atleast_1d(g)) > 1 for g in grids)
+
     def _check(self, dataset):
         n = dataset.n_frames
         if min(self.n_models, self.batch_size, self.mean_set_size, self.cv_models, self.n_folds) < 1:
             raise CgdmlError("n_models, batch_size, mean_set_size, cv_models and folds must all be >= 1")
-        pool = n * (self.n_folds - 1) // self.n_folds if self.n_folds > 1 else n
+        pool = n * (self.n_folds - 1) // self.n_folds if self._runs_cv() else n
         self.batch_size_ = min(self.batch_size, max(1, pool // 2))
         if self.batch_size_ < self.batch_size:
             warnings.warn(f"batch size {self.batch_size} lowered to {self.batch_size_}, half of the {pool} frames a "
@@ -285,9 +290,8 @@ class TwoLayerGDML:
         timings["prior_and_strata_s"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        grids = [np.atleast_1d(v) for v in (self.sigma1, self.lam1, self.sigma2, self.lam2)]
-        if all(len(g) == 1 for g in grids) or self.n_folds < 2:
-            s1, l1, s2, l2 = (float(g[0]) for g in grids)
+        if not self._runs_cv():
+            s1, l1, s2, l2 = (float(np.atleast_1d(g)[0]) for g in (self.sigma1, self.lam1, self.sigma2, self.lam2))
             self.cv_scores_ = []
             all_frames = np.full(dataset.n_frames, -2)  # fold -1 draws from every frame
             entries = self._layer1([(s1, l1, -1, i) for i in range(self.n_models)], coords, labels, self.strata_,
