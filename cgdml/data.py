@@ -31,6 +31,19 @@ def check_finite(array, name, source="", first_frame=0):
         raise CgdmlError(f"{where}{name} contain NaN or inf in {len(frames)} frame(s): {shown}")
 
 
+def as_coordinates(R, n_beads, owner="model"):
+    """R as float64 (n, n_beads, 3); a single (n_beads, 3) configuration gains a leading axis.
+
+    Raises a one-line error naming ``owner`` when the shape does not fit ``n_beads`` beads.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim == 2:
+        R = R[None]
+    if R.ndim != 3 or R.shape[1:] != (n_beads, 3):
+        raise CgdmlError(f"{owner} has {n_beads} beads; coordinates must be shaped (n, {n_beads}, 3), got {R.shape}")
+    return R
+
+
 def chain_topology(bead_names, residue_names=None, residue_of_bead=None):
     """An mdtraj Topology with one atom per bead and bonds between consecutive beads.
 

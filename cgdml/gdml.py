@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from . import kernels
 from ._io import CgdmlError, load_npz, save_npz
+from .data import as_coordinates
 from .features import descriptor, descriptor_jacobian, descriptor_vjp, n_descriptors
 
 FORMAT = "cgdml.gdml"
@@ -278,12 +279,7 @@ class GDML(BaseEstimator):
     def _check_fitted(self, R):
         if not hasattr(self, "V_"):
             raise CgdmlError("GDML model is not fitted yet: call fit() first")
-        R = np.asarray(R, dtype=np.float64)
-        if R.ndim == 2:
-            R = R[None]
-        if R.ndim != 3 or R.shape[1:] != (self.n_beads_, 3):
-            raise CgdmlError(f"coordinates must be shaped (n, {self.n_beads_}, 3) for this model, got {R.shape}")
-        return R
+        return as_coordinates(R, self.n_beads_, "GDML model")
 
     def _g(self, R, energy):
         D = descriptor(R, self.chiral, self.chiral_scale)

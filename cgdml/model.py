@@ -45,12 +45,9 @@ class CGModel:
         return self.prior.max_bond_length_
 
     def _check(self, R):
-        R = np.asarray(R, dtype=np.float64)
-        if R.ndim == 2:
-            R = R[None]
-        if R.ndim != 3 or R.shape[1:] != (self.n_beads, 3):
-            raise CgdmlError(f"model has {self.n_beads} beads; got coordinates of shape {R.shape}")
-        return R
+        from .data import as_coordinates
+
+        return as_coordinates(R, self.n_beads, "model")
 
     def forces(self, R):
         """Forces (n, n_beads, 3) in kJ/mol/nm for R (n, n_beads, 3) in nm. The simulation hot path."""
