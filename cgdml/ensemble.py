@@ -12,7 +12,9 @@ against the unknown mean force only by the constant noise variance, so it ranks 
 Layer 1 (sigma1, lam1) is scored through the average of its sub-models, extrapolated from the few
 cross-validation models to the final ensemble size; layer 2 (sigma2, lam2) through the layer-2 model
 trained on that average. Every expensive unit of work is cached in ``workdir``, so
-an interrupted fit resumes where it stopped.
+an interrupted fit resumes where it stopped. Sub-model trainings run one after another, in local joblib
+processes (``n_jobs``) or on a Dask cluster (``scheduler``; see :mod:`cgdml.distributed`), where the data
+arrays are scattered once and each task carries only its batch indices.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ import itertools
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from ._io import CgdmlError, load_npz, save_json, save_npz
+from .distributed import TaskRunner
 from .gdml import GDML
 from .model import CGModel
 from .prior import HarmonicPrior
@@ -54,13 +56,16 @@ def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
     return kmeans_strata(descriptor(dataset.coords, chiral=True), n_strata, seed), "kmeans"
 
 
-def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, chiral):
-    """Train one GDML on frames ``train_idx`` and return its forces on each array in ``predict_on``."""
+def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, chiral, train_labels=None):
+    """Train one GDML on frames ``train_idx`` and return its forces (float32) on each index array in ``predict_on``.
+
+    The labels are ``labels[train_idx]``, or ``train_labels`` when given (then ``labels`` is unused).
+    """
     model = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an automatic lambda increase is recorded in lam_, not shouted
-        model.fit(coords[train_idx], labels[train_idx])
-    return [model.predict_forces(coords[idx]) for idx in predict_on]
+        model.fit(coords[train_idx], labels[train_idx] if train_labels is None else train_labels)
+    return [model.predict_forces(coords[idx]).astype(np.float32) for idx in predict_on]
 
 
 def _mse(pred, target):
@@ -80,6 +85,18 @@ def _ensemble_size_correction(preds, n_final):
         return 0.0
     between = float(preds.var(axis=0, ddof=1).mean())
     return between * (1.0 / n_final - 1.0 / m)
+
+
+@dataclass
+class _Work:
+    """What the stages of one fit share: the task runner, the checkpoint cache, the data arrays (coords,
+    prior-subtracted labels) and their handles for tasks (the arrays locally, futures on Dask)."""
+    runner: TaskRunner
+    cache: object
+    coords: np.ndarray
+    labels: np.ndarray
+    coords_h: object
+    labels_h: object
 
 
 class _WorkCache:
@@ -127,13 +144,16 @@ class TwoLayerGDML:
         layer-2 training size during CV; cv_holdout held-out frames scored per fold.
     strata : "auto" | "phi-psi" | "kmeans"; grid_bins (phi/psi grid) or n_strata (k-means).
     chiral : add dihedral sines to the descriptor (needed for chirality with few beads).
-    n_jobs : parallel layer-1 trainings (joblib); workdir : checkpoint directory for resuming.
+    n_jobs : parallel layer-1 trainings in local joblib processes (one thread each; 1: in this process).
+    scheduler : run the layer-1 and CV trainings on Dask instead: ``tcp://HOST:PORT``, a scheduler-file path
+        or a ``distributed.Client``. Results equal those of a local run with n_jobs > 1, bit for bit.
+    workdir : checkpoint directory for resuming.
     """
 
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
                  cv_mean_set_size=600, cv_holdout=4000, strata="auto", grid_bins=12, n_strata=50, chiral=True,
-                 prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True):
+                 prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True, scheduler=None):
         self.n_models = n_models
         self.batch_size = batch_size
         self.mean_set_size = mean_set_size
@@ -154,6 +174,7 @@ class TwoLayerGDML:
         self.seed = seed
         self.workdir = workdir
         self.progress = progress
+        self.scheduler = scheduler
 
     def get_params(self):
         """Hyperparameters as a plain dict (scikit-learn style)."""
@@ -166,21 +187,6 @@ class TwoLayerGDML:
     # ------------------------------------------------------------------ helpers
     def _rng(self, *stream):
         return np.random.default_rng([self.seed, *stream])
-
-    def _run(self, tasks, desc):
-        """Yield the results of ``(fn, args)`` tasks in order, as each finishes (so each can be checkpointed).
-
-        Tasks run in parallel processes when n_jobs > 1, with a progress bar.
-        """
-        if self.n_jobs == 1 or len(tasks) <= 1:
-            for fn, args in tqdm(tasks, desc=desc, disable=not self.progress or not tasks, leave=False):
-                yield fn(*args)
-            return
-        from joblib import Parallel, delayed
-
-        par = Parallel(n_jobs=self.n_jobs, return_as="generator")
-        gen = par(delayed(_limited_threads)(fn, *args) for fn, args in tasks)
-        yield from tqdm(gen, total=len(tasks), desc=desc, disable=not self.progress, leave=False)
 
     def _runs_cv(self):
         """Cross-validation runs when any hyperparameter has several candidates and there are >= 2 folds."""
@@ -202,7 +208,7 @@ class TwoLayerGDML:
                 raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
 
     # ------------------------------------------------------------------ stages
-    def _layer1(self, specs, coords, labels, strata, folds, sets, cache, desc):
+    def _layer1(self, specs, work, strata, folds, sets, desc):
         """Train the sub-models ``specs`` = [(sigma1, lam1, fold, i)] not yet in ``cache``; return their entries.
 
         A model of fold k draws its batch from the frames outside fold k (fold -1: from all frames) and
@@ -211,16 +217,18 @@ class TwoLayerGDML:
         tasks, keys = [], []
         for s1, l1, k, i in specs:
             key = f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}"
-            if cache.get(key) is None:
+            if work.cache.get(key) is None:
                 pool = np.flatnonzero(folds != k)
                 batch = stratified_batch(strata, min(self.batch_size_, len(pool)), self._rng(2, k + 1, i), pool=pool)
-                tasks.append((_fit_and_predict, (coords, labels, batch, list(sets[k].values()), s1, l1, self.chiral)))
+                tasks.append((_fit_and_predict, (work.coords_h, work.labels_h, batch, list(sets[k].values()), s1, l1,
+                                                 self.chiral)))
                 keys.append((key, k))
-        for (key, k), preds in zip(keys, self._run(tasks, desc)):
-            cache.put(key, **{name: p.astype(np.float32) for name, p in zip(sets[k], preds)})
-        return [cache.get(f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}") for s1, l1, k, i in specs]
+        for j, preds in work.runner.run(tasks, desc):
+            key, k = keys[j]
+            work.cache.put(key, **{name: p.astype(np.float32) for name, p in zip(sets[k], preds)})
+        return [work.cache.get(f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}") for s1, l1, k, i in specs]
 
-    def _cross_validate(self, coords, labels, strata, folds, cache):
+    def _cross_validate(self, work, strata, folds):
         """Choose (sigma1, lam1), then (sigma2, lam2); return the CV table and the final layer-1 entries.
 
         Layer 1: ``cv_models`` sub-models per candidate and fold, their average scored on the held-out
@@ -229,6 +237,7 @@ class TwoLayerGDML:
         labelled by that fold's ensemble and scored on the held-out fold. The fold ensembles together
         are the final layer 1, so no sub-model is trained twice.
         """
+        labels, cache = work.labels, work.cache
         sets = {}
         for k in range(self.n_folds):
             rng = self._rng(1, k)
@@ -240,7 +249,7 @@ class TwoLayerGDML:
         scores = []
         for s1, l1 in itertools.product(np.atleast_1d(self.sigma1), np.atleast_1d(self.lam1)):
             specs = [(s1, l1, k, i) for k in range(self.n_folds) for i in range(self.cv_models)]
-            entries = self._layer1(specs, coords, labels, strata, folds, sets, cache, "CV layer 1")
+            entries = self._layer1(specs, work, strata, folds, sets, "CV layer 1")
             fold_scores, fold_raw = [], []
             for k in range(self.n_folds):
                 held_preds = np.array([e["held"] for e, sp in zip(entries, specs) if sp[2] == k], dtype=np.float64)
@@ -253,20 +262,19 @@ class TwoLayerGDML:
         s1, l1 = best1["sigma"], best1["lam"]
         per_fold = max(self.cv_models, -(-self.n_models // self.n_folds))
         specs = [(s1, l1, k, i) for k in range(self.n_folds) for i in range(per_fold)]
-        final_entries = self._layer1(specs, coords, labels, strata, folds, sets, cache, "layer 1")
+        final_entries = self._layer1(specs, work, strata, folds, sets, "layer 1")
         tasks, keys = [], []
         for s2, l2 in itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)):
             for k in range(self.n_folds):
                 key = f"l2_s{s1:g}_l{l1:g}_n{per_fold}_s{s2:g}_l{l2:g}_f{k}"
                 keys.append((key, s2, l2, k))
                 if cache.get(key) is None:
-                    fold_labels = np.zeros_like(labels)
-                    fold_labels[sets[k]["mean"]] = np.mean(
-                        [e["mean"] for e, sp in zip(final_entries, specs) if sp[2] == k], axis=0)
-                    tasks.append((key, (_fit_and_predict, (coords, fold_labels, sets[k]["mean"], [sets[k]["held"]],
-                                                           s2, l2, self.chiral))))
-        for (key, _), (p_held,) in zip(tasks, self._run([t for _, t in tasks], "CV layer 2")):
-            cache.put(key, held=p_held.astype(np.float32))
+                    mean_labels = np.mean([e["mean"] for e, sp in zip(final_entries, specs) if sp[2] == k],
+                                          axis=0).astype(np.float64)
+                    tasks.append((key, (_fit_and_predict, (work.coords_h, None, sets[k]["mean"], [sets[k]["held"]],
+                                                           s2, l2, self.chiral, mean_labels))))
+        for j, (p_held,) in work.runner.run([t for _, t in tasks], "CV layer 2"):
+            cache.put(tasks[j][0], held=p_held.astype(np.float32))
         for s2, l2 in itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)):
             fold_scores = [_mse(cache.get(key)["held"], labels[sets[k]["held"]])
                            for key, a, b, k in keys if (a, b) == (s2, l2)]
@@ -290,14 +298,21 @@ class TwoLayerGDML:
         timings["prior_and_strata_s"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        if not self._runs_cv():
-            s1, l1, s2, l2 = (float(np.atleast_1d(g)[0]) for g in (self.sigma1, self.lam1, self.sigma2, self.lam2))
-            self.cv_scores_ = []
-            all_frames = np.full(dataset.n_frames, -2)  # fold -1 draws from every frame
-            entries = self._layer1([(s1, l1, -1, i) for i in range(self.n_models)], coords, labels, self.strata_,
-                                   all_frames, {-1: dict(final=self.mean_set_index_)}, cache, "layer 1")
+        runs_cv = self._runs_cv()
+        with TaskRunner(self.n_jobs, self.scheduler, self.progress) as runner:
+            work = _Work(runner, cache, coords, labels, runner.share(coords), runner.share(labels))
+            if not runs_cv:
+                s1, l1 = float(np.atleast_1d(self.sigma1)[0]), float(np.atleast_1d(self.lam1)[0])
+                self.cv_scores_ = []
+                all_frames = np.full(dataset.n_frames, -2)  # fold -1 draws from every frame
+                entries = self._layer1([(s1, l1, -1, i) for i in range(self.n_models)], work, self.strata_,
+                                       all_frames, {-1: dict(final=self.mean_set_index_)}, "layer 1")
+            else:
+                self.cv_scores_, entries = self._cross_validate(work, self.strata_, folds)
+            self.execution_ = runner.describe()
+        if not runs_cv:
+            s2, l2 = float(np.atleast_1d(self.sigma2)[0]), float(np.atleast_1d(self.lam2)[0])
         else:
-            self.cv_scores_, entries = self._cross_validate(coords, labels, self.strata_, folds, cache)
             best1 = min((s for s in self.cv_scores_ if s["layer"] == 1), key=lambda s: s["mse"])
             best2 = min((s for s in self.cv_scores_ if s["layer"] == 2), key=lambda s: s["mse"])
             s1, l1, s2, l2 = best1["sigma"], best1["lam"], best2["sigma"], best2["lam"]
@@ -319,8 +334,9 @@ class TwoLayerGDML:
                                 n_layer1_models=len(preds), batch_size=self.batch_size_),
                     cv_scores=self.cv_scores_, strata=dict(method=self.strata_method_,
                                                            n_occupied=int(self.strata_.max() + 1)),
-                    timings=timings, data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads,
-                                               temperature=dataset.temperature, source=dataset.info))
+                    timings=timings, execution=self.execution_,
+                    data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads, temperature=dataset.temperature,
+                              source=dataset.info))
         self.model_ = model_from_fit(gdml, self.prior_, dataset, info, seed=self.seed)
         return self
 
@@ -364,13 +380,3 @@ def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="a
                 chosen=dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_)),
                 timings=dict(total_s=time.perf_counter() - t0))
     return model_from_fit(gdml, prior, dataset, info, seed=seed)
-
-
-def _limited_threads(fn, *args):
-    """Run ``fn`` in a worker with one BLAS and one numba thread (the workers supply the parallelism)."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    numba.set_num_threads(1)
-    with threadpool_limits(1):
-        return fn(*args)

@@ -84,6 +84,8 @@ def build_parser():
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
         else:
             p.add_argument(flag, dest=name, type=kind, nargs="+" if is_list else None, default=None)
+    p.add_argument("--scheduler", help="train the layer-1 sub-models on a Dask cluster: tcp://HOST:PORT or a "
+                   "scheduler file (instead of --jobs local processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, help="model file to write (.npz); a .json summary goes beside it")
     return p
@@ -100,6 +102,10 @@ def main(argv=None):
     options = read_config(args.config) if args.config else {}
     options.update({k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None})
     _check_options(options, args.config)
+    if args.scheduler is not None:
+        from .distributed import check_scheduler
+
+        check_scheduler(args.scheduler)
     t0 = time.perf_counter()
     dataset = dataset_from_args(args)
     params = {PARAM_NAME.get(k, k): v for k, v in options.items()}
@@ -114,7 +120,8 @@ def main(argv=None):
         model = fit_single(dataset, args.n_frames, sigma=params.get("sigma1", [4.0])[0],
                            lam=params.get("lam1", [3.0])[0], **single)
     else:
-        estimator = TwoLayerGDML(workdir=workdir, progress=not args.quiet, **params).fit(dataset)
+        estimator = TwoLayerGDML(workdir=workdir, progress=not args.quiet, scheduler=args.scheduler,
+                                 **params).fit(dataset)
         model = estimator.model_
         print(f"chosen sigma1={estimator.sigma1_:g} lam1={estimator.lam1_:g} sigma2={estimator.sigma2_:g} "
               f"lam2={estimator.lam2_:g}")

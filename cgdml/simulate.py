@@ -13,6 +13,11 @@ drawn whether or not a replica is alive, so a run resumed from a checkpoint is b
 uninterrupted one. A replica that blows up (NaN/inf, |coordinate| > 1e6 nm, or ``blowup(R)`` true) is frozen at its last good
 state, reported, and left out of later force calls; the others carry on.
 
+With ``n_groups`` K > 1 the replicas are split into K consecutive groups, each an independent run with its own
+random stream (``SeedSequence(seed).spawn(K)``) and its own checkpoint, in one thread. The groups run one
+after another, in local processes (``n_jobs``) or on a Dask cluster (``scheduler``, see
+:mod:`cgdml.distributed`); the result is the same bit for bit wherever they run.
+
 Command line: ``python -m cgdml.simulate MODEL.npz -o TRAJ.h5`` (see ``--help``).
 """
 from __future__ import annotations
@@ -112,7 +117,7 @@ def _load_checkpoint(path, fingerprint, shape, n_save, save_velocities):
 
 def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, integrator="overdamped",
              friction=None, seed=0, checkpoint=None, checkpoint_every=None, blowup=None, progress=True,
-             save_velocities=False, checkpoint_tag=None):
+             save_velocities=False, checkpoint_tag=None, n_groups=1, n_jobs=1, scheduler=None):
     """Run ``n_steps`` of Langevin dynamics for all replicas in ``x0`` (n_replicas, n_beads, 3) nm.
 
     masses (n_beads,) amu; temperature K; dt ps; friction gamma 1/ps (default 1 for langevin, 1000 for
@@ -120,14 +125,115 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     kJ/mol/nm. ``checkpoint``: path of an ``.npz`` written every ``checkpoint_every`` steps (default
     n_steps // 20); if it exists and was written with the same settings (``checkpoint_tag`` adds e.g. a
     model hash), the run resumes from it. ``blowup(R) -> bool (n,)`` flags replicas to stop besides NaN/inf.
+    ``n_groups``: independent replica groups (see the module docstring), each checkpointed to its own file
+    (:func:`group_checkpoints`); ``n_jobs`` local processes for them, or ``scheduler`` (a Dask address,
+    scheduler file or Client; group checkpoints then need a file system the workers share).
     Returns a :class:`SimulationResult`; raises :class:`CgdmlError` if every replica blows up.
     """
+    kwargs = dict(masses=masses, temperature=temperature, dt=dt, n_steps=n_steps, save_every=save_every,
+                  integrator=integrator, friction=friction, checkpoint_every=checkpoint_every, blowup=blowup,
+                  save_velocities=save_velocities)
+    if n_groups == 1 and scheduler is None:
+        return _simulate_one(force_fn, x0, seed=seed, checkpoint=checkpoint, progress=progress,
+                             checkpoint_tag=checkpoint_tag, **kwargs)
+    return _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs, scheduler,
+                            kwargs)
+
+
+def group_checkpoints(checkpoint, n_groups):
+    """Checkpoint paths of the ``n_groups`` replica groups: ``checkpoint`` itself for one group, else
+    ``NAME.g0.npz``, ``NAME.g1.npz``, ... for ``NAME.npz``."""
+    path = Path(checkpoint)
+    if n_groups == 1:
+        return [path]
+    stem = path.name[:-4] if path.name.endswith(".npz") else path.name
+    return [path.with_name(f"{stem}.g{g}.npz") for g in range(n_groups)]
+
+
+def _seed_key(seed):
+    """JSON form of an int seed or a SeedSequence (for the checkpoint fingerprint)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return {"entropy": int(seed.entropy), "spawn_key": [int(k) for k in seed.spawn_key]}
+    return int(seed)
+
+
+def _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs, scheduler, kwargs):
+    from .distributed import TaskRunner
+
+    x0 = _check_start(x0)
+    n_rep = len(x0)
+    if not 1 <= int(n_groups) <= n_rep:
+        raise CgdmlError(f"n_groups must be between 1 and the number of replicas ({n_rep}), got {n_groups}")
+    n_groups = int(n_groups)
+    _check_settings(x0.shape[1], **{k: kwargs[k] for k in ("masses", "integrator", "n_steps", "save_every", "dt",
+                                                           "friction", "checkpoint_every")})
+    parts = np.array_split(x0, n_groups)
+    seeds = [int(seed)] if n_groups == 1 else np.random.SeedSequence(int(seed)).spawn(n_groups)
+    ckpts = [None] * n_groups if checkpoint is None else [p.resolve() for p in group_checkpoints(checkpoint, n_groups)]
+    t0 = time.perf_counter()
+    with TaskRunner(n_jobs, scheduler) as runner:
+        runner.progress = progress and not runner.in_process    # a bar over groups run elsewhere
+        progress = progress and runner.in_process               # a step bar per group run here
+        fn = runner.share(force_fn)
+        tasks = []
+        for g, (part, group_seed, ckpt) in enumerate(zip(parts, seeds, ckpts)):
+            tag = checkpoint_tag if n_groups == 1 else {"tag": checkpoint_tag, "group": g, "n_groups": n_groups}
+            tasks.append((_simulate_group, (fn, part, group_seed, dict(
+                kwargs, checkpoint=ckpt, checkpoint_tag=tag, progress=progress,
+                desc=f"simulate group {g + 1}/{n_groups} ({len(part)} replicas)"))))
+        results = [None] * n_groups
+        for g, result in runner.run(tasks, f"simulate {n_rep} replicas in {n_groups} groups", limit_threads=True):
+            results[g] = result
+    return _merge_groups(results, time.perf_counter() - t0)
+
+
+def _simulate_group(force_fn, x0, seed, kwargs):
+    """One replica group (a task): blow-ups are collected, not warned about (the caller reports them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _simulate_one(force_fn, x0, seed=seed, all_may_blow_up=True, **kwargs)
+
+
+def _merge_groups(results, wall):
+    """One :class:`SimulationResult` with the groups' replicas in order."""
+    sizes = [len(r.alive) for r in results]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    blowups = sorted(({"replica": int(b["replica"] + off), "step": b["step"]}
+                      for r, off in zip(results, offsets) for b in r.blowups), key=lambda b: (b["step"], b["replica"]))
+    alive = np.concatenate([r.alive for r in results])
+    if not alive.any():
+        raise CgdmlError(f"all {len(alive)} replicas blew up (last at step {max(b['step'] for b in blowups)}); "
+                         "reduce the time step or check the model")
+    if blowups:
+        shown = ", ".join(f"{b['replica']} (step {b['step']})" for b in blowups[:20])
+        warnings.warn(f"replica(s) {shown}{' ...' if len(blowups) > 20 else ''} blew up (NaN/inf or stretched bond) "
+                      f"and were stopped; {alive.sum()} of {len(alive)} ran to the end", stacklevel=3)
+    steps = max(r.timings["steps"] for r in results)
+    resumed = [r.timings["resumed_from_step"] for r in results if r.timings["resumed_from_step"] is not None]
+    timings = {"wall_s": wall, "force_s": sum(r.timings["force_s"] for r in results), "steps": steps,
+               "resumed_from_step": min(resumed) if resumed else None,
+               "steps_per_s": steps / wall if wall > 0 else float("nan"),
+               "replica_steps_per_s": sum(r.timings["steps"] * n for r, n in zip(results, sizes)) / wall
+               if wall > 0 else float("nan"), "groups": len(results)}
+    vframes = None if results[0].velocity_frames is None else np.concatenate([r.velocity_frames for r in results], 1)
+    return SimulationResult(np.concatenate([r.frames for r in results], axis=1), alive,
+                            np.concatenate([r.stopped_at for r in results]),
+                            np.concatenate([r.positions for r in results]),
+                            np.concatenate([r.velocities for r in results]), results[0].save_every, timings, vframes,
+                            blowups)
+
+
+def _check_start(x0):
     x0 = np.array(x0, dtype=np.float64)
     if x0.ndim != 3 or x0.shape[2] != 3 or x0.shape[0] < 1:
         raise CgdmlError(f"start coordinates must have shape (n_replicas, n_beads, 3), got {x0.shape}")
     if not np.isfinite(x0).all():
         raise CgdmlError("start coordinates contain NaN or inf")
-    n_rep, n_beads, _ = x0.shape
+    return x0
+
+
+def _check_settings(n_beads, masses, integrator, n_steps, save_every, dt, friction, checkpoint_every):
+    """Validated (masses, n_steps, save_every, dt, friction, checkpoint_every); one-line errors."""
     masses = np.asarray(masses, dtype=np.float64).reshape(-1)
     if masses.shape != (n_beads,) or not (masses > 0).all():
         raise CgdmlError(f"masses must be {n_beads} positive numbers (amu), got {masses}")
@@ -143,15 +249,29 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
         raise CgdmlError(f"time step dt must be > 0 ps, got {dt}")
     if not (friction > 0 or (integrator == "langevin" and friction == 0)):
         raise CgdmlError(f"friction must be > 0 /ps (0 allowed only for langevin), got {friction}")
-    kt = thermal_energy(temperature)
     checkpoint_every = max(1, n_steps // 20) if checkpoint_every is None else int(checkpoint_every)
     if checkpoint_every < 1:
         raise CgdmlError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    return masses, n_steps, save_every, dt, friction, checkpoint_every
+
+
+def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every, integrator, friction, seed,
+                  checkpoint, checkpoint_every, blowup, progress, save_velocities, checkpoint_tag, desc=None,
+                  all_may_blow_up=False):
+    """:func:`simulate` for one group of replicas with one random stream (``seed``: int or SeedSequence).
+
+    ``all_may_blow_up``: return (all replicas stopped) instead of raising when every replica blows up.
+    """
+    x0 = _check_start(x0)
+    n_rep, n_beads, _ = x0.shape
+    masses, n_steps, save_every, dt, friction, checkpoint_every = _check_settings(
+        n_beads, masses, integrator, n_steps, save_every, dt, friction, checkpoint_every)
+    kt = thermal_energy(temperature)
 
     m = masses[None, :, None]
     n_save = n_steps // save_every
     fingerprint = _fingerprint(integrator=integrator, dt=dt, friction=friction, temperature=float(temperature),
-                               n_steps=n_steps, save_every=save_every, seed=int(seed),
+                               n_steps=n_steps, save_every=save_every, seed=_seed_key(seed),
                                masses=masses.tolist(), shape=list(x0.shape), save_velocities=bool(save_velocities),
                                x0_sha256=hashlib.sha256(x0.tobytes()).hexdigest(), tag=checkpoint_tag)
     rng = np.random.default_rng(seed)
@@ -187,7 +307,7 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
         bad = ~np.isfinite(F).reshape(n_rep, -1).all(axis=1)
         if blowup is not None:
             bad |= np.asarray(blowup(x), dtype=bool)
-        if bad.all():
+        if bad.all() and not all_may_blow_up:
             raise CgdmlError("every start configuration gives non-finite forces or fails the blow-up test")
         alive[bad], stopped_at[bad] = False, 0
         F[bad] = 0.0
@@ -204,10 +324,11 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"simulate {n_rep} replicas", mininterval=0.5)
+        bar = tqdm(total=n_steps, initial=step, unit="step", desc=desc or f"simulate {n_rep} replicas",
+                   mininterval=0.5)
     start_step = step
     try:
-        while step < n_steps:
+        while step < n_steps and alive.any():
             step += 1
             xi = rng.standard_normal(x.shape)           # drawn for all replicas: fixed stream per step
             idx = slice(None) if alive.all() else np.flatnonzero(alive)
@@ -239,7 +360,7 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
                     blowups.append({"replica": int(i), "step": int(step)})
                 warnings.warn(f"replica(s) {', '.join(map(str, ids))} blew up at step {step} (NaN/inf or "
                               f"stretched bond) and were stopped; {alive.sum()} of {n_rep} continue", stacklevel=2)
-                if not alive.any():
+                if not alive.any() and not all_may_blow_up:
                     raise CgdmlError(f"all {n_rep} replicas blew up (last at step {step}); reduce the time step "
                                      "or check the model")
             elif isinstance(idx, slice):
@@ -351,7 +472,14 @@ def main(argv=None):
                    "factor times the longest bond seen in training (default 2)")
     p.add_argument("--threads", type=int, default=1, help="threads for the force calls (numba and BLAS; "
                    "default 1: one batched call per step is small, and extra threads slow it down on a busy "
-                   "machine; run several seeds side by side instead)")
+                   "machine; run several seeds side by side instead; --tasks groups use one each)")
+    p.add_argument("--tasks", type=int, default=1, help="split the replicas into K groups, each an independent "
+                   "task with its own random stream and checkpoint (default 1; results depend on K, not on where "
+                   "the groups run)")
+    p.add_argument("--jobs", type=int, default=1, help="local processes for the --tasks groups, one thread each "
+                   "(default 1: one after another)")
+    p.add_argument("--scheduler", default=None, help="run the --tasks groups on a Dask cluster: tcp://HOST:PORT "
+                   "or a scheduler file (checkpoints need a file system the workers share)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
 
@@ -387,6 +515,14 @@ def main(argv=None):
                          f"--save-every {a.save_every}")
     if a.threads < 1:
         raise CgdmlError(f"--threads must be >= 1, got {a.threads}")
+    if not 1 <= a.tasks <= a.replicas:
+        raise CgdmlError(f"--tasks must be between 1 and --replicas ({a.replicas}), got {a.tasks}")
+    if a.jobs == 0:
+        raise CgdmlError("--jobs must be >= 1 (or negative: all cores but |n| - 1), got 0")
+    if a.scheduler is not None:
+        from .distributed import check_scheduler
+
+        check_scheduler(a.scheduler)
     if not a.blowup_factor > 1:
         raise CgdmlError(f"--blowup-factor must be > 1, got {a.blowup_factor}")
 
@@ -407,7 +543,7 @@ def main(argv=None):
     settings = {"model": str(a.model), "replicas": a.replicas, "steps": a.steps, "dt_ps": dt,
                 "save_every": a.save_every, "integrator": a.integrator, "friction_per_ps": friction,
                 "temperature_K": float(temperature), "seed": a.seed, "start": a.start, "burn_in_steps": burn_in,
-                "blowup_bond_nm": a.blowup_factor * model.max_bond_length}
+                "blowup_bond_nm": a.blowup_factor * model.max_bond_length, "tasks": a.tasks}
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -420,7 +556,8 @@ def main(argv=None):
                               n_steps=a.steps, save_every=a.save_every, integrator=a.integrator, friction=friction,
                               seed=a.seed, checkpoint=ckpt, checkpoint_every=a.checkpoint_every, blowup=blowup,
                               progress=not a.no_progress, checkpoint_tag={"model_sha256": _file_sha256(a.model),
-                                                                          "blowup": settings["blowup_bond_nm"]})
+                                                                          "blowup": settings["blowup_bond_nm"]},
+                              n_groups=a.tasks, n_jobs=a.jobs, scheduler=a.scheduler)
     finally:
         numba.set_num_threads(numba_threads)                   # main() may run inside a notebook or test
     model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
@@ -432,8 +569,9 @@ def main(argv=None):
                "n_blown_up": int((~result.alive).sum()), "timings": t,
                "ns_per_day_per_replica": (t["steps_per_s"] * dt * 86400 / 1000) if t["steps"] else None}
     save_json(out.with_suffix(".json"), sidecar)
-    ckpt.unlink(missing_ok=True)
-    for stale in ckpt.parent.glob(f".{ckpt.name}.*.tmp.npz"):   # left by a run killed while checkpointing
+    for path in group_checkpoints(ckpt, a.tasks):
+        path.unlink(missing_ok=True)
+    for stale in ckpt.parent.glob(f".{out.name}.ckpt.*.tmp.npz"):   # left by a run killed while checkpointing
         stale.unlink(missing_ok=True)
     print(f"wrote {out} ({int(counts.sum())} frames from {a.replicas} replicas, {sidecar['n_blown_up']} blown up) "
           f"and {out.with_suffix('.json')}; {t['steps_per_s']:.0f} steps/s")
