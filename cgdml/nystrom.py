@@ -1,0 +1,468 @@
+"""Inducing-point (Nyström) GDML: learn the mean force from every frame, not from a kernel-sized subset.
+
+The force field is expanded on m inducing configurations x_j with coefficients a_j in each one's reduced basis
+(v_j = W_j a_j in descriptor space), exactly the form of a GDML model trained on them:
+
+    F(x) = J(x)^T sum_j Hc(D(x) - D_j) v_j.
+
+The coefficients are the least-squares fit to all N frames, regularised by the RKHS norm,
+
+    min_a  sum_i |y_i - K_im a|^2 + lam a^T K_mm a   <=>   (K_mN K_Nm + lam K_mm) a = K_mN y,
+
+with y_i = V_i^T F_i the force of frame i in its reduced (internal) basis and K_im the reduced kernel blocks of
+:mod:`cgdml.gdml`. With m = N and K invertible this is GDML's (K + lam I) a = y, so ``lam`` means the same.
+Preconditioned conjugate gradients solve it; every product streams over the frames in chunks through the
+batched Hessian kernel (two passes of O(N m n_desc)), so neither K_Nm nor the N x N kernel is ever stored.
+Only the frames' descriptors, reduced Jacobians W_i (n_desc x r) and labels are kept: 8 N n_desc (r + 1) bytes.
+
+Preconditioner (Falkon, Rudi, Carratino and Rosasco, NeurIPS 2017): K_mN K_Nm ~ K_mm Omega K_mm, where
+Omega_j is the number of frames inducing point j stands for (N/m for uniform picks, n_s/m_s in stratum s for
+stratified picks). With K_mm = T^T T and T Omega T^T + lam I = A^T A, P = T^T A^T A T costs two Cholesky
+factorisations of size m r.
+
+Units: nm, kJ/mol/nm; sigma in descriptor units (nm^-1); lam relative to mean(diag K) as in GDML.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+from sklearn.base import BaseEstimator
+from tqdm import tqdm
+
+from . import kernels
+from ._io import CgdmlError, load_npz, save_npz
+from .features import descriptor_jacobian
+from .gdml import GDML, _check_RF, cholesky_upper_inplace, reduced_rank
+from .sampling import stratified_batch
+
+INDUCING = ("stratified", "random")
+
+
+class ReducedFrames:
+    """Per-frame descriptors D (N, nd), reduced Jacobians W (N, nd, r) and reduced labels y (N, r).
+
+    Built chunk by chunk from coordinates R (N, n_beads, 3) nm and forces F (same shape) kJ/mol/nm, so the
+    (N, nd, 3 n_beads) Jacobian never exists at once. ``mean_diag`` is mean(diag K) per force component / sigma
+    factor (multiply by 5 / (3 sigma^2)), for relative lambdas.
+    """
+
+    def __init__(self, R, F, chiral=True, chiral_scale=1.0, chunk=8192):
+        n_frames, n_beads = R.shape[:2]
+        self.n_frames, self.n_beads = n_frames, n_beads
+        self.D = self.W = self.y = None
+        sq_jac = 0.0
+        for c0 in range(0, n_frames, chunk):
+            Rc, Fc, _ = _check_RF(R[c0:c0 + chunk], F[c0:c0 + chunk])
+            D, J = descriptor_jacobian(Rc, chiral, chiral_scale)
+            if not np.all(np.isfinite(J)):
+                raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
+            if self.D is None:
+                nd = D.shape[1]
+                r = reduced_rank(n_beads, nd)
+                self.D = np.empty((n_frames, nd))
+                self.W = np.empty((n_frames, nd, r))
+                self.y = np.empty((n_frames, r))
+            r = self.W.shape[2]
+            U, S, Vh = np.linalg.svd(J, full_matrices=False)
+            self.D[c0:c0 + chunk] = D
+            self.W[c0:c0 + chunk] = U[:, :, :r] * S[:, None, :r]
+            self.y[c0:c0 + chunk] = np.einsum("mkc,mc->mk", Vh[:, :r], Fc.reshape(len(Fc), -1))
+            sq_jac += float(np.sum(J * J))
+        self.mean_sq_jacobian = sq_jac / (n_frames * 3 * n_beads)
+
+    @property
+    def r(self):
+        return self.W.shape[2]
+
+    def mean_diag(self, sigma):
+        """mean(diag K) of the full-space kernel for length scale ``sigma`` (what a relative lambda scales)."""
+        return 5.0 / (3.0 * sigma ** 2) * self.mean_sq_jacobian
+
+
+def choose_inducing(n_frames, m, strata=None, method="stratified", seed=0):
+    """Indices (m,) of inducing frames and their weights Omega (m,): frames each one stands for (sum N).
+
+    ``stratified`` draws uniformly over the occupied strata (labels (N,)), so rare states get inducing points;
+    ``random`` draws uniformly over frames.
+    """
+    if method not in INDUCING:
+        raise CgdmlError(f"unknown inducing-point choice {method!r} (use {' or '.join(INDUCING)})")
+    m = int(min(m, n_frames))
+    rng = np.random.default_rng([seed, 0x1D])
+    if method == "random" or strata is None:
+        return np.sort(rng.choice(n_frames, m, replace=False)), np.full(m, n_frames / m)
+    strata = np.asarray(strata)
+    idx = np.sort(stratified_batch(strata, m, rng))
+    frames_in = np.bincount(strata)
+    picked_in = np.bincount(strata[idx], minlength=len(frames_in))
+    return idx, frames_in[strata[idx]] / picked_in[strata[idx]]
+
+
+class NormalEquations:
+    """The Nyström system (K_mN K_Nm + lam K_mm) a = K_mN y over ``frames`` (a :class:`ReducedFrames`).
+
+    ``matvec`` and ``rhs`` stream over the frames in chunks of ``chunk``; memory beyond the frames' arrays is
+    O(chunk m + m nd). ``sigma`` is the kernel length scale and ``lam`` the absolute lambda.
+    """
+
+    def __init__(self, frames, inducing, sigma, lam, chunk=8192):
+        self.frames, self.sigma, self.lam, self.chunk = frames, float(sigma), float(lam), int(chunk)
+        self.idx = np.asarray(inducing)
+        self.Dm = np.ascontiguousarray(frames.D[self.idx])
+        self.Wm = np.ascontiguousarray(frames.W[self.idx])
+        self.m, self.r = len(self.idx), frames.r
+        self.size = self.m * self.r
+
+    def coefficients(self, a):
+        """Descriptor-space coefficients v (m, nd) of the reduced vector a (m r,)."""
+        return np.matmul(self.Wm, np.asarray(a).reshape(self.m, self.r, 1))[:, :, 0]
+
+    def _back(self, h):
+        return np.matmul(h[:, None, :], self.Wm)[:, 0, :].ravel()  # W_j^T h_j
+
+    def _adjoint(self, q_of_chunk):
+        """K_mN applied to per-frame descriptor vectors q_i = W_i u_i, given chunk by chunk."""
+        h = np.zeros((self.m, self.Dm.shape[1]))
+        for c0 in range(0, self.frames.n_frames, self.chunk):
+            sl = slice(c0, c0 + self.chunk)
+            tab = kernels.TrainTables(self.frames.D[sl], q_of_chunk(sl), self.sigma)
+            h += kernels.hessian_apply(self.Dm, tab)[0]
+        return self._back(h)
+
+    def predict_reduced(self, a, sl):
+        """Model forces of frames ``sl`` in their reduced bases, (n, r)."""
+        tab = kernels.TrainTables(self.Dm, self.coefficients(a), self.sigma)
+        g = kernels.hessian_apply(self.frames.D[sl], tab)[0]
+        return np.matmul(g[:, None, :], self.frames.W[sl])[:, 0, :]
+
+    def kmm_matvec(self, a):
+        """K_mm a (m r,), exactly, in O(m^2 nd)."""
+        tab = kernels.TrainTables(self.Dm, self.coefficients(a), self.sigma)
+        return self._back(kernels.hessian_apply(self.Dm, tab)[0])
+
+    def matvec(self, a):
+        tab = kernels.TrainTables(self.Dm, self.coefficients(a), self.sigma)
+        W = self.frames.W
+
+        def q_of_chunk(sl):
+            g = kernels.hessian_apply(self.frames.D[sl], tab)[0]
+            p = np.matmul(g[:, None, :], W[sl])                     # W_i^T g_i: frame i's reduced prediction
+            return np.matmul(W[sl], p.transpose(0, 2, 1))[:, :, 0]  # W_i p_i
+        return self._adjoint(q_of_chunk) + self.lam * self.kmm_matvec(a)
+
+    def rhs(self):
+        W, y = self.frames.W, self.frames.y
+        return self._adjoint(lambda sl: np.matmul(W[sl], y[sl][:, :, None])[:, :, 0])
+
+    def kmm(self):
+        """Dense symmetric K_mm (m r, m r)."""
+        K = kernels.assemble(self.Dm, self.Wm, self.sigma)
+        il = np.tril_indices(self.size, -1)
+        K[il[1], il[0]] = K[il]
+        return K
+
+
+def _cholesky_upper(A):
+    """Upper Cholesky factor of the symmetric matrix A (overwritten)."""
+    if A.shape[0] > 8192:  # see gdml.cholesky_upper_inplace: large multi-threaded potrf is unsafe here
+        return np.triu(cholesky_upper_inplace(np.asfortranarray(A)))
+    return scipy.linalg.cholesky(A, lower=False, overwrite_a=True, check_finite=False)
+
+
+class FalkonPreconditioner:
+    """P^-1 for P = K_mm Omega K_mm + lam K_mm (see the module docstring).
+
+    ``factor`` does the lambda-free O((m r)^3) work (K_mm = T^T T and S = T Omega T^T) once per sigma; each
+    lambda then costs one Cholesky factorisation of S + lam I.
+    """
+
+    def __init__(self, base, lam):
+        self.T, S = base
+        A = S.copy()
+        A.flat[:: A.shape[0] + 1] += lam
+        self.A = _cholesky_upper(A)
+
+    @staticmethod
+    def factor(Kmm, weights, r):
+        """(T, S) for K_mm (m r, m r) and the inducing weights Omega (m,); Kmm is overwritten."""
+        n = Kmm.shape[0]
+        scale = float(np.mean(np.diag(Kmm)))
+        for jitter in (1e-10, 1e-8, 1e-6, 1e-4):
+            K = Kmm.copy()
+            K.flat[:: n + 1] += jitter * scale
+            try:
+                T = _cholesky_upper(K)
+                break
+            except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+                continue
+        else:
+            raise CgdmlError("inducing-point kernel matrix is singular (duplicate inducing frames?)")
+        del K, Kmm
+        X = T * np.sqrt(np.repeat(weights, r))[None, :]
+        syrk, = scipy.linalg.get_blas_funcs(("syrk",), (X,))
+        S = syrk(1.0, X)  # upper triangle of X X^T
+        del X
+        il = np.tril_indices(n, -1)
+        S[il] = S.T[il]
+        return T, S
+
+    def __call__(self, x):
+        solve = scipy.linalg.solve_triangular
+        u = solve(self.T, x, trans="T", lower=False, check_finite=False)
+        u = solve(self.A, u, trans="T", lower=False, check_finite=False)
+        u = solve(self.A, u, lower=False, check_finite=False)
+        return solve(self.T, u, lower=False, check_finite=False)
+
+
+def pcg(matvec, b, precond, x0=None, tol=1e-5, maxiter=500, callback=None, state=None, progress=False):
+    """Preconditioned conjugate gradients for a symmetric positive definite operator.
+
+    Stops when |b - A x| <= tol |b|. ``callback(state)`` runs after each iteration with the full iteration state
+    (a dict of x, r, p, rz, k); passing such a ``state`` back continues the run exactly where it was.
+    Returns x, the iteration count and the final relative residual.
+    """
+    bnorm = np.linalg.norm(b) or 1.0
+    if state is None:
+        x = np.zeros_like(b) if x0 is None else np.array(x0, dtype=np.float64)
+        r = b - matvec(x) if x0 is not None else b.copy()
+        z = precond(r)
+        state = dict(x=x, r=r, p=z.copy(), rz=float(r @ z), k=0)
+    x, r, p, rz, k = (state[key] for key in ("x", "r", "p", "rz", "k"))
+    x, r, p, rz, k = np.array(x, dtype=np.float64), np.array(r, dtype=np.float64), np.array(p, dtype=np.float64), \
+        float(rz), int(k)
+    res = np.linalg.norm(r) / bnorm
+    with tqdm(total=maxiter, initial=k, desc="Nystrom CG", leave=False, disable=not progress) as bar:
+        while res > tol and k < maxiter:
+            Ap = matvec(p)
+            step = rz / float(p @ Ap)
+            x += step * p
+            r -= step * Ap
+            res = np.linalg.norm(r) / bnorm
+            k += 1
+            if res > tol:
+                z = precond(r)
+                rz_new = float(r @ z)
+                p = z + (rz_new / rz) * p
+                rz = rz_new
+            bar.update()
+            bar.set_postfix(res=f"{res:.1e}")
+            if callback is not None:
+                callback(dict(x=x, r=r, p=p, rz=rz, k=k))
+    return x, k, res
+
+
+class NystromGDML(BaseEstimator):
+    """Inducing-point GDML fitted by least squares on every frame (see the module docstring).
+
+    Parameters: ``n_inducing`` m; ``sigma`` (nm^-1); ``lam`` relative to mean(diag K); ``chiral``,
+    ``chiral_scale`` as in :class:`cgdml.gdml.GDML`; ``inducing`` "stratified" (needs ``strata`` in fit) or
+    "random"; ``tol``/``maxiter`` for CG; ``chunk`` frames per streamed block; ``workdir`` keeps the CG iterate
+    (every ``checkpoint_s`` seconds) so that an interrupted fit resumes; ``seed`` picks the inducing frames.
+
+    Learned: ``model_`` (a fitted :class:`cgdml.gdml.GDML` on the inducing frames, used for prediction and
+    saving), ``inducing_index_`` (m,), ``lam_`` (absolute), ``cg_iterations_``, ``residual_``, ``timings_``.
+    """
+
+    def __init__(self, n_inducing=1000, sigma=4.0, lam=1.0, chiral=True, chiral_scale=1.0, inducing="stratified",
+                 tol=1e-4, maxiter=500, chunk=8192, seed=0, workdir=None, checkpoint_s=30.0, verbose=False):
+        self.n_inducing = n_inducing
+        self.sigma = sigma
+        self.lam = lam
+        self.chiral = chiral
+        self.chiral_scale = chiral_scale
+        self.inducing = inducing
+        self.tol = tol
+        self.maxiter = maxiter
+        self.chunk = chunk
+        self.seed = seed
+        self.workdir = workdir
+        self.checkpoint_s = checkpoint_s
+        self.verbose = verbose
+
+    def _check_params(self):
+        for name in ("sigma", "lam", "tol"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise CgdmlError(f"{name} must be positive, got {v!r}")
+        for name in ("n_inducing", "maxiter", "chunk"):
+            if int(getattr(self, name)) < 1:
+                raise CgdmlError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.inducing not in INDUCING:
+            raise CgdmlError(f"inducing must be {' or '.join(INDUCING)}, got {self.inducing!r}")
+
+    def fit(self, R, F, strata=None, frames=None, x0=None, cache=None):
+        """Fit forces F (N, n_beads, 3) kJ/mol/nm at R (N, n_beads, 3) nm; ``strata`` (N,) for stratified picks.
+
+        For grid searches: ``frames`` passes a :class:`ReducedFrames` of (R, F) built before, ``x0`` warm-starts
+        CG with the coefficients (m r,) of a previous fit on the same inducing frames, and ``cache`` (a dict)
+        keeps the lambda-free preconditioner factors per sigma between calls.
+        """
+        self._check_params()
+        t0 = time.perf_counter()
+        self.timings_ = {}
+        if frames is None:
+            frames = ReducedFrames(np.asarray(R), np.asarray(F), self.chiral, self.chiral_scale, self.chunk)
+        self.timings_["descriptors_s"] = time.perf_counter() - t0
+        idx, weights = choose_inducing(frames.n_frames, self.n_inducing, strata, self.inducing, self.seed)
+        self.lam_ = float(self.lam) * frames.mean_diag(self.sigma)
+        system = NormalEquations(frames, idx, self.sigma, self.lam_, self.chunk)
+        t = time.perf_counter()
+        key = ("falkon", float(self.sigma), self.n_inducing, self.inducing, self.seed)
+        base = cache.get(key) if cache is not None else None
+        if base is None:
+            base = FalkonPreconditioner.factor(system.kmm(), weights, frames.r)
+            if cache is not None:
+                cache.clear()  # one sigma at a time: each entry holds 2 (m r)^2 floats
+                cache[key] = base
+        precond = FalkonPreconditioner(base, self.lam_)
+        b = system.rhs()
+        self.timings_["setup_s"] = time.perf_counter() - t
+        ckpt = self._checkpoint_path(frames, idx)
+        state = None
+        if ckpt is not None and ckpt.exists():
+            state = {key: value[()] if value.ndim == 0 else value
+                     for key, value in load_npz(ckpt, "Nyström checkpoint").items()}
+            if self.verbose:
+                print(f"[Nystrom] resuming CG at iteration {int(state['k'])} from {ckpt}", flush=True)
+        last_save = [time.perf_counter()]
+
+        def checkpoint(cg_state):
+            if ckpt is not None and time.perf_counter() - last_save[0] >= self.checkpoint_s:
+                save_npz(ckpt, **cg_state)
+                last_save[0] = time.perf_counter()
+
+        t = time.perf_counter()
+        a, self.cg_iterations_, self.residual_ = pcg(system.matvec, b, precond, x0=x0, tol=self.tol,
+                                                     maxiter=int(self.maxiter), callback=checkpoint, state=state,
+                                                     progress=self.verbose)
+        self.timings_["cg_s"] = time.perf_counter() - t
+        if self.residual_ > self.tol:
+            warnings.warn(f"Nyström CG stopped after {self.cg_iterations_} iterations at relative residual "
+                          f"{self.residual_:.2g} > {self.tol:g}", RuntimeWarning, stacklevel=2)
+        self.coef_ = a
+        self.inducing_index_ = idx
+        self.model_ = _as_gdml(system, a, self)
+        self.timings_["total_s"] = time.perf_counter() - t0
+        if self.verbose:
+            print(f"[Nystrom] {frames.n_frames} frames, m={system.m}, {self.cg_iterations_} CG iterations, "
+                  f"residual {self.residual_:.1e}, timings {json.dumps(self.timings_, default=float)}", flush=True)
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+        return self
+
+    def _checkpoint_path(self, frames, idx):
+        if self.workdir is None:
+            return None
+        h = hashlib.sha256()
+        for arr in (frames.D[idx], frames.y[:: max(1, frames.n_frames // 1000)]):
+            h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+        h.update(json.dumps([frames.n_frames, self.sigma, self.lam, self.chiral, self.chiral_scale]).encode())
+        Path(self.workdir).mkdir(parents=True, exist_ok=True)
+        return Path(self.workdir) / f"nystrom_cg_{h.hexdigest()[:16]}.npz"
+
+    def predict(self, R):
+        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm."""
+        return self._model().predict(R)
+
+    def predict_forces(self, R):
+        """Forces (n, n_beads, 3) kJ/mol/nm."""
+        return self._model().predict_forces(R)
+
+    def _model(self):
+        if not hasattr(self, "model_"):
+            raise CgdmlError("Nyström GDML model is not fitted yet: call fit() first")
+        return self.model_
+
+
+def _as_gdml(system, a, est):
+    """A fitted :class:`GDML` whose training set is the inducing frames and coefficients v = W a."""
+    g = GDML(sigma=est.sigma, lam=est.lam, relative_lam=True, chiral=est.chiral, chiral_scale=est.chiral_scale)
+    g.lam_ = est.lam_
+    g.c_ = 0.0
+    g.D_train_ = system.Dm
+    g.V_ = system.coefficients(a)
+    g.n_train_ = system.m
+    g.n_beads_ = system.frames.n_beads
+    g.solver_ = "nystrom"
+    g.cg_iterations_ = int(est.cg_iterations_)
+    g._prepare()
+    return g
+
+
+def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), inducing="stratified",
+                strata="auto", grid_bins=12, n_strata=50, holdout=0.1, select_frames=100_000, chiral=True,
+                prior_repulsion=True, tol=1e-4, seed=0, workdir=None, progress=False):
+    """Prior + inducing-point GDML on every frame of ``dataset``, as a :class:`cgdml.model.CGModel`.
+
+    With several (sigma, lam) candidates, each is fitted on up to ``select_frames`` frames outside a random
+    hold-out of ``holdout`` (at most 20,000 frames) and scored by the mean squared error of the held-out forces
+    (kJ/mol/nm)^2; the winner is refitted on all frames. Lambdas of one sigma share the preconditioner and
+    warm-start CG from each other.
+    """
+    from .ensemble import make_strata, model_from_fit
+    from .prior import HarmonicPrior
+
+    t0 = time.perf_counter()
+    sigmas, lams = np.atleast_1d(sigma).astype(float), np.atleast_1d(lam).astype(float)
+    for name, values in (("sigma", sigmas), ("lam", lams)):
+        if len(values) == 0 or not np.all(np.isfinite(values) & (values > 0)):
+            raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
+    if not 0 < holdout < 1:
+        raise CgdmlError(f"holdout must be between 0 and 1, got {holdout}")
+    coords = dataset.coords
+    prior = HarmonicPrior(repulsion=prior_repulsion).fit(coords, dataset.temperature)
+    labels = np.empty_like(dataset.forces)
+    for c0 in range(0, dataset.n_frames, 65536):
+        labels[c0:c0 + 65536] = dataset.forces[c0:c0 + 65536] - prior.forces(coords[c0:c0 + 65536])
+    labels_strata, strata_method = make_strata(dataset, strata, grid_bins, n_strata, seed) \
+        if inducing == "stratified" else (None, "none")
+    params = dict(n_inducing=n_inducing, inducing=inducing, chiral=chiral, tol=tol, seed=seed, verbose=progress)
+    timings, scores = {"prior_and_strata_s": time.perf_counter() - t0}, []
+    best = (float(sigmas[0]), float(lams[0]))
+    if len(sigmas) * len(lams) > 1:
+        t = time.perf_counter()
+        rng = np.random.default_rng([seed, 0x5E1])
+        order = rng.permutation(dataset.n_frames)
+        n_val = int(min(20_000, max(1, round(holdout * dataset.n_frames))))
+        val, train = np.sort(order[:n_val]), np.sort(order[n_val:n_val + select_frames])
+        if len(train) < 2:
+            raise CgdmlError(f"{dataset.n_frames} frames are too few for a hold-out selection")
+        frames = ReducedFrames(coords[train], labels[train], chiral, 1.0)
+        sub_strata = labels_strata[train] if labels_strata is not None else None
+        cache = {}
+        for s in sigmas:
+            x0 = None
+            for lm in sorted(lams, reverse=True):  # large lambda first: fewest iterations, then warm starts
+                est = NystromGDML(sigma=s, lam=lm, **params).fit(None, None, sub_strata, frames=frames, x0=x0,
+                                                                cache=cache)
+                x0 = est.coef_
+                mse = float(np.mean((est.predict_forces(coords[val]) - labels[val]) ** 2))
+                scores.append(dict(sigma=float(s), lam=float(lm), mse=mse, cg_iterations=est.cg_iterations_,
+                                   fit_s=est.timings_["total_s"]))
+                if progress:
+                    print(f"[Nystrom] sigma {s:g} lam {lm:g}: held-out MSE {mse:.6g}", flush=True)
+        del frames, cache
+        best_score = min(scores, key=lambda d: d["mse"])
+        best = (best_score["sigma"], best_score["lam"])
+        timings["selection_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    est = NystromGDML(sigma=best[0], lam=best[1], workdir=workdir, **params).fit(coords, labels, labels_strata)
+    timings["final_fit_s"] = time.perf_counter() - t
+    timings.update({f"final_{k}": v for k, v in est.timings_.items()})
+    timings["total_s"] = time.perf_counter() - t0
+    info = dict(method="Nystrom GDML", params=dict(n_inducing=n_inducing, sigma=sigmas.tolist(),
+                                                 lam=lams.tolist(), inducing=inducing, holdout=holdout,
+                                                 select_frames=select_frames, chiral=chiral,
+                                                 prior_repulsion=prior_repulsion, tol=tol, seed=seed),
+                chosen=dict(sigma=best[0], lam=best[1], lam_absolute=est.lam_, n_inducing=len(est.inducing_index_),
+                            cg_iterations=est.cg_iterations_, residual=est.residual_),
+                selection_scores=scores, strata=dict(method=strata_method), timings=timings,
+                data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads, temperature=dataset.temperature,
+                          source=dataset.info))
+    return model_from_fit(est.model_, prior, dataset, info, seed=seed)

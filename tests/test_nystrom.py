@@ -1,0 +1,127 @@
+"""Inducing-point (Nyström) GDML: exact normal-equation products, the m = N limit, forces, noise averaging."""
+import numpy as np
+import pytest
+
+from cgdml import kernels
+from cgdml.ensemble import fit_single
+from cgdml.gdml import GDML
+from cgdml.nystrom import (FalkonPreconditioner, NormalEquations, NystromGDML, ReducedFrames, choose_inducing,
+                           fit_nystrom, pcg)
+from numerics import numerical_forces
+from test_ensemble import make_toy
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy()
+
+
+def test_streamed_products_match_dense_normal_equations(toy):
+    data, _ = toy
+    frames = ReducedFrames(data.coords[:300], data.forces[:300], chunk=64)
+    idx, _ = choose_inducing(300, 40, method="random")
+    system = NormalEquations(frames, idx, sigma=1.0, lam=0.5, chunk=70)  # chunks not aligned with the frames
+    Knm = kernels.assemble(frames.D, frames.W, 1.0, system.Dm, system.Wm)
+    Kmm = system.kmm()
+    np.testing.assert_allclose(Kmm, Kmm.T, atol=0)
+    np.testing.assert_allclose(Kmm, Knm[(idx[:, None] * frames.r + np.arange(frames.r)).ravel()], rtol=1e-12,
+                               atol=1e-12 * np.abs(Kmm).max())
+    a = np.random.default_rng(0).standard_normal(system.size)
+    dense = Knm.T @ (Knm @ a) + 0.5 * Kmm @ a
+    np.testing.assert_allclose(system.matvec(a), dense, rtol=1e-10, atol=1e-10 * np.abs(dense).max())
+    np.testing.assert_allclose(system.rhs(), Knm.T @ frames.y.ravel(), rtol=1e-10,
+                               atol=1e-10 * np.abs(Knm.T @ frames.y.ravel()).max())
+
+
+@pytest.mark.parametrize("lam", [1e-3, 1.0])
+def test_all_frames_inducing_is_exact_gdml(toy, lam):
+    # With m = N, (K K + lam K) a = K y is (K + lam I) a = y: the GDML solution.
+    data, _ = toy
+    R, F = data.coords[:120], data.forces[:120]
+    exact = GDML(sigma=1.0, lam=lam, relative_lam=True, solver="cholesky").fit(R, F)
+    nys = NystromGDML(n_inducing=120, sigma=1.0, lam=lam, inducing="random", tol=1e-11, maxiter=2000).fit(R, F)
+    X = data.coords[2000:2100]
+    f_exact, f_nys = exact.predict_forces(X), nys.predict_forces(X)
+    assert np.linalg.norm(f_nys - f_exact) / np.linalg.norm(f_exact) < 1e-7
+
+
+def test_forces_are_minus_the_energy_gradient(toy):
+    data, _ = toy
+    est = NystromGDML(n_inducing=50, sigma=1.0, lam=1.0).fit(data.coords[:500], data.forces[:500],
+                                                           strata=np.arange(500) % 7)
+    R = data.coords[3000:3005]
+    energy = lambda X: est.predict(X)[0]
+    np.testing.assert_allclose(est.predict_forces(R), numerical_forces(energy, R), rtol=1e-5, atol=1e-4)
+
+
+def test_falkon_preconditioner_cuts_iterations(toy):
+    data, _ = toy
+    frames = ReducedFrames(data.coords[:2000], data.forces[:2000])
+    idx, weights = choose_inducing(2000, 100, method="random")
+    system = NormalEquations(frames, idx, sigma=1.0, lam=0.01 * frames.mean_diag(1.0))
+    b = system.rhs()
+    precond = FalkonPreconditioner(FalkonPreconditioner.factor(system.kmm(), weights, frames.r), system.lam)
+    _, k_pre, res_pre = pcg(system.matvec, b, precond, tol=1e-6, maxiter=2000)
+    _, k_plain, _ = pcg(system.matvec, b, lambda x: x, tol=1e-6, maxiter=2000)
+    print(f"CG iterations: Falkon {k_pre}, none {k_plain}")
+    assert res_pre <= 1e-6 and k_pre < k_plain / 5
+
+
+def test_learning_from_every_frame_beats_a_subset_of_the_same_size(toy):
+    # Labels are 4x noisier than the learnable force. 300 inducing points fitted on 3000 frames average the
+    # noise of all of them; a GDML on 300 frames (the same model size, its best lambda chosen against the
+    # truth) cannot.
+    data, F_true = toy
+    train, test = data.subset(np.arange(3000)), np.arange(3000, 4000)
+    err = lambda model: float(np.mean((model.forces(data.coords[test]) - F_true[test]) ** 2))
+    nys = fit_nystrom(train, n_inducing=300, sigma=[1.0], lam=[0.3, 3.0, 30.0], strata="kmeans", n_strata=20)
+    single = min(err(fit_single(train, 300, sigma=1.0, lam=lam, strata="kmeans")) for lam in (0.3, 1.0, 3.0, 10.0))
+    print(f"mean-force MSE: Nystrom {err(nys):.1f} (chosen lam {nys.info['chosen']['lam']:g}), best single "
+          f"{single:.1f}")
+    assert err(nys) < 0.5 * single
+    assert len(nys.info["selection_scores"]) == 3
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(toy, tmp_path):
+    data, _ = toy
+    R, F = data.coords[:1500], data.forces[:1500]
+    kw = dict(n_inducing=80, sigma=1.0, lam=0.1, inducing="random", tol=1e-8, maxiter=5000)
+    full = NystromGDML(**kw).fit(R, F)
+
+    class Stop(Exception):
+        pass
+
+    import cgdml.nystrom as nystrom
+
+    real_pcg = nystrom.pcg
+
+    def interrupted(*args, callback=None, **kwargs):
+        def cb(state):
+            callback(state)
+            if state["k"] == 5:
+                raise Stop
+        return real_pcg(*args, callback=cb, **kwargs)
+
+    nystrom.pcg = interrupted
+    try:
+        with pytest.raises(Stop):
+            NystromGDML(workdir=tmp_path, checkpoint_s=0.0, **kw).fit(R, F)
+    finally:
+        nystrom.pcg = real_pcg
+    assert len(list(tmp_path.glob("nystrom_cg_*.npz"))) == 1
+    resumed = NystromGDML(workdir=tmp_path, checkpoint_s=0.0, **kw).fit(R, F)
+    assert resumed.cg_iterations_ == full.cg_iterations_ > 5
+    np.testing.assert_array_equal(resumed.coef_, full.coef_)  # the CG state is saved whole: an exact resume
+    assert not list(tmp_path.glob("nystrom_cg_*.npz"))  # removed once the fit is done
+
+
+def test_bad_parameters_name_the_problem(toy):
+    data, _ = toy
+    from cgdml._io import CgdmlError
+
+    with pytest.raises(CgdmlError, match="n_inducing"):
+        NystromGDML(n_inducing=0).fit(data.coords[:50], data.forces[:50])
+    with pytest.raises(CgdmlError, match="inducing"):
+        NystromGDML(inducing="leverage").fit(data.coords[:50], data.forces[:50])
+    with pytest.raises(CgdmlError, match="lam"):
+        fit_nystrom(data.subset(np.arange(100)), lam=[-1.0])
