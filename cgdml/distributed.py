@@ -28,9 +28,13 @@ def limited_threads(fn, *args):
     import numba
     from threadpoolctl import threadpool_limits
 
+    before = numba.get_num_threads()
     numba.set_num_threads(1)
-    with threadpool_limits(1):
-        return fn(*args)
+    try:
+        with threadpool_limits(1):
+            return fn(*args)
+    finally:
+        numba.set_num_threads(before)
 
 
 def scheduler_address(scheduler):
@@ -158,7 +162,8 @@ class TaskRunner:
     def run(self, tasks, desc="tasks", limit_threads=False):
         """Yield ``(i, result)`` for the ``tasks`` [(fn, args)]: in order locally, as each finishes on Dask.
 
-        Worker tasks run under :func:`limited_threads`; ``limit_threads`` applies it in this process too.
+        Worker tasks run under :func:`limited_threads`, and so does a lone task run here for n_jobs > 1;
+        ``limit_threads`` applies it to tasks run here with n_jobs = 1 too.
         A failing task raises its exception here and cancels the tasks not yet finished.
         """
         from tqdm import tqdm
@@ -168,6 +173,7 @@ class TaskRunner:
             if self.client is not None:
                 yield from self._run_dask(tasks, bar)
             elif self.n_jobs == 1 or len(tasks) <= 1:
+                limit_threads = limit_threads or self.n_jobs != 1      # as in a worker process
                 for i, (fn, args) in enumerate(tasks):
                     result = limited_threads(fn, *args) if limit_threads else fn(*args)
                     bar.update()
@@ -193,7 +199,7 @@ class TaskRunner:
             self.stats["task_bytes_max"] = max(self.stats["task_bytes_max"], size)
             futures[self.client.submit(limited_threads, fn, *args, pure=False)] = i
         try:
-            for future in as_completed(list(futures)):
+            for future in as_completed(list(futures), loop=self.client.loop):
                 result = future.result()
                 i = futures.pop(future)
                 bar.update()

@@ -20,7 +20,7 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address=None) as cluster, distributed.Client(cluster, set_as_default=False) as c:
         yield c
 
 
@@ -87,8 +87,12 @@ def test_replica_groups_run_anywhere_with_the_same_result(client, model_file):
 
 
 def test_each_group_resumes_bit_for_bit(tmp_path):
+    import numba
+
+    threads = numba.get_num_threads()
     x0 = sample_start(6, 2, seed=5)
     ref = simulate(double_well_forces, x0, n_groups=2, **SIM)
+    assert numba.get_num_threads() == threads              # groups run here on one thread, then it is restored
     ckpt = tmp_path / "run.ckpt.npz"
     paths = group_checkpoints(ckpt, 2)
     assert [p.name for p in paths] == ["run.ckpt.g0.npz", "run.ckpt.g1.npz"]
