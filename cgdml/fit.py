@@ -75,9 +75,12 @@ def build_parser():
     p = ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
     add_dataset_arguments(p)
     p.add_argument("--config", help="TOML file with fit options (command-line options override it)")
-    p.add_argument("--method", choices=["two-layer", "single"], default="two-layer",
-                   help="two-layer ensemble (default) or the single-GDML baseline")
+    p.add_argument("--method", choices=["two-layer", "single", "nystrom"], default="two-layer",
+                   help="two-layer ensemble (default), the single-GDML baseline, or inducing-point GDML fitted "
+                   "to every frame (nystrom; --sigma1/--lam1 are its grid, default 2 4 8 / 0.3 1 3)")
     p.add_argument("--n-frames", type=int, default=3000, help="frames for --method single")
+    p.add_argument("--inducing", type=int, default=1000, help="inducing configurations for --method nystrom "
+                   "(default 1000; memory about 24 (m (3 beads - 6))^2 bytes)")
     for name, (kind, is_list) in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
@@ -102,6 +105,8 @@ def main(argv=None):
     options = read_config(args.config) if args.config else {}
     options.update({k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None})
     _check_options(options, args.config)
+    if args.inducing < 1:
+        raise CgdmlError(f"--inducing must be >= 1, got {args.inducing}")
     if args.scheduler is not None:
         from .distributed import check_scheduler
 
@@ -119,6 +124,15 @@ def main(argv=None):
         single = {k: v for k, v in params.items() if k in ("chiral", "prior_repulsion", "seed", "strata", "grid_bins")}
         model = fit_single(dataset, args.n_frames, sigma=params.get("sigma1", [4.0])[0],
                            lam=params.get("lam1", [3.0])[0], **single)
+    elif args.method == "nystrom":
+        from .nystrom import fit_nystrom
+
+        keep = ("chiral", "prior_repulsion", "seed", "strata", "grid_bins", "n_strata")
+        model = fit_nystrom(dataset, n_inducing=args.inducing, sigma=params.get("sigma1", (2.0, 4.0, 8.0)),
+                            lam=params.get("lam1", (0.3, 1.0, 3.0)), workdir=workdir, progress=not args.quiet,
+                            **{k: v for k, v in params.items() if k in keep})
+        chosen = model.info["chosen"]
+        print(f"chosen sigma={chosen['sigma']:g} lam={chosen['lam']:g} ({chosen['cg_iterations']} CG iterations)")
     else:
         estimator = TwoLayerGDML(workdir=workdir, progress=not args.quiet, scheduler=args.scheduler,
                                  **params).fit(dataset)

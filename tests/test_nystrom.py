@@ -125,3 +125,25 @@ def test_bad_parameters_name_the_problem(toy):
         NystromGDML(inducing="leverage").fit(data.coords[:50], data.forces[:50])
     with pytest.raises(CgdmlError, match="lam"):
         fit_nystrom(data.subset(np.arange(100)), lam=[-1.0])
+
+
+def test_fit_command_line_nystrom_writes_a_model_that_simulates(toy, tmp_path):
+    import json
+
+    from cgdml.fit import main as fit_main
+    from cgdml.model import CGModel
+    from cgdml.simulate import simulate
+
+    data, _ = toy
+    path = tmp_path / "toy.npz"
+    data.subset(np.arange(2000)).save(path)
+    out = tmp_path / "model.npz"
+    assert fit_main([str(path), "-o", str(out), "--method", "nystrom", "--inducing", "60", "--sigma1", "1", "2",
+                     "--lam1", "1", "--strata", "kmeans", "--quiet"]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["method"] == "Nystrom GDML" and len(info["selection_scores"]) == 2
+    assert info["chosen"]["n_inducing"] == 60 and not (tmp_path / "model.npz.work").exists()
+    model = CGModel.load(out)
+    res = simulate(model.forces, model.train_coords_sample[:4], masses=model.masses, temperature=300.0, dt=0.002,
+                   n_steps=200, save_every=50, integrator="langevin", friction=1.0, seed=0)
+    assert res.alive.all() and np.isfinite(res.positions).all()
