@@ -15,10 +15,11 @@ Preconditioned conjugate gradients solve it; every product streams over the fram
 batched Hessian kernel (two passes of O(N m n_desc)), so neither K_Nm nor the N x N kernel is ever stored.
 Only the frames' descriptors, reduced Jacobians W_i (n_desc x r) and labels are kept: 8 N n_desc (r + 1) bytes.
 
-Preconditioner (Falkon, Rudi, Carratino and Rosasco, NeurIPS 2017): K_mN K_Nm ~ K_mm Omega K_mm, where
-Omega_j is the number of frames inducing point j stands for (N/m for uniform picks, n_s/m_s in stratum s for
-stratified picks). With K_mm = T^T T and T Omega T^T + lam I = A^T A, P = T^T A^T A T costs two Cholesky
-factorisations of size m r.
+Preconditioner: P = (N/s) K_mS K_Sm + lam K_mm with S a uniform random sample of s = 2m frames, an unbiased
+estimate of the normal matrix in the spirit of Falkon (Rudi, Carratino and Rosasco, NeurIPS 2017), which takes
+S = the inducing points. On 100k frames of the 6-bead data (m = 500, lam 0.3) Falkon's choice with stratified
+inducing points left the residual at 1e-3 after 60 iterations; s = 2m converged to 1e-4 in 37, with a cheaper
+setup. Each lambda costs one Cholesky factorisation of size m r.
 
 Units: nm, kJ/mol/nm; sigma in descriptor units (nm^-1); lam relative to mean(diag K) as in GDML.
 """
@@ -86,7 +87,7 @@ class ReducedFrames:
 
 
 def choose_inducing(n_frames, m, strata=None, method="stratified", seed=0):
-    """Indices (m,) of inducing frames and their weights Omega (m,): frames each one stands for (sum N).
+    """Sorted indices (m,) of inducing frames.
 
     ``stratified`` draws uniformly over the occupied strata (labels (N,)), so rare states get inducing points;
     ``random`` draws uniformly over frames.
@@ -96,12 +97,8 @@ def choose_inducing(n_frames, m, strata=None, method="stratified", seed=0):
     m = int(min(m, n_frames))
     rng = np.random.default_rng([seed, 0x1D])
     if method == "random" or strata is None:
-        return np.sort(rng.choice(n_frames, m, replace=False)), np.full(m, n_frames / m)
-    strata = np.asarray(strata)
-    idx = np.sort(stratified_batch(strata, m, rng))
-    frames_in = np.bincount(strata)
-    picked_in = np.bincount(strata[idx], minlength=len(frames_in))
-    return idx, frames_in[strata[idx]] / picked_in[strata[idx]]
+        return np.sort(rng.choice(n_frames, m, replace=False))
+    return np.sort(stratified_batch(np.asarray(strata), m, rng))
 
 
 class NormalEquations:
@@ -175,49 +172,45 @@ def _cholesky_upper(A):
     return scipy.linalg.cholesky(A, lower=False, overwrite_a=True, check_finite=False)
 
 
-class FalkonPreconditioner:
-    """P^-1 for P = K_mm Omega K_mm + lam K_mm (see the module docstring).
+class SampledPreconditioner:
+    """P^-1 for P = (N / s) K_mS K_Sm + lam K_mm, with S a uniform random sample of s frames.
 
-    ``factor`` does the lambda-free O((m r)^3) work (K_mm = T^T T and S = T Omega T^T) once per sigma; each
-    lambda then costs one Cholesky factorisation of S + lam I.
+    An unbiased Monte Carlo estimate of K_mN K_Nm that, unlike Falkon's K_mm Omega K_mm, does not depend on how
+    the inducing points were picked. ``factor`` (lambda-free) costs one (s r, m r) kernel block and an
+    O(s r (m r)^2) product; each lambda then costs one Cholesky factorisation of size m r.
     """
 
     def __init__(self, base, lam):
-        self.T, S = base
-        A = S.copy()
-        A.flat[:: A.shape[0] + 1] += lam
-        self.A = _cholesky_upper(A)
-
-    @staticmethod
-    def factor(Kmm, weights, r):
-        """(T, S) for K_mm (m r, m r) and the inducing weights Omega (m,); Kmm is overwritten."""
-        n = Kmm.shape[0]
+        G, Kmm = base
+        n = G.shape[0]
         scale = float(np.mean(np.diag(Kmm)))
-        for jitter in (1e-10, 1e-8, 1e-6, 1e-4):
-            K = Kmm.copy()
-            K.flat[:: n + 1] += jitter * scale
+        for jitter in (0.0, 1e-10, 1e-8, 1e-6):
+            A = G + lam * Kmm
+            A.flat[:: n + 1] += jitter * lam * scale
             try:
-                T = _cholesky_upper(K)
-                break
+                self.c = (_cholesky_upper(A), False)
+                return
             except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
                 continue
-        else:
-            raise CgdmlError("inducing-point kernel matrix is singular (duplicate inducing frames?)")
-        del K, Kmm
-        X = T * np.sqrt(np.repeat(weights, r))[None, :]
-        syrk, = scipy.linalg.get_blas_funcs(("syrk",), (X,))
-        S = syrk(1.0, X)  # upper triangle of X X^T
-        del X
-        il = np.tril_indices(n, -1)
-        S[il] = S.T[il]
-        return T, S
+        raise CgdmlError("Nyström preconditioner is singular (duplicate inducing frames?)")
+
+    @staticmethod
+    def factor(system, sample, chunk=1000):
+        """(G, K_mm) for the :class:`NormalEquations` ``system`` and the sampled frame indices (s,)."""
+        fr = system.frames
+        G = np.zeros((system.size, system.size), order="F")
+        for c0 in range(0, len(sample), chunk):
+            rows = sample[c0:c0 + chunk]
+            KSm = kernels.assemble(fr.D[rows], fr.W[rows], system.sigma, system.Dm, system.Wm)
+            syrk, = scipy.linalg.get_blas_funcs(("syrk",), (KSm,))
+            G = syrk(fr.n_frames / len(sample), KSm, beta=1.0, c=G, trans=1, overwrite_c=True)  # upper triangle
+        del KSm
+        il = np.tril_indices(G.shape[0], -1)
+        G[il] = G.T[il]
+        return np.ascontiguousarray(G), system.kmm()
 
     def __call__(self, x):
-        solve = scipy.linalg.solve_triangular
-        u = solve(self.T, x, trans="T", lower=False, check_finite=False)
-        u = solve(self.A, u, trans="T", lower=False, check_finite=False)
-        u = solve(self.A, u, lower=False, check_finite=False)
-        return solve(self.T, u, lower=False, check_finite=False)
+        return scipy.linalg.cho_solve(self.c, x, check_finite=False)
 
 
 def pcg(matvec, b, precond, x0=None, tol=1e-5, maxiter=500, callback=None, state=None, progress=False):
@@ -262,7 +255,8 @@ class NystromGDML(BaseEstimator):
 
     Parameters: ``n_inducing`` m; ``sigma`` (nm^-1); ``lam`` relative to mean(diag K); ``chiral``,
     ``chiral_scale`` as in :class:`cgdml.gdml.GDML`; ``inducing`` "stratified" (needs ``strata`` in fit) or
-    "random"; ``tol``/``maxiter`` for CG; ``chunk`` frames per streamed block; ``workdir`` keeps the CG iterate
+    "random"; ``tol``/``maxiter`` for CG; ``chunk`` frames per streamed block; ``precond_frames`` the sampled
+    frames s of the preconditioner (default 2 m); ``workdir`` keeps the CG iterate
     (every ``checkpoint_s`` seconds) so that an interrupted fit resumes; ``seed`` picks the inducing frames.
 
     Learned: ``model_`` (a fitted :class:`cgdml.gdml.GDML` on the inducing frames, used for prediction and
@@ -270,7 +264,8 @@ class NystromGDML(BaseEstimator):
     """
 
     def __init__(self, n_inducing=1000, sigma=4.0, lam=1.0, chiral=True, chiral_scale=1.0, inducing="stratified",
-                 tol=1e-4, maxiter=500, chunk=8192, seed=0, workdir=None, checkpoint_s=30.0, verbose=False):
+                 tol=1e-4, maxiter=500, chunk=8192, precond_frames=None, seed=0, workdir=None, checkpoint_s=30.0,
+                 verbose=False):
         self.n_inducing = n_inducing
         self.sigma = sigma
         self.lam = lam
@@ -280,6 +275,7 @@ class NystromGDML(BaseEstimator):
         self.tol = tol
         self.maxiter = maxiter
         self.chunk = chunk
+        self.precond_frames = precond_frames
         self.seed = seed
         self.workdir = workdir
         self.checkpoint_s = checkpoint_s
@@ -309,18 +305,21 @@ class NystromGDML(BaseEstimator):
         if frames is None:
             frames = ReducedFrames(np.asarray(R), np.asarray(F), self.chiral, self.chiral_scale, self.chunk)
         self.timings_["descriptors_s"] = time.perf_counter() - t0
-        idx, weights = choose_inducing(frames.n_frames, self.n_inducing, strata, self.inducing, self.seed)
+        idx = choose_inducing(frames.n_frames, self.n_inducing, strata, self.inducing, self.seed)
         self.lam_ = float(self.lam) * frames.mean_diag(self.sigma)
         system = NormalEquations(frames, idx, self.sigma, self.lam_, self.chunk)
         t = time.perf_counter()
-        key = ("falkon", float(self.sigma), self.n_inducing, self.inducing, self.seed)
+        key = ("precond", float(self.sigma), self.n_inducing, self.inducing, self.seed)
         base = cache.get(key) if cache is not None else None
         if base is None:
-            base = FalkonPreconditioner.factor(system.kmm(), weights, frames.r)
+            n_sample = min(frames.n_frames, int(self.precond_frames or 2 * system.m))
+            sample = np.sort(np.random.default_rng([self.seed, 0x9C]).choice(frames.n_frames, n_sample,
+                                                                              replace=False))
+            base = SampledPreconditioner.factor(system, sample)
             if cache is not None:
                 cache.clear()  # one sigma at a time: each entry holds 2 (m r)^2 floats
                 cache[key] = base
-        precond = FalkonPreconditioner(base, self.lam_)
+        precond = SampledPreconditioner(base, self.lam_)
         b = system.rhs()
         self.timings_["setup_s"] = time.perf_counter() - t
         ckpt = self._checkpoint_path(frames, idx)
