@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -50,16 +49,16 @@ def load_str():
 
 
 def run(cmd, log):
-    """Run a command line; return (wall seconds, peak RSS of the child in GB). Raises on failure."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run a command line; return (wall seconds, peak RSS of that child in GB). Raises on failure."""
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", *cmd], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", *cmd], stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, (peak / 1e6 if peak > before else float("nan"))  # ru_maxrss is in kB on Linux
+    return wall, usage.ru_maxrss / 1e6  # ru_maxrss is in kB on Linux
 
 
 def cached(path, compute):
@@ -80,37 +79,44 @@ def subset_file(big, n, workdir):
     return out
 
 
-def fit_cost(big, sizes, inducing, workdir, say):
+def fit_cost(big, cases, workdir, say):
     rows = []
-    for n in sizes:
-        data = subset_file(big, n, workdir)
-        for m in inducing:
-            def compute():
-                model = workdir / f"cost_{n}_{m}.npz"
-                model.unlink(missing_ok=True)
-                load = load_str()
-                wall, peak = run(["cgdml.fit", str(data), "-o", str(model), "--method", "nystrom", "--inducing",
-                                  str(m), "--sigma1", "4", "--lam1", "0.3", "--quiet"], workdir / f"cost_{n}_{m}.log")
-                info = json.loads(model.with_suffix(".json").read_text())
-                t = info["timings"]
-                return dict(n=n, m=m, wall_s=wall, peak_gb=peak, setup_s=t["final_setup_s"], cg_s=t["final_cg_s"],
-                            iterations=info["chosen"]["cg_iterations"], load=load)
-            row = cached(workdir / f"cost_{n}_{m}.json", compute)
-            say(f"  N={n:>9,} m={m:>5}: {row['wall_s']:7.1f} s, {row['iterations']} CG iterations, "
-                f"peak {row['peak_gb']:.2f} GB (load {row['load']})")
-            rows.append(row)
+    for n, m in cases:
+        data = subset_file(big, n, workdir) if n < 1_000_000 else Path(big)
+
+        def compute():
+            model = workdir / f"cost_{n}_{m}.npz"
+            model.unlink(missing_ok=True)
+            load = load_str()
+            wall, peak = run(["cgdml.fit", str(data), "-o", str(model), "--method", "nystrom", "--inducing",
+                              str(m), "--sigma1", "4", "--lam1", "0.3", "--quiet"], workdir / f"cost_{n}_{m}.log")
+            info = json.loads(model.with_suffix(".json").read_text())
+            t = info["timings"]
+            return dict(n=n, m=m, wall_s=wall, peak_gb=peak, setup_s=t["final_setup_s"], cg_s=t["final_cg_s"],
+                        iterations=info["chosen"]["cg_iterations"], residual=info["chosen"]["residual"],
+                        load=load)
+        row = cached(workdir / f"cost_{n}_{m}.json", compute)
+        say(f"  N={n:>9,} m={m:>5}: {row['wall_s']:7.1f} s, {row['iterations']} CG iterations, "
+            f"peak {row['peak_gb']:.2f} GB (load {row['load']})")
+        rows.append(row)
     return rows
 
 
-def landscape(name, data, method_args, workdir, say, quick):
-    """Fit, simulate and score one model through the command lines; returns a result row."""
+def landscape(name, data, method_args, workdir, say, quick, model=None):
+    """Fit (unless ``model`` is given), simulate and score one model through the command lines; a result row."""
     def compute():
-        model, traj = workdir / f"{name}.npz", workdir / f"{name}_traj.h5"
-        for f in (model, traj):
-            f.unlink(missing_ok=True)
+        nonlocal model
+        traj = workdir / f"{name}_traj.h5"
+        traj.unlink(missing_ok=True)
         load = load_str()
-        fit_s, fit_gb = run(["cgdml.fit", str(data), "-o", str(model), "--quiet", *method_args],
-                            workdir / f"{name}_fit.log")
+        if model is None:
+            model = workdir / f"{name}.npz"
+            model.unlink(missing_ok=True)
+            fit_s, fit_gb = run(["cgdml.fit", str(data), "-o", str(model), "--quiet", *method_args],
+                                workdir / f"{name}_fit.log")
+        else:
+            fit_s = json.loads(model.with_suffix(".json").read_text())["wall_time_s"]
+            fit_gb = float("nan")
         sim = ["--replicas", "20", "--steps", "5000"] if quick else []
         sim_s, _ = run(["cgdml.simulate", str(model), "-o", str(traj), "--no-progress", *sim],
                        workdir / f"{name}_sim.log")
@@ -156,6 +162,8 @@ def main(argv=None):
     p.add_argument("--big", help="mapped 6-bead dataset with 1,000,000 frames (part 1 and the 1M landscape)")
     p.add_argument("--workdir", default="bench_scale_work", help="work files; finished steps are reused")
     p.add_argument("--quick", action="store_true", help="small settings (a few minutes)")
+    p.add_argument("--part", choices=["1", "2", "all"], default="all", help="run only part 1 or part 2 (two "
+                   "processes can share the work directory; a last run with --part all collects both)")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/bench_scale.md")
     a = p.parse_args(argv)
     workdir = Path(a.workdir)
@@ -174,12 +182,12 @@ def main(argv=None):
         "compare within a table. Each row below states the 1-minute load when it started.")
     say()
     cost_rows = []
-    if a.big:
-        sizes = (10_000, 100_000) if a.quick else (10_000, 100_000, 1_000_000)
-        inducing = (200,) if a.quick else (500, 1000)
+    if a.big and a.part in ("1", "all"):
+        cases = [(10_000, 200), (100_000, 200)] if a.quick else \
+            [(10_000, 500), (10_000, 1000), (100_000, 500), (100_000, 1000), (1_000_000, 1000)]
         say("## 1. Fit cost against N and m (6 beads, sigma 4, lam 0.3, no selection)")
         say()
-        cost_rows = fit_cost(a.big, sizes, inducing, workdir, lambda s: print(s, flush=True))
+        cost_rows = fit_cost(a.big, cases, workdir, lambda s: print(s, flush=True))
         say("| frames N | inducing m | wall (s) | preconditioner setup (s) | CG (s) | CG iterations | s per iteration"
             " | peak RSS (GB) | load |")
         say("|---|---|---|---|---|---|---|---|---|")
@@ -202,16 +210,16 @@ def main(argv=None):
                                   "--sigma1", "4", "--lam1", "1", "--sigma2", "2", "--lam2", "0.01"]),
                    ("nystrom-m200", ["--method", "nystrom", "--inducing", "200", "--sigma1", "4", "--lam1", "0.3"])]
     rows = []
-    for dname, dfile in (("shipped", shipped_file(workdir)), ("cgnet", cgnet_file(workdir))):
-        for mname, args in methods:
-            rows.append(dict(data=dname, **landscape(f"{dname}_{mname}", dfile, args, workdir,
-                                                     lambda s: print(s, flush=True), a.quick)))
-    if a.big and not a.quick:
-        chosen = next(r["chosen"] for r in rows if r["name"] == "shipped_nystrom-m1000")
-        args = ["--method", "nystrom", "--inducing", "1000", "--sigma1", f"{chosen['sigma']:g}", "--lam1",
-                f"{chosen['lam']:g}"]
-        rows.append(dict(data="1M frames, 6 beads", **landscape("big_nystrom-m1000", a.big, args, workdir,
-                                                                 lambda s: print(s, flush=True), a.quick)))
+    if a.part in ("2", "all"):
+        for dname, dfile in (("shipped", shipped_file(workdir)), ("cgnet", cgnet_file(workdir))):
+            for mname, args in methods:
+                rows.append(dict(data=dname, **landscape(f"{dname}_{mname}", dfile, args, workdir,
+                                                         lambda s: print(s, flush=True), a.quick)))
+    if a.big and not a.quick and a.part in ("1", "all"):
+        # the 1M-frame, m = 1000 model of part 1, simulated and scored against its 1M frames
+        rows.append(dict(data="1M frames, 6 beads", **landscape("big_nystrom-m1000", a.big, [], workdir,
+                                                                 lambda s: print(s, flush=True), a.quick,
+                                                                 model=workdir / "cost_1000000_1000.npz")))
     say("| data | method | chosen | fit (s) | fit peak RSS (GB) | simulate (s) | JS [95% CI] | JS floor | "
         "FES RMSE kT [95% CI] | RMSE floor | phi > 0 (ref) | load |")
     say("|---|---|---|---|---|---|---|---|---|---|---|---|")
