@@ -35,6 +35,14 @@ bonds and angles plus repulsion, fitted on the B frames) and the same chiral des
 
 Fit wall time includes each method's own hyperparameter search (validation split, CV or early stopping).
 
+Replicates (FULL["replicates"]): at 1000 and 3000 frames, single-random and two-layer are repeated with seeds
+1 and 2, which redraw the frame shuffle (a different B frames), the fits' splits and batches, the start frames
+and the Langevin noise; the bootstrap intervals only cover the simulation noise of one fitted model, and the
+first run showed that the spread between fits is larger. Ablation (FULL["ablation"]): at 10000 frames,
+``two-layer-uniform`` = ``TwoLayerGDML(grid_bins=1)`` (one stratum: uniformly random batches, folds and mean
+set) separates the effect of stratification from that of the ensemble. Both were added after the first run,
+so they cost extra wall time; neither changes the main rows (their cache key leaves them out).
+
 Simulation: the same for every model (FULL["sim"]): 50 replicas started from frames drawn at random from the
 budget's B frames (the same start frames for every method at one budget), underdamped BAOAB, dt 2 fs,
 friction 1/ps, 300 K (the bench_simulate / simulate-CLI integrator settings), 30,000 steps (60 ps) of which
@@ -81,8 +89,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WORKDIR = HERE.parent / "work-reproduce_paper"  # git-ignored (/work-*/)
 METHODS = ("single-random", "single-stratified", "two-layer", "mlp")
+ABLATIONS = ("two-layer-uniform",)
 LABELS = {"single-random": "single GDML, random frames", "single-stratified": "single GDML, stratified frames",
-          "two-layer": "two-layer GDML ensemble", "mlp": "MLP force matching (CGnet-like)"}
+          "two-layer": "two-layer GDML ensemble", "mlp": "MLP force matching (CGnet-like)",
+          "two-layer-uniform": "two-layer, uniform batches (ablation)"}
 SEED = 0
 
 FULL = dict(budgets={"cgnet": (1000, 3000, 10000), "shipped": (1000, 3000, 10000, 20000)},
@@ -90,7 +100,9 @@ FULL = dict(budgets={"cgnet": (1000, 3000, 10000), "shipped": (1000, 3000, 10000
             two_layer={}, mlp=dict(hidden=(64, 64), lr=1e-3, batch_size=128, patience=60, val_fraction=0.1,
                                    l2=1.5, max_time_s=150.0),
             sim=dict(replicas=50, steps=30000, burn_in=10000, save_every=100, dt=0.002, friction=1.0),
-            n_boot=200)
+            n_boot=200, ablation={"cgnet": (10000,), "shipped": (10000,)},
+            replicates=dict(seeds=(1, 2), methods=("single-random", "two-layer"),
+                            budgets={"cgnet": (1000, 3000), "shipped": (1000, 3000)}))
 QUICK = dict(budgets={"cgnet": (300, 800), "shipped": (300, 800)},
              single_cap=300, single_sigma=(2.0, 8.0), single_lam=(3.0, 10.0),
              two_layer=dict(n_models=4, cv_models=1, sigma1=(4.0, 8.0), lam1=(0.3,), sigma2=(2.0,),
@@ -98,7 +110,9 @@ QUICK = dict(budgets={"cgnet": (300, 800), "shipped": (300, 800)},
              mlp=dict(hidden=(32, 32), lr=1e-3, batch_size=128, patience=10, val_fraction=0.1, l2=1.5,
                       max_time_s=5.0),
              sim=dict(replicas=10, steps=2000, burn_in=500, save_every=50, dt=0.002, friction=1.0),
-             n_boot=50)
+             n_boot=50, ablation={"cgnet": (800,), "shipped": (800,)},
+             replicates=dict(seeds=(1,), methods=("single-random", "two-layer"),
+                             budgets={"cgnet": (300,), "shipped": (300,)}))
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -108,9 +122,9 @@ def load_data(name):
     return load_cgnet() if name == "cgnet" else load_shipped()
 
 
-def pool_order(n_frames):
-    """The fixed shuffle; budget B uses its first B frames."""
-    return np.random.default_rng([SEED, 17]).permutation(n_frames)
+def pool_order(n_frames, seed=SEED):
+    """The fixed shuffle of replicate ``seed``; budget B uses its first B frames."""
+    return np.random.default_rng([seed, 17]).permutation(n_frames)
 
 
 def load_str():
@@ -123,30 +137,34 @@ def mse(pred, target):
     return float(np.mean((pred - target) ** 2))
 
 
-def fit_single_cv(train, cfg, stratified):
+def fit_single_cv(train, cfg, stratified, seed=SEED):
     """fit_single on min(B, cap) frames with (sigma, lam) chosen on a validation split; (force_fn, info)."""
     from cgdml.ensemble import fit_single
 
-    rng = np.random.default_rng([SEED, 11])
+    rng = np.random.default_rng([seed, 11])
     perm = rng.permutation(train.n_frames)
     n_val = min(2000, train.n_frames // 4)
     val, fit_part = perm[:n_val], train.subset(np.sort(perm[n_val:]))
     scores = {}
     for s in cfg["single_sigma"]:
         for lam in cfg["single_lam"]:
-            m = fit_single(fit_part, cfg["single_cap"], sigma=s, lam=lam, stratified=stratified, seed=SEED)
+            m = fit_single(fit_part, cfg["single_cap"], sigma=s, lam=lam, stratified=stratified, seed=seed)
             scores[(s, lam)] = mse(m.forces(train.coords[val]), train.forces[val])
     s, lam = min(scores, key=scores.get)
-    model = fit_single(train, cfg["single_cap"], sigma=s, lam=lam, stratified=stratified, seed=SEED)
+    model = fit_single(train, cfg["single_cap"], sigma=s, lam=lam, stratified=stratified, seed=seed)
     info = dict(sigma=s, lam=lam, n_train=int(model.gdml.n_train_), n_val=int(n_val),
                 solver=model.gdml.solver_)
     return model.forces, model.prior, info
 
 
-def fit_two_layer(train, cfg):
+def fit_two_layer(train, cfg, uniform=False, seed=SEED):
+    """TwoLayerGDML as configured; ``uniform``: one stratum (grid_bins=1), so batches, folds and the mean set
+    are drawn uniformly at random instead of uniformly over the phi/psi strata."""
     from cgdml.ensemble import TwoLayerGDML
 
-    params = dict(cfg["two_layer"], progress=False, n_jobs=1, workdir=None, seed=SEED)
+    params = dict(cfg["two_layer"], progress=False, n_jobs=1, workdir=None, seed=seed)
+    if uniform:
+        params["grid_bins"] = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # batch-size lowering at small budgets; lambda increases
         est = TwoLayerGDML(**params).fit(train)
@@ -156,14 +174,14 @@ def fit_two_layer(train, cfg):
     return est.model_.forces, est.model_.prior, info
 
 
-def fit_mlp(train, cfg):
+def fit_mlp(train, cfg, seed=SEED):
     from _mlp import MLPForceField
     from cgdml.prior import HarmonicPrior
     from cgdml.units import kT
 
     prior = HarmonicPrior().fit(train.coords, train.temperature)
     labels = train.forces - prior.forces(train.coords)
-    net = MLPForceField(seed=SEED, **cfg["mlp"]).fit(train.coords, labels, kT(train.temperature))
+    net = MLPForceField(seed=seed, **cfg["mlp"]).fit(train.coords, labels, kT(train.temperature))
 
     def force_fn(R):
         return prior.forces(R) + net.predict_forces(R)
@@ -174,25 +192,26 @@ def fit_mlp(train, cfg):
 
 
 # ------------------------------------------------------------------------------------------------ simulate + score
-def simulate_and_score(force_fn, prior, train, data, cv_ref, cfg):
+def simulate_and_score(force_fn, prior, train, data, cv_ref, cfg, seed=SEED):
     from cgdml.fes import bootstrap_metrics, compare_fes, phi_psi
     from cgdml.simulate import bond_blowup, simulate
 
     sim = cfg["sim"]
-    rng = np.random.default_rng([SEED, 23, train.n_frames])
+    rng = np.random.default_rng([seed, 23, train.n_frames])
     x0 = train.coords[rng.choice(train.n_frames, size=sim["replicas"], replace=False)]
     blowup = bond_blowup(prior.bond_pairs_, 2.0 * prior.max_bond_length_)
     t0 = time.perf_counter()
     res = simulate(force_fn, x0, masses=data.masses, temperature=data.temperature, dt=sim["dt"],
                    n_steps=sim["steps"], save_every=sim["save_every"], integrator="langevin",
-                   friction=sim["friction"], seed=SEED, blowup=blowup, progress=False)
+                   friction=sim["friction"], seed=seed, blowup=blowup, progress=False)
     sim_s = time.perf_counter() - t0
     skip = sim["burn_in"] // sim["save_every"]
     valid = res.n_valid_frames()
     frames = np.concatenate([res.frames[skip:v, i] for i, v in enumerate(valid) if v > skip], axis=0)
     cv = phi_psi(frames, data.topology)
     m = compare_fes(cv, cv_ref)
-    boot = bootstrap_metrics(cv, cv_ref, n_boot=cfg["n_boot"], block=min(len(cv), len(res.frames) - skip), seed=SEED)
+    boot = bootstrap_metrics(cv, cv_ref, n_boot=cfg["n_boot"], block=min(len(cv), len(res.frames) - skip),
+                             seed=seed)
     return dict(js=m["js"], js_lo=boot["js"]["lo"], js_hi=boot["js"]["hi"], fes_rmse=m["fes_rmse"],
                 fes_rmse_lo=boot["fes_rmse"]["lo"], fes_rmse_hi=boot["fes_rmse"]["hi"],
                 bins_missed=m["bins_missed_by_model"], bins_ref=m["bins_ref_visited"],
@@ -200,18 +219,20 @@ def simulate_and_score(force_fn, prior, train, data, cv_ref, cfg):
                 sim_s=sim_s, replica_steps_per_s=float(res.timings["replica_steps_per_s"]))
 
 
-def run_row(name, budget, method, data, cv_ref, cfg):
-    train = data.subset(np.sort(pool_order(data.n_frames)[:budget]))
+def run_row(name, budget, method, data, cv_ref, cfg, seed=SEED):
+    """Fit ``method`` on the budget's frames of replicate ``seed`` (frame shuffle, fit and simulation seeds),
+    simulate and score it."""
+    train = data.subset(np.sort(pool_order(data.n_frames, seed)[:budget]))
     t0 = time.perf_counter()
     if method in ("single-random", "single-stratified"):
-        force_fn, prior, info = fit_single_cv(train, cfg, stratified=method == "single-stratified")
-    elif method == "two-layer":
-        force_fn, prior, info = fit_two_layer(train, cfg)
+        force_fn, prior, info = fit_single_cv(train, cfg, stratified=method == "single-stratified", seed=seed)
+    elif method in ("two-layer", "two-layer-uniform"):
+        force_fn, prior, info = fit_two_layer(train, cfg, uniform=method == "two-layer-uniform", seed=seed)
     else:
-        force_fn, prior, info = fit_mlp(train, cfg)
+        force_fn, prior, info = fit_mlp(train, cfg, seed=seed)
     fit_s = time.perf_counter() - t0
-    row = dict(data=name, budget=budget, method=method, fit_s=fit_s, fit=info)
-    row.update(simulate_and_score(force_fn, prior, train, data, cv_ref, cfg))
+    row = dict(data=name, budget=budget, method=method, fit_s=fit_s, fit=info, seed=seed)
+    row.update(simulate_and_score(force_fn, prior, train, data, cv_ref, cfg, seed=seed))
     row.update(row_s=time.perf_counter() - t0, load1=os.getloadavg()[0], finished=time.strftime("%Y-%m-%d %H:%M"))
     return row
 
@@ -220,6 +241,7 @@ def settings_key(cfg):
     from cgdml.ensemble import TwoLayerGDML
 
     defaults = {k: p.default for k, p in inspect.signature(TwoLayerGDML.__init__).parameters.items() if k != "self"}
+    cfg = {k: v for k, v in cfg.items() if k not in ("ablation", "replicates")}  # these only add rows
     blob = json.dumps(dict(cfg=cfg, two_layer_defaults=defaults, seed=SEED), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -233,7 +255,7 @@ def fit_text(r):
     f = r["fit"]
     if r["method"].startswith("single"):
         return f"sigma {f['sigma']:g}, lam {f['lam']:g}"
-    if r["method"] == "two-layer":
+    if r["method"].startswith("two-layer"):
         return (f"{f['n_models']} x {f['batch_size']}; sigma1 {f['sigma1']:g}, lam1 {f['lam1']:g}, "
                 f"sigma2 {f['sigma2']:g}, lam2 {f['lam2']:g}")
     return f"best epoch {f['best_epoch']} of {f['epochs']}"
@@ -244,7 +266,8 @@ def summary(rows, floors, names):
     out = []
     for name in names:
         for b in sorted({r["budget"] for r in rows if r["data"] == name}):
-            rs = {r["method"]: r for r in rows if r["data"] == name and r["budget"] == b}
+            rs = {r["method"]: r for r in rows if r["data"] == name and r["budget"] == b and r["method"] in METHODS
+                  and r.get("seed", 0) == 0}
             if "two-layer" not in rs or len(rs) < 2:
                 continue
             two = rs["two-layer"]
@@ -263,6 +286,75 @@ def summary(rows, floors, names):
                        f"{len(rs) - sum(1 for r in rs.values() if r.get('copied'))} distinct models "
                        f"(floor {floors[name]['js']:.4f}).")
     return out
+
+
+def ablation_lines(rows, floors, names):
+    """Table and one line per budget: two-layer with stratified against uniform batches, beside the singles."""
+    abl = [r for r in rows if r["method"] in ABLATIONS]
+    if not abl:
+        return []
+    out = ["## Ablation: stratified against uniform batches in the two-layer scheme", "",
+           "`two-layer-uniform` is `TwoLayerGDML(grid_bins=1)`: one stratum, so the layer-1 batches, the CV folds "
+           "and the mean-force set are drawn uniformly at random from the budget's frames instead of uniformly over "
+           "the occupied 12 x 12 phi/psi cells; everything else as `two-layer`.", "",
+           "| data | budget | model | js [95% CI] | fes_rmse [95% CI] | phi>0 | fit (s) | sim (s) | chosen |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for a in abl:
+        same = [r for r in rows if r["data"] == a["data"] and r["budget"] == a["budget"] and not r.get("copied")
+                and r.get("seed", 0) == 0
+                and r["method"] in ("single-random", "single-stratified", "two-layer", "two-layer-uniform")]
+        for r in sorted(same, key=lambda r: ("two-layer-uniform", "two-layer", "single-stratified",
+                                             "single-random").index(r["method"])):
+            out.append(f"| {r['data']} | {r['budget']} | {LABELS[r['method']]} | {ci(r, 'js', '.4f')} | "
+                       f"{ci(r, 'fes_rmse', '.3f')} | {r['phi_pos']:.2%} | {r['fit_s']:.0f} | {r['sim_s']:.0f} | "
+                       f"{fit_text(r)} |")
+        two = next((r for r in same if r["method"] == "two-layer"), None)
+        if two is not None:
+            notes.append(f"- {a['data']}, {a['budget']} frames: two-layer js {two['js']:.4f} with stratified batches, "
+                         f"{a['js']:.4f} with uniform ones (floor {floors[a['data']]['js']:.4f}).")
+    return out + [""] + notes + [""]
+
+
+def replicate_lines(rows, names):
+    """js of each (data, budget, method) over replicate seeds, and the two-layer - single-random difference."""
+    reps = [r for r in rows if r.get("seed", 0) != 0]
+    if not reps:
+        return []
+    seeds = sorted({0} | {r["seed"] for r in reps})
+    out = ["## Replicates: a different frame draw, fit seed and simulation seed", "",
+           "Seed s redraws everything random: the frame shuffle (so a different B frames), the fit's splits and "
+           "batches, the start frames and the Langevin noise. The bootstrap intervals above cover only the "
+           "simulation's sampling noise for one fitted model; these rows show the spread between fits.", "",
+           "| data | budget | method | " + " | ".join(f"js seed {s} [95% CI]" for s in seeds) + " | mean |",
+           "|---|---|---|" + "---|" * len(seeds) + "---|"]
+    diffs, all_vals = [], []
+    for name in names:
+        keys = sorted({(r["budget"], r["method"]) for r in reps if r["data"] == name},
+                      key=lambda k: (k[0], METHODS.index(k[1])))
+        for b, m in keys:
+            by_seed = {r.get("seed", 0): r for r in rows if r["data"] == name and r["budget"] == b and r["method"] == m}
+            cells = [ci(by_seed[s], "js", ".4f") if s in by_seed else "-" for s in seeds]
+            mean = np.mean([by_seed[s]["js"] for s in seeds if s in by_seed])
+            out.append(f"| {name} | {b} | {LABELS[m]} | " + " | ".join(cells) + f" | {mean:.4f} |")
+        for b in sorted({k[0] for k in keys}):
+            d, vals = [], []
+            for s in seeds:
+                pair = {r["method"]: r["js"] for r in rows if r["data"] == name and r["budget"] == b
+                        and r.get("seed", 0) == s and r["method"] in ("two-layer", "single-random")}
+                if len(pair) == 2:
+                    vals.append(pair["two-layer"] - pair["single-random"])
+                    d.append(f"seed {s}: {vals[-1]:+.4f}")
+            all_vals += vals
+            if d:
+                diffs.append(f"- {name}, {b} frames: two-layer js minus single-random js, " + "; ".join(d)
+                             + f" (mean {np.mean(vals):+.4f}; two-layer worse in {sum(v > 0 for v in vals)} of "
+                             f"{len(vals)}).")
+    if all_vals:
+        diffs.append(f"- All {len(all_vals)} pairs: two-layer worse in {sum(v > 0 for v in all_vals)}, mean difference "
+                     f"{np.mean(all_vals):+.4f} +- {np.std(all_vals, ddof=1) / np.sqrt(len(all_vals)):.4f} (standard "
+                     "error over pairs).")
+    return out + [""] + diffs + [""]
 
 
 def code_version():
@@ -298,7 +390,9 @@ def write_report(rows, floors, names, cfg, args, invocations, loads, path_md, pa
 "(other jobs shared the 2 cores: wall times are noisy, compare them only as ratios within this run). "
              f"**Runtime: {runtime / 60:.1f} min wall** in all (the runs above, data loading and reporting included); "
              f"fit + simulate summed over rows {total_row_s / 60:.1f} min. "
-             f"Code: cgdml commit {code_version()}. One numba and one BLAS thread throughout.", "",
+             f"Code: cgdml at commit {', '.join(sorted({i['code'] for i in invocations})) or code_version()} "
+             "(HEAD during the runs). "
+             "One numba and one BLAS thread throughout.", "",
              "Budget = distinct training frames (the first B of one fixed shuffle: nested subsets). Reference = all "
              f"frames of the dataset. Simulation per model: {sim['replicas']} replicas x {sim['steps']} BAOAB steps "
              f"(dt {sim['dt']} ps, friction {sim['friction']}/ps; first {sim['burn_in']} steps discarded; a frame "
@@ -315,7 +409,7 @@ def write_report(rows, floors, names, cfg, args, invocations, loads, path_md, pa
              "| data | budget | method | frames in final model | js [95% CI] | fes_rmse [95% CI] | "
              "floor js / fes_rmse | phi>0 (ref) | blown up | fit (s) | sim (s) | chosen |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in (r for r in rows if r["method"] in METHODS and r.get("seed", 0) == 0):
         fl = floors[r["data"]]
         copied = " (= random: all frames used)" if r.get("copied") else ""
         lines.append(f"| {r['data']} | {r['budget']} | {LABELS[r['method']]}{copied} | {r['fit']['n_train']} | "
@@ -324,6 +418,7 @@ def write_report(rows, floors, names, cfg, args, invocations, loads, path_md, pa
                      f"{r['fit_s']:.0f} | {r['sim_s']:.0f} | {fit_text(r)} |")
     lines += ["", "Two-layer against the best baseline at each budget (by js; 'separate' = non-overlapping 95% "
               "intervals):", ""] + summary(rows, floors, names) + [""]
+    lines += replicate_lines(rows, names) + ablation_lines(rows, floors, names)
     text = "\n".join(lines)
     with atomic_path(path_md) as tmp:
         Path(tmp).write_text(text)
@@ -336,19 +431,26 @@ def plot(rows, floors, names, path):
 
     fig = Figure(figsize=(5.2 * len(names), 7.2))
     styles = {"single-random": ("C0", "o"), "single-stratified": ("C1", "s"), "two-layer": ("C3", "D"),
-              "mlp": ("C2", "^")}
+              "mlp": ("C2", "^"), "two-layer-uniform": ("C4", "v")}
     for j, name in enumerate(names):
         for i, (key, label) in enumerate((("js", "JS divergence (nats)"), ("fes_rmse", "FES RMSE (kT)"))):
             ax = fig.add_subplot(2, len(names), i * len(names) + j + 1)
-            for k, method in enumerate(METHODS):
-                rs = sorted((r for r in rows if r["data"] == name and r["method"] == method), key=lambda r: r["budget"])
+            for k, method in enumerate(METHODS + ABLATIONS):
+                rs = sorted((r for r in rows if r["data"] == name and r["method"] == method and r.get("seed", 0) == 0),
+                            key=lambda r: r["budget"])
                 if not rs:
                     continue
                 x = np.array([r["budget"] for r in rs]) * (1 + 0.03 * (k - 1.5))  # small offsets: bars visible
                 y = np.array([r[key] for r in rs])
                 err = np.array([[r[key] - r[key + "_lo"] for r in rs], [r[key + "_hi"] - r[key] for r in rs]])
                 c, mk = styles[method]
-                ax.errorbar(x, y, yerr=err, color=c, marker=mk, capsize=3, label=LABELS[method])
+                ax.errorbar(x, y, yerr=err, color=c, marker=mk, capsize=3, label=LABELS[method],
+                            ls=":" if method in ABLATIONS else "-")
+                reps = [r for r in rows if r["data"] == name and r["method"] == method and r.get("seed", 0) != 0]
+                if reps:
+                    ax.plot(np.array([r["budget"] for r in reps]) * (1 + 0.03 * (k - 1.5)), [r[key] for r in reps],
+                            ls="none", marker=mk, mfc="none", color=c, ms=8,
+                            label=f"{LABELS[method]}, other seeds" if i == 0 and j == 0 else None)
             ax.axhline(floors[name][key], color="k", ls="--", lw=1, label="reference split-half floor")
             ax.set_xscale("log")
             ax.set_xticks(sorted({r["budget"] for r in rows if r["data"] == name}))
@@ -358,9 +460,11 @@ def plot(rows, floors, names, path):
             ax.set_ylabel(label)
             ax.set_ylim(bottom=0)
             ax.set_title(f"{name}: {label.split(' (')[0]}")
-            if i == 0 and j == 0:
-                ax.legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize="small", frameon=False)
+    fig.suptitle("CG free-energy error against training frames (lines: seed 0 with 95% bootstrap intervals; "
+                 "open markers: other seeds)", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.09, 1, 0.97))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
@@ -386,14 +490,14 @@ def main(argv=None):
     out_dir, stem = (work, "reproduce_paper_quick") if args.quick else (RESULTS, "reproduce_paper")
     path_md, path_png = out_dir / f"{stem}.md", out_dir / f"{stem}.png"
     t_start, load_start, started = time.perf_counter(), load_str(), time.strftime("%Y-%m-%d %H:%M")
-    n_run = 0
+    n_run, code = 0, code_version()  # the version imported now, even if the checkout moves on during the run
     log_path = work / "invocations.json"
     earlier = json.loads(log_path.read_text()) if log_path.exists() else []
 
     def record():
         """Log this invocation's wall time so far (after every computed row, so an interrupted run counts)."""
         now = [dict(started=started, wall_s=time.perf_counter() - t_start, rows_run=n_run, data=args.data,
-                    load_start=load_start, load_end=load_str(), code=code_version())] if n_run else []
+                    load_start=load_start, load_end=load_str(), code=code)] if n_run else []
         save_json(log_path, earlier + now)
         return earlier + now
 
@@ -414,7 +518,8 @@ def main(argv=None):
             floors[name] = dict(split_half_floor(cv_ref), phi_pos=float(np.mean(cv_ref[:, 0] > 0)))
             for budget in cfg["budgets"][name]:
                 budget = min(budget, data.n_frames)
-                for method in METHODS:
+                extra = ABLATIONS if budget in cfg["ablation"].get(name, ()) else ()
+                for method in METHODS + extra:
                     path = work / f"{name}_{budget}_{method}.json"
                     if path.exists():
                         row = json.loads(path.read_text())
@@ -433,6 +538,23 @@ def main(argv=None):
                             f"fit {row['fit_s']:.0f} s, sim {row['sim_s']:.0f} s ({row['replica_steps_per_s']:.0f} "
                             f"rep-steps/s), {fit_text(row)}, load {row['load1']:.1f}")
                     rows.append(row)
+            rc = cfg["replicates"]
+            for seed in rc["seeds"]:
+                for budget in rc["budgets"].get(name, ()):
+                    for method in rc["methods"]:
+                        path = work / f"{name}_{budget}_{method}_seed{seed}.json"
+                        if path.exists():
+                            row = json.loads(path.read_text())
+                            log(f"{name} {budget} {method} seed {seed}: cached")
+                        else:
+                            row = run_row(name, budget, method, data, cv_ref, cfg, seed=seed)
+                            save_json(path, row)
+                            n_run += 1
+                            record()
+                            log(f"{name} {budget} {method} seed {seed}: js {row['js']:.4f} [{row['js_lo']:.4f}, "
+                                f"{row['js_hi']:.4f}], fes_rmse {row['fes_rmse']:.3f}, fit {row['fit_s']:.0f} s, "
+                                f"sim {row['sim_s']:.0f} s, {fit_text(row)}, load {row['load1']:.1f}")
+                        rows.append(row)
             log(f"{name} floor: js {floors[name]['js']:.4f}, fes_rmse {floors[name]['fes_rmse']:.3f}")
     loads = [r["load1"] for r in rows if not r.get("copied")]
     invocations = record()
