@@ -166,9 +166,13 @@ class NormalEquations:
 
 
 def _cholesky_upper(A):
-    """Upper Cholesky factor of the symmetric matrix A (overwritten)."""
+    """Upper Cholesky factor of the symmetric matrix A (overwritten), Fortran-ordered for LAPACK's potrs.
+
+    Only the upper triangle is meaningful (large matrices keep A's lower triangle); use it through cho_solve.
+    A C-ordered factor would make every cho_solve copy it: 1 s instead of 0.09 s at size 6000.
+    """
     if A.shape[0] > 8192:  # see gdml.cholesky_upper_inplace: large multi-threaded potrf is unsafe here
-        return np.triu(cholesky_upper_inplace(np.asfortranarray(A)))
+        return cholesky_upper_inplace(np.asfortranarray(A))
     return scipy.linalg.cholesky(A, lower=False, overwrite_a=True, check_finite=False)
 
 
