@@ -203,8 +203,8 @@ def main(argv=None):
         say()
         say("Wall time includes loading the data, the prior and phi/psi strata, descriptors and the final write. "
             "Memory: the frames' descriptors, reduced Jacobians and labels (8 N n_desc (r + 1) bytes: 1.9 GB at "
-            "1M frames, 6 beads) plus the preconditioner (its matrices and work copies peak at about 5 (m r)^2 doubles: "
-            "6.5 GB at m = 1000, 6 beads).")
+            "1M frames, 6 beads) plus the preconditioner (its matrices and work copies peak at about "
+            "5 (m r)^2 doubles: 6.5 GB at m = 1000, 6 beads).")
         say()
 
     say("## 2. Landscape accuracy against the two-layer ensemble")

@@ -35,6 +35,23 @@ def reduced_rank(n_beads: int, n_desc: int) -> int:
     return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
 
 
+def reduce_frames(R, F, chiral=True, chiral_scale=1.0):
+    """Each frame in its reduced basis: descriptors D (M, nd), W = U S (M, nd, r), forces y = V^T F (M, r)
+    from the thin SVD J = U S V^T of the descriptor Jacobian, and sum |J|^2 (for mean(diag K)).
+
+    R, F (M, n_beads, 3) in nm and kJ/mol/nm, already checked by :func:`_check_RF`.
+    """
+    M, N = R.shape[:2]
+    D, J = descriptor_jacobian(R, chiral, chiral_scale)
+    if not np.all(np.isfinite(J)):
+        raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
+    r = reduced_rank(N, D.shape[1])
+    U, S, Vh = np.linalg.svd(J, full_matrices=False)
+    W = U[:, :, :r] * S[:, None, :r]
+    y = np.einsum("mkc,mc->mk", Vh[:, :r], F.reshape(M, -1))
+    return D, W, y, float(np.sum(J * J))
+
+
 def cholesky_upper_inplace(A, block=2048):
     """Upper Cholesky factor of the F-ordered symmetric matrix A (upper triangle used), in place; returns A.
 
@@ -132,16 +149,10 @@ class GDML(BaseEstimator):
         M, N = R.shape[:2]
         t0 = time.perf_counter()
         self.timings_ = {}
-        D, J = descriptor_jacobian(R, self.chiral, self.chiral_scale)
-        if not np.all(np.isfinite(J)):
-            raise CgdmlError("descriptor undefined for some training frame (overlapping or collinear beads)")
-        r = reduced_rank(N, D.shape[1])
-        U, S, Vh = np.linalg.svd(J, full_matrices=False)
-        W = U[:, :, :r] * S[:, None, :r]
-        y = np.einsum("mkc,mc->mk", Vh[:, :r], F.reshape(M, -1)).ravel()
-        del U, Vh
-        mean_diag = 5.0 / (3.0 * self.sigma ** 2) * np.sum(J * J) / (M * 3 * N)
-        del J
+        D, W, y, sq_jacobian = reduce_frames(R, F, self.chiral, self.chiral_scale)
+        r = W.shape[2]
+        y = y.ravel()
+        mean_diag = 5.0 / (3.0 * self.sigma ** 2) * sq_jacobian / (M * 3 * N)
         lam = float(self.lam) * (mean_diag if self.relative_lam else 1.0)
         self.timings_["descriptors"] = time.perf_counter() - t0
         self._log(f"{M} frames, {N} beads, reduced size {M * r}, lambda {lam:.3g}, "

@@ -38,8 +38,7 @@ from tqdm import tqdm
 
 from . import kernels
 from ._io import CgdmlError, load_npz, save_npz
-from .features import descriptor_jacobian
-from .gdml import GDML, _check_RF, cholesky_upper_inplace, reduced_rank
+from .gdml import GDML, _check_RF, cholesky_upper_inplace, reduce_frames
 from .sampling import stratified_batch
 
 INDUCING = ("stratified", "random")
@@ -60,21 +59,13 @@ class ReducedFrames:
         sq_jac = 0.0
         for c0 in range(0, n_frames, chunk):
             Rc, Fc, _ = _check_RF(R[c0:c0 + chunk], F[c0:c0 + chunk])
-            D, J = descriptor_jacobian(Rc, chiral, chiral_scale)
-            if not np.all(np.isfinite(J)):
-                raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
+            D, W, y, sq = reduce_frames(Rc, Fc, chiral, chiral_scale)
             if self.D is None:
-                nd = D.shape[1]
-                r = reduced_rank(n_beads, nd)
-                self.D = np.empty((n_frames, nd))
-                self.W = np.empty((n_frames, nd, r))
-                self.y = np.empty((n_frames, r))
-            r = self.W.shape[2]
-            U, S, Vh = np.linalg.svd(J, full_matrices=False)
-            self.D[c0:c0 + chunk] = D
-            self.W[c0:c0 + chunk] = U[:, :, :r] * S[:, None, :r]
-            self.y[c0:c0 + chunk] = np.einsum("mkc,mc->mk", Vh[:, :r], Fc.reshape(len(Fc), -1))
-            sq_jac += float(np.sum(J * J))
+                self.D = np.empty((n_frames, D.shape[1]))
+                self.W = np.empty((n_frames, *W.shape[1:]))
+                self.y = np.empty((n_frames, y.shape[1]))
+            self.D[c0:c0 + chunk], self.W[c0:c0 + chunk], self.y[c0:c0 + chunk] = D, W, y
+            sq_jac += sq
         self.mean_sq_jacobian = sq_jac / (n_frames * 3 * n_beads)
 
     @property
@@ -131,12 +122,6 @@ class NormalEquations:
             tab = kernels.TrainTables(self.frames.D[sl], q_of_chunk(sl), self.sigma)
             h += kernels.hessian_apply(self.Dm, tab)[0]
         return self._back(h)
-
-    def predict_reduced(self, a, sl):
-        """Model forces of frames ``sl`` in their reduced bases, (n, r)."""
-        tab = kernels.TrainTables(self.Dm, self.coefficients(a), self.sigma)
-        g = kernels.hessian_apply(self.frames.D[sl], tab)[0]
-        return np.matmul(g[:, None, :], self.frames.W[sl])[:, 0, :]
 
     def kmm_matvec(self, a):
         """K_mm a (m r,), exactly, in O(m^2 nd)."""
