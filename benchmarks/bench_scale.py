@@ -97,7 +97,7 @@ def fit_cost(big, cases, workdir, say):
             return dict(n=n, m=m, wall_s=wall, peak_gb=peak, setup_s=t["final_setup_s"], cg_s=t["final_cg_s"],
                         iterations=info["chosen"]["cg_iterations"], residual=info["chosen"]["residual"],
                         load=load)
-        row = cached(workdir / f"cost_{n}_{m}.json", compute)
+        row = cached(workdir / f"cost_{n}_{m}.row.json", compute)  # beside the model's own cost_N_m.json
         say(f"  N={n:>9,} m={m:>5}: {row['wall_s']:7.1f} s, {row['iterations']} CG iterations, "
             f"peak {row['peak_gb']:.2f} GB (load {row['load']})")
         rows.append(row)
@@ -117,7 +117,7 @@ def landscape(name, data, method_args, workdir, say, quick, model=None):
             fit_s, fit_gb = run(["cgdml.fit", str(data), "-o", str(model), "--quiet", *method_args],
                                 workdir / f"{name}_fit.log")
         else:
-            row = json.loads(model.with_suffix(".json").read_text())  # part 1's row (it replaced the fit summary)
+            row = json.loads(model.with_suffix(".row.json").read_text())  # part 1's measurements
             fit_s, fit_gb = row["wall_s"], row["peak_gb"]
         sim = ["--replicas", "20", "--steps", "5000"] if quick else []
         sim_s, _ = run(["cgdml.simulate", str(model), "-o", str(traj), "--no-progress", *sim],
@@ -127,7 +127,6 @@ def landscape(name, data, method_args, workdir, say, quick, model=None):
              "--json", str(fes_json)], workdir / f"{name}_fes.log")
         rep = json.loads(fes_json.read_text())
         info = json.loads(model.with_suffix(".json").read_text())
-        info.setdefault("chosen", {"sigma": COST_SIGMA, "lam": COST_LAM} if "wall_s" in info else {})
         b = rep["bootstrap"]
         return dict(name=name, fit_s=fit_s, fit_gb=fit_gb, sim_s=sim_s, js=rep["metrics"]["js"],
                     js_lo=b["js"]["lo"], js_hi=b["js"]["hi"], rmse=rep["metrics"]["fes_rmse"],
