@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ._io import CgdmlError, load_npz, save_json, save_npz
 from .distributed import TaskRunner
 from .gdml import GDML
