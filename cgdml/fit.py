@@ -1,5 +1,8 @@
 """``python -m cgdml.fit``: fit a CG force field (prior + two-layer GDML) and write MODEL.npz + MODEL.json.
 
+After the fit, dihedral basins that the training frames leave disconnected get the populations the frames
+give them (:mod:`cgdml.basins`; ``--no-balance-basins`` turns this off).
+
 With no dataset it maps and fits the shipped alanine-dipeptide data. Work is checkpointed in
 ``MODEL.npz.work/``; rerunning the same command after an interruption resumes from it.
 """
@@ -87,6 +90,9 @@ def build_parser():
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
         else:
             p.add_argument(flag, dest=name, type=kind, nargs="+" if is_list else None, default=None)
+    p.add_argument("--balance-basins", action=argparse.BooleanOptionalAction, default=True,
+                   help="give dihedral arcs separated by unsampled gaps their training populations, measured on "
+                   "the fitted model by umbrella sampling (default on; a no-op when no dihedral has such gaps)")
     p.add_argument("--scheduler", help="train the layer-1 sub-models on a Dask cluster: tcp://HOST:PORT or a "
                    "scheduler file (instead of --jobs local processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +145,17 @@ def main(argv=None):
         model = estimator.model_
         print(f"chosen sigma1={estimator.sigma1_:g} lam1={estimator.lam1_:g} sigma2={estimator.sigma2_:g} "
               f"lam2={estimator.lam2_:g}")
+    if args.balance_basins:
+        from .basins import balance_basins
+
+        model.offsets, report = balance_basins(model, dataset, seed=params.get("seed", 0), progress=not args.quiet)
+        model.info["basin_balance"] = report
+        for term in report:
+            print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "
+                  f"{' '.join(f'{p:.2%}' for p in term['model_population'])} -> "
+                  f"{' '.join(f'{p:.2%}' for p in term['balanced_population'])} (offsets "
+                  f"{' '.join(f'{d:+.1f}' for d in term['offset_kJ_per_mol'])} kJ/mol; "
+                  f"umbrella {term['umbrella']['wall_s']:.0f} s)")
     model.info["wall_time_s"] = time.perf_counter() - t0
     model.save(output)
     save_json(output.with_suffix(".json"), model.info)

@@ -1,4 +1,5 @@
-"""The fitted CG force field: prior plus learned GDML correction, with what simulation needs to know.
+"""The fitted CG force field: prior plus learned GDML correction (plus any basin-balancing dihedral offsets,
+:mod:`cgdml.basins`), with what simulation needs to know.
 
 A :class:`CGModel` is what ``python -m cgdml.fit`` writes and ``python -m cgdml.simulate`` loads: one
 versioned ``.npz`` file with the prior, the GDML model, the temperature, the CG topology, bead masses,
@@ -17,12 +18,13 @@ MODEL_FORMAT_VERSION = 1
 
 
 class CGModel:
-    """U(x) = U_prior(x) + U_gdml(x). Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm."""
+    """U(x) = U_prior(x) + U_gdml(x) [+ U_offsets(x)]. Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm."""
 
     def __init__(self, gdml, prior, temperature, bead_names, topology_pdb, masses, train_coords_sample,
-                 info=None):
+                 info=None, offsets=None):
         self.gdml = gdml
         self.prior = prior
+        self.offsets = offsets
         self.temperature = float(temperature)
         self.bead_names = list(bead_names)
         self.topology_pdb = topology_pdb
@@ -52,13 +54,17 @@ class CGModel:
     def forces(self, R):
         """Forces (n, n_beads, 3) in kJ/mol/nm for R (n, n_beads, 3) in nm. The simulation hot path."""
         R = self._check(R)
-        return self.prior.forces(R) + self.gdml.predict_forces(R)
+        F = self.prior.forces(R) + self.gdml.predict_forces(R)
+        return F if self.offsets is None else F + self.offsets.forces(R)
 
     def energy_forces(self, R):
         """Energies (n,) in kJ/mol (up to a constant) and forces (n, n_beads, 3) in kJ/mol/nm."""
         R = self._check(R)
         e_prior, f_prior = self.prior.energy_forces(R)
         e_gdml, f_gdml = self.gdml.predict(R)
+        if self.offsets is not None:
+            e_off, f_off = self.offsets.energy_forces(R)
+            e_gdml, f_gdml = e_gdml + e_off, f_gdml + f_off
         return e_prior + e_gdml, f_prior + f_gdml
 
     def out_of_range(self, R, factor=3.0):
@@ -72,6 +78,8 @@ class CGModel:
         """Write the model atomically as one ``.npz``."""
         arrays = {f"gdml/{k}": v for k, v in self.gdml.to_arrays().items()}
         arrays.update({f"prior/{k}": v for k, v in self.prior.to_arrays().items()})
+        if self.offsets is not None:
+            arrays.update({f"offsets/{k}": v for k, v in self.offsets.to_arrays().items()})
         arrays.update(format_version=np.int64(MODEL_FORMAT_VERSION), kind=np.array("cgdml.CGModel"),
                       temperature=np.float64(self.temperature), bead_names=np.array(self.bead_names),
                       topology_pdb=np.array(self.topology_pdb), masses=self.masses,
@@ -96,15 +104,18 @@ class CGModel:
         if version > MODEL_FORMAT_VERSION:
             raise CgdmlError(f"{path}: model format version {version} is newer than this cgdml supports "
                              f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
+        from .basins import DihedralOffsets
         from .gdml import GDML  # heavy imports (numba, scikit-learn) only for a file that looks right
         from .prior import HarmonicPrior
 
         try:
             gdml = GDML.from_arrays({k[5:]: v for k, v in z.items() if k.startswith("gdml/")})
             prior = HarmonicPrior.from_arrays({k[6:]: v for k, v in z.items() if k.startswith("prior/")})
+            offsets = {k[8:]: v for k, v in z.items() if k.startswith("offsets/")}
             model = cls(gdml, prior, float(z["temperature"]), [str(b) for b in z["bead_names"]],
                         str(z["topology_pdb"]), z["masses"], z["train_coords_sample"],
-                        json.loads(str(z["info_json"])))
+                        json.loads(str(z["info_json"])),
+                        DihedralOffsets.from_arrays(offsets) if offsets else None)
             model._check_consistent()
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
@@ -132,6 +143,8 @@ class CGModel:
         if not np.isfinite(self.train_coords_sample).all():
             raise CgdmlError("damaged cgdml model file: start sample holds NaN or inf")
         self.prior.check(n)
+        if self.offsets is not None:
+            self.offsets.check(n)
 
     def warn_if_out_of_range(self, R, factor=3.0, what="configurations"):
         """Warn when any configuration in R lies far outside the training data; returns the mask (n,)."""

@@ -117,7 +117,7 @@ def _load_checkpoint(path, fingerprint, shape, n_save, save_velocities):
 
 def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, integrator="overdamped",
              friction=None, seed=0, checkpoint=None, checkpoint_every=None, blowup=None, progress=True,
-             save_velocities=False, checkpoint_tag=None, n_groups=1, n_jobs=1, scheduler=None):
+             save_velocities=False, checkpoint_tag=None, n_groups=1, n_jobs=1, scheduler=None, indexed_forces=False):
     """Run ``n_steps`` of Langevin dynamics for all replicas in ``x0`` (n_replicas, n_beads, 3) nm.
 
     masses (n_beads,) amu; temperature K; dt ps; friction gamma 1/ps (default 1 for langevin, 1000 for
@@ -128,11 +128,20 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     ``n_groups``: independent replica groups (see the module docstring), each checkpointed to its own file
     (:func:`group_checkpoints`); ``n_jobs`` local processes for them, or ``scheduler`` (a Dask address,
     scheduler file or Client; group checkpoints then need a file system the workers share).
+    ``indexed_forces``: call ``force_fn(R, replicas)`` with the replica indices (n,) of R's rows, for forces
+    that differ between replicas (umbrella windows); one group only.
     Returns a :class:`SimulationResult`; raises :class:`CgdmlError` if every replica blows up.
     """
     kwargs = dict(masses=masses, temperature=temperature, dt=dt, n_steps=n_steps, save_every=save_every,
                   integrator=integrator, friction=friction, checkpoint_every=checkpoint_every, blowup=blowup,
                   save_velocities=save_velocities)
+    if indexed_forces:
+        if n_groups != 1 or scheduler is not None:
+            raise CgdmlError("indexed_forces needs a single replica group")
+        rows = np.arange(len(x0))
+        return _simulate_one(lambda R, idx=slice(None): force_fn(R, rows[idx]), x0, seed=seed,
+                             checkpoint=checkpoint, progress=progress, checkpoint_tag=checkpoint_tag,
+                             indexed=True, **kwargs)
     if n_groups == 1 and scheduler is None:
         return _simulate_one(force_fn, x0, seed=seed, checkpoint=checkpoint, progress=progress,
                              checkpoint_tag=checkpoint_tag, **kwargs)
@@ -257,10 +266,11 @@ def _check_settings(n_beads, masses, integrator, n_steps, save_every, dt, fricti
 
 def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every, integrator, friction, seed,
                   checkpoint, checkpoint_every, blowup, progress, save_velocities, checkpoint_tag, desc=None,
-                  all_may_blow_up=False):
+                  all_may_blow_up=False, indexed=False):
     """:func:`simulate` for one group of replicas with one random stream (``seed``: int or SeedSequence).
 
     ``all_may_blow_up``: return (all replicas stopped) instead of raising when every replica blows up.
+    ``indexed``: call ``force_fn(R, idx)`` with the rows' replica selection (see ``indexed_forces``).
     """
     x0 = _check_start(x0)
     n_rep, n_beads, _ = x0.shape
@@ -342,7 +352,7 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
                 vn = c1 * vn + noise_scale * xia                            # O
                 xn = xn + 0.5 * dt * vn                                     # A
             tf = time.perf_counter()
-            Fn = np.asarray(force_fn(xn), dtype=np.float64)
+            Fn = np.asarray(force_fn(xn, idx) if indexed else force_fn(xn), dtype=np.float64)
             t_force += time.perf_counter() - tf
             if integrator == "langevin":
                 vn = vn + half_dt_over_m * Fn                               # B

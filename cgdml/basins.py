@@ -1,0 +1,381 @@
+"""Basin balancing: the free-energy offsets that force matching leaves undetermined.
+
+Force matching fixes a CG free energy only up to one constant per region of configuration space that the
+training frames connect. When a backbone dihedral's training distribution splits into disjoint arcs (no
+frame on the barrier between them, as for alanine dipeptide's alpha_L basin at phi > 0), the relative free
+energy of the arcs comes from how the learned model extrapolates across the empty gap, which the data do
+not constrain: on the cgnet alanine-dipeptide data every kernel model put alpha_L ~10 kT too high.
+
+The only information the data hold about those offsets is how often each arc is visited. For each chain
+dihedral (beads k..k+3) whose frames fall into two or more arcs of at least ``min_frames`` frames,
+:func:`balance_basins`
+
+1. measures the fitted model's own free energy along the dihedral by umbrella sampling (harmonic windows,
+   BAOAB) and WHAM;
+2. adds a dihedral term that is constant on each arc (zero force wherever there are training frames) and
+   ramps smoothly (half cosine) across each gap, with the constants chosen so that, reweighted exactly
+   through the WHAM density, each arc holds the fraction of frames it holds in the training data.
+
+The model's forces are unchanged wherever the training data are; only the unsampled gaps get a force.
+Angles in radians, energies in kJ/mol, lengths in nm.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from scipy.special import logsumexp
+
+from ._io import CgdmlError
+from .units import kT as thermal_energy
+
+TWO_PI = 2.0 * np.pi
+
+
+def wrap_angle(a):
+    """Angles mapped to [-pi, pi)."""
+    return (np.asarray(a) + np.pi) % TWO_PI - np.pi
+
+
+@numba.njit(cache=True)
+def _dihedral_grad(x, i, j, k, l, grad):
+    """Dihedral angle of beads i, j, k, l (IUPAC sign, as mdtraj) and d angle / d positions into grad (4, 3)."""
+    b1 = x[j] - x[i]
+    b2 = x[k] - x[j]
+    b3 = x[l] - x[k]
+    m = np.empty(3)
+    n = np.empty(3)
+    for d in range(3):
+        d1, d2 = (d + 1) % 3, (d + 2) % 3
+        m[d] = b1[d1] * b2[d2] - b1[d2] * b2[d1]
+        n[d] = b2[d1] * b3[d2] - b2[d2] * b3[d1]
+    mm = (m * m).sum()
+    nn = (n * n).sum()
+    g2 = np.sqrt((b2 * b2).sum())
+    angle = np.arctan2(g2 * (b1 * n).sum(), (m * n).sum())
+    fg = (b1 * b2).sum()
+    hg = -(b3 * b2).sum()
+    for d in range(3):  # Blondel & Karplus (1996), written for b1, b2, b3
+        dp0 = -g2 / mm * m[d]
+        dp3 = g2 / nn * n[d]
+        ta = fg / (mm * g2) * m[d]
+        tb = hg / (nn * g2) * n[d]
+        grad[0, d] = dp0
+        grad[1, d] = -dp0 + ta - tb
+        grad[2, d] = -dp3 - ta + tb
+        grad[3, d] = dp3
+    return angle
+
+
+@numba.njit(parallel=True, cache=True)
+def _dihedrals_kernel(R, quad, angle, grad):
+    for f in numba.prange(R.shape[0]):
+        angle[f] = _dihedral_grad(R[f], quad[0], quad[1], quad[2], quad[3], grad[f])
+
+
+def dihedral(R, quad):
+    """Dihedral angle (n,) in radians of beads ``quad`` (i, j, k, l) and its gradient (n, 4, 3) in rad/nm."""
+    R = np.ascontiguousarray(R, dtype=np.float64)
+    angle, grad = np.empty(len(R)), np.empty((len(R), 4, 3))
+    _dihedrals_kernel(R, np.asarray(quad, dtype=np.int64), angle, grad)
+    return angle, grad
+
+
+@numba.njit(cache=True)
+def _offset(angle, start, width, delta):
+    """(U, dU/dangle) of one term: delta[a] on arc a = [start[a], start[a] + width[a]], half-cosine ramps
+    across the gaps between consecutive arcs (arcs sorted counterclockwise)."""
+    n = start.shape[0]
+    for a in range(n):
+        if (angle - start[a]) % TWO_PI <= width[a]:
+            return delta[a], 0.0
+    for a in range(n):
+        b = (a + 1) % n
+        gap_start = start[a] + width[a]
+        gap = (start[b] - gap_start) % TWO_PI
+        pos = (angle - gap_start) % TWO_PI
+        if pos < gap:
+            t = pos / gap
+            step = delta[b] - delta[a]
+            return delta[a] + step * 0.5 * (1.0 - np.cos(np.pi * t)), step * 0.5 * np.pi * np.sin(np.pi * t) / gap
+    return 0.0, 0.0
+
+
+@numba.njit(parallel=True, cache=True)
+def _offsets_energy_forces(R, quads, first, count, start, width, delta):
+    n, n_beads = R.shape[0], R.shape[1]
+    E = np.zeros(n)
+    F = np.zeros((n, n_beads, 3))
+    for f in numba.prange(n):
+        grad = np.empty((4, 3))
+        for t in range(quads.shape[0]):
+            q = quads[t]
+            angle = _dihedral_grad(R[f], q[0], q[1], q[2], q[3], grad)
+            s = slice(first[t], first[t] + count[t])
+            u, du = _offset(angle, start[s], width[s], delta[s])
+            E[f] += u
+            for b in range(4):
+                for d in range(3):
+                    F[f, q[b], d] -= du * grad[b, d]
+    return E, F
+
+
+class DihedralOffsets:
+    """Dihedral terms constant on sampled arcs, ramped across the gaps (see the module docstring).
+
+    quads (n_terms, 4) bead indices; term t owns arcs first[t] .. first[t] + count[t] - 1, each arc a with
+    start[a] (rad), width[a] (rad, counterclockwise) and energy delta[a] (kJ/mol), sorted by start.
+    """
+
+    _ARRAYS = ("quads", "first", "count", "start", "width", "delta")
+
+    def __init__(self, quads, first, count, start, width, delta):
+        self.quads = np.ascontiguousarray(quads, dtype=np.int64).reshape(-1, 4)
+        self.first = np.ascontiguousarray(first, dtype=np.int64)
+        self.count = np.ascontiguousarray(count, dtype=np.int64)
+        self.start = np.ascontiguousarray(start, dtype=np.float64)
+        self.width = np.ascontiguousarray(width, dtype=np.float64)
+        self.delta = np.ascontiguousarray(delta, dtype=np.float64)
+
+    @classmethod
+    def from_terms(cls, terms):
+        """From a list of (quad, arcs [(start, width), ...], deltas) tuples."""
+        quads, first, count, start, width, delta = [], [], [], [], [], []
+        for quad, arcs, deltas in terms:
+            quads.append(quad)
+            first.append(len(start))
+            count.append(len(arcs))
+            start += [a for a, _ in arcs]
+            width += [w for _, w in arcs]
+            delta += list(deltas)
+        return cls(quads, first, count, start, width, delta)
+
+    def profile(self, term, angles):
+        """(U, dU/dangle) of term ``term`` at ``angles`` (radians), each (n,)."""
+        s = slice(self.first[term], self.first[term] + self.count[term])
+        out = np.array([_offset(float(a), self.start[s], self.width[s], self.delta[s]) for a in np.ravel(angles)])
+        return out[:, 0], out[:, 1]
+
+    def energy_forces(self, R):
+        """Energies (n,) kJ/mol and forces (n, n_beads, 3) kJ/mol/nm for R (n, n_beads, 3) nm."""
+        R = np.ascontiguousarray(R, dtype=np.float64)
+        return _offsets_energy_forces(R, self.quads, self.first, self.count, self.start, self.width, self.delta)
+
+    def forces(self, R):
+        return self.energy_forces(R)[1]
+
+    def to_arrays(self):
+        return {name: getattr(self, name) for name in self._ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        try:
+            offsets = cls(*(np.asarray(arrays[name]) for name in cls._ARRAYS))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CgdmlError(f"incomplete or damaged dihedral offsets ({type(exc).__name__}: {exc})") from None
+        return offsets
+
+    def check(self, n_beads):
+        """Raise :class:`CgdmlError` unless the arrays are consistent and index ``n_beads`` beads."""
+        n_arcs = len(self.start)
+        if not (len(self.first) == len(self.count) == len(self.quads)
+                and len(self.width) == len(self.delta) == n_arcs
+                and ((self.first >= 0) & (self.count >= 1) & (self.first + self.count <= n_arcs)).all()):
+            raise CgdmlError("damaged dihedral offsets: inconsistent array shapes")
+        if self.quads.size and (self.quads.min() < 0 or self.quads.max() >= n_beads):
+            raise CgdmlError(f"damaged dihedral offsets: bead indices outside 0..{n_beads - 1}")
+        if not all(np.isfinite(a).all() for a in (self.start, self.width, self.delta)):
+            raise CgdmlError("damaged dihedral offsets: NaN or inf values")
+
+
+def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap_bins=2, min_frames=20):
+    """Arcs of the circle that the angles (n,) rad populate, split by empty gaps of >= ``min_gap_bins``.
+
+    Arcs holding fewer than ``min_frames`` angles count as gap (their population cannot be estimated).
+    Returns a list of (start, width) in radians sorted by start, and the number of angles in each; an empty
+    list when the angles leave no gap.
+    """
+    n_bins = int(round(TWO_PI / bin_width))
+    edges = np.linspace(-np.pi, np.pi, n_bins + 1)
+    counts = np.histogram(wrap_angle(angles), bins=edges)[0]
+    occupied = counts > 0
+    if occupied.all() or not occupied.any():
+        return [], []
+    # runs of equal occupancy on the circle, starting at an empty bin
+    order = np.roll(np.arange(n_bins), -int(np.argmin(occupied)))
+    runs = []
+    for b in order:
+        if runs and runs[-1][0] == occupied[b]:
+            runs[-1][1].append(b)
+        else:
+            runs.append([occupied[b], [b]])
+    for run in runs:  # short gaps belong to the arc around them
+        if not run[0] and len(run[1]) < min_gap_bins:
+            run[0] = True
+    arcs = []
+    for occ, bins in runs:
+        if occ and arcs and arcs[-1][-1] == "open":
+            arcs[-1][0].extend(bins)
+        elif occ:
+            arcs.append([list(bins), "open"])
+        elif arcs:
+            arcs[-1][-1] = "closed"
+    result = []
+    for bins, _ in arcs:
+        n = int(counts[bins].sum())
+        if n >= min_frames:
+            result.append((float(edges[bins[0]]), len(bins) * (TWO_PI / n_bins), n))
+    if len(result) == 1 and result[0][1] >= TWO_PI - 1e-9:
+        return [], []
+    result.sort()
+    return [(s, w) for s, w, _ in result], [n for _, _, n in result]
+
+
+def _rotate_to(R, quad, target, rng, angles, n_nearest=20):
+    """Start frames for a window at ``target``: a frame near it in angle, with beads 0..quad[0] rotated
+    about the quad[1]-quad[2] bond so that the dihedral equals ``target`` exactly."""
+    from scipy.spatial.transform import Rotation
+
+    near = np.argsort(np.abs(wrap_angle(angles - target)))[:n_nearest]
+    i = rng.choice(near)
+    x = R[i].copy()
+    axis = x[quad[2]] - x[quad[1]]
+    axis /= np.linalg.norm(axis)
+    side = np.arange(quad[0] + 1)
+    rot = Rotation.from_rotvec(-wrap_angle(target - angles[i]) * axis)
+    x[side] = rot.apply(x[side] - x[quad[1]]) + x[quad[1]]
+    return x
+
+
+def wham(angle_samples, centers, k_bias, kT, n_bins=72, tol=1e-8, max_iter=20000):
+    """Unbiased density of a periodic coordinate from harmonic umbrella windows (1D WHAM, log space).
+
+    angle_samples: list over windows of sampled angles (rad); centers (n_windows,) rad; k_bias kJ/mol/rad^2.
+    Returns bin centres (n_bins,) and log-density (n_bins,) normalised to sum 1 (-inf where never sampled).
+    """
+    edges = np.linspace(-np.pi, np.pi, n_bins + 1)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    H = np.array([np.histogram(wrap_angle(s), bins=edges)[0] for s in angle_samples], dtype=np.float64)
+    N = H.sum(1)
+    u = 0.5 * k_bias * wrap_angle(mid[None, :] - np.asarray(centers)[:, None]) ** 2 / kT  # (n_w, n_bins)
+    with np.errstate(divide="ignore"):
+        log_h, log_n = np.log(H.sum(0)), np.log(N)
+    f = np.zeros(len(centers))
+    for _ in range(max_iter):
+        log_p = log_h - logsumexp(log_n[:, None] + f[:, None] - u, axis=0)
+        f_new = -logsumexp(log_p[None, :] - u, axis=1)
+        f_new -= f_new[0]
+        if np.abs(f_new - f).max() < tol:
+            f = f_new
+            break
+        f = f_new
+    log_p = log_h - logsumexp(log_n[:, None] + f[:, None] - u, axis=0)
+    return mid, log_p - logsumexp(log_p)
+
+
+def umbrella_profile(force_fn, starts, quad, *, masses, temperature, n_windows=24, per_window=8,
+                     n_steps=20000, burn_in=5000, dt=0.002, friction=1.0, save_every=50, seed=0, progress=False):
+    """Free-energy density of the model along the dihedral ``quad``, by umbrella sampling and WHAM.
+
+    ``force_fn(R) -> F`` is the model; ``starts`` (n, n_beads, 3) nm are frames to start windows from.
+    n_windows harmonic windows (spring kT / (spacing/2)^2) each run ``per_window`` BAOAB replicas for
+    ``n_steps`` of ``dt`` ps. Returns (bin centres, log density, info dict).
+    """
+    from .simulate import simulate
+
+    kT = thermal_energy(temperature)
+    centers = np.linspace(-np.pi, np.pi, n_windows, endpoint=False)
+    k_bias = kT / (0.5 * TWO_PI / n_windows) ** 2
+    window_of = np.repeat(np.arange(n_windows), per_window)
+    rng = np.random.default_rng([seed, 0xB5])
+    angles = dihedral(starts, quad)[0]
+    x0 = np.array([_rotate_to(starts, quad, centers[w], rng, angles) for w in window_of])
+    quad = np.asarray(quad)
+
+    def biased(R, replicas):
+        F = np.array(force_fn(R), dtype=np.float64)
+        angle, grad = dihedral(R, quad)
+        dU = k_bias * wrap_angle(angle - centers[window_of[replicas]])
+        F[:, quad] -= dU[:, None, None] * grad
+        return F
+
+    result = simulate(biased, x0, masses=masses, temperature=temperature, dt=dt, n_steps=n_steps,
+                      save_every=save_every, integrator="langevin", friction=friction, seed=seed,
+                      progress=progress, indexed_forces=True)
+    frames = result.frames[burn_in // save_every:]
+    samples = []
+    for w in range(n_windows):
+        x = frames[:, window_of == w].reshape(-1, *frames.shape[2:])
+        x = x[np.isfinite(x).all(axis=(1, 2))]
+        samples.append(dihedral(x, quad)[0])
+    mid, log_p = wham(samples, centers, k_bias, kT)
+    info = {"windows": n_windows, "replicas_per_window": per_window, "steps": n_steps, "dt_ps": dt,
+            "blown_up": int((~result.alive).sum()), "empty_bins": int(np.isinf(log_p).sum()),
+            "wall_s": result.timings["wall_s"]}
+    return mid, log_p, info
+
+
+def _arc_index(angles, arcs):
+    """Index of the nearest arc for each angle (inside an arc, or the closer end across a gap)."""
+    dist = np.empty((len(arcs), len(angles)))
+    for a, (s, w) in enumerate(arcs):
+        pos = (angles - s) % TWO_PI
+        dist[a] = np.where(pos <= w, 0.0, np.minimum(pos - w, TWO_PI - pos))
+    return dist.argmin(0)
+
+
+def solve_offsets(mid, log_p, arcs, counts, kT, n_iter=200, tol=1e-10):
+    """Arc energies (kJ/mol, largest arc 0) that give each arc its share of ``counts`` under the density
+    exp(log_p) (on bin centres ``mid``) reweighted by the offset term. Gap bins belong to the nearest arc."""
+    owner = _arc_index(mid, arcs)
+    target = np.log(np.asarray(counts, dtype=np.float64) / np.sum(counts))
+    anchor = int(np.argmax(counts))
+    delta = np.zeros(len(arcs))
+    for _ in range(n_iter):
+        term = DihedralOffsets.from_terms([((0, 1, 2, 3), arcs, delta)])
+        U = term.profile(0, mid)[0]
+        log_w = log_p - U / kT
+        pop = np.array([logsumexp(log_w[owner == a]) if (owner == a).any() else -np.inf
+                        for a in range(len(arcs))]) - logsumexp(log_w)
+        if not np.isfinite(pop).all():
+            raise CgdmlError("umbrella sampling left a sampled arc without density; cannot balance it")
+        step = kT * (pop - target)
+        step -= step[anchor]
+        delta += step
+        if np.abs(step).max() < tol:
+            break
+    return delta, np.exp(pop)
+
+
+def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **umbrella):
+    """Dihedral offsets that give each sampled arc of every chain dihedral its training population.
+
+    Returns (:class:`DihedralOffsets` or None, report list of dicts). ``umbrella`` goes to
+    :func:`umbrella_profile`.
+    """
+    kT = thermal_energy(dataset.temperature)
+    terms, report = [], []
+    for k in range(dataset.n_beads - 3):
+        quad = (k, k + 1, k + 2, k + 3)
+        arcs, counts = sampled_arcs(dihedral(dataset.coords, quad)[0], min_frames=min_frames)
+        if len(arcs) < 2:
+            continue
+        current = DihedralOffsets.from_terms(terms) if terms else None
+
+        def force_fn(R, current=current):
+            F = model.forces(R)
+            return F + current.forces(R) if current is not None else F
+
+        mid, log_p, info = umbrella_profile(force_fn, dataset.coords, quad, masses=dataset.masses,
+                                            temperature=dataset.temperature, seed=seed + k, progress=progress,
+                                            **umbrella)
+        owner = _arc_index(mid, arcs)
+        before = np.array([np.exp(logsumexp(log_p[owner == a])) for a in range(len(arcs))])
+        delta, after = solve_offsets(mid, log_p, arcs, counts, kT)
+        terms.append((quad, arcs, delta))
+        report.append({"beads": list(quad),
+                       "arcs_deg": [[float(np.degrees(s)), float(np.degrees(s + w))] for s, w in arcs],
+                       "frames": [int(c) for c in counts],
+                       "target_population": [c / sum(counts) for c in counts],
+                       "model_population": before.tolist(), "balanced_population": after.tolist(),
+                       "offset_kJ_per_mol": delta.tolist(), "umbrella": info})
+    return (DihedralOffsets.from_terms(terms) if terms else None), report
