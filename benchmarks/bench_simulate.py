@@ -12,8 +12,9 @@ predictor gives our forces, and that a real sgdml training at M = 200 gives the 
 
 Part 2 (accuracy): a two-layer model of the cgnet data (5 beads; ``--model MODEL.npz`` if given, else fitted
 here with ``python -m cgdml.fit`` defaults) simulated with the ``python -m cgdml.simulate`` defaults
-(100 replicas, 50k steps); FES RMSE, JS and phi > 0 population against the reference, beside the
-reference's split-half noise floor.
+(100 replicas, 50k steps), and again 5x longer (250k steps, 0.5 ns per replica: the alpha_L basin exchanges
+with the rest on that time scale, so this run checks the basin-balanced populations by plain dynamics);
+FES RMSE, JS and phi > 0 population against the reference, beside the reference's split-half noise floor.
 
 Run: ``python benchmarks/bench_simulate.py [--quick]``. Writes benchmarks/results/bench_simulate.md too.
 Needs /work/shared data (part 2) and the sgdml package.
@@ -304,9 +305,7 @@ def sha256(path):
 
 
 def fes_accuracy(say, quick, workdir, given_model=None):
-    import mdtraj as md
-
-    from cgdml.fes import bootstrap_metrics, compare_fes, phi_psi, split_half_floor
+    from cgdml.fes import phi_psi, split_half_floor
     from cgdml.model import CGModel
 
     say()
@@ -333,26 +332,54 @@ def fes_accuracy(say, quick, workdir, given_model=None):
     chosen = model.info.get("chosen", {})
     say(f"Model: {source}. Method {model.info.get('method')!r}, chosen {json.dumps(chosen)}, "
         f"M = {model.gdml.n_train_} (layer 2), chiral {model.gdml.chiral}.")
-    traj_path = workdir / "sim.h5"
-    cmd = [sys.executable, "-m", "cgdml.simulate", str(model_path), "-o", str(traj_path), "--no-progress"]
+    balance = model.info.get("basin_balance", [])
+    for term in balance:
+        say(f"Basin balancing (fit step, `cgdml.basins`): dihedral {'-'.join(map(str, term['beads']))} has sampled "
+            f"arcs {', '.join(f'[{a:.0f}, {b:.0f}] deg' for a, b in term['arcs_deg'])} with "
+            f"{' / '.join(map(str, term['frames']))} frames; the fitted model's own arc populations (umbrella "
+            f"sampling + WHAM, {term['umbrella']['wall_s']:.0f} s) were "
+            f"{' / '.join(f'{p:.2e}' for p in term['model_population'])}; offsets "
+            f"{' / '.join(f'{d:+.1f}' for d in term['offset_kJ_per_mol'])} kJ/mol give "
+            f"{' / '.join(f'{p:.2%}' for p in term['balanced_population'])}.")
+    if not balance:
+        say("Basin balancing: none (not applied, or no dihedral with disconnected arcs).")
+    cv_ref = phi_psi(ds.coords, ds.topology)
+    floor = split_half_floor(cv_ref)
+    runs = [("default", [])]
+    if not quick:
+        runs.append(("long", ["--steps", "250000", "--save-every", "500", "--burn-in", "25000", "--seed", "1"]))
+    results = {}
+    for name, extra in runs:
+        results[name] = _simulate_and_score(say, model_path, workdir / f"sim_{name}.h5", quick, extra, env, cv_ref,
+                                            floor)
+    return results["default"], floor
+
+
+def _simulate_and_score(say, model_path, traj_path, quick, extra, env, cv_ref, floor):
+    import mdtraj as md
+
+    from cgdml.fes import bootstrap_metrics, compare_fes, phi_psi
+
+    cmd = [sys.executable, "-m", "cgdml.simulate", str(model_path), "-o", str(traj_path), "--no-progress"] + extra
     if quick:
         cmd += ["--steps", "10000"]
-    say(f"Simulation: `python -m cgdml.simulate model.npz -o sim.h5{' --steps 10000' if quick else ''}` "
-        f"(CLI defaults otherwise: 100 replicas, BAOAB 2 fs, friction 1/ps, burn-in, 1 thread); "
-        f"load average before: {load_str()}.")
+    shown = " ".join(cmd[cmd.index("-o") + 2:]).replace("--no-progress", "").strip()
+    say()
+    say(f"Simulation: `python -m cgdml.simulate model.npz -o sim.h5 {shown}` "
+        f"(CLI defaults otherwise: 100 replicas started from random training frames, BAOAB 2 fs, friction 1/ps, "
+        f"burn-in, 1 thread); load average before: {load_str()}.")
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     sim_s = time.perf_counter() - t0
     side = json.loads(traj_path.with_suffix(".json").read_text())
     cv_model = phi_psi(md.load(str(traj_path)))
-    cv_ref = phi_psi(ds.coords, ds.topology)
     m = compare_fes(cv_model, cv_ref)
-    floor = split_half_floor(cv_ref)
     boot = bootstrap_metrics(cv_model, cv_ref, n_boot=200)
     half = len(cv_ref) // 2
     p_model, p_ref = float((cv_model[:, 0] > 0).mean()), float((cv_ref[:, 0] > 0).mean())
     p_h1, p_h2 = float((cv_ref[:half, 0] > 0).mean()), float((cv_ref[half:, 0] > 0).mean())
-    say(f"Simulated {side['n_frames']} frames ({side['n_replicas']} replicas, {side['n_blown_up']} blown up) in "
+    say(f"Simulated {side['n_frames']} frames ({side['n_replicas']} replicas, {side['n_blown_up']} blown up, "
+        f"{side['settings']['steps'] * side['settings']['dt_ps'] / 1000:g} ns each) in "
         f"{sim_s:.0f} s wall ({side['timings']['replica_steps_per_s']:,.0f} replica-steps/s).")
     say()
     say("| metric | model vs reference | bootstrap 95% | reference split-half floor | target | met |")
@@ -372,7 +399,7 @@ def fes_accuracy(say, quick, workdir, given_model=None):
     verdict = "both targets MET" if js_ok and p_ok else ("targets NOT met: " + ", ".join(
         s for s, ok in (("js", js_ok), ("phi>0 population", p_ok)) if not ok))
     say(f"**Accuracy: {verdict}**" + (" (quick run: 10k steps, not the CLI default)" if quick else "") + ".")
-    return m, floor
+    return m
 
 
 # ------------------------------------------------------------------------------------------------- main
