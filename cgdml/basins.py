@@ -7,14 +7,16 @@ energy of the arcs comes from how the learned model extrapolates across the empt
 not constrain: on the cgnet alanine-dipeptide data every kernel model put alpha_L ~10 kT too high.
 
 The only information the data hold about those offsets is how often each arc is visited. For each chain
-dihedral (beads k..k+3) whose frames fall into two or more arcs of at least ``min_frames`` frames,
+dihedral (beads k..k+3) whose frames fall into two or more arcs of at least ``min_frames`` frames, separated
+by empty stretches of at least 30 degrees,
 :func:`balance_basins`
 
 1. measures the fitted model's own free energy along the dihedral by umbrella sampling (harmonic windows,
    BAOAB) and WHAM;
-2. adds a dihedral term that is constant on each arc (zero force wherever there are training frames) and
-   ramps smoothly (half cosine) across each gap, with the constants chosen so that, reweighted exactly
-   through the WHAM density, each arc holds the fraction of frames it holds in the training data.
+2. adds a dihedral term that is constant on each arc (zero force on every training frame) and ramps smoothly
+   (half cosine) across each gap, with the constants chosen so that, reweighted exactly through the WHAM
+   density, each arc holds the fraction of frames it holds in the training data (arcs with fewer frames go
+   with the nearest larger arc).
 
 The model's forces are unchanged wherever the training data are; only the unsampled gaps get a force.
 Angles in radians, energies in kJ/mol, lengths in nm.
@@ -187,47 +189,39 @@ class DihedralOffsets:
             raise CgdmlError("damaged dihedral offsets: NaN or inf values")
 
 
-def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap_bins=2, min_frames=20):
-    """Arcs of the circle that the angles (n,) rad populate, split by empty gaps of >= ``min_gap_bins``.
+def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap=np.radians(30.0)):
+    """Arcs of the circle that the angles (n,) rad populate, split by empty stretches of at least ``min_gap``.
 
-    Arcs holding fewer than ``min_frames`` angles count as gap (their population cannot be estimated).
-    Returns a list of (start, width) in radians sorted by start, and the number of angles in each; an empty
-    list when the angles leave no gap.
+    Returns a list of (start, width) in radians sorted by start, and the number of angles in each; empty lists
+    when no such gap exists. Shorter empty stretches (sparse sampling, not a barrier) belong to the arc around them.
     """
     n_bins = int(round(TWO_PI / bin_width))
+    min_gap_bins = int(np.ceil(min_gap / bin_width - 1e-9))
     edges = np.linspace(-np.pi, np.pi, n_bins + 1)
     counts = np.histogram(wrap_angle(angles), bins=edges)[0]
     occupied = counts > 0
     if occupied.all() or not occupied.any():
         return [], []
-    # runs of equal occupancy on the circle, starting at an empty bin
-    order = np.roll(np.arange(n_bins), -int(np.argmin(occupied)))
-    runs = []
+    order = np.roll(np.arange(n_bins), -int(np.argmin(occupied)))  # start in an empty bin
+    runs = []  # [occupied?, bins] along the circle
     for b in order:
         if runs and runs[-1][0] == occupied[b]:
             runs[-1][1].append(b)
         else:
-            runs.append([occupied[b], [b]])
-    for run in runs:  # short gaps belong to the arc around them
-        if not run[0] and len(run[1]) < min_gap_bins:
-            run[0] = True
-    arcs = []
+            runs.append([bool(occupied[b]), [b]])
+    arcs, gap_before = [], True
     for occ, bins in runs:
-        if occ and arcs and arcs[-1][-1] == "open":
-            arcs[-1][0].extend(bins)
-        elif occ:
-            arcs.append([list(bins), "open"])
-        elif arcs:
-            arcs[-1][-1] = "closed"
-    result = []
-    for bins, _ in arcs:
-        n = int(counts[bins].sum())
-        if n >= min_frames:
-            result.append((float(edges[bins[0]]), len(bins) * (TWO_PI / n_bins), n))
-    if len(result) == 1 and result[0][1] >= TWO_PI - 1e-9:
+        if not occ and len(bins) >= min_gap_bins:
+            gap_before = True
+        elif gap_before:
+            arcs.append(list(bins))
+            gap_before = False
+        else:
+            arcs[-1].extend(bins)
+    if len(arcs) < 2:
         return [], []
-    result.sort()
-    return [(s, w) for s, w, _ in result], [n for _, _, n in result]
+    result = sorted((float(edges[bins[0]]), len(bins) * (TWO_PI / n_bins), int(counts[bins].sum())) for bins in arcs)
+    return [(start, width) for start, width, _ in result], [n for _, _, n in result]
 
 
 def _rotate_to(R, quad, target, rng, angles, n_nearest=20):
@@ -323,19 +317,27 @@ def _arc_index(angles, arcs):
     return dist.argmin(0)
 
 
-def solve_offsets(mid, log_p, arcs, counts, kT, n_iter=200, tol=1e-10):
-    """Arc energies (kJ/mol, largest arc 0) that give each arc its share of ``counts`` under the density
-    exp(log_p) (on bin centres ``mid``) reweighted by the offset term. Gap bins belong to the nearest arc."""
-    owner = _arc_index(mid, arcs)
-    target = np.log(np.asarray(counts, dtype=np.float64) / np.sum(counts))
-    anchor = int(np.argmax(counts))
-    delta = np.zeros(len(arcs))
+def solve_offsets(mid, log_p, arcs, counts, kT, min_frames=20, n_iter=200, tol=1e-10):
+    """Arc energies (kJ/mol, the most populated arc 0) that give each arc of at least ``min_frames`` frames its
+    share of ``counts`` under the density exp(log_p) (on bin centres ``mid``) reweighted by the offset term.
+
+    Smaller arcs (too few frames to estimate a population) and gap bins belong to the nearest large arc and take
+    its energy, so every sampled arc stays flat. Returns (energies (n_arcs,), indices of the large arcs, their
+    target populations (their frames with those of the small arcs they own) and their balanced populations).
+    """
+    counts = np.asarray(counts)
+    large = np.flatnonzero(counts >= min_frames)
+    centre = np.array([s + 0.5 * w for s, w in arcs])
+    owner = large[_arc_index(centre, [arcs[a] for a in large])]       # arc -> its large arc
+    bin_owner = large[_arc_index(mid, [arcs[a] for a in large])]
+    target = np.log(np.array([counts[owner == a].sum() for a in large], dtype=np.float64) / counts.sum())
+    anchor = int(np.argmax(target))
+    delta = np.zeros(len(large))
     for _ in range(n_iter):
-        term = DihedralOffsets.from_terms([((0, 1, 2, 3), arcs, delta)])
-        U = term.profile(0, mid)[0]
-        log_w = log_p - U / kT
-        pop = np.array([logsumexp(log_w[owner == a]) if (owner == a).any() else -np.inf
-                        for a in range(len(arcs))]) - logsumexp(log_w)
+        term = DihedralOffsets.from_terms([((0, 1, 2, 3), arcs, delta[np.searchsorted(large, owner)])])
+        log_w = log_p - term.profile(0, mid)[0] / kT
+        pop = np.array([logsumexp(log_w[bin_owner == a]) if (bin_owner == a).any() else -np.inf
+                        for a in large]) - logsumexp(log_w)
         if not np.isfinite(pop).all():
             raise CgdmlError("umbrella sampling left a sampled arc without density; cannot balance it")
         step = kT * (pop - target)
@@ -343,7 +345,7 @@ def solve_offsets(mid, log_p, arcs, counts, kT, n_iter=200, tol=1e-10):
         delta += step
         if np.abs(step).max() < tol:
             break
-    return delta, np.exp(pop)
+    return delta[np.searchsorted(large, owner)], large, np.exp(target), np.exp(pop)
 
 
 def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **umbrella):
@@ -356,8 +358,8 @@ def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **u
     terms, report = [], []
     for k in range(dataset.n_beads - 3):
         quad = (k, k + 1, k + 2, k + 3)
-        arcs, counts = sampled_arcs(dihedral(dataset.coords, quad)[0], min_frames=min_frames)
-        if len(arcs) < 2:
+        arcs, counts = sampled_arcs(dihedral(dataset.coords, quad)[0])
+        if sum(c >= min_frames for c in counts) < 2:
             continue
         current = DihedralOffsets.from_terms(terms) if terms else None
 
@@ -368,14 +370,14 @@ def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **u
         mid, log_p, info = umbrella_profile(force_fn, dataset.coords, quad, masses=dataset.masses,
                                             temperature=dataset.temperature, seed=seed + k, progress=progress,
                                             **umbrella)
-        owner = _arc_index(mid, arcs)
-        before = np.array([np.exp(logsumexp(log_p[owner == a])) for a in range(len(arcs))])
-        delta, after = solve_offsets(mid, log_p, arcs, counts, kT)
+        delta, large, target, after = solve_offsets(mid, log_p, arcs, counts, kT, min_frames)
+        bin_owner = _arc_index(mid, [arcs[a] for a in large])
+        before = np.array([np.exp(logsumexp(log_p[bin_owner == i])) for i in range(len(large))])
         terms.append((quad, arcs, delta))
         report.append({"beads": list(quad),
-                       "arcs_deg": [[float(np.degrees(s)), float(np.degrees(s + w))] for s, w in arcs],
-                       "frames": [int(c) for c in counts],
-                       "target_population": [c / sum(counts) for c in counts],
+                       "arcs_deg": [[float(np.degrees(arcs[a][0])), float(np.degrees(sum(arcs[a])))] for a in large],
+                       "frames": [int(counts[a]) for a in large], "target_population": target.tolist(),
                        "model_population": before.tolist(), "balanced_population": after.tolist(),
-                       "offset_kJ_per_mol": delta.tolist(), "umbrella": info})
+                       "offset_kJ_per_mol": delta[large].tolist(), "small_arcs": int(len(arcs) - len(large)),
+                       "umbrella": info})
     return (DihedralOffsets.from_terms(terms) if terms else None), report

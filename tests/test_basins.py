@@ -87,17 +87,19 @@ def test_offset_forces_match_finite_differences(two_arc_offsets):
     assert np.allclose(F, numerical_forces(lambda X: term.energy_forces(X)[0], R), atol=1e-5)
 
 
-def test_sampled_arcs_finds_basins_and_drops_stray_frames():
+def test_sampled_arcs_splits_at_wide_empty_stretches_only():
     rng = np.random.default_rng(3)
     major = rng.vonmises(np.radians(-90), 8.0, 5000)
     minor = rng.vonmises(np.radians(60), 40.0, 300)
-    stray = np.radians([150.0, 151.0])  # too few frames to estimate a population: they count as gap
+    stray = np.radians([150.0, 151.0])
     arcs, counts = sampled_arcs(np.concatenate([major, minor, stray]))
-    assert len(arcs) == 2 and min(counts) == 300 and max(counts) >= 4990  # lone outliers are dropped too
-    start, width = arcs[int(np.argmin(counts))]
-    assert start < np.radians(60) < start + width and width < np.radians(60)
+    assert len(arcs) == 3 and sorted(counts)[:2] == [2, 300] and max(counts) >= 4990  # lone outliers: own arcs
+    start, width = arcs[counts.index(300)]
+    assert start < np.radians(60) < start + width and width < np.radians(80)
     assert sampled_arcs(rng.uniform(-np.pi, np.pi, 20000)) == ([], [])  # no gap: nothing to balance
-    assert len(sampled_arcs(major)[0]) <= 1
+    sparse = np.concatenate([rng.uniform(-1.0, 0.0, 50), rng.uniform(0.35, 1.0, 50)])  # a 20 deg hole: sparse data
+    assert sampled_arcs(sparse) == ([], [])
+    assert len(sampled_arcs(sparse, min_gap=np.radians(15))[0]) == 2
 
 
 def test_wham_recovers_a_known_periodic_density():
@@ -122,8 +124,14 @@ def test_solve_offsets_gives_each_arc_its_share():
     log_p = -0.5 * (wrap_angle(mid + np.pi / 2) / 0.4) ** 2 + np.where(np.abs(mid - 1.0) < 0.3, -12.0, -np.inf)
     log_p = np.logaddexp(log_p, -0.5 * (wrap_angle(mid + np.pi / 2) / 0.4) ** 2)
     arcs = [(0.6, 0.8), (np.radians(175), np.radians(165))]
-    delta, pops = solve_offsets(mid, log_p, arcs, [30, 970], KT)
+    delta, large, target, pops = solve_offsets(mid, log_p, arcs, [30, 970], KT)
+    assert list(large) == [0, 1] and np.allclose(target, [0.03, 0.97])
     assert np.allclose(pops, [0.03, 0.97], atol=1e-8) and delta[1] == 0.0 and delta[0] < -5 * KT
+    # a third arc of 5 frames (too few to weigh) takes the energy of its nearest large arc and adds to its share
+    arcs3 = arcs[:1] + [(1.6, 0.1)] + arcs[1:]
+    delta3, large3, target3, pops3 = solve_offsets(mid, log_p, arcs3, [30, 5, 965], KT)
+    assert list(large3) == [0, 2] and delta3[1] == delta3[0] and np.allclose(target3, [0.035, 0.965])
+    assert np.allclose(pops3, target3, atol=1e-8)
 
 
 class ChainModel:
