@@ -10,8 +10,9 @@ is built from the coefficients of our non-chiral GDML fitted on the same 3,000 f
 (sgdml's R_d_desc_alpha * std = -J alpha = -V_, R_desc = our descriptors); the benchmark checks that this
 predictor gives our forces, and that a real sgdml training at M = 200 gives the same model as ours.
 
-Part 2 (accuracy): a two-layer model of the cgnet data (5 beads; ``--model MODEL.npz`` if given, else fitted
-here with ``python -m cgdml.fit`` defaults) simulated with the ``python -m cgdml.simulate`` defaults
+Part 2 (accuracy): models of the cgnet data (5 beads) fitted here with ``python -m cgdml.fit`` defaults (the
+two-layer ensemble) and with ``--method nystrom`` (or the ``--model MODEL.npz`` given), each simulated with
+the ``python -m cgdml.simulate`` defaults
 (100 replicas, 50k steps), and again 5x longer (250k steps, 0.5 ns per replica: the alpha_L basin exchanges
 with the rest on that time scale, so this run checks the basin-balanced populations by plain dynamics);
 FES RMSE, JS and phi > 0 population against the reference, beside the reference's split-half noise floor.
@@ -305,16 +306,34 @@ def sha256(path):
 
 
 def fes_accuracy(say, quick, workdir, given_model=None):
+    """Part 2 for the fit CLI's default (two-layer) and, in a full run, its ``--method nystrom``."""
     from cgdml.fes import phi_psi, split_half_floor
-    from cgdml.model import CGModel
 
     say()
     say("## 2. Free-energy accuracy: cgnet ala2 (5 beads, explicit-water reference, 10,000 frames)")
-    say()
     ds = cgnet_dataset()
     data_path = workdir / "cgnet.npz"
     ds.save(data_path)
-    model_path = workdir / "cgnet_model.npz"
+    cv_ref = phi_psi(ds.coords, ds.topology)
+    floor = split_half_floor(cv_ref)
+    if given_model is not None or quick:
+        fits = [("given" if given_model else "quick", ["--method", "single", "--n-frames", "1000"])]
+    else:
+        fits = [("two-layer (fit default)", []), ("inducing-point", ["--method", "nystrom"])]
+    results = {}
+    for name, extra in fits:
+        say()
+        say(f"### {name}")
+        say()
+        model_path = workdir / f"model_{len(results)}.npz"
+        results[name] = _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given_model, cv_ref,
+                                            floor)
+    return results, floor
+
+
+def _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given_model, cv_ref, floor):
+    from cgdml.model import CGModel
+
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if given_model is not None:
         given_model = Path(given_model)
@@ -322,16 +341,15 @@ def fes_accuracy(say, quick, workdir, given_model=None):
         mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(given_model.stat().st_mtime))
         source = f"the given model {given_model} (written {mtime}, sha256 {sha256(model_path)})"
     else:
-        extra = ["--method", "single", "--n-frames", "1000"] if quick else []
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cgdml.fit", str(data_path), "-o", str(model_path), "--quiet"] + extra,
-                       check=True, env=env)
+                       check=True, env=env, stdout=subprocess.DEVNULL)
         source = (f"fitted here with `python -m cgdml.fit cgnet.npz -o model.npz {' '.join(extra)}` "
-                  f"in {time.perf_counter() - t0:.0f} s")
+                  f"in {time.perf_counter() - t0:.0f} s (load average after: {load_str()})")
     model = CGModel.load(model_path)
     chosen = model.info.get("chosen", {})
     say(f"Model: {source}. Method {model.info.get('method')!r}, chosen {json.dumps(chosen)}, "
-        f"M = {model.gdml.n_train_} (layer 2), chiral {model.gdml.chiral}.")
+        f"M = {model.gdml.n_train_}, chiral {model.gdml.chiral}.")
     balance = model.info.get("basin_balance", [])
     for term in balance:
         say(f"Basin balancing (fit step, `cgdml.basins`): dihedral {'-'.join(map(str, term['beads']))} has sampled "
@@ -343,16 +361,14 @@ def fes_accuracy(say, quick, workdir, given_model=None):
             f"{' / '.join(f'{p:.2%}' for p in term['balanced_population'])}.")
     if not balance:
         say("Basin balancing: none (not applied, or no dihedral with disconnected arcs).")
-    cv_ref = phi_psi(ds.coords, ds.topology)
-    floor = split_half_floor(cv_ref)
     runs = [("default", [])]
     if not quick:
         runs.append(("long", ["--steps", "250000", "--save-every", "500", "--burn-in", "25000", "--seed", "1"]))
     results = {}
-    for name, extra in runs:
-        results[name] = _simulate_and_score(say, model_path, workdir / f"sim_{name}.h5", quick, extra, env, cv_ref,
-                                            floor)
-    return results["default"], floor
+    for name, sim_extra in runs:
+        results[name] = _simulate_and_score(say, model_path, workdir / f"sim_{name}.h5", quick, sim_extra, env,
+                                            cv_ref, floor)
+    return results
 
 
 def _simulate_and_score(say, model_path, traj_path, quick, extra, env, cv_ref, floor):
