@@ -326,12 +326,13 @@ def fes_accuracy(say, quick, workdir, given_model=None):
         say(f"### {name}")
         say()
         model_path = workdir / f"model_{len(results)}.npz"
+        picture = None if quick or given_model else RESULTS.parent / f"fes_cgnet_{extra[1] if extra else 'two_layer'}.png"
         results[name] = _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given_model, cv_ref,
-                                            floor)
+                                            floor, picture)
     return results, floor
 
 
-def _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given_model, cv_ref, floor):
+def _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given_model, cv_ref, floor, picture=None):
     from cgdml.model import CGModel
 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -367,11 +368,11 @@ def _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given
     results = {}
     for name, sim_extra in runs:
         results[name] = _simulate_and_score(say, model_path, workdir / f"sim_{name}.h5", quick, sim_extra, env,
-                                            cv_ref, floor)
+                                            cv_ref, floor, picture if name == "long" else None)
     return results
 
 
-def _simulate_and_score(say, model_path, traj_path, quick, extra, env, cv_ref, floor):
+def _simulate_and_score(say, model_path, traj_path, quick, extra, env, cv_ref, floor, picture=None):
     import mdtraj as md
 
     from cgdml.fes import bootstrap_metrics, compare_fes, phi_psi
@@ -415,6 +416,11 @@ def _simulate_and_score(say, model_path, traj_path, quick, extra, env, cv_ref, f
     verdict = "both targets MET" if js_ok and p_ok else ("targets NOT met: " + ", ".join(
         s for s, ok in (("js", js_ok), ("phi>0 population", p_ok)) if not ok))
     say(f"**Accuracy: {verdict}**" + (" (quick run: 10k steps, not the CLI default)" if quick else "") + ".")
+    if picture is not None:
+        from cgdml.fes import plot_comparison
+
+        plot_comparison(picture, cv_model, cv_ref, metrics=m, floor=floor)
+        say(f"Picture: `{picture.relative_to(RESULTS.parent.parent)}`.")
     return m
 
 
