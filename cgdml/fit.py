@@ -147,8 +147,12 @@ def main(argv=None):
               f"lam2={estimator.lam2_:g}")
     if args.balance_basins:
         from .basins import balance_basins
+        from .distributed import limited_threads
 
-        model.offsets, report = balance_basins(model, dataset, seed=params.get("seed", 0), progress=not args.quiet)
+        # one thread, as the simulate CLI's default: batched replica force calls run 1.5-2x faster than with
+        # numba's threads on a shared 2-core machine (see NOTES)
+        model.offsets, report = limited_threads(lambda: balance_basins(model, dataset, seed=params.get("seed", 0),
+                                                                       progress=not args.quiet))
         model.info["basin_balance"] = report
         for term in report:
             print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "
