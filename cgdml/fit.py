@@ -151,8 +151,12 @@ def main(argv=None):
 
         # one thread, as the simulate CLI's default: batched replica force calls run 1.5-2x faster than with
         # numba's threads on a shared 2-core machine (see NOTES)
-        model.offsets, report = limited_threads(lambda: balance_basins(model, dataset, seed=params.get("seed", 0),
-                                                                       progress=not args.quiet))
+        try:
+            model.offsets, report = limited_threads(lambda: balance_basins(model, dataset, seed=params.get("seed", 0),
+                                                                           progress=not args.quiet))
+        except CgdmlError as exc:
+            raise CgdmlError(f"basin balancing failed ({exc}); rerun with --no-balance-basins to skip it "
+                             "(the GDML fit resumes from its checkpoints)") from None
         model.info["basin_balance"] = report
         for term in report:
             print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "

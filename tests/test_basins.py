@@ -238,3 +238,23 @@ def test_model_file_round_trips_offsets(tmp_path, two_arc_offsets):
     from cgdml._io import CgdmlError
     with pytest.raises(CgdmlError, match="bead indices"):
         CGModel.load(tmp_path / "bad.npz")
+
+
+def test_fit_reports_a_failed_balancing_in_one_line(tmp_path, monkeypatch):
+    import cgdml.basins
+    from cgdml._io import CgdmlError
+    from cgdml.fit import main as fit_main
+    from test_simulate import tiny_model
+
+    tiny_model(tmp_path / "model.npz")
+
+    def fail(*args, **kwargs):
+        raise CgdmlError("every replica blew up")
+
+    monkeypatch.setattr(cgdml.basins, "balance_basins", fail)
+    out = tmp_path / "fit.npz"
+    args = [str(tmp_path / "data.npz"), "-o", str(out), "--method", "single", "--n-frames", "60", "--quiet"]
+    with pytest.raises(CgdmlError, match="basin balancing failed .*--no-balance-basins"):
+        fit_main(args)
+    assert not out.exists()
+    assert fit_main(args + ["--no-balance-basins"]) == 0 and out.exists()
