@@ -22,7 +22,8 @@ OPTIONS = {
     "sigma1": (float, True), "lam1": (float, True), "sigma2": (float, True), "lam2": (float, True),
     "folds": (int, False), "cv_models": (int, False), "cv_mean_set_size": (int, False),
     "cv_holdout": (int, False), "strata": (str, False), "grid_bins": (int, False), "n_strata": (int, False),
-    "chiral": (bool, False), "prior_repulsion": (bool, False), "jobs": (int, False), "seed": (int, False),
+    "cv_score": (str, False), "chiral": (bool, False), "prior_repulsion": (bool, False), "jobs": (int, False),
+    "seed": (int, False),
 }
 PARAM_NAME = {"folds": "n_folds", "jobs": "n_jobs"}
 
@@ -63,7 +64,10 @@ def _check_options(options, config=None):
         flag = "--" + name.replace("_", "-")
         where = f" (option {flag} or key {name!r} in {config})" if config else ""
         kind, is_list = OPTIONS[name]
-        if name == "jobs":
+        if name == "cv_score":
+            if value not in ("auto", "dihedral", "force"):
+                raise CgdmlError(f"{flag} must be auto, dihedral or force, got {value!r}{where}")
+        elif name == "jobs":
             if value == 0:
                 raise CgdmlError(f"{flag} must be >= 1 (or negative: all cores but |n| - 1), got 0{where}")
         elif kind is int and name != "seed" and value < 1:
