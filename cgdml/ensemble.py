@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from ._io import CgdmlError, load_npz, save_json, save_npz
+from .basins import dihedral
 from .distributed import TaskRunner
 from .gdml import GDML
 from .model import CGModel
 from .prior import HarmonicPrior
-from .basins import dihedral
 from .sampling import grid_strata, kmeans_strata, stratified_batch, stratified_folds
 
 
@@ -190,7 +190,7 @@ class TwoLayerGDML:
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
                  cv_mean_set_size=600, cv_holdout=4000, strata="auto", grid_bins=12, n_strata=50, cv_score="auto",
-                 chiral=True,                 prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True, scheduler=None):
+                 chiral=True, prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True, scheduler=None):
         self.n_models = n_models
         self.batch_size = batch_size
         self.mean_set_size = mean_set_size
