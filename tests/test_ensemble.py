@@ -118,24 +118,22 @@ def test_batch_larger_than_the_data_is_lowered_with_a_warning(toy):
 
 
 def test_dihedral_projection_gives_the_generalised_force():
-    # U = k (1 - cos phi) on a random 5-bead chain: b . F over the chain's first dihedral is -dU/dphi,
-    # with F from central differences of U; the second dihedral sees only the part of F along it.
-    from cgdml import basins
-    from cgdml.ensemble import chain_dihedral_projection, project_forces
+    # U = k (1 - cos phi) of the first dihedral of a random 5-bead chain: with F from central differences
+    # of U, its projection on that dihedral is the generalised force -dU/dphi = -k sin(phi).
+    from cgdml.basins import dihedral as iupac_dihedral  # checked against mdtraj in test_basins
+    from cgdml.ensemble import _mse, chain_dihedral_projection, project_forces
 
     rng = np.random.default_rng(3)
     R = np.cumsum(rng.normal(scale=0.1, size=(20, 5, 3)), axis=1)
     k = 7.0
-    energy = lambda X: k * (1.0 - np.cos(dihedral(X[:, :4])))  # noqa: E731
+    energy = lambda X: k * (1.0 - np.cos(iupac_dihedral(X, (0, 1, 2, 3))[0]))  # noqa: E731
     F = numerical_forces(energy, R)
     quads, b = chain_dihedral_projection(R)
     assert quads.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4]] and b.shape == (20, 2, 4, 3)
     along = project_forces(F, (quads, b))
-    phi = basins.dihedral(R, (0, 1, 2, 3))[0]  # IUPAC sign, checked against mdtraj in test_basins
+    phi = iupac_dihedral(R, (0, 1, 2, 3))[0]
     np.testing.assert_allclose(along[:, 0], -k * np.sin(phi), rtol=1e-6, atol=1e-6)
     # a uniform force (a translation) moves no dihedral: zero projected error, non-zero plain error
-    from cgdml.ensemble import _mse
-
     shifted = F + np.array([3.0, -1.0, 2.0])
     assert _mse(shifted, F, (quads, b)) < 1e-20 and _mse(shifted, F) == pytest.approx(14.0 / 3.0)
 
@@ -151,7 +149,7 @@ def test_cv_score_is_dihedral_for_chains_and_force_otherwise(toy):
     auto = TwoLayerGDML(**kwargs).fit(small)
     forced = TwoLayerGDML(cv_score="force", **kwargs).fit(small)
     assert auto.model_.info["cv_score"] == "dihedral" and forced.model_.info["cv_score"] == "force"
-    # same cached-free predictions, different scores: the dihedral one is in (kJ/mol/rad)^2, far smaller here
+    # the same sub-models and predictions (same seed), scored in different units: every score differs
     assert all(a["mse"] != f["mse"] for a, f in zip(auto.cv_scores_, forced.cv_scores_))
     three = CGDataset(data.coords[:600, :3], data.forces[:600, :3], ["C1", "C2", "C3"], T)
     with pytest.raises(CgdmlError, match="needs >= 4 beads"):
