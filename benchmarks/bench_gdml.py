@@ -24,7 +24,8 @@ import numpy as np
 import scipy.linalg
 
 from cgdml import kernels
-from cgdml._io import atomic_path, run_cli
+from cgdml._cli import run_cli
+from cgdml._io import atomic_path
 from cgdml.features import descriptor, descriptor_jacobian, descriptor_vjp
 from cgdml.gdml import GDML, reduced_rank
 from cgdml.units import force_factor, length_factor

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cgdml._io import atomic_path, run_cli
+from cgdml._cli import run_cli
+from cgdml._io import atomic_path
 
 SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
 CGNET = SHARED / "data" / "cgnet-ala2"
@@ -151,7 +152,7 @@ def cgnet_file(workdir):
 
 
 def shipped_file(workdir):
-    from cgdml.data import load_default_cg_dataset
+    from cgdml.mapping import load_default_cg_dataset
 
     out = workdir / "shipped.npz"
     if not out.exists():

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cgdml._io import atomic_path, run_cli
+from cgdml._cli import run_cli
+from cgdml._io import atomic_path
 from _common import best_time
 
 SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
@@ -113,7 +114,7 @@ def rel_diff(a, b):
 
 # ------------------------------------------------------------------------------------------------ part 1
 def throughput(say, quick):
-    from cgdml.data import load_default_cg_dataset
+    from cgdml.mapping import load_default_cg_dataset
     from cgdml.ensemble import fit_single
     from cgdml.features import descriptor
     from cgdml.gdml import GDML

@@ -52,7 +52,7 @@ the CLI's 100 x 50k steps, to fit 24 simulations into the hour (1.5M replica-ste
 37-46k replica-steps/s of a 2000-3000-point GDML on one thread); the bootstrap interval shows what that costs,
 and 10,000 model frames bias js upwards a little (the same for every method).
 
-Score (DESIGN §3): phi/psi histograms (36 x 36 on [-pi, pi)^2) of the simulated frames against the full dataset
+Score (docs/method.md §3): phi/psi histograms (36 x 36 on [-pi, pi)^2) of the simulated frames against the full dataset
 (all frames, not the budget): ``js`` (nats) and ``fes_rmse`` (kT), with 95% intervals from a block bootstrap
 over the simulated frames (block = one replica's production frames, 200 resamples) and the reference's
 split-half noise floor. Also the phi > 0 (alpha_L) population.
@@ -83,7 +83,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cgdml._io import atomic_path, run_cli, save_json  # noqa: E402
+from cgdml._cli import run_cli
+from cgdml._io import atomic_path, save_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -398,7 +399,7 @@ def write_report(rows, floors, names, cfg, args, invocations, loads, path_md, pa
              f"(dt {sim['dt']} ps, friction {sim['friction']}/ps; first {sim['burn_in']} steps discarded; a frame "
              f"every "
              f"{sim['save_every']} steps), started from random frames of the budget. js (nats) and fes_rmse (kT) per "
-             "DESIGN §3 with 95% block-bootstrap intervals (block = one replica); floor = the reference's split-half "
+             "docs/method.md §3 with 95% block-bootstrap intervals (block = one replica); floor = the reference's split-half "
              "value (js / fes_rmse). Single GDML: at most "
              f"{cfg['single_cap']} frames, (sigma, lam) from {list(cfg['single_sigma'])} x {list(cfg['single_lam'])} "
              "on a 25% validation split. Two-layer: `TwoLayerGDML` defaults"

@@ -1,13 +1,17 @@
 """cgdml: coarse-grained molecular dynamics from all-atom forces with two-layer GDML.
 
 The pipeline, one module per stage: data -> mapping -> features/kernels -> gdml -> prior -> sampling ->
-ensemble (two-layer fit) -> simulate -> fes. ``cgdml.GDML`` is the GDML estimator; it is imported on
-first use, so that the command-line tools start fast.
+ensemble (two-layer fit) -> basins -> simulate -> fes, with :func:`fit_cg_model` running the whole fit. The
+names below are imported on first use, so that the command-line tools start fast.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_LAZY = {"GDML": ("gdml", "GDML"), "TwoLayerGDML": ("ensemble", "TwoLayerGDML"),
-         "CGDataset": ("data", "CGDataset"), "CGModel": ("model", "CGModel")}
+_LAZY = {"GDML": ("gdml", "GDML"), "NystromGDML": ("nystrom", "NystromGDML"),
+         "TwoLayerGDML": ("ensemble", "TwoLayerGDML"), "GDMLModel": ("model", "GDMLModel"),
+         "CGModel": ("model", "CGModel"), "CGDataset": ("data", "CGDataset"),
+         "fit_cg_model": ("pipeline", "fit_cg_model"),
+         "load_default_cg_dataset": ("mapping", "load_default_cg_dataset")}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name):

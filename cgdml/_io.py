@@ -1,19 +1,22 @@
-"""Shared plumbing: user-facing errors, atomic file writes and the command-line wrapper.
+"""Shared plumbing: user-facing errors, atomic file writes, npz/JSON/TOML reading and fit checkpoints.
 
-Every command-line module calls :func:`run_cli`, which turns a :class:`CgdmlError` (a user mistake)
-into one line on stderr and exit status 2, so no traceback ever reaches a user for bad input.
+A :class:`CgdmlError` is a user mistake with a one-line message; the command-line wrapper
+(:func:`cgdml._cli.run_cli`) shows it as one line on stderr with exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI
+    import tomli as tomllib  # noqa: F401 (re-exported)
 
 
 class CgdmlError(Exception):
@@ -136,44 +139,37 @@ def load_npz(path, what="file"):
         raise CgdmlError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text."""
+class WorkCache:
+    """Named arrays stored one ``.npz`` per key under ``workdir`` (or in memory when workdir is None).
 
-    def error(self, message):
-        raise CgdmlError(f"{message} (see {self.prog} --help)")
-
-
-def one_line(text, limit=600):
-    """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {one_line(message)}", file=sys.stderr if file is None else file)
-
-
-def run_cli(main, argv=None):
-    """Run ``main(argv)`` as a command: user errors become one stderr line and a non-zero exit.
-
-    Warnings are shown as one ``warning: ...`` line each (no source line, no file name).
+    The checkpoints of a long fit: ``manifest.json`` records ``fingerprint`` (a hash of the data and
+    settings), so that work from a different fit in the same directory is refused, not reused.
     """
-    import warnings
 
-    shown = warnings.showwarning
-    warnings.showwarning = _show_warning
-    try:
-        status = main(argv)
-    except CgdmlError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
-    except OSError as exc:  # disk full, permission denied, ...
-        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"error: {name}{one_line(exc.strerror or exc)}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        warnings.showwarning = shown
-    sys.exit(status or 0)
+    def __init__(self, workdir, fingerprint):
+        self.dir = Path(workdir) if workdir else None
+        self.mem = {}
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            manifest = self.dir / "manifest.json"
+            if manifest.exists():
+                old = json.loads(manifest.read_text()).get("fingerprint")
+                if old != fingerprint:
+                    raise CgdmlError(f"{self.dir}: holds work from a different fit (other data or settings); "
+                                     "remove it or choose another output")
+            else:
+                save_json(manifest, {"fingerprint": fingerprint})
+
+    def get(self, key):
+        if key in self.mem:
+            return self.mem[key]
+        path = self.dir / f"{key}.npz" if self.dir else None
+        if path is not None and path.exists():
+            self.mem[key] = load_npz(path, "fit checkpoint")
+            return self.mem[key]
+        return None
+
+    def put(self, key, **arrays):
+        self.mem[key] = arrays
+        if self.dir:
+            save_npz(self.dir / f"{key}.npz", **arrays)

@@ -28,59 +28,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ._io import CgdmlError
+from .geometry import TWO_PI, dihedral, dihedral_angle_grad, wrap_angle
 from .units import kT as thermal_energy
-
-TWO_PI = 2.0 * np.pi
-
-
-def wrap_angle(a):
-    """Angles mapped to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % TWO_PI - np.pi
-
-
-@numba.njit(cache=True)
-def _dihedral_grad(x, i, j, k, l, grad):
-    """Dihedral angle of beads i, j, k, l (IUPAC sign, as mdtraj) and d angle / d positions into grad (4, 3)."""
-    b1 = x[j] - x[i]
-    b2 = x[k] - x[j]
-    b3 = x[l] - x[k]
-    m = np.empty(3)
-    n = np.empty(3)
-    for d in range(3):
-        d1, d2 = (d + 1) % 3, (d + 2) % 3
-        m[d] = b1[d1] * b2[d2] - b1[d2] * b2[d1]
-        n[d] = b2[d1] * b3[d2] - b2[d2] * b3[d1]
-    mm = (m * m).sum()
-    nn = (n * n).sum()
-    g2 = np.sqrt((b2 * b2).sum())
-    angle = np.arctan2(g2 * (b1 * n).sum(), (m * n).sum())
-    fg = (b1 * b2).sum()
-    hg = -(b3 * b2).sum()
-    for d in range(3):  # Blondel & Karplus (1996), written for b1, b2, b3
-        dp0 = -g2 / mm * m[d]
-        dp3 = g2 / nn * n[d]
-        ta = fg / (mm * g2) * m[d]
-        tb = hg / (nn * g2) * n[d]
-        grad[0, d] = dp0
-        grad[1, d] = -dp0 + ta - tb
-        grad[2, d] = -dp3 - ta + tb
-        grad[3, d] = dp3
-    return angle
-
-
-@numba.njit(parallel=True, cache=True)
-def _dihedrals_kernel(R, quad, angle, grad):
-    for f in numba.prange(R.shape[0]):
-        angle[f] = _dihedral_grad(R[f], quad[0], quad[1], quad[2], quad[3], grad[f])
-
-
-def dihedral(R, quad):
-    """Dihedral angle (n,) in radians of beads ``quad`` (i, j, k, l) and its gradient (n, 4, 3) in rad/nm."""
-    R = np.ascontiguousarray(R, dtype=np.float64)
-    angle, grad = np.empty(len(R)), np.empty((len(R), 4, 3))
-    _dihedrals_kernel(R, np.asarray(quad, dtype=np.int64), angle, grad)
-    return angle, grad
-
 
 @numba.njit(cache=True)
 def _offset(angle, start, width, delta):
@@ -111,7 +60,7 @@ def _offsets_energy_forces(R, quads, first, count, start, width, delta):
         grad = np.empty((4, 3))
         for t in range(quads.shape[0]):
             q = quads[t]
-            angle = _dihedral_grad(R[f], q[0], q[1], q[2], q[3], grad)
+            angle = dihedral_angle_grad(R[f], q[0], q[1], q[2], q[3], grad)
             s = slice(first[t], first[t] + count[t])
             u, du = _offset(angle, start[s], width[s], delta[s])
             E[f] += u

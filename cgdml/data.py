@@ -6,7 +6,6 @@ per bead, stored as PDB text so that the ``.npz`` file needs no pickle).
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,27 @@ def as_coordinates(R, n_beads, owner="model"):
     return R
 
 
+def check_coords_forces(R, F=None, E=None):
+    """Coordinates R (n >= 1, n_beads >= 2, 3) nm, and optionally forces F (same shape) and energies E (n,), as
+    float64 arrays; NaN, inf or mismatched shapes raise a one-line :class:`CgdmlError`."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 3 or R.shape[2] != 3 or R.shape[1] < 2 or R.shape[0] < 1:
+        raise CgdmlError(f"coordinates must be shaped (n_frames, n_beads>=2, 3), got {R.shape}")
+    if not np.all(np.isfinite(R)):
+        raise CgdmlError("coordinates contain NaN or infinite values")
+    if F is not None:
+        F = np.asarray(F, dtype=np.float64)
+        if F.shape != R.shape:
+            raise CgdmlError(f"forces shaped {F.shape} do not match coordinates shaped {R.shape}")
+        if not np.all(np.isfinite(F)):
+            raise CgdmlError("forces contain NaN or infinite values")
+    if E is not None:
+        E = np.asarray(E, dtype=np.float64).reshape(-1)
+        if E.shape[0] != R.shape[0]:
+            raise CgdmlError(f"{E.shape[0]} energies given for {R.shape[0]} frames")
+    return R, F, E
+
+
 def chain_topology(bead_names, residue_names=None, residue_of_bead=None):
     """An mdtraj Topology with one atom per bead and bonds between consecutive beads.
 
@@ -73,7 +93,7 @@ def topology_to_pdb(topology) -> str:
     import mdtraj as md
 
     traj = md.Trajectory(np.zeros((1, topology.n_atoms, 3), dtype=np.float32), topology)
-    with _TempFile(".pdb") as tmp:
+    with TempFile(".pdb") as tmp:
         traj.save_pdb(tmp)
         text = Path(tmp).read_text()
     return text
@@ -83,12 +103,14 @@ def topology_from_pdb(text: str):
     """Inverse of :func:`topology_to_pdb`."""
     import mdtraj as md
 
-    with _TempFile(".pdb") as tmp:
+    with TempFile(".pdb") as tmp:
         Path(tmp).write_text(text)
         return md.load_pdb(tmp, standard_names=False).topology
 
 
-class _TempFile:
+class TempFile:
+    """A temporary file name (``with TempFile(".pdb") as path``), removed with its directory afterwards."""
+
     def __init__(self, suffix):
         import tempfile
 
@@ -426,8 +448,12 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
             reader.close()
 
 
-def _repo_data_dir():
-    return Path(__file__).resolve().parent.parent / "data"
+def shipped_data_dir():
+    """The directory of the shipped all-atom reference (``data/`` in the repository, ``cgdml/_data`` in an
+    installed package), found through :mod:`importlib.resources` so that a wheel install finds it too."""
+    from importlib.resources import files
+
+    return Path(str(files("cgdml") / "_data"))
 
 
 def default_dataset_paths():
@@ -437,25 +463,16 @@ def default_dataset_paths():
     """
     from collections import namedtuple
 
-    data = _repo_data_dir()
+    data = shipped_data_dir()
     top, npz = data / "ala2_implicit_300K.pdb", data / "ala2_implicit_300K.npz"
     for p in (top, npz):
         if not p.exists():
-            raise CgdmlError(f"{p}: shipped reference data not found (it lives in the cgdml repository's data/ "
-                             "directory; use a repository checkout or pass a dataset)")
+            raise CgdmlError(f"{p}: shipped reference data not found (the cgdml installation is incomplete; "
+                             "reinstall it, or pass a dataset)")
     return namedtuple("DatasetPaths", "topology trajectory forces")(top, npz, npz)
 
 
-def load_default_cg_dataset(map="ala2-5", force_map="aggregate", stride=1):
-    """The shipped alanine-dipeptide reference mapped to CG beads with ``map`` and ``force_map``."""
-    from .mapping import map_allatom
-
-    paths = default_dataset_paths()
-    temperature = _shipped_temperature(paths.trajectory)
-    return map_allatom(paths.topology, paths.trajectory, paths.forces, map, force_map=force_map,
-                       temperature=temperature, stride=stride)
-
-
-def _shipped_temperature(path):
+def shipped_temperature(path):
+    """Temperature (K) stored in a reference ``.npz`` from :mod:`cgdml.reference`, else 300."""
     with np.load(path, allow_pickle=False) as z:
         return float(z["temperature"]) if "temperature" in z.files else 300.0

@@ -1,4 +1,4 @@
-"""The two-layer GDML scheme (Wang, Chmiela, Müller, Noé, Clementi, JCP 152, 194106, 2020; DESIGN §2.6).
+"""The two-layer GDML scheme (Wang, Chmiela, Müller, Noé, Clementi, JCP 152, 194106, 2020; docs/method.md §2.6).
 
 1. Fit the prior and subtract its forces from the labels.
 2. Stratify the frames (phi/psi grid for peptides, k-means in descriptor space otherwise).
@@ -30,75 +30,52 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, load_npz, save_json, save_npz
-from .basins import dihedral
+from sklearn.base import BaseEstimator
+
+from ._io import CgdmlError, WorkCache
 from .distributed import TaskRunner
+from .features import chain_quads
 from .gdml import GDML
-from .model import CGModel
+from .geometry import dihedral_force_projection
+from .model import CGModel, fit_record
 from .prior import HarmonicPrior
-from .sampling import grid_strata, kmeans_strata, stratified_batch, stratified_folds
+from .sampling import make_strata, stratified_batch, stratified_folds
 
 
-def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
-    """Stratum labels (n_frames,) and the name of the method used.
-
-    ``auto`` uses a phi/psi grid when the CG topology has a peptide backbone, else k-means in
-    descriptor space.
-    """
-    from .fes import phi_psi
-    from .features import descriptor
-
-    if method in ("auto", "phi-psi"):
-        try:
-            cv = phi_psi(dataset.coords, dataset.topology)
-            return grid_strata(cv, bins=grid_bins), "phi-psi"
-        except CgdmlError:
-            if method == "phi-psi":
-                raise
-    if method not in ("auto", "kmeans"):
-        raise CgdmlError(f"unknown stratification {method!r} (use auto, phi-psi or kmeans)")
-    return kmeans_strata(descriptor(dataset.coords, chiral=True), n_strata, seed), "kmeans"
-
-
-def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, chiral, train_labels=None):
+def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, quads, train_labels=None):
     """Train one GDML on frames ``train_idx`` and return its forces (float32) on each index array in ``predict_on``.
 
-    The labels are ``labels[train_idx]``, or ``train_labels`` when given (then ``labels`` is unused).
+    The labels are ``labels[train_idx]``, or ``train_labels`` when given (then ``labels`` is unused); ``quads``
+    (n_quads, 4) are the descriptor's dihedrals.
     """
-    model = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral)
+    model = GDML(sigma=sigma, lam=lam, relative_lam=True, dihedrals=quads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an automatic lambda increase is recorded in lam_, not shouted
         model.fit(coords[train_idx], labels[train_idx] if train_labels is None else train_labels)
     return [model.predict_forces(coords[idx]).astype(np.float32) for idx in predict_on]
 
 
-def chain_dihedral_projection(coords):
-    """Projectors of forces on the chain dihedrals (beads k, k+1, k+2, k+3).
+def dihedral_projection(coords, quads):
+    """Projectors of forces on the dihedrals ``quads`` (n_quads, 4) at coords (n_frames, n_beads, 3) nm.
 
-    coords (n_frames, n_beads, 3) in nm. Returns (quads (n_quads, 4), b (n_frames, n_quads, 4, 3) in nm/rad)
-    with b = grad(phi) / |grad(phi)|^2 over the dihedral's four beads, so that b . F = -dU/dphi (kJ/mol/rad)
-    for any force F = -(dU/dphi) grad(phi).
+    Returns (quads, b (n_frames, n_quads, 4, 3) in nm/rad) with b = grad(phi) / |grad(phi)|^2 over the
+    dihedral's four beads, so that b . F = -dU/dphi (kJ/mol/rad) for any force F = -(dU/dphi) grad(phi).
     """
-    quads = np.array([(k, k + 1, k + 2, k + 3) for k in range(coords.shape[1] - 3)], dtype=np.int64)
-    b = np.empty((len(coords), len(quads), 4, 3))
-    for q, quad in enumerate(quads):
-        grad = dihedral(coords, quad)[1]
-        b[:, q] = grad / (grad ** 2).sum(axis=(1, 2))[:, None, None]
-    return quads, b
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    return quads, dihedral_force_projection(coords, quads)
 
 
 def project_forces(forces, projection):
-    """Forces (..., n_frames, n_beads, 3) -> their chain-dihedral components (..., n_frames, n_quads)."""
+    """Forces (..., n_frames, n_beads, 3) -> their dihedral components (..., n_frames, n_quads)."""
     quads, b = projection
     return np.einsum("...nqax,nqax->...nq", np.asarray(forces, dtype=np.float64)[..., quads, :], b)
 
 
 def _mse(pred, target, projection=None):
-    """Mean squared force error, (kJ/mol/nm)^2, or of its chain-dihedral components, (kJ/mol/rad)^2."""
+    """Mean squared force error, (kJ/mol/nm)^2, or of its dihedral components, (kJ/mol/rad)^2."""
     err = np.asarray(pred, dtype=np.float64) - target
     if projection is not None:
         err = project_forces(err, projection)
@@ -134,40 +111,11 @@ class _Work:
     labels_h: object
 
 
-class _WorkCache:
-    """Named arrays stored one ``.npz`` per key under ``workdir`` (or in memory when workdir is None)."""
+class TwoLayerGDML(BaseEstimator):
+    """Two-layer GDML force matching, as an estimator: ``TwoLayerGDML(...).fit(dataset).model_`` is a CGModel.
 
-    def __init__(self, workdir, fingerprint):
-        self.dir = Path(workdir) if workdir else None
-        self.mem = {}
-        if self.dir:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            manifest = self.dir / "manifest.json"
-            if manifest.exists():
-                old = json.loads(manifest.read_text()).get("fingerprint")
-                if old != fingerprint:
-                    raise CgdmlError(f"{self.dir}: holds work from a different fit (other data or settings); "
-                                     "remove it or choose another output")
-            else:
-                save_json(manifest, {"fingerprint": fingerprint})
-
-    def get(self, key):
-        if key in self.mem:
-            return self.mem[key]
-        path = self.dir / f"{key}.npz" if self.dir else None
-        if path is not None and path.exists():
-            self.mem[key] = load_npz(path, "fit checkpoint")
-            return self.mem[key]
-        return None
-
-    def put(self, key, **arrays):
-        self.mem[key] = arrays
-        if self.dir:
-            save_npz(self.dir / f"{key}.npz", **arrays)
-
-
-class TwoLayerGDML:
-    """Two-layer GDML force matching, as an estimator: ``TwoLayerGDML(...).fit(dataset).model_``.
+    This is the force-matching stage; :func:`cgdml.pipeline.fit_cg_model` runs it and then basin balancing,
+    exactly as ``python -m cgdml.fit`` does.
 
     Parameters
     ----------
@@ -214,14 +162,6 @@ class TwoLayerGDML:
         self.progress = progress
         self.scheduler = scheduler
 
-    def get_params(self):
-        """Hyperparameters as a plain dict (scikit-learn style)."""
-        names = ("n_models", "batch_size", "mean_set_size", "sigma1", "lam1", "sigma2", "lam2", "n_folds",
-                 "cv_models", "cv_mean_set_size", "cv_holdout", "strata", "grid_bins", "n_strata", "cv_score",
-                 "chiral", "prior_repulsion", "seed")
-        return {n: (list(getattr(self, n)) if isinstance(getattr(self, n), (tuple, list, np.ndarray))
-                    else getattr(self, n)) for n in names}
-
     # ------------------------------------------------------------------ helpers
     def _rng(self, *stream):
         return np.random.default_rng([self.seed, *stream])
@@ -245,6 +185,8 @@ class TwoLayerGDML:
         if self.cv_score == "dihedral" and dataset.n_beads < 4:
             raise CgdmlError(f"cv_score 'dihedral' needs >= 4 beads (a chain dihedral), got {dataset.n_beads}")
         self.cv_score_ = ("dihedral" if dataset.n_beads >= 4 else "force") if self.cv_score == "auto" else self.cv_score
+        self.quads_ = chain_quads(dataset.n_beads) if self.chiral else np.zeros((0, 4), dtype=np.int64)
+        self.cv_quads_ = chain_quads(dataset.n_beads)
         for name in ("sigma1", "lam1", "sigma2", "lam2"):
             values = np.atleast_1d(getattr(self, name))
             if len(values) == 0 or not (values > 0).all():
@@ -264,7 +206,7 @@ class TwoLayerGDML:
                 pool = np.flatnonzero(folds != k)
                 batch = stratified_batch(strata, min(self.batch_size_, len(pool)), self._rng(2, k + 1, i), pool=pool)
                 tasks.append((_fit_and_predict, (work.coords_h, work.labels_h, batch, list(sets[k].values()), s1, l1,
-                                                 self.chiral)))
+                                                 self.quads_)))
                 keys.append((key, k))
         for j, preds in work.runner.run(tasks, desc):
             key, k = keys[j]
@@ -290,7 +232,7 @@ class TwoLayerGDML:
                            mean=np.sort(stratified_batch(strata, min(self.cv_mean_set_size, len(pool)), rng, pool=pool)),
                            final=self.mean_set_index_)
         dihedral_score = self.cv_score_ == "dihedral"
-        project = {k: chain_dihedral_projection(work.coords[sets[k]["held"]]) if dihedral_score else None
+        project = {k: dihedral_projection(work.coords[sets[k]["held"]], self.cv_quads_) if dihedral_score else None
                    for k in range(self.n_folds)}
         scores = []
         for s1, l1 in itertools.product(np.atleast_1d(self.sigma1), np.atleast_1d(self.lam1)):
@@ -318,7 +260,7 @@ class TwoLayerGDML:
                     mean_labels = np.mean([e["mean"] for e, sp in zip(final_entries, specs) if sp[2] == k],
                                           axis=0).astype(np.float64)
                     tasks.append((key, (_fit_and_predict, (work.coords_h, None, sets[k]["mean"], [sets[k]["held"]],
-                                                           s2, l2, self.chiral, mean_labels))))
+                                                           s2, l2, self.quads_, mean_labels))))
         for j, (p_held,) in work.runner.run([t for _, t in tasks], "CV layer 2"):
             cache.put(tasks[j][0], held=p_held.astype(np.float32))
         for s2, l2 in itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)):
@@ -335,12 +277,12 @@ class TwoLayerGDML:
         timings = {}
         coords = dataset.coords
         self.prior_ = HarmonicPrior(repulsion=self.prior_repulsion).fit(coords, dataset.temperature)
-        labels = dataset.forces - self.prior_.forces(coords)
+        labels = self.prior_.residual_forces(coords, dataset.forces)
         self.strata_, self.strata_method_ = make_strata(dataset, self.strata, self.grid_bins, self.n_strata, self.seed)
         folds = stratified_folds(self.strata_, self.n_folds, self._rng(0))
         self.mean_set_index_ = np.sort(stratified_batch(self.strata_, min(self.mean_set_size, dataset.n_frames),
                                                         self._rng(3)))
-        cache = _WorkCache(self.workdir, self._fingerprint(dataset))
+        cache = WorkCache(self.workdir, self._fingerprint(dataset))
         timings["prior_and_strata_s"] = time.perf_counter() - t0
 
         t = time.perf_counter()
@@ -370,42 +312,37 @@ class TwoLayerGDML:
         timings["cross_validation_and_layer1_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        gdml = GDML(sigma=s2, lam=l2, relative_lam=True, chiral=self.chiral)
+        gdml = GDML(sigma=s2, lam=l2, relative_lam=True, dihedrals=self.quads_)
         gdml.fit(coords[self.mean_set_index_], self.mean_set_labels_)
         timings["layer2_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         self.timings_ = timings
-        info = dict(method="two-layer GDML", params=self.get_params(),
-                    chosen=dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_),
-                                n_layer1_models=len(preds), batch_size=self.batch_size_),
-                    cv_score=self.cv_score_, cv_scores=self.cv_scores_, strata=dict(method=self.strata_method_,
-                                                           n_occupied=int(self.strata_.max() + 1)),
-                    timings=timings, execution=self.execution_,
-                    data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads, temperature=dataset.temperature,
-                              source=dataset.info))
-        self.model_ = model_from_fit(gdml, self.prior_, dataset, info, seed=self.seed)
+        info = fit_record("two-layer GDML", self._recorded_params(),
+                          dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_),
+                               n_layer1_models=len(preds), batch_size=self.batch_size_),
+                          dataset, timings, cv_score=self.cv_score_, cv_scores=self.cv_scores_,
+                          strata=dict(method=self.strata_method_, n_occupied=int(self.strata_.max() + 1)),
+                          execution=self.execution_)
+        self.model_ = CGModel.from_fit(gdml.model_, self.prior_, dataset, info, seed=self.seed)
         return self
 
+    _EXECUTION = ("n_jobs", "workdir", "progress", "scheduler")  # where and how it runs, not what it computes
+
+    def _recorded_params(self):
+        """The hyperparameters that shape the result, as plain JSON-ready values."""
+        return {k: (list(v) if isinstance(v, (tuple, list, np.ndarray)) else v)
+                for k, v in self.get_params().items() if k not in self._EXECUTION}
+
     def _fingerprint(self, dataset):
+        """Hash of the data and of the settings a checkpointed unit of work depends on (the grids and the
+        sub-model count are not among them: their work units are keyed by name)."""
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(dataset.coords, dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(dataset.forces, dtype=np.float32).tobytes())
-        h.update(json.dumps({k: v for k, v in self.get_params().items() if k not in
+        h.update(json.dumps({k: v for k, v in self._recorded_params().items() if k not in
                              ("sigma1", "lam1", "sigma2", "lam2", "n_models")},
                             sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
-
-
-def model_from_fit(gdml, prior, dataset, info, n_start=500, seed=0):
-    """Wrap a fitted GDML and prior into a :class:`CGModel` that carries the dataset's metadata.
-
-    The model keeps ``n_start`` frames drawn at random from the (Boltzmann-distributed) dataset, not
-    from the stratified training set, so that replicas started there begin near equilibrium.
-    """
-    rng = np.random.default_rng([seed, 6])
-    sample = np.sort(rng.choice(dataset.n_frames, size=min(n_start, dataset.n_frames), replace=False))
-    return CGModel(gdml, prior, dataset.temperature, dataset.bead_names, dataset.topology_pdb, dataset.masses,
-                   dataset.coords[sample], info)
 
 
 def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="auto", grid_bins=12,
@@ -420,9 +357,11 @@ def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="a
         idx = np.sort(stratified_batch(labels_strata, n_frames, rng))
     else:
         idx = np.sort(rng.choice(dataset.n_frames, size=n_frames, replace=False))
-    labels = dataset.forces[idx] - prior.forces(dataset.coords[idx])
+    labels = prior.residual_forces(dataset.coords[idx], dataset.forces[idx])
     gdml = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral).fit(dataset.coords[idx], labels)
-    info = dict(method="single GDML", stratified=stratified, n_frames=n_frames,
-                chosen=dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_)),
-                timings=dict(total_s=time.perf_counter() - t0))
-    return model_from_fit(gdml, prior, dataset, info, seed=seed)
+    info = fit_record("single GDML", dict(n_frames=n_frames, sigma=sigma, lam=lam, stratified=stratified,
+                                          strata=strata, grid_bins=grid_bins, chiral=chiral,
+                                          prior_repulsion=prior_repulsion, seed=seed),
+                      dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_)), dataset,
+                      dict(total_s=time.perf_counter() - t0))
+    return CGModel.from_fit(gdml.model_, prior, dataset, info, seed=seed)

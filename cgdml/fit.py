@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import time
-import tomllib
 from pathlib import Path
 
-from ._io import ArgumentParser, CgdmlError, check_output, run_cli, save_json
+from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, configure_logging,
+                   dataset_from_args, run_cli)
+from ._io import CgdmlError, check_output, save_json, tomllib
 
 # option name -> (TwoLayerGDML parameter, type, is a list)
 OPTIONS = {
@@ -76,9 +76,21 @@ def _check_options(options, config=None):
             raise CgdmlError(f"{flag} must be positive numbers, got {' '.join(f'{v:g}' for v in value)}{where}")
 
 
-def build_parser():
-    from .map import add_dataset_arguments
+def method_params(method, params, args):
+    """The :func:`cgdml.pipeline.fit_cg_model` keyword arguments of ``method`` from the command-line options
+    (``params``, TwoLayerGDML names): the Nyström and single fits take --sigma1/--lam1 as their grid."""
+    if method == "two-layer":
+        return params
+    if method == "nystrom":
+        keep = ("chiral", "prior_repulsion", "strata", "grid_bins", "n_strata")
+        return dict({k: v for k, v in params.items() if k in keep}, n_inducing=args.inducing,
+                    sigma=params.get("sigma1", (2.0, 4.0, 8.0)), lam=params.get("lam1", (0.3, 1.0, 3.0)))
+    keep = ("chiral", "prior_repulsion", "strata", "grid_bins")
+    return dict({k: v for k, v in params.items() if k in keep}, n_frames=args.n_frames,
+                sigma=params.get("sigma1", [4.0])[0], lam=params.get("lam1", [3.0])[0])
 
+
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
     add_dataset_arguments(p)
     p.add_argument("--config", help="TOML file with fit options (command-line options override it)")
@@ -99,15 +111,14 @@ def build_parser():
                    "the fitted model by umbrella sampling (default on; a no-op when no dihedral has such gaps)")
     p.add_argument("--scheduler", help="train the layer-1 sub-models on a Dask cluster: tcp://HOST:PORT or a "
                    "scheduler file (instead of --jobs local processes)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbosity_arguments(p)
     p.add_argument("-o", "--output", required=True, help="model file to write (.npz); a .json summary goes beside it")
     return p
 
 
 def main(argv=None):
-    from .map import dataset_from_args
-
     args = build_parser().parse_args(argv)
+    configure_logging(args)
     output = Path(args.output)
     if output.suffix != ".npz":
         raise CgdmlError(f"{output}: the model file must end in .npz")
@@ -121,54 +132,27 @@ def main(argv=None):
         from .distributed import check_scheduler
 
         check_scheduler(args.scheduler)
-    t0 = time.perf_counter()
     dataset = dataset_from_args(args)
     params = {PARAM_NAME.get(k, k): v for k, v in options.items()}
+    seed = params.pop("seed", 0)
     workdir = output.with_name(output.name + ".work")
-    from .ensemble import TwoLayerGDML, fit_single  # heavy (numba, scikit-learn): after the input checks
-
     cached = [f for f in workdir.glob("*.npz") if not f.name.startswith(".")] if workdir.is_dir() else []
     if cached:
         print(f"resuming from {len(cached)} checkpoint file(s) in {workdir}")
-    if args.method == "single":
-        single = {k: v for k, v in params.items() if k in ("chiral", "prior_repulsion", "seed", "strata", "grid_bins")}
-        model = fit_single(dataset, args.n_frames, sigma=params.get("sigma1", [4.0])[0],
-                           lam=params.get("lam1", [3.0])[0], **single)
-    elif args.method == "nystrom":
-        from .nystrom import fit_nystrom
+    from .pipeline import fit_cg_model  # heavy (numba, scikit-learn): after the input checks
 
-        keep = ("chiral", "prior_repulsion", "seed", "strata", "grid_bins", "n_strata")
-        model = fit_nystrom(dataset, n_inducing=args.inducing, sigma=params.get("sigma1", (2.0, 4.0, 8.0)),
-                            lam=params.get("lam1", (0.3, 1.0, 3.0)), workdir=workdir, progress=not args.quiet,
-                            **{k: v for k, v in params.items() if k in keep})
-        chosen = model.info["chosen"]
-        print(f"chosen sigma={chosen['sigma']:g} lam={chosen['lam']:g} ({chosen['cg_iterations']} CG iterations)")
-    else:
-        estimator = TwoLayerGDML(workdir=workdir, progress=not args.quiet, scheduler=args.scheduler,
-                                 **params).fit(dataset)
-        model = estimator.model_
-        print(f"chosen sigma1={estimator.sigma1_:g} lam1={estimator.lam1_:g} sigma2={estimator.sigma2_:g} "
-              f"lam2={estimator.lam2_:g}")
-    if args.balance_basins:
-        from .basins import balance_basins
-        from .distributed import limited_threads
-
-        # one thread, as the simulate CLI's default: batched replica force calls run 1.5-2x faster than with
-        # numba's threads on a shared 2-core machine (see NOTES)
-        try:
-            model.offsets, report = limited_threads(lambda: balance_basins(model, dataset, seed=params.get("seed", 0),
-                                                                           progress=not args.quiet))
-        except CgdmlError as exc:
-            raise CgdmlError(f"basin balancing failed ({exc}); rerun with --no-balance-basins to skip it "
-                             "(the GDML fit resumes from its checkpoints)") from None
-        model.info["basin_balance"] = report
-        for term in report:
-            print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "
-                  f"{' '.join(f'{p:.2%}' for p in term['model_population'])} -> "
-                  f"{' '.join(f'{p:.2%}' for p in term['balanced_population'])} (offsets "
-                  f"{' '.join(f'{d:+.1f}' for d in term['offset_kJ_per_mol'])} kJ/mol; "
-                  f"umbrella {term['umbrella']['wall_s']:.0f} s)")
-    model.info["wall_time_s"] = time.perf_counter() - t0
+    model = fit_cg_model(dataset, args.method, balance_basins=args.balance_basins, seed=seed,
+                         progress=not args.quiet, workdir=workdir, scheduler=args.scheduler,
+                         **method_params(args.method, params, args))
+    chosen = model.info["chosen"]
+    print("chosen " + " ".join(f"{k}={v:g}" for k, v in chosen.items() if k.startswith(("sigma", "lam")) and
+                               not k.endswith("absolute")))
+    for term in model.info.get("basin_balance", []):
+        print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "
+              f"{' '.join(f'{p:.2%}' for p in term['model_population'])} -> "
+              f"{' '.join(f'{p:.2%}' for p in term['balanced_population'])} (offsets "
+              f"{' '.join(f'{d:+.1f}' for d in term['offset_kJ_per_mol'])} kJ/mol; "
+              f"umbrella {term['umbrella']['wall_s']:.0f} s)")
     model.save(output)
     save_json(output.with_suffix(".json"), model.info)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -5,12 +5,15 @@ thin SVD J_j = U_j S_j V_j^T (rank r = 3N - 6, rigid motions removed), the syste
 (K~ + lambda I) a = V^T F with blocks K~_ij = S_i U_i^T Hc(d_ij) U_j S_j, and the model keeps only the
 descriptor-space vectors v_j = J_j alpha_j = U_j S_j a_j. The null-space part of alpha (F_null / lambda) is
 annihilated by J, so predictions are identical to the full solve while the Cholesky costs (r / 3N)^3 as much.
-Large sets use matrix-free conjugate gradients with a Nyström preconditioner (never storing K).
+Large sets use matrix-free conjugate gradients with a Nyström preconditioner (never storing K). The fitted
+result is a :class:`cgdml.model.GDMLModel`, which predicts, saves and loads; the estimator holds only the
+hyperparameters and the solvers.
 
 Units: coordinates nm, forces kJ/mol/nm, energies kJ/mol; sigma is in descriptor units (nm^-1).
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 
@@ -18,16 +21,17 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 from tqdm import tqdm
 
 from . import kernels
-from ._io import CgdmlError, load_npz, save_npz
-from .data import as_coordinates
-from .features import descriptor, descriptor_jacobian, descriptor_vjp, n_descriptors
+from ._io import CgdmlError
+from .data import check_coords_forces
+from .features import as_quads, chain_quads, descriptor_jacobian
+from .model import GDMLModel
 
-FORMAT = "cgdml.gdml"
-VERSION = 1
 _MAX_LAMBDA_RETRIES = 4
+log = logging.getLogger(__name__)
 
 
 def reduced_rank(n_beads: int, n_desc: int) -> int:
@@ -35,14 +39,42 @@ def reduced_rank(n_beads: int, n_desc: int) -> int:
     return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
 
 
-def reduce_frames(R, F, chiral=True, chiral_scale=1.0):
+def dihedral_quads(n_beads, chiral=True, dihedrals=None):
+    """The (n_quads, 4) bead quadruples whose sines join the descriptor: ``dihedrals`` when given (from the CG
+    topology), else consecutive beads when ``chiral``, else none."""
+    if dihedrals is not None:
+        return as_quads(dihedrals, n_beads) if chiral else np.zeros((0, 4), dtype=np.int64)
+    return chain_quads(n_beads) if chiral else np.zeros((0, 4), dtype=np.int64)
+
+
+def mean_kernel_diagonal(sigma, mean_sq_jacobian):
+    """mean(diag K) of the full-space force kernel, what a relative lambda scales: Hc(0) = 5 / (3 sigma^2) I, so
+    it is 5 / (3 sigma^2) times the mean squared Jacobian entry per force component."""
+    return 5.0 / (3.0 * sigma ** 2) * mean_sq_jacobian
+
+
+def cholesky_upper(A):
+    """Upper Cholesky factor of the symmetric matrix A (its upper triangle is read; A may be overwritten),
+    Fortran-ordered for LAPACK's potrs; use it as ``scipy.linalg.cho_solve((c, False), b)``.
+
+    Large matrices go through :func:`cholesky_upper_inplace`; a C-ordered factor would make every cho_solve
+    copy it (1 s instead of 0.09 s at size 6000). Raises numpy.linalg.LinAlgError if A is not positive definite.
+    """
+    A = np.asfortranarray(A)
+    if A.shape[0] > 8192:
+        return cholesky_upper_inplace(A)
+    return scipy.linalg.cho_factor(A, lower=False, overwrite_a=True, check_finite=False)[0]
+
+
+def reduce_frames(R, F, quads=(), chiral_scale=1.0):
     """Each frame in its reduced basis: descriptors D (M, nd), W = U S (M, nd, r), forces y = V^T F (M, r)
     from the thin SVD J = U S V^T of the descriptor Jacobian, and sum |J|^2 (for mean(diag K)).
 
-    R, F (M, n_beads, 3) in nm and kJ/mol/nm, already checked by :func:`_check_RF`.
+    R, F (M, n_beads, 3) in nm and kJ/mol/nm, already checked by :func:`cgdml.data.check_coords_forces`;
+    quads (n_quads, 4) the dihedral quadruples of the descriptor.
     """
     M, N = R.shape[:2]
-    D, J = descriptor_jacobian(R, chiral, chiral_scale)
+    D, J = descriptor_jacobian(R, quads, chiral_scale)
     if not np.all(np.isfinite(J)):
         raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
     r = reduced_rank(N, D.shape[1])
@@ -79,61 +111,37 @@ def cholesky_upper_inplace(A, block=2048):
     return A
 
 
-def _check_RF(R, F=None, E=None):
-    R = np.asarray(R, dtype=np.float64)
-    if R.ndim != 3 or R.shape[2] != 3 or R.shape[1] < 2 or R.shape[0] < 1:
-        raise CgdmlError(f"coordinates must be shaped (n_frames, n_beads>=2, 3), got {R.shape}")
-    if not np.all(np.isfinite(R)):
-        raise CgdmlError("coordinates contain NaN or infinite values")
-    if F is not None:
-        F = np.asarray(F, dtype=np.float64)
-        if F.shape != R.shape:
-            raise CgdmlError(f"forces shaped {F.shape} do not match coordinates shaped {R.shape}")
-        if not np.all(np.isfinite(F)):
-            raise CgdmlError("forces contain NaN or infinite values")
-    if E is not None:
-        E = np.asarray(E, dtype=np.float64).reshape(-1)
-        if E.shape[0] != R.shape[0]:
-            raise CgdmlError(f"{E.shape[0]} energies given for {R.shape[0]} frames")
-    return R, F, E
-
-
 class GDML(BaseEstimator):
-    """Gradient-domain machine learning of a conservative force field on bead coordinates.
+    """Gradient-domain machine learning of a conservative force field on bead coordinates (an estimator).
 
     Parameters: ``sigma`` kernel length scale (nm^-1, descriptor units); ``lam`` ridge regularisation, absolute
-    ((kJ/mol/nm)^2-free: it adds to K's diagonal) or, with ``relative_lam=True``, relative to mean(diag K);
-    ``chiral``/``chiral_scale`` add scaled dihedral sines to the descriptor; ``solver`` is "auto", "cholesky"
-    or "cg"; "auto" takes CG for large, well-conditioned systems (relative lam >= 1e-2) and otherwise
-    Cholesky when the reduced K fits ``memory_budget_gb``, which also bounds the CG
-    preconditioner; ``cg_tol``/``cg_maxiter`` control CG; ``n_inducing`` is the number of Nyström frames
-    (default: about 1200 / r frames, within the memory budget).
+    (it adds to K's diagonal) or, with ``relative_lam=True``, relative to mean(diag K); ``chiral`` adds the
+    sines of dihedral quadruples to the descriptor: ``dihedrals`` (n_quads, 4) from the CG topology, or
+    consecutive beads when None; ``chiral_scale`` scales them; ``solver`` is "auto", "cholesky" or "cg";
+    "auto" takes CG for large, well-conditioned systems (relative lam >= 1e-2) and otherwise Cholesky when the
+    reduced K fits ``memory_budget_gb``, which also bounds the CG preconditioner; ``cg_tol``/``cg_maxiter``
+    control CG; ``n_inducing`` is the number of Nyström frames of the CG preconditioner (default: about
+    1200 / r frames, within the memory budget).
 
-    Learned: ``D_train_`` (M, n_desc) training descriptors, ``V_`` (M, n_desc) descriptor-space coefficients,
-    ``lam_`` absolute lambda used, ``c_`` energy offset (kJ/mol), ``n_train_``, ``n_beads_``, ``solver_``,
-    ``cg_iterations_``, ``timings_`` (seconds per fit stage; not saved).
+    Learned: ``model_`` (a :class:`cgdml.model.GDMLModel`), ``lam_`` the absolute lambda used, ``n_train_``,
+    ``solver_``, ``cg_iterations_``, ``timings_`` (seconds per fit stage).
     """
 
-    def __init__(self, sigma=2.0, lam=1e-10, relative_lam=False, chiral=True, chiral_scale=1.0,
-                 solver="auto", memory_budget_gb=4.0, cg_tol=1e-6, cg_maxiter=2000, n_inducing=None,
-                 verbose=False):
+    def __init__(self, sigma=2.0, lam=1e-10, relative_lam=False, chiral=True, dihedrals=None, chiral_scale=1.0,
+                 solver="auto", memory_budget_gb=4.0, cg_tol=1e-6, cg_maxiter=2000, n_inducing=None):
         self.sigma = sigma
         self.lam = lam
         self.relative_lam = relative_lam
         self.chiral = chiral
+        self.dihedrals = dihedrals
         self.chiral_scale = chiral_scale
         self.solver = solver
         self.memory_budget_gb = memory_budget_gb
         self.cg_tol = cg_tol
         self.cg_maxiter = cg_maxiter
         self.n_inducing = n_inducing
-        self.verbose = verbose
 
     # ------------------------------------------------------------------------------------------------ fit
-    def _log(self, msg):
-        if self.verbose:
-            print(f"[GDML] {msg}", flush=True)
-
     def _check_params(self):
         if not (np.isfinite(self.sigma) and self.sigma > 0):
             raise CgdmlError(f"sigma must be positive, got {self.sigma!r}")
@@ -145,18 +153,19 @@ class GDML(BaseEstimator):
     def fit(self, R, F, E=None):
         """Fit forces F (n, n_beads, 3) kJ/mol/nm at coordinates R (n, n_beads, 3) nm; E (n,) fixes the offset."""
         self._check_params()
-        R, F, E = _check_RF(R, F, E)
+        R, F, E = check_coords_forces(R, F, E)
         M, N = R.shape[:2]
+        quads = dihedral_quads(N, self.chiral, self.dihedrals)
         t0 = time.perf_counter()
         self.timings_ = {}
-        D, W, y, sq_jacobian = reduce_frames(R, F, self.chiral, self.chiral_scale)
+        D, W, y, sq_jacobian = reduce_frames(R, F, quads, self.chiral_scale)
         r = W.shape[2]
         y = y.ravel()
-        mean_diag = 5.0 / (3.0 * self.sigma ** 2) * sq_jacobian / (M * 3 * N)
-        lam = float(self.lam) * (mean_diag if self.relative_lam else 1.0)
+        lam = float(self.lam) * (mean_kernel_diagonal(self.sigma, sq_jacobian / (M * 3 * N))
+                                 if self.relative_lam else 1.0)
         self.timings_["descriptors"] = time.perf_counter() - t0
-        self._log(f"{M} frames, {N} beads, reduced size {M * r}, lambda {lam:.3g}, "
-                  f"descriptors {time.perf_counter() - t0:.2f} s")
+        log.debug("%d frames, %d beads, reduced size %d, lambda %.3g, descriptors %.2f s", M, N, M * r, lam,
+                  time.perf_counter() - t0)
 
         size_gb = (M * r) ** 2 * 8 / 1e9
         solver = self.solver
@@ -171,16 +180,13 @@ class GDML(BaseEstimator):
             a, lam = self._solve_cg(D, W, y, lam)
         self.solver_ = solver
         self.lam_ = lam
-        self.D_train_ = D
-        self.V_ = np.einsum("mdr,mr->md", W, a.reshape(M, r))
         self.n_train_ = M
-        self.n_beads_ = N
-        self._prepare()
-        self.c_ = 0.0
+        self.model_ = GDMLModel(D, np.einsum("mdr,mr->md", W, a.reshape(M, r)), self.sigma, quads,
+                                self.chiral_scale, 0.0, N)
         if E is not None:
-            self.c_ = float(np.mean(E - self.predict(R)[0]))
+            self.model_.offset = float(np.mean(E - self.model_.predict(R)[0]))
         self.timings_["total"] = time.perf_counter() - t0
-        self._log(f"fit done in {time.perf_counter() - t0:.2f} s ({solver})")
+        log.debug("fit done in %.2f s (%s)", time.perf_counter() - t0, solver)
         return self
 
     def _solve_cholesky(self, D, W, y, lam):
@@ -193,10 +199,7 @@ class GDML(BaseEstimator):
             t1 = time.perf_counter()
             try:
                 # K.T is Fortran-ordered and its upper triangle is K's lower one: LAPACK works in place.
-                if n > 8192:
-                    c = (cholesky_upper_inplace(K.T), False)
-                else:
-                    c = scipy.linalg.cho_factor(K.T, lower=False, overwrite_a=True, check_finite=False)
+                c = (cholesky_upper(K.T), False)
             except np.linalg.LinAlgError:
                 if attempt == _MAX_LAMBDA_RETRIES:
                     break
@@ -207,7 +210,7 @@ class GDML(BaseEstimator):
             t2 = time.perf_counter()
             a = scipy.linalg.cho_solve(c, y, check_finite=False)
             self.timings_.update(assembly=t1 - t0, factorization=t2 - t1, solve=time.perf_counter() - t2)
-            self._log(f"assembly {t1 - t0:.2f} s, Cholesky {t2 - t1:.2f} s")
+            log.debug("assembly %.2f s, Cholesky %.2f s", t1 - t0, t2 - t1)
             return a, lam
         raise CgdmlError(f"GDML kernel matrix is not positive definite even with lambda={lam:.3g}; "
                          "use a larger lam (or relative_lam=True) or check for duplicate frames")
@@ -263,7 +266,7 @@ class GDML(BaseEstimator):
         precond = self._nystrom(D, W, lam, m)
         t1 = time.perf_counter()
         count = [0]
-        bar = tqdm(total=int(self.cg_maxiter), desc="GDML CG", leave=False, disable=not self.verbose)
+        bar = tqdm(total=int(self.cg_maxiter), desc="GDML CG", leave=False, disable=not log.isEnabledFor(logging.DEBUG))
 
         def callback(_):
             count[0] += 1
@@ -278,115 +281,17 @@ class GDML(BaseEstimator):
             res = np.linalg.norm(A.matvec(a) - y) / np.linalg.norm(y)
             warnings.warn(f"GDML conjugate gradients stopped after {count[0]} iterations at relative residual "
                           f"{res:.2g} > {self.cg_tol:g}; consider a larger lam", RuntimeWarning, stacklevel=3)
-        self._log(f"CG setup {t1 - t0:.2f} s ({m} inducing frames), {count[0]} iterations "
-                  f"{time.perf_counter() - t1:.2f} s")
+        log.debug("CG setup %.2f s (%d inducing frames), %d iterations %.2f s", t1 - t0, m, count[0],
+                  time.perf_counter() - t1)
         return a, lam
 
     # -------------------------------------------------------------------------------------------- predict
-    def _prepare(self):
-        self._tables = kernels.TrainTables(self.D_train_, self.V_, self.sigma)
-        self._sqt = np.einsum("md,md->m", self.D_train_, self.D_train_)
-
-    def _check_fitted(self, R):
-        if not hasattr(self, "V_"):
-            raise CgdmlError("GDML model is not fitted yet: call fit() first")
-        return as_coordinates(R, self.n_beads_, "GDML model")
-
-    def _g(self, R, energy):
-        D = descriptor(R, self.chiral, self.chiral_scale)
-        return kernels.hessian_apply(D, self._tables, energy=energy)
-
     def predict(self, R):
-        """Energies (n,) kJ/mol (up to a constant unless fitted with E) and forces (n, n_beads, 3) kJ/mol/nm."""
-        R = self._check_fitted(R)
-        g, E = self._g(R, True)
-        return E + self.c_, descriptor_vjp(R, g, self.chiral, self.chiral_scale)
+        """Energies (n,) kJ/mol and forces (n, n_beads, 3) kJ/mol/nm of the fitted model (see ``model_``)."""
+        check_is_fitted(self, "model_")
+        return self.model_.predict(R)
 
     def predict_forces(self, R):
-        """Forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm, without energies (simulation path)."""
-        R = self._check_fitted(R)
-        g, _ = self._g(R, False)
-        return descriptor_vjp(R, g, self.chiral, self.chiral_scale)
-
-    def nearest_train_distance(self, R, chunk=1024):
-        """Descriptor-space distance (n,) from each configuration to its nearest training configuration."""
-        R = self._check_fitted(R)
-        D = descriptor(R, self.chiral, self.chiral_scale)
-        out = np.empty(D.shape[0])
-        for b0 in range(0, D.shape[0], chunk):
-            x = D[b0:b0 + chunk]
-            r2 = np.einsum("bd,bd->b", x, x)[:, None] + self._sqt[None, :] - 2.0 * (x @ self.D_train_.T)
-            out[b0:b0 + chunk] = np.sqrt(np.maximum(r2.min(axis=1), 0.0))
-        return out
-
-    # ---------------------------------------------------------------------------------------- persistence
-    _HYPER = ("sigma", "lam", "relative_lam", "chiral", "chiral_scale", "solver", "memory_budget_gb",
-              "cg_tol", "cg_maxiter", "n_inducing", "verbose")
-
-    def to_arrays(self):
-        """All parameters and learned state as a dict of numpy arrays (no pickles), for embedding in an npz."""
-        if not hasattr(self, "V_"):
-            raise CgdmlError("GDML model is not fitted yet: nothing to save")
-        out = {"format": np.array(FORMAT), "version": np.array(VERSION)}
-        for name in self._HYPER:
-            value = getattr(self, name)
-            out[name] = np.array(-1 if value is None else value)
-        out.update(lam_=np.array(self.lam_), c_=np.array(self.c_), D_train_=self.D_train_, V_=self.V_,
-                   n_beads_=np.array(self.n_beads_), solver_=np.array(self.solver_),
-                   cg_iterations_=np.array(self.cg_iterations_))
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays):
-        """Rebuild a fitted model from :meth:`to_arrays` output; raises CgdmlError on foreign or newer data."""
-        try:
-            fmt = str(arrays["format"])
-            version = int(arrays["version"])
-        except (KeyError, TypeError, ValueError):
-            raise CgdmlError("not a cgdml GDML model (format tag missing)") from None
-        if fmt != FORMAT:
-            raise CgdmlError(f"not a cgdml GDML model (format {fmt!r})")
-        if version > VERSION:
-            raise CgdmlError(f"GDML model format version {version} is newer than this cgdml "
-                             f"(reads up to {VERSION}); upgrade cgdml")
-        try:
-            kw = {}
-            for name in cls._HYPER:
-                v = arrays[name].item()
-                kw[name] = None if name == "n_inducing" and v == -1 else v
-            types = dict(sigma=float, lam=float, relative_lam=bool, chiral=bool, chiral_scale=float, solver=str,
-                         memory_budget_gb=float, cg_tol=float, cg_maxiter=int, verbose=bool)
-            kw = {k: (types[k](v) if k in types else None if v is None else int(v)) for k, v in kw.items()}
-            model = cls(**kw)
-            model._check_params()
-            if not np.isfinite(model.chiral_scale):
-                raise ValueError(f"chiral_scale {model.chiral_scale}")
-            model.lam_ = float(arrays["lam_"])
-            model.c_ = float(arrays["c_"])
-            model.D_train_ = np.ascontiguousarray(arrays["D_train_"], dtype=np.float64)
-            model.V_ = np.ascontiguousarray(arrays["V_"], dtype=np.float64)
-            model.n_beads_ = int(arrays["n_beads_"])
-            model.solver_ = str(arrays["solver_"])
-            model.cg_iterations_ = int(arrays["cg_iterations_"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CgdmlError(f"incomplete or damaged GDML model ({type(exc).__name__}: {exc})") from None
-        nd = n_descriptors(model.n_beads_, model.chiral)
-        if model.D_train_.ndim != 2 or model.D_train_.shape[1] != nd or model.V_.shape != model.D_train_.shape:
-            raise CgdmlError(f"damaged GDML model: training arrays shaped {model.D_train_.shape} and "
-                             f"{model.V_.shape}, expected (M, {nd})")
-        model.n_train_ = model.D_train_.shape[0]
-        model._prepare()
-        return model
-
-    def save(self, path):
-        """Write the model to a versioned ``.npz`` (atomically)."""
-        save_npz(path, **self.to_arrays())
-
-    @classmethod
-    def load(cls, path):
-        """Read a model written by :meth:`save`; a bad, damaged or newer file raises CgdmlError naming it."""
-        arrays = load_npz(path, what="GDML model")
-        try:
-            return cls.from_arrays(arrays)
-        except CgdmlError as exc:
-            raise CgdmlError(f"{path}: {exc}") from None
+        """Forces (n, n_beads, 3) kJ/mol/nm of the fitted model."""
+        check_is_fitted(self, "model_")
+        return self.model_.predict_forces(R)

@@ -1,4 +1,4 @@
-"""Matérn 5/2 kernel on descriptors, used through its Hessian (DESIGN §2.3).
+"""Matérn 5/2 kernel on descriptors, used through its Hessian (docs/method.md §2.3).
 
 With d = D(x) - D(x'), r = |d|, s = sigma and e = exp(-sqrt5 r / s), the scalar kernel is
 phi(r) = (1 + sqrt5 r/s + 5 r^2/(3 s^2)) e, and the covariance of descriptor-space gradients is

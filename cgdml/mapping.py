@@ -12,11 +12,10 @@ The configurational map ``config_matrix_`` (n_beads, n_atoms) places each bead a
 centre of mass / geometry of its atoms. A force map ``force_matrix_`` (n_beads, n_atoms) turns atom forces
 into bead forces. All maps obey the consistency condition ``force_matrix_ @ config_matrix_.T = I``; the
 aggregate and optimal maps also give equal weight to all atoms of a constraint group, so that the
-constraint forces (absent from OpenMM's ``getState(getForces=True)``) cancel (DESIGN 2.1).
+constraint forces (absent from OpenMM's ``getState(getForces=True)``) cancel (docs/method.md §2.1).
 """
 from __future__ import annotations
 
-import tomllib
 import warnings
 from pathlib import Path
 
@@ -25,8 +24,9 @@ import scipy.linalg
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._io import CgdmlError
-from .data import CGDataset, load_allatom, load_topology, topology_to_pdb
+from ._io import tomllib, CgdmlError
+from .data import (CGDataset, default_dataset_paths, load_allatom, load_topology, shipped_temperature,
+                   topology_to_pdb)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 FORCE_MAPS = ("slice", "aggregate", "optimal")
@@ -332,10 +332,10 @@ def ala2_topology():
     """The all-atom mdtraj Topology of capped alanine dipeptide (ACE-ALA-NME, 22 atoms) used by the presets."""
     import mdtraj as md
 
-    from .data import _TempFile
+    from .data import TempFile
     from .reference import ALA2_PDB
 
-    with _TempFile(".pdb") as tmp:
+    with TempFile(".pdb") as tmp:
         Path(tmp).write_text(ALA2_PDB)
         return md.load_topology(tmp)
 
@@ -390,3 +390,10 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
             "constraints": int(len(cgmap.constraints_)), "consistency_error": cgmap.consistency_error()}
     return CGDataset(np.concatenate(coords), np.concatenate(cg_forces), cgmap.bead_names_, temperature,
                      topology_to_pdb(cgmap.cg_topology_), info, cgmap.masses_)
+
+
+def load_default_cg_dataset(map="ala2-5", force_map="aggregate", stride=1):
+    """The shipped alanine-dipeptide reference mapped to CG beads with ``map`` and ``force_map``."""
+    paths = default_dataset_paths()
+    return map_allatom(paths.topology, paths.trajectory, paths.forces, map, force_map=force_map,
+                       temperature=shipped_temperature(paths.trajectory), stride=stride)

@@ -1,9 +1,13 @@
-"""The fitted CG force field: prior plus learned GDML correction (plus any basin-balancing dihedral offsets,
-:mod:`cgdml.basins`), with what simulation needs to know.
+"""Fitted models: :class:`GDMLModel` (a learned force field on descriptors) and :class:`CGModel` (prior plus GDML
+plus any basin-balancing dihedral offsets, :mod:`cgdml.basins`, with what simulation needs to know).
 
-A :class:`CGModel` is what ``python -m cgdml.fit`` writes and ``python -m cgdml.simulate`` loads: one
-versioned ``.npz`` file with the prior, the GDML model, the temperature, the CG topology, bead masses,
-a sample of training configurations to start replicas from, and the fit metadata (JSON).
+Models hold fitted arrays, predict, and save/load; the estimators that produce them (:class:`cgdml.gdml.GDML`,
+:class:`cgdml.nystrom.NystromGDML`, :class:`cgdml.ensemble.TwoLayerGDML`) hold hyperparameters and solvers.
+A :class:`CGModel` is what ``python -m cgdml.fit`` writes and ``python -m cgdml.simulate`` loads: one versioned
+``.npz`` file with the prior, the GDML model, the temperature, the CG topology, bead masses, a sample of
+training configurations to start replicas from, and the fit metadata (JSON).
+
+Units: coordinates nm, energies kJ/mol, forces kJ/mol/nm; sigma in descriptor units (nm^-1).
 """
 from __future__ import annotations
 
@@ -12,9 +16,138 @@ import warnings
 
 import numpy as np
 
+from . import kernels
 from ._io import CgdmlError, json_default, load_npz, save_npz
+from .data import as_coordinates
+from .features import as_quads, chain_quads, descriptor, descriptor_vjp, n_descriptors
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
+GDML_FORMAT = "cgdml.GDMLModel"
+GDML_VERSION = 2
+_OLD_GDML_FORMAT = "cgdml.gdml"  # version 1: the estimator's own arrays (read, never written)
+
+
+def fit_record(method, params, chosen, dataset, timings, **extra):
+    """The provenance of a fit, the same shape for every method: ``method`` (its name), ``params`` (the
+    estimator's hyperparameters), ``chosen`` (what selection picked), ``data`` (frames, beads, temperature,
+    source), ``timings`` (s) and any ``extra`` entries (cross-validation scores, strata, execution)."""
+    return dict(method=method, params=params, chosen=chosen, **extra, timings=timings,
+                data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads, temperature=dataset.temperature,
+                          source=dataset.info))
+
+
+class GDMLModel:
+    """A GDML force field: F(x) = J(x)^T sum_j Hc(D(x) - D_j) v_j and its energy (see :mod:`cgdml.kernels`).
+
+    train_descriptors (M, n_desc) nm^-1: the descriptors D_j of the training (or inducing) configurations;
+    coefficients (M, n_desc): their descriptor-space coefficients v_j; sigma (nm^-1) the Matérn length scale;
+    quads (n_quads, 4): the bead quadruples whose dihedral sines end the descriptor, scaled by chiral_scale;
+    offset (kJ/mol) is added to energies; n_beads the bead count.
+    """
+
+    def __init__(self, train_descriptors, coefficients, sigma, quads, chiral_scale=1.0, offset=0.0, n_beads=None):
+        self.train_descriptors = np.ascontiguousarray(train_descriptors, dtype=np.float64)
+        self.coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
+        self.sigma = float(sigma)
+        self.chiral_scale = float(chiral_scale)
+        self.offset = float(offset)
+        self.n_beads = int(n_beads)
+        self.quads = as_quads(quads, self.n_beads)
+        self._check()
+        self._tables = kernels.TrainTables(self.train_descriptors, self.coefficients, self.sigma)
+        self._sq_train = np.einsum("md,md->m", self.train_descriptors, self.train_descriptors)
+
+    def _check(self):
+        if not (np.isfinite(self.sigma) and self.sigma > 0):
+            raise CgdmlError(f"GDML sigma must be a positive number, got {self.sigma!r}")
+        if not (np.isfinite(self.chiral_scale) and np.isfinite(self.offset)):
+            raise CgdmlError(f"GDML chiral_scale {self.chiral_scale!r} and offset {self.offset!r} must be finite")
+        nd = n_descriptors(self.n_beads, len(self.quads))
+        D, V = self.train_descriptors, self.coefficients
+        if D.ndim != 2 or D.shape[1] != nd or V.shape != D.shape or len(D) < 1:
+            raise CgdmlError(f"GDML training arrays shaped {D.shape} and {V.shape}, expected (M >= 1, {nd})")
+        if not (np.isfinite(D).all() and np.isfinite(V).all()):
+            raise CgdmlError("GDML descriptors or coefficients hold NaN or inf")
+
+    @property
+    def n_train(self):
+        return len(self.train_descriptors)
+
+    def _g(self, R, energy):
+        return kernels.hessian_apply(descriptor(R, self.quads, self.chiral_scale), self._tables, energy=energy)
+
+    def predict(self, R):
+        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm."""
+        R = as_coordinates(R, self.n_beads, "GDML model")
+        g, E = self._g(R, True)
+        return E + self.offset, descriptor_vjp(R, g, self.quads, self.chiral_scale)
+
+    def predict_forces(self, R):
+        """Forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm, without energies (the simulation path)."""
+        R = as_coordinates(R, self.n_beads, "GDML model")
+        g, _ = self._g(R, False)
+        return descriptor_vjp(R, g, self.quads, self.chiral_scale)
+
+    def nearest_train_distance(self, R, chunk=1024):
+        """Descriptor-space distance (n,) from each configuration to its nearest training configuration."""
+        R = as_coordinates(R, self.n_beads, "GDML model")
+        D = descriptor(R, self.quads, self.chiral_scale)
+        out = np.empty(D.shape[0])
+        for b0 in range(0, D.shape[0], chunk):
+            x = D[b0:b0 + chunk]
+            r2 = np.einsum("bd,bd->b", x, x)[:, None] + self._sq_train[None, :] - 2.0 * (x @ self.train_descriptors.T)
+            out[b0:b0 + chunk] = np.sqrt(np.maximum(r2.min(axis=1), 0.0))
+        return out
+
+    # ---------------------------------------------------------------------------------------- persistence
+    def to_arrays(self):
+        """The fitted arrays as a dict of numpy arrays (no pickles), for embedding in an ``.npz``."""
+        return {"format": np.array(GDML_FORMAT), "version": np.int64(GDML_VERSION),
+                "train_descriptors": self.train_descriptors, "coefficients": self.coefficients,
+                "sigma": np.float64(self.sigma), "quads": self.quads, "chiral_scale": np.float64(self.chiral_scale),
+                "offset": np.float64(self.offset), "n_beads": np.int64(self.n_beads)}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Rebuild a model from :meth:`to_arrays` output (or a version-1 cgdml GDML record); one-line errors."""
+        try:
+            fmt, version = str(arrays["format"]), int(arrays["version"])
+        except (KeyError, TypeError, ValueError):
+            raise CgdmlError("not a cgdml GDML model (format tag missing)") from None
+        try:
+            if fmt == _OLD_GDML_FORMAT and version == 1:
+                # cgdml 0.1 stored the estimator; its fitted arrays are all a model needs (chain-order sines)
+                n_beads = int(arrays["n_beads_"])
+                quads = chain_quads(n_beads) if bool(arrays["chiral"]) else np.zeros((0, 4), dtype=np.int64)
+                return cls(arrays["D_train_"], arrays["V_"], float(arrays["sigma"]), quads,
+                           float(arrays["chiral_scale"]), float(arrays["c_"]), n_beads)
+            if fmt != GDML_FORMAT:
+                raise CgdmlError(f"not a cgdml GDML model (format {fmt!r})")
+            if version > GDML_VERSION:
+                raise CgdmlError(f"GDML model format version {version} is newer than this cgdml "
+                                 f"(reads up to {GDML_VERSION}); upgrade cgdml")
+            quads = np.asarray(arrays["quads"])
+            if quads.size and quads.dtype.kind not in "iu":
+                raise ValueError(f"quads hold {quads.dtype} values, not bead indices")
+            return cls(arrays["train_descriptors"], arrays["coefficients"], float(arrays["sigma"]), quads,
+                       float(arrays["chiral_scale"]), float(arrays["offset"]), int(arrays["n_beads"]))
+        except CgdmlError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CgdmlError(f"incomplete or damaged GDML model ({type(exc).__name__}: {exc})") from None
+
+    def save(self, path):
+        """Write the model to a versioned ``.npz`` (atomically)."""
+        save_npz(path, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; a bad, damaged or newer file raises CgdmlError naming it."""
+        arrays = load_npz(path, what="GDML model")
+        try:
+            return cls.from_arrays(arrays)
+        except CgdmlError as exc:
+            raise CgdmlError(f"{path}: {exc}") from None
 
 
 class CGModel:
@@ -32,6 +165,18 @@ class CGModel:
         self.train_coords_sample = np.asarray(train_coords_sample, dtype=np.float64)
         self.info = dict(info or {})
 
+    @classmethod
+    def from_fit(cls, gdml, prior, dataset, info, n_start=500, seed=0):
+        """A model of a fitted :class:`GDMLModel` and prior that carries the dataset's metadata.
+
+        It keeps ``n_start`` frames drawn at random from the (Boltzmann-distributed) dataset, not from the
+        stratified training set, so that replicas started there begin near equilibrium.
+        """
+        rng = np.random.default_rng([seed, 6])
+        sample = np.sort(rng.choice(dataset.n_frames, size=min(n_start, dataset.n_frames), replace=False))
+        return cls(gdml, prior, dataset.temperature, dataset.bead_names, dataset.topology_pdb, dataset.masses,
+                   dataset.coords[sample], info)
+
     @property
     def n_beads(self):
         return len(self.bead_names)
@@ -47,8 +192,6 @@ class CGModel:
         return self.prior.max_bond_length_
 
     def _check(self, R):
-        from .data import as_coordinates
-
         return as_coordinates(R, self.n_beads, "model")
 
     def forces(self, R):
@@ -101,15 +244,14 @@ class CGModel:
             version = int(z["format_version"])
         except (KeyError, TypeError, ValueError):
             raise CgdmlError(f"{path}: damaged cgdml model file (no readable format_version)") from None
-        if version > MODEL_FORMAT_VERSION:
+        if version < 1 or version > MODEL_FORMAT_VERSION:
             raise CgdmlError(f"{path}: model format version {version} is newer than this cgdml supports "
                              f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
         from .basins import DihedralOffsets
-        from .gdml import GDML  # heavy imports (numba, scikit-learn) only for a file that looks right
         from .prior import HarmonicPrior
 
         try:
-            gdml = GDML.from_arrays({k[5:]: v for k, v in z.items() if k.startswith("gdml/")})
+            gdml = GDMLModel.from_arrays({k[5:]: v for k, v in z.items() if k.startswith("gdml/")})
             prior = HarmonicPrior.from_arrays({k[6:]: v for k, v in z.items() if k.startswith("prior/")})
             offsets = {k[8:]: v for k, v in z.items() if k.startswith("offsets/")}
             model = cls(gdml, prior, float(z["temperature"]), [str(b) for b in z["bead_names"]],
@@ -128,14 +270,8 @@ class CGModel:
         n = self.n_beads
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise CgdmlError(f"damaged cgdml model file: temperature {self.temperature}")
-        try:
-            sigma_ok = bool(np.isfinite(self.gdml.sigma) and self.gdml.sigma > 0)
-        except TypeError:
-            sigma_ok = False
-        if not sigma_ok:
-            raise CgdmlError(f"damaged cgdml model file: GDML sigma {self.gdml.sigma!r}")
-        if self.gdml.n_beads_ != n:
-            raise CgdmlError(f"damaged cgdml model file: GDML model for {self.gdml.n_beads_} beads, {n} bead names")
+        if self.gdml.n_beads != n:
+            raise CgdmlError(f"damaged cgdml model file: GDML model for {self.gdml.n_beads} beads, {n} bead names")
         if self.masses.shape != (n,) or not (self.masses > 0).all():
             raise CgdmlError(f"damaged cgdml model file: masses shaped {self.masses.shape}, expected ({n},) > 0")
         if self.train_coords_sample.ndim != 3 or self.train_coords_sample.shape[1:] != (n, 3):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -34,32 +35,36 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 from tqdm import tqdm
 
 from . import kernels
-from ._io import CgdmlError, load_npz, save_npz
-from .gdml import GDML, _check_RF, cholesky_upper_inplace, reduce_frames
-from .sampling import stratified_batch
+from ._io import CgdmlError, WorkCache, load_npz, save_npz
+from .data import check_coords_forces
+from .gdml import cholesky_upper, dihedral_quads, mean_kernel_diagonal, reduce_frames
+from .model import CGModel, GDMLModel, fit_record
+from .sampling import make_strata, stratified_batch
 
 INDUCING = ("stratified", "random")
+log = logging.getLogger(__name__)
 
 
 class ReducedFrames:
     """Per-frame descriptors D (N, nd), reduced Jacobians W (N, nd, r) and reduced labels y (N, r).
 
     Built chunk by chunk from coordinates R (N, n_beads, 3) nm and forces F (same shape) kJ/mol/nm, so the
-    (N, nd, 3 n_beads) Jacobian never exists at once. ``mean_diag`` is mean(diag K) per force component / sigma
-    factor (multiply by 5 / (3 sigma^2)), for relative lambdas.
+    (N, nd, 3 n_beads) Jacobian never exists at once; ``quads`` (n_quads, 4) are the descriptor's dihedrals.
     """
 
-    def __init__(self, R, F, chiral=True, chiral_scale=1.0, chunk=8192):
+    def __init__(self, R, F, quads=(), chiral_scale=1.0, chunk=8192):
         n_frames, n_beads = R.shape[:2]
         self.n_frames, self.n_beads = n_frames, n_beads
+        self.quads, self.chiral_scale = np.asarray(quads, dtype=np.int64).reshape(-1, 4), float(chiral_scale)
         self.D = self.W = self.y = None
         sq_jac = 0.0
         for c0 in range(0, n_frames, chunk):
-            Rc, Fc, _ = _check_RF(R[c0:c0 + chunk], F[c0:c0 + chunk])
-            D, W, y, sq = reduce_frames(Rc, Fc, chiral, chiral_scale)
+            Rc, Fc, _ = check_coords_forces(R[c0:c0 + chunk], F[c0:c0 + chunk])
+            D, W, y, sq = reduce_frames(Rc, Fc, quads, chiral_scale)
             if self.D is None:
                 self.D = np.empty((n_frames, D.shape[1]))
                 self.W = np.empty((n_frames, *W.shape[1:]))
@@ -74,7 +79,7 @@ class ReducedFrames:
 
     def mean_diag(self, sigma):
         """mean(diag K) of the full-space kernel for length scale ``sigma`` (what a relative lambda scales)."""
-        return 5.0 / (3.0 * sigma ** 2) * self.mean_sq_jacobian
+        return mean_kernel_diagonal(sigma, self.mean_sq_jacobian)
 
 
 def choose_inducing(n_frames, m, strata=None, method="stratified", seed=0):
@@ -150,17 +155,6 @@ class NormalEquations:
         return K
 
 
-def _cholesky_upper(A):
-    """Upper Cholesky factor of the symmetric matrix A (overwritten), Fortran-ordered for LAPACK's potrs.
-
-    Only the upper triangle is meaningful (large matrices keep A's lower triangle); use it through cho_solve.
-    A C-ordered factor would make every cho_solve copy it: 1 s instead of 0.09 s at size 6000.
-    """
-    if A.shape[0] > 8192:  # see gdml.cholesky_upper_inplace: large multi-threaded potrf is unsafe here
-        return cholesky_upper_inplace(np.asfortranarray(A))
-    return scipy.linalg.cholesky(A, lower=False, overwrite_a=True, check_finite=False)
-
-
 class SampledPreconditioner:
     """P^-1 for P = (N / s) K_mS K_Sm + lam K_mm, with S a uniform random sample of s frames.
 
@@ -177,7 +171,7 @@ class SampledPreconditioner:
             A = G + lam * Kmm
             A.flat[:: n + 1] += jitter * lam * scale
             try:
-                self.c = (_cholesky_upper(A), False)
+                self.c = (cholesky_upper(A), False)
                 return
             except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
                 continue
@@ -243,22 +237,24 @@ class NystromGDML(BaseEstimator):
     """Inducing-point GDML fitted by least squares on every frame (see the module docstring).
 
     Parameters: ``n_inducing`` m; ``sigma`` (nm^-1); ``lam`` relative to mean(diag K); ``chiral``,
-    ``chiral_scale`` as in :class:`cgdml.gdml.GDML`; ``inducing`` "stratified" (needs ``strata`` in fit) or
-    "random"; ``tol``/``maxiter`` for CG; ``chunk`` frames per streamed block; ``precond_frames`` the sampled
-    frames s of the preconditioner (default 2 m); ``workdir`` keeps the CG iterate
-    (every ``checkpoint_s`` seconds) so that an interrupted fit resumes; ``seed`` picks the inducing frames.
+    ``dihedrals``, ``chiral_scale`` as in :class:`cgdml.gdml.GDML`; ``inducing`` "stratified" (needs ``strata``
+    in fit) or "random"; ``tol``/``maxiter`` for CG; ``chunk`` frames per streamed block; ``precond_frames`` the
+    sampled frames s of the preconditioner (default 2 m); ``workdir`` keeps the CG iterate (every
+    ``checkpoint_s`` seconds) so that an interrupted fit resumes; ``seed`` picks the inducing frames;
+    ``progress`` shows a CG progress bar.
 
-    Learned: ``model_`` (a fitted :class:`cgdml.gdml.GDML` on the inducing frames, used for prediction and
-    saving), ``inducing_index_`` (m,), ``lam_`` (absolute), ``cg_iterations_``, ``residual_``, ``timings_``.
+    Learned: ``model_`` (a :class:`cgdml.model.GDMLModel` on the inducing frames, which predicts and saves),
+    ``inducing_index_`` (m,), ``lam_`` (absolute), ``cg_iterations_``, ``residual_``, ``timings_``.
     """
 
-    def __init__(self, n_inducing=1000, sigma=4.0, lam=1.0, chiral=True, chiral_scale=1.0, inducing="stratified",
-                 tol=1e-4, maxiter=500, chunk=8192, precond_frames=None, seed=0, workdir=None, checkpoint_s=30.0,
-                 verbose=False):
+    def __init__(self, n_inducing=1000, sigma=4.0, lam=1.0, chiral=True, dihedrals=None, chiral_scale=1.0,
+                 inducing="stratified", tol=1e-4, maxiter=500, chunk=8192, precond_frames=None, seed=0, workdir=None,
+                 checkpoint_s=30.0, progress=False):
         self.n_inducing = n_inducing
         self.sigma = sigma
         self.lam = lam
         self.chiral = chiral
+        self.dihedrals = dihedrals
         self.chiral_scale = chiral_scale
         self.inducing = inducing
         self.tol = tol
@@ -268,7 +264,7 @@ class NystromGDML(BaseEstimator):
         self.seed = seed
         self.workdir = workdir
         self.checkpoint_s = checkpoint_s
-        self.verbose = verbose
+        self.progress = progress
 
     def _check_params(self):
         for name in ("sigma", "lam", "tol"):
@@ -284,7 +280,8 @@ class NystromGDML(BaseEstimator):
     def fit(self, R, F, strata=None, frames=None, x0=None, cache=None):
         """Fit forces F (N, n_beads, 3) kJ/mol/nm at R (N, n_beads, 3) nm; ``strata`` (N,) for stratified picks.
 
-        For grid searches: ``frames`` passes a :class:`ReducedFrames` of (R, F) built before, ``x0`` warm-starts
+        For grid searches: ``frames`` passes a :class:`ReducedFrames` of (R, F) built before (its dihedral
+        quadruples and chiral scale then hold, not this estimator's), ``x0`` warm-starts
         CG with the coefficients (m r,) of a previous fit on the same inducing frames, and ``cache`` (a dict)
         keeps the lambda-free preconditioner factors per sigma between calls.
         """
@@ -292,7 +289,9 @@ class NystromGDML(BaseEstimator):
         t0 = time.perf_counter()
         self.timings_ = {}
         if frames is None:
-            frames = ReducedFrames(np.asarray(R), np.asarray(F), self.chiral, self.chiral_scale, self.chunk)
+            R = np.asarray(R)
+            quads = dihedral_quads(R.shape[1], self.chiral, self.dihedrals)
+            frames = ReducedFrames(R, np.asarray(F), quads, self.chiral_scale, self.chunk)
         self.timings_["descriptors_s"] = time.perf_counter() - t0
         idx = choose_inducing(frames.n_frames, self.n_inducing, strata, self.inducing, self.seed)
         self.lam_ = float(self.lam) * frames.mean_diag(self.sigma)
@@ -316,8 +315,7 @@ class NystromGDML(BaseEstimator):
         if ckpt is not None and ckpt.exists():
             state = {key: value[()] if value.ndim == 0 else value
                      for key, value in load_npz(ckpt, "Nyström checkpoint").items()}
-            if self.verbose:
-                print(f"[Nystrom] resuming CG at iteration {int(state['k'])} from {ckpt}", flush=True)
+            log.info("resuming Nyström CG at iteration %d from %s", int(state["k"]), ckpt)
         last_save = [time.perf_counter()]
 
         def checkpoint(cg_state):
@@ -328,18 +326,18 @@ class NystromGDML(BaseEstimator):
         t = time.perf_counter()
         a, self.cg_iterations_, self.residual_ = pcg(system.matvec, b, precond, x0=x0, tol=self.tol,
                                                      maxiter=int(self.maxiter), callback=checkpoint, state=state,
-                                                     progress=self.verbose)
+                                                     progress=self.progress)
         self.timings_["cg_s"] = time.perf_counter() - t
         if self.residual_ > self.tol:
             warnings.warn(f"Nyström CG stopped after {self.cg_iterations_} iterations at relative residual "
                           f"{self.residual_:.2g} > {self.tol:g}", RuntimeWarning, stacklevel=2)
         self.coef_ = a
         self.inducing_index_ = idx
-        self.model_ = _as_gdml(system, a, self)
+        self.model_ = GDMLModel(system.Dm, system.coefficients(a), self.sigma, frames.quads, frames.chiral_scale,
+                                0.0, frames.n_beads)
         self.timings_["total_s"] = time.perf_counter() - t0
-        if self.verbose:
-            print(f"[Nystrom] {frames.n_frames} frames, m={system.m}, {self.cg_iterations_} CG iterations, "
-                  f"residual {self.residual_:.1e}, timings {json.dumps(self.timings_, default=float)}", flush=True)
+        log.info("Nyström GDML: %d frames, m=%d, %d CG iterations, residual %.1e, timings %s", frames.n_frames,
+                 system.m, self.cg_iterations_, self.residual_, json.dumps(self.timings_, default=float))
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
         return self
@@ -350,37 +348,19 @@ class NystromGDML(BaseEstimator):
         h = hashlib.sha256()
         for arr in (frames.D[idx], frames.y[:: max(1, frames.n_frames // 1000)]):
             h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
-        h.update(json.dumps([frames.n_frames, self.sigma, self.lam, self.chiral, self.chiral_scale]).encode())
+        h.update(json.dumps([frames.n_frames, self.sigma, self.lam, frames.quads.tolist(), frames.chiral_scale]).encode())
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         return Path(self.workdir) / f"nystrom_cg_{h.hexdigest()[:16]}.npz"
 
     def predict(self, R):
         """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm."""
-        return self._model().predict(R)
+        check_is_fitted(self, "model_")
+        return self.model_.predict(R)
 
     def predict_forces(self, R):
         """Forces (n, n_beads, 3) kJ/mol/nm."""
-        return self._model().predict_forces(R)
-
-    def _model(self):
-        if not hasattr(self, "model_"):
-            raise CgdmlError("Nyström GDML model is not fitted yet: call fit() first")
-        return self.model_
-
-
-def _as_gdml(system, a, est):
-    """A fitted :class:`GDML` whose training set is the inducing frames and coefficients v = W a."""
-    g = GDML(sigma=est.sigma, lam=est.lam, relative_lam=True, chiral=est.chiral, chiral_scale=est.chiral_scale)
-    g.lam_ = est.lam_
-    g.c_ = 0.0
-    g.D_train_ = system.Dm
-    g.V_ = system.coefficients(a)
-    g.n_train_ = system.m
-    g.n_beads_ = system.frames.n_beads
-    g.solver_ = "nystrom"
-    g.cg_iterations_ = int(est.cg_iterations_)
-    g._prepare()
-    return g
+        check_is_fitted(self, "model_")
+        return self.model_.predict_forces(R)
 
 
 def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), inducing="stratified",
@@ -395,7 +375,6 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
     ``n_inducing`` points on all frames. The preconditioner costs O((m r)^3), so the smaller selection models
     make the grid cheap; lambdas of one sigma share it and warm-start CG from each other.
     """
-    from .ensemble import _WorkCache, make_strata, model_from_fit
     from .prior import HarmonicPrior
 
     t0 = time.perf_counter()
@@ -407,12 +386,12 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
         raise CgdmlError(f"holdout must be between 0 and 1, got {holdout}")
     coords = dataset.coords
     prior = HarmonicPrior(repulsion=prior_repulsion).fit(coords, dataset.temperature)
-    labels = np.empty_like(dataset.forces)
-    for c0 in range(0, dataset.n_frames, 65536):
-        labels[c0:c0 + 65536] = dataset.forces[c0:c0 + 65536] - prior.forces(coords[c0:c0 + 65536])
+    labels = prior.residual_forces(coords, dataset.forces)
+    quads = dihedral_quads(dataset.n_beads, chiral)
     labels_strata, strata_method = make_strata(dataset, strata, grid_bins, n_strata, seed) \
         if inducing == "stratified" else (None, "none")
-    params = dict(n_inducing=n_inducing, inducing=inducing, chiral=chiral, tol=tol, seed=seed, verbose=progress)
+    params = dict(n_inducing=n_inducing, inducing=inducing, chiral=chiral, dihedrals=quads, tol=tol, seed=seed,
+                  progress=progress)
     timings, scores = {"prior_and_strata_s": time.perf_counter() - t0}, []
     best = (float(sigmas[0]), float(lams[0]))
     if len(sigmas) * len(lams) > 1:
@@ -423,13 +402,13 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
         val, train = np.sort(order[:n_val]), np.sort(order[n_val:n_val + select_frames])
         if len(train) < 2:
             raise CgdmlError(f"{dataset.n_frames} frames are too few for a hold-out selection")
-        frames = ReducedFrames(coords[train], labels[train], chiral, 1.0)
+        frames = ReducedFrames(coords[train], labels[train], quads, 1.0)
         sub_strata = labels_strata[train] if labels_strata is not None else None
         cache = {}
         fingerprint = hashlib.sha256(np.ascontiguousarray(labels[:: max(1, len(labels) // 5000)], np.float32))
         fingerprint.update(json.dumps([dataset.n_frames, n_inducing, select_inducing, select_frames, holdout,
                                        inducing, strata, chiral, prior_repulsion, tol, seed]).encode())
-        work = _WorkCache(workdir, fingerprint.hexdigest()[:16])
+        work = WorkCache(workdir, fingerprint.hexdigest()[:16])
         for s in sigmas:
             x0 = None
             for lm in sorted(lams, reverse=True):  # large lambda first: fewest iterations, then warm starts
@@ -443,8 +422,7 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
                 mse = float(np.mean((est.predict_forces(coords[val]) - labels[val]) ** 2))
                 scores.append(dict(sigma=float(s), lam=float(lm), mse=mse, cg_iterations=est.cg_iterations_,
                                    fit_s=est.timings_["total_s"]))
-                if progress:
-                    print(f"[Nystrom] sigma {s:g} lam {lm:g}: held-out MSE {mse:.6g}", flush=True)
+                log.info("Nyström selection: sigma %g lam %g: held-out MSE %.6g", s, lm, mse)
                 work.put(key, **{k: np.array(v) for k, v in scores[-1].items()})
         del frames, cache
         best_score = min(scores, key=lambda d: d["mse"])
@@ -455,14 +433,11 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
     timings["final_fit_s"] = time.perf_counter() - t
     timings.update({f"final_{k}": v for k, v in est.timings_.items()})
     timings["total_s"] = time.perf_counter() - t0
-    info = dict(method="Nystrom GDML", params=dict(n_inducing=n_inducing, sigma=sigmas.tolist(),
-                                                 lam=lams.tolist(), inducing=inducing, holdout=holdout,
-                                                 select_frames=select_frames, select_inducing=select_inducing,
-                                                 chiral=chiral,
-                                                 prior_repulsion=prior_repulsion, tol=tol, seed=seed),
-                chosen=dict(sigma=best[0], lam=best[1], lam_absolute=est.lam_, n_inducing=len(est.inducing_index_),
-                            cg_iterations=est.cg_iterations_, residual=est.residual_),
-                selection_scores=scores, strata=dict(method=strata_method), timings=timings,
-                data=dict(n_frames=dataset.n_frames, n_beads=dataset.n_beads, temperature=dataset.temperature,
-                          source=dataset.info))
-    return model_from_fit(est.model_, prior, dataset, info, seed=seed)
+    info = fit_record("Nystrom GDML",
+                      dict(n_inducing=n_inducing, sigma=sigmas.tolist(), lam=lams.tolist(), inducing=inducing,
+                           holdout=holdout, select_frames=select_frames, select_inducing=select_inducing,
+                           chiral=chiral, prior_repulsion=prior_repulsion, tol=tol, seed=seed),
+                      dict(sigma=best[0], lam=best[1], lam_absolute=est.lam_, n_inducing=len(est.inducing_index_),
+                           cg_iterations=est.cg_iterations_, residual=est.residual_),
+                      dataset, timings, selection_scores=scores, strata=dict(method=strata_method))
+    return CGModel.from_fit(est.model_, prior, dataset, info, seed=seed)

@@ -1,7 +1,7 @@
 """Prior potential: harmonic bonds and angles from Boltzmann inversion, plus optional short-range repulsion.
 
 The prior keeps CG simulations inside physical space, where the learned kernel model falls to zero
-(DESIGN §2.5). Its forces are subtracted from the labels before learning and added back when simulating.
+(docs/method.md §2.5). Its forces are subtracted from the labels before learning and added back when simulating.
 Energies in kJ/mol, lengths in nm, angles in radians.
 """
 from __future__ import annotations
@@ -10,21 +10,8 @@ import numba
 import numpy as np
 
 from ._io import CgdmlError
+from .geometry import bond_angles, bond_lengths
 from .units import kT as thermal_energy
-
-
-def bond_lengths(R, pairs):
-    """Distances (n_frames, n_pairs) in nm between bead ``pairs`` (n_pairs, 2) of R (n_frames, n_beads, 3)."""
-    d = R[:, pairs[:, 1]] - R[:, pairs[:, 0]]
-    return np.linalg.norm(d, axis=-1)
-
-
-def bond_angles(R, triples):
-    """Angles (n_frames, n_triples) in radians at the middle bead of each triple (i, j, k)."""
-    a = R[:, triples[:, 0]] - R[:, triples[:, 1]]
-    b = R[:, triples[:, 2]] - R[:, triples[:, 1]]
-    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-    return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
 class HarmonicPrior:
@@ -82,6 +69,14 @@ class HarmonicPrior:
     def forces(self, R):
         """Forces (n, n_beads, 3) in kJ/mol/nm."""
         return self.energy_forces(R)[1]
+
+    def residual_forces(self, R, F, chunk=65536):
+        """F minus the prior forces at R, both (n, n_beads, 3): the labels a learned correction fits
+        (delta learning). Computed ``chunk`` frames at a time, so its working memory stays bounded."""
+        out = np.empty(np.shape(F))
+        for c0 in range(0, len(out), chunk):
+            out[c0:c0 + chunk] = F[c0:c0 + chunk] - self.forces(R[c0:c0 + chunk])
+        return out
 
     _ARRAYS = ("bond_pairs_", "bond_r0_", "bond_k_", "angle_triples_", "angle_theta0_", "angle_k_",
                "repulsion_pairs_", "repulsion_rmin_")

@@ -1,4 +1,4 @@
-"""Stratification and batch drawing for the two-layer scheme (DESIGN §2.6).
+"""Stratification and batch drawing for the two-layer scheme (docs/method.md §2.6).
 
 Frames are assigned to strata, either cells of a grid over collective variables (phi/psi for peptides,
 or any CV the user computes) or k-means clusters in descriptor space. Batches are then drawn uniformly
@@ -100,3 +100,24 @@ def stratified_folds(labels, n_folds, rng):
         rng.shuffle(idx)
         folds[idx] = (np.arange(len(idx)) + rng.integers(n_folds)) % n_folds
     return folds
+
+
+def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
+    """Stratum labels (n_frames,) and the name of the method used.
+
+    ``auto`` uses a phi/psi grid when the CG topology has a peptide backbone, else k-means in
+    descriptor space.
+    """
+    from .features import chain_quads, descriptor
+    from .fes import phi_psi
+
+    if method in ("auto", "phi-psi"):
+        try:
+            cv = phi_psi(dataset.coords, dataset.topology)
+            return grid_strata(cv, bins=grid_bins), "phi-psi"
+        except CgdmlError:
+            if method == "phi-psi":
+                raise
+    if method not in ("auto", "kmeans"):
+        raise CgdmlError(f"unknown stratification {method!r} (use auto, phi-psi or kmeans)")
+    return kmeans_strata(descriptor(dataset.coords, chain_quads(dataset.n_beads)), n_strata, seed), "kmeans"

@@ -88,7 +88,7 @@ def tiny_model(ds, path, n_train=60, sigma=0.4):
     prior = HarmonicPrior().fit(ds.coords, ds.temperature)
     R = ds.coords[:n_train]
     gdml = GDML(sigma=sigma, lam=0.1, relative_lam=True).fit(R, ds.forces[:n_train] - prior.forces(R))
-    model = CGModel(gdml, prior, ds.temperature, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40])
+    model = CGModel(gdml.model_, prior, ds.temperature, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40])
     model.save(path)
     return model
 
@@ -157,7 +157,7 @@ def inputs(tmp_path_factory):
     with np.load(d / "model.npz") as z:
         marrays = dict(z)
     write_npz(d / "model_v99.npz", **{**marrays, "format_version": np.int64(99)})
-    write_npz(d / "model_novalues.npz", **{k: v for k, v in marrays.items() if k != "gdml/V_"})
+    write_npz(d / "model_novalues.npz", **{k: v for k, v in marrays.items() if k != "gdml/coefficients"})
     write_npz(d / "model_beads.npz", **{**marrays, "bead_names": marrays["bead_names"][:4]})
     write_npz(d / "model_noversion.npz", **{k: v for k, v in marrays.items() if k != "format_version"})
 
@@ -244,7 +244,7 @@ CASES = {
     "sim-garbage-model": ("simulate", _sim("D/garbage.npz"),
                           ["garbage.npz", "not a readable cgdml model file (not a NumPy .npz archive)"]),
     "sim-truncated-model": ("simulate", _sim("D/truncated.npz"), ["truncated.npz", "not a readable cgdml model"]),
-    "sim-corrupt-model": ("simulate", _sim("D/model_novalues.npz"), ["model_novalues.npz", "V_"]),
+    "sim-corrupt-model": ("simulate", _sim("D/model_novalues.npz"), ["model_novalues.npz", "coefficients"]),
     "sim-unversioned-model": ("simulate", _sim("D/model_noversion.npz"), ["model_noversion.npz", "format_version"]),
     "sim-newer-model": ("simulate", _sim("D/model_v99.npz"), ["model_v99.npz", "version 99", "newer"]),
     "sim-inconsistent-model": ("simulate", _sim("D/model_beads.npz"), ["model_beads.npz", "5 beads", "4 bead names"]),
@@ -455,7 +455,7 @@ def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
     assert a.info["chosen"] == b.info["chosen"]
     R = a.train_coords_sample[:20]
     np.testing.assert_allclose(b.forces(R), a.forces(R), rtol=1e-9, atol=1e-9 * np.abs(a.forces(R)).max())
-    np.testing.assert_array_equal(b.gdml.D_train_, a.gdml.D_train_)
+    np.testing.assert_array_equal(b.gdml.train_descriptors, a.gdml.train_descriptors)
 
 
 def test_killed_simulation_resumes_bit_for_bit(inputs, tmp_path):
@@ -463,7 +463,7 @@ def test_killed_simulation_resumes_bit_for_bit(inputs, tmp_path):
 
     args = [inputs.d / "model.npz", "--replicas", 4, "--steps", 6000, "--save-every", 20, "--burn-in", 1000,
             "--checkpoint-every", 500, "--seed", 5, "--no-progress"]
-    from cgdml.simulate import main
+    from cgdml.simulate.__main__ import main
 
     clean = tmp_path / "clean.h5"                                       # uninterrupted, in this process
     assert main([str(a) for a in args] + ["-o", str(clean)]) == 0
@@ -489,9 +489,9 @@ def test_killed_simulation_resumes_bit_for_bit(inputs, tmp_path):
 def test_simulate_warns_about_starts_far_from_training(inputs, tmp_path, capsys):
     """Mirror images (D-alanine) of training frames lie outside the model's data: simulate warns, in one line
     each, about the start and the final configurations, and still runs."""
-    from cgdml._io import run_cli
+    from cgdml._cli import run_cli
     from cgdml.data import CGDataset
-    from cgdml.simulate import main
+    from cgdml.simulate.__main__ import main
 
     ds, model = inputs.ds, inputs.model
     mirror = CGDataset(ds.coords * np.array([1.0, 1.0, -1.0]), ds.forces, ds.bead_names, ds.temperature,

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cgdml.basins import (DihedralOffsets, _arc_index, balance_basins, dihedral, sampled_arcs, solve_offsets,
-                          umbrella_profile, wham, wrap_angle)
+from cgdml.basins import (DihedralOffsets, _arc_index, balance_basins, sampled_arcs, solve_offsets, umbrella_profile,
+                          wham)
+from cgdml.geometry import dihedral, wrap_angle
 from cgdml.units import kT as thermal_energy
 
-from numerics import numerical_forces
 
 TEMPERATURE = 300.0
 KT = thermal_energy(TEMPERATURE)
@@ -33,7 +33,7 @@ def chain(angles, rng, noise=0.002):
     return x + noise * rng.standard_normal(x.shape)
 
 
-def test_dihedral_matches_mdtraj_and_finite_differences():
+def test_dihedral_matches_mdtraj_and_finite_differences(numerical_forces):
     import mdtraj as md
 
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_offsets_are_constant_on_arcs_and_smooth_across_gaps(two_arc_offsets):
     assert np.allclose(np.diff(U) / np.diff(grid), term.profile(0, mid)[1], atol=1e-2)
 
 
-def test_offset_forces_match_finite_differences(two_arc_offsets):
+def test_offset_forces_match_finite_differences(two_arc_offsets, numerical_forces):
     _, term = two_arc_offsets
     rng = np.random.default_rng(2)
     angles = np.radians(rng.uniform(-20, 20, 20).tolist() + rng.uniform(80, 175, 20).tolist())  # in the gaps
@@ -165,7 +165,7 @@ def two_basins(angle):
     return e, de
 
 
-def test_chain_model_forces_match_finite_differences():
+def test_chain_model_forces_match_finite_differences(numerical_forces):
     rng = np.random.default_rng(5)
     model = ChainModel(two_basins)
     R = chain(rng.uniform(-np.pi, np.pi, 10), rng)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cgdml._io import CgdmlError
-from cgdml.data import CGDataset, default_dataset_paths, load_allatom, load_default_cg_dataset
+from cgdml.data import CGDataset, default_dataset_paths, load_allatom
+from cgdml.mapping import load_default_cg_dataset
 from cgdml.mapping import ala2_topology
 
 KCAL_PER_A = 41.84  # kJ/mol/nm per kcal/mol/Angstrom
@@ -216,7 +217,7 @@ def test_map_cli_errors_are_one_line_and_write_nothing(system, tmp_path, case):
 def test_dataset_arguments_shared_with_fit(system, tmp_path):
     import argparse
 
-    from cgdml.map import add_dataset_arguments, dataset_from_args
+    from cgdml._cli import add_dataset_arguments, dataset_from_args
 
     d, top, x, f = system
     parser = add_dataset_arguments(argparse.ArgumentParser())

@@ -7,8 +7,9 @@ import socket
 import numpy as np
 import pytest
 
-from cgdml._io import CgdmlError, run_cli
-from cgdml.data import load_default_cg_dataset
+from cgdml._cli import run_cli
+from cgdml._io import CgdmlError
+from cgdml.mapping import load_default_cg_dataset
 from cgdml.distributed import check_scheduler, scheduler_address
 from cgdml.ensemble import TwoLayerGDML
 from cgdml.simulate import group_checkpoints, simulate
@@ -112,7 +113,7 @@ def test_each_group_resumes_bit_for_bit(tmp_path):
 def test_cli_tasks_on_dask_equal_local(client, model_file, tmp_path):
     import mdtraj as md
 
-    from cgdml.simulate import main
+    from cgdml.simulate.__main__ import main
 
     args = [str(model_file), "--replicas", "4", "--steps", "100", "--save-every", "10", "--burn-in", "0",
             "--tasks", "2", "--no-progress"]
@@ -127,7 +128,7 @@ def test_cli_tasks_on_dask_equal_local(client, model_file, tmp_path):
 def test_cli_unreachable_scheduler_is_one_line_error(command, model_file, tmp_path, capsys):
     import importlib
 
-    main = importlib.import_module(f"cgdml.{command}").main
+    main = importlib.import_module(f"cgdml.{command}" + (".__main__" if command in ("simulate", "fes") else "")).main
     address = f"tcp://127.0.0.1:{closed_port()}"
     out = tmp_path / ("t.h5" if command == "simulate" else "m.npz")
     first = [str(model_file)] if command == "simulate" else []

@@ -9,66 +9,13 @@ import pytest
 
 from cgdml.data import CGDataset
 from cgdml.ensemble import TwoLayerGDML, fit_single
-from cgdml.prior import bond_angles
-from cgdml.units import kT as thermal_energy
-from numerics import numerical_forces
-
-T = 300.0
-KT = thermal_energy(T)
-
-
-def dihedral(R):
-    b0, b1, b2 = R[:, 1] - R[:, 0], R[:, 2] - R[:, 1], R[:, 3] - R[:, 2]
-    n0, n1 = np.cross(b0, b1), np.cross(b1, b2)
-    m = np.cross(n0, b1 / np.linalg.norm(b1, axis=-1, keepdims=True))
-    return np.arctan2((m * n1).sum(-1), (n0 * n1).sum(-1))
-
-
-def toy_energy(R):
-    theta = bond_angles(R, np.array([[0, 1, 2], [1, 2, 3]]))
-    phi = dihedral(R)
-    soft = KT * (1.5 * np.cos(phi) + 1.0 * np.sin(phi) + 8.0 * (theta[:, 0] - 1.9) * np.cos(phi))
-    return stiff_energy(R) + soft
-
-
-def stiff_energy(R):
-    """The bond and angle part of the toy energy (kJ/mol)."""
-    r = np.linalg.norm(np.diff(R, axis=1), axis=-1)
-    theta = bond_angles(R, np.array([[0, 1, 2], [1, 2, 3]]))
-    return 0.5 * 40000.0 * ((r - 0.15) ** 2).sum(1) + 0.5 * 300.0 * ((theta - 1.9) ** 2).sum(1)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return make_toy()
-
-
-def make_toy():
-    """(dataset with noisy labels, exact forces) for 4000 Boltzmann-distributed toy configurations."""
-    rng = np.random.default_rng(0)
-    a = 1.9
-    start = np.array([[0, 0, 0], [0.15, 0, 0], [0.15 - 0.15 * np.cos(a), 0.15 * np.sin(a), 0],
-                      [0.15 - 0.15 * np.cos(a) + 0.12, 0.15 * np.sin(a), 0.08]])
-    R = np.repeat(start[None], 4000, axis=0) + rng.normal(scale=0.01, size=(4000, 4, 3))
-    E = toy_energy(R)
-    for _ in range(1500):  # vectorised Metropolis, one independent chain per frame
-        trial = R + rng.normal(scale=0.006, size=R.shape)
-        Et = toy_energy(trial)
-        ok = rng.random(len(R)) < np.exp(-(Et - E) / KT)
-        R[ok], E[ok] = trial[ok], Et[ok]
-    F_true = numerical_forces(toy_energy, R)
-    soft_rms = np.sqrt(np.mean((F_true - numerical_forces(stiff_energy, R)) ** 2))
-    noisy = F_true + rng.normal(scale=4 * soft_rms, size=R.shape)
-    data = CGDataset(R, noisy, ["C1", "C2", "C3", "C4"], T)
-    return data, F_true
-
 
 def mean_force_error(model, data, F_true, test):
     return float(np.mean((model.forces(data.coords[test]) - F_true[test]) ** 2))
 
 
-def test_two_layer_beats_single_model_on_noisy_toy(toy):
-    data, F_true = toy
+def test_two_layer_beats_single_model_on_noisy_toy(noisy_toy):
+    data, F_true = noisy_toy
     test = np.arange(3000, 4000)
     train = data.subset(np.arange(3000))
     two = TwoLayerGDML(n_models=24, batch_size=200, mean_set_size=300, sigma1=[1.0], lam1=[3.0], sigma2=[1.0],
@@ -81,10 +28,10 @@ def test_two_layer_beats_single_model_on_noisy_toy(toy):
     assert err_two < 0.6 * err_single, (err_two, err_single)
 
 
-def test_cross_validation_picks_a_sensible_sigma(toy):
+def test_cross_validation_picks_a_sensible_sigma(noisy_toy):
     # On this toy the true mean-force error is smallest near sigma = 3 (about 1100), and several times
     # worse for a kernel far too narrow (0.01: no generalisation) or far too wide (1000: nearly linear).
-    data, _ = toy
+    data, _ = noisy_toy
     two = TwoLayerGDML(n_models=12, batch_size=150, mean_set_size=150, sigma1=[0.01, 3.0, 1000.0], lam1=[3.0],
                        sigma2=[1.0], lam2=[1e-2, 1e-1], n_folds=3, cv_models=4, cv_mean_set_size=150,
                        strata="kmeans", n_strata=20, progress=False).fit(data.subset(np.arange(3000)))
@@ -95,8 +42,8 @@ def test_cross_validation_picks_a_sensible_sigma(toy):
     assert two.n_layer1_models_ == 12  # the fold ensembles (3 x 4) are the final layer 1
 
 
-def test_fit_resumes_from_cached_layer1_models(toy, tmp_path):
-    data, _ = toy
+def test_fit_resumes_from_cached_layer1_models(noisy_toy, tmp_path):
+    data, _ = noisy_toy
     train = data.subset(np.arange(1000))
     kwargs = dict(n_models=4, batch_size=100, mean_set_size=100, sigma1=[1.0], lam1=[3.0], sigma2=[1.0],
                   lam2=[1e-2], strata="kmeans", n_strata=10, progress=False, workdir=tmp_path / "work")
@@ -108,8 +55,8 @@ def test_fit_resumes_from_cached_layer1_models(toy, tmp_path):
     np.testing.assert_allclose(again.mean_set_labels_, first.mean_set_labels_, rtol=1e-5, atol=1e-6)
 
 
-def test_batch_larger_than_the_data_is_lowered_with_a_warning(toy):
-    data, _ = toy
+def test_batch_larger_than_the_data_is_lowered_with_a_warning(noisy_toy):
+    data, _ = noisy_toy
     small = data.subset(np.arange(400))
     with pytest.warns(UserWarning, match="lowered to 200"):
         two = TwoLayerGDML(n_models=2, batch_size=10_000, mean_set_size=50, sigma1=[1.0], lam1=[3.0], sigma2=[1.0],
@@ -117,18 +64,19 @@ def test_batch_larger_than_the_data_is_lowered_with_a_warning(toy):
     assert two.batch_size_ == 200 and two.model_.info["chosen"]["batch_size"] == 200
 
 
-def test_dihedral_projection_gives_the_generalised_force():
+def test_dihedral_projection_gives_the_generalised_force(numerical_forces):
     # U = k (1 - cos phi) of the first dihedral of a random 5-bead chain: with F from central differences
     # of U, its projection on that dihedral is the generalised force -dU/dphi = -k sin(phi).
-    from cgdml.basins import dihedral as iupac_dihedral  # checked against mdtraj in test_basins
-    from cgdml.ensemble import _mse, chain_dihedral_projection, project_forces
+    from cgdml.ensemble import _mse, dihedral_projection, project_forces
+    from cgdml.features import chain_quads
+    from cgdml.geometry import dihedral as iupac_dihedral  # checked against mdtraj in test_basins
 
     rng = np.random.default_rng(3)
     R = np.cumsum(rng.normal(scale=0.1, size=(20, 5, 3)), axis=1)
     k = 7.0
     energy = lambda X: k * (1.0 - np.cos(iupac_dihedral(X, (0, 1, 2, 3))[0]))  # noqa: E731
     F = numerical_forces(energy, R)
-    quads, b = chain_dihedral_projection(R)
+    quads, b = dihedral_projection(R, chain_quads(R.shape[1]))
     assert quads.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4]] and b.shape == (20, 2, 4, 3)
     along = project_forces(F, (quads, b))
     phi = iupac_dihedral(R, (0, 1, 2, 3))[0]
@@ -138,10 +86,10 @@ def test_dihedral_projection_gives_the_generalised_force():
     assert _mse(shifted, F, (quads, b)) < 1e-20 and _mse(shifted, F) == pytest.approx(14.0 / 3.0)
 
 
-def test_cv_score_is_dihedral_for_chains_and_force_otherwise(toy):
+def test_cv_score_is_dihedral_for_chains_and_force_otherwise(noisy_toy):
     from cgdml._io import CgdmlError
 
-    data, _ = toy
+    data, _ = noisy_toy
     small = data.subset(np.arange(600))
     kwargs = dict(n_models=2, batch_size=100, mean_set_size=60, sigma1=[1.0, 3.0], lam1=[3.0], sigma2=[1.0],
                   lam2=[1e-2], cv_models=1, cv_mean_set_size=60, cv_holdout=100, strata="kmeans", n_strata=5,
@@ -151,7 +99,7 @@ def test_cv_score_is_dihedral_for_chains_and_force_otherwise(toy):
     assert auto.model_.info["cv_score"] == "dihedral" and forced.model_.info["cv_score"] == "force"
     # the same sub-models and predictions (same seed), scored in different units: every score differs
     assert all(a["mse"] != f["mse"] for a, f in zip(auto.cv_scores_, forced.cv_scores_))
-    three = CGDataset(data.coords[:600, :3], data.forces[:600, :3], ["C1", "C2", "C3"], T)
+    three = CGDataset(data.coords[:600, :3], data.forces[:600, :3], ["C1", "C2", "C3"], data.temperature)
     with pytest.raises(CgdmlError, match="needs >= 4 beads"):
         TwoLayerGDML(cv_score="dihedral", **kwargs).fit(three)
     with pytest.raises(CgdmlError, match="cv_score must be"):

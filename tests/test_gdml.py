@@ -4,11 +4,14 @@ import zipfile
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from scipy.spatial.transform import Rotation
 
 from cgdml._io import CgdmlError
-from cgdml.features import descriptor_jacobian
+from cgdml.features import chain_quads, descriptor_jacobian
 from cgdml.gdml import GDML
+from cgdml.model import GDMLModel
 
 BASE = np.array([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.2, 0.14, 0.0], [0.35, 0.15, 0.05], [0.4, 0.3, 0.12]])
 K_SPRING = 500.0  # kJ/mol/nm^2
@@ -73,8 +76,9 @@ def test_rotation_translation_covariance(fitted):
 
 def naive_full_solve(R, F, Rtest, sigma, lam, chiral):
     """Textbook GDML: full (3N M)^2 kernel of J^T Hc J blocks, dense solve, predicted forces."""
-    D, J = descriptor_jacobian(R, chiral)
-    Dt, Jt = descriptor_jacobian(Rtest, chiral)
+    quads = chain_quads(R.shape[1]) if chiral else []
+    D, J = descriptor_jacobian(R, quads)
+    Dt, Jt = descriptor_jacobian(Rtest, quads)
 
     def hess(d):
         r = np.linalg.norm(d)
@@ -116,7 +120,7 @@ def test_cholesky_and_cg_agree():
 
 def test_relative_lambda_scales_with_kernel_diagonal():
     R, _, F = samples(20, seed=9)
-    D, J = descriptor_jacobian(R)
+    D, J = descriptor_jacobian(R, chain_quads(5))
     mean_diag = 5 / (3 * 4.0 ** 2) * np.mean(np.sum(J ** 2, axis=1))  # diag of J^T Hc(0) J
     m = GDML(sigma=4.0, lam=1e-2, relative_lam=True).fit(R, F)
     assert m.lam_ == pytest.approx(1e-2 * mean_diag, rel=1e-12)
@@ -152,20 +156,34 @@ def test_chiral_descriptor_breaks_mirror_symmetry():
 
 def test_save_load_round_trip(fitted, tmp_path):
     path = tmp_path / "model.npz"
-    fitted.save(path)
-    loaded = GDML.load(path)
+    fitted.model_.save(path)
+    loaded = GDMLModel.load(path)
     R, _, _ = samples(7, seed=12)
     E, F = fitted.predict(R)
     E2, F2 = loaded.predict(R)
     np.testing.assert_array_equal(E2, E)
     np.testing.assert_array_equal(F2, F)
-    assert loaded.get_params() == fitted.get_params()
-    assert (loaded.lam_, loaded.n_train_, loaded.n_beads_) == (fitted.lam_, 200, 5)
+    assert (loaded.n_train, loaded.n_beads, loaded.sigma) == (200, 5, fitted.sigma)
+    # the model file holds fitted arrays only, no solver settings
+    assert not {"memory_budget_gb", "verbose", "solver", "cg_tol"} & set(np.load(path).files)
     # embedding in a container file under a key prefix
-    arrays = {f"gdml/{k}": v for k, v in fitted.to_arrays().items()}
-    inner = GDML.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("gdml/")})
+    arrays = {f"gdml/{k}": v for k, v in fitted.model_.to_arrays().items()}
+    inner = GDMLModel.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("gdml/")})
     np.testing.assert_array_equal(inner.predict_forces(R), F)
     np.testing.assert_allclose(loaded.nearest_train_distance(fitted_train_like(R)), 0.0, atol=1e-6)
+
+
+def test_version_1_model_arrays_still_load(fitted):
+    """cgdml 0.1 saved the estimator (D_train_, V_, c_, chiral, ...): the same predictions come back."""
+    m = fitted.model_
+    old = dict(format=np.array("cgdml.gdml"), version=np.array(1), sigma=np.array(m.sigma), lam=np.array(1e-8),
+               relative_lam=np.array(False), chiral=np.array(True), chiral_scale=np.array(1.0), solver=np.array("auto"),
+               memory_budget_gb=np.array(4.0), cg_tol=np.array(1e-6), cg_maxiter=np.array(2000),
+               n_inducing=np.array(-1), verbose=np.array(False), lam_=np.array(1e-8), c_=np.array(m.offset),
+               D_train_=m.train_descriptors, V_=m.coefficients, n_beads_=np.array(5), solver_=np.array("cholesky"),
+               cg_iterations_=np.array(0))
+    R, _, _ = samples(4, seed=2)
+    np.testing.assert_array_equal(GDMLModel.from_arrays(old).predict(R)[1], fitted.predict(R)[1])
 
 
 def fitted_train_like(R):
@@ -177,22 +195,24 @@ def test_bad_files_raise_clean_errors(fitted, tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"this is not a zip file at all")
     with pytest.raises(CgdmlError, match="garbage.npz"):
-        GDML.load(garbage)
+        GDMLModel.load(garbage)
     good = tmp_path / "good.npz"
-    fitted.save(good)
+    fitted.model_.save(good)
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CgdmlError, match="truncated.npz"):
-        GDML.load(truncated)
-    arrays = fitted.to_arrays()
+        GDMLModel.load(truncated)
+    arrays = fitted.model_.to_arrays()
     with pytest.raises(CgdmlError, match="newer"):
-        GDML.from_arrays({**arrays, "version": np.array(99)})
+        GDMLModel.from_arrays({**arrays, "version": np.array(99)})
     with pytest.raises(CgdmlError):
-        GDML.from_arrays({k: v for k, v in arrays.items() if k != "V_"})
+        GDMLModel.from_arrays({k: v for k, v in arrays.items() if k != "coefficients"})
+    with pytest.raises(CgdmlError, match="NaN"):
+        GDMLModel.from_arrays({**arrays, "coefficients": np.full_like(arrays["coefficients"], np.nan)})
     with pytest.raises(CgdmlError):
-        GDML.from_arrays({"something": np.zeros(3)})
+        GDMLModel.from_arrays({"something": np.zeros(3)})
     with pytest.raises(CgdmlError):
-        GDML.load(tmp_path / "missing.npz")
+        GDMLModel.load(tmp_path / "missing.npz")
     assert zipfile.is_zipfile(good)
 
 
@@ -201,7 +221,7 @@ def test_input_errors(fitted):
         GDML().fit(np.zeros((3, 5, 3)), np.zeros((3, 4, 3)))
     with pytest.raises(CgdmlError):
         fitted.predict(np.zeros((2, 6, 3)))
-    with pytest.raises(CgdmlError):
+    with pytest.raises(NotFittedError):
         GDML().predict(np.zeros((2, 5, 3)))
     with pytest.raises(CgdmlError):
         GDML(sigma=-1.0).fit(*samples(3, seed=0)[::2])
@@ -219,3 +239,16 @@ def test_blocked_cholesky_matches_lapack():
     np.testing.assert_allclose(np.triu(U), cholesky(A), atol=1e-10)
     with pytest.raises(np.linalg.LinAlgError):
         cholesky_upper_inplace(np.asfortranarray(A - 400 * np.eye(300)), block=64)
+
+
+def test_estimators_follow_the_scikit_learn_contract():
+    from cgdml import GDML as PackageGDML, NystromGDML, TwoLayerGDML
+
+    for est in (PackageGDML(sigma=3.0, lam=0.1), NystromGDML(n_inducing=10, sigma=2.0),
+                TwoLayerGDML(n_models=3, sigma1=(2.0, 4.0))):
+        copy = clone(est)
+        assert type(copy) is type(est) and copy.get_params(deep=True) == est.get_params(deep=False)
+        copy.set_params(seed=7) if "seed" in copy.get_params() else copy.set_params(sigma=9.0)
+        assert copy.get_params() != est.get_params()
+    with pytest.raises(NotFittedError):
+        NystromGDML().predict_forces(np.zeros((1, 5, 3)))

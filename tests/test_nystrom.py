@@ -7,17 +7,10 @@ from cgdml.ensemble import fit_single
 from cgdml.gdml import GDML
 from cgdml.nystrom import (NormalEquations, NystromGDML, ReducedFrames, SampledPreconditioner, choose_inducing,
                            fit_nystrom, pcg)
-from numerics import numerical_forces
-from test_ensemble import make_toy
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return make_toy()
-
-
-def test_streamed_products_match_dense_normal_equations(toy):
-    data, _ = toy
+def test_streamed_products_match_dense_normal_equations(noisy_toy):
+    data, _ = noisy_toy
     frames = ReducedFrames(data.coords[:300], data.forces[:300], chunk=64)
     idx = choose_inducing(300, 40, method="random")
     system = NormalEquations(frames, idx, sigma=1.0, lam=0.5, chunk=70)  # chunks not aligned with the frames
@@ -34,9 +27,9 @@ def test_streamed_products_match_dense_normal_equations(toy):
 
 
 @pytest.mark.parametrize("lam", [1e-3, 1.0])
-def test_all_frames_inducing_is_exact_gdml(toy, lam):
+def test_all_frames_inducing_is_exact_gdml(noisy_toy, lam):
     # With m = N, (K K + lam K) a = K y is (K + lam I) a = y: the GDML solution.
-    data, _ = toy
+    data, _ = noisy_toy
     R, F = data.coords[:120], data.forces[:120]
     exact = GDML(sigma=1.0, lam=lam, relative_lam=True, solver="cholesky").fit(R, F)
     nys = NystromGDML(n_inducing=120, sigma=1.0, lam=lam, inducing="random", tol=1e-11, maxiter=2000).fit(R, F)
@@ -45,8 +38,8 @@ def test_all_frames_inducing_is_exact_gdml(toy, lam):
     assert np.linalg.norm(f_nys - f_exact) / np.linalg.norm(f_exact) < 1e-7
 
 
-def test_forces_are_minus_the_energy_gradient(toy):
-    data, _ = toy
+def test_forces_are_minus_the_energy_gradient(noisy_toy, numerical_forces):
+    data, _ = noisy_toy
     est = NystromGDML(n_inducing=50, sigma=1.0, lam=1.0).fit(data.coords[:500], data.forces[:500],
                                                            strata=np.arange(500) % 7)
     R = data.coords[3000:3005]
@@ -54,8 +47,8 @@ def test_forces_are_minus_the_energy_gradient(toy):
     np.testing.assert_allclose(est.predict_forces(R), numerical_forces(energy, R), rtol=1e-5, atol=1e-4)
 
 
-def test_sampled_preconditioner_cuts_iterations(toy):
-    data, _ = toy
+def test_sampled_preconditioner_cuts_iterations(noisy_toy):
+    data, _ = noisy_toy
     frames = ReducedFrames(data.coords[:2000], data.forces[:2000])
     idx = choose_inducing(2000, 100, strata=np.arange(2000) % 9)
     system = NormalEquations(frames, idx, sigma=1.0, lam=0.01 * frames.mean_diag(1.0))
@@ -68,11 +61,11 @@ def test_sampled_preconditioner_cuts_iterations(toy):
     assert res_pre <= 1e-6 and k_pre < k_plain / 5
 
 
-def test_learning_from_every_frame_beats_a_subset_of_the_same_size(toy):
+def test_learning_from_every_frame_beats_a_subset_of_the_same_size(noisy_toy):
     # Labels are 4x noisier than the learnable force. 300 inducing points fitted on 3000 frames average the
     # noise of all of them; a GDML on 300 frames (the same model size, its best lambda chosen against the
     # truth) cannot.
-    data, F_true = toy
+    data, F_true = noisy_toy
     train, test = data.subset(np.arange(3000)), np.arange(3000, 4000)
     err = lambda model: float(np.mean((model.forces(data.coords[test]) - F_true[test]) ** 2))
     nys = fit_nystrom(train, n_inducing=300, sigma=[1.0], lam=[0.3, 3.0, 30.0], strata="kmeans", n_strata=20)
@@ -83,8 +76,8 @@ def test_learning_from_every_frame_beats_a_subset_of_the_same_size(toy):
     assert len(nys.info["selection_scores"]) == 3
 
 
-def test_interrupted_fit_resumes_from_its_checkpoint(toy, tmp_path):
-    data, _ = toy
+def test_interrupted_fit_resumes_from_its_checkpoint(noisy_toy, tmp_path):
+    data, _ = noisy_toy
     R, F = data.coords[:1500], data.forces[:1500]
     kw = dict(n_inducing=80, sigma=1.0, lam=0.1, inducing="random", tol=1e-8, maxiter=5000)
     full = NystromGDML(**kw).fit(R, F)
@@ -116,8 +109,8 @@ def test_interrupted_fit_resumes_from_its_checkpoint(toy, tmp_path):
     assert not list(tmp_path.glob("nystrom_cg_*.npz"))  # removed once the fit is done
 
 
-def test_bad_parameters_name_the_problem(toy):
-    data, _ = toy
+def test_bad_parameters_name_the_problem(noisy_toy):
+    data, _ = noisy_toy
     from cgdml._io import CgdmlError
 
     with pytest.raises(CgdmlError, match="n_inducing"):
@@ -128,14 +121,14 @@ def test_bad_parameters_name_the_problem(toy):
         fit_nystrom(data.subset(np.arange(100)), lam=[-1.0])
 
 
-def test_fit_command_line_nystrom_writes_a_model_that_simulates(toy, tmp_path):
+def test_fit_command_line_nystrom_writes_a_model_that_simulates(noisy_toy, tmp_path):
     import json
 
     from cgdml.fit import main as fit_main
     from cgdml.model import CGModel
     from cgdml.simulate import simulate
 
-    data, _ = toy
+    data, _ = noisy_toy
     path = tmp_path / "toy.npz"
     data.subset(np.arange(2000)).save(path)
     out = tmp_path / "model.npz"

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cgdml.prior import HarmonicPrior, bond_angles, bond_lengths
+from cgdml.geometry import bond_angles, bond_lengths
+from cgdml.prior import HarmonicPrior
 from cgdml.units import kT as thermal_energy
-from numerics import numerical_forces
 
 T = 300.0
 KT = thermal_energy(T)
@@ -62,7 +62,7 @@ def test_prior_reproduces_bond_and_angle_distributions(toy_samples):
         np.testing.assert_allclose(new.std(0), ref.std(0), rtol=0.1)
 
 
-def test_prior_forces_are_minus_energy_gradient():
+def test_prior_forces_are_minus_energy_gradient(numerical_forces):
     rng = np.random.default_rng(0)
     R = start_chain(4) + rng.normal(scale=0.02, size=(4, 4, 3))
     R = np.concatenate([R, R[:, :1] + np.array([0.2, 0.2, 0.0])], axis=1)  # 5 beads

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from cgdml._io import CgdmlError
-from cgdml.features import descriptor, n_descriptors
+from cgdml.features import chain_quads, descriptor, n_descriptors
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 BASE = np.array([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.2, 0.14, 0.0], [0.35, 0.15, 0.05], [0.4, 0.3, 0.12]])
@@ -35,10 +35,10 @@ def model(tmp_path_factory):
     prior = HarmonicPrior().fit(R, 300.0)
     gdml = GDML(sigma=3.0, lam=1e-3, relative_lam=True, chiral=True).fit(R, F - prior.forces(R))
     names = ["C", "N", "CA", "C", "N"]
-    m = CGModel(gdml, prior, 300.0, names, topology_to_pdb(chain_topology(names)), np.full(5, 12.0), R[:10])
+    m = CGModel(gdml.model_, prior, 300.0, names, topology_to_pdb(chain_topology(names)), np.full(5, 12.0), R[:10])
     path = tmp_path_factory.mktemp("model") / "model.npz"
     m.save(path)
-    gdml.save(path.with_name("gdml.npz"))
+    gdml.model_.save(path.with_name("gdml.npz"))
     return m, path
 
 
@@ -64,9 +64,10 @@ def test_descriptor_invariant_under_rigid_motion(seed, Q, t, n_beads, chiral):
     rng = np.random.default_rng(seed)
     R = np.cumsum(rng.normal(scale=0.1, size=(3, n_beads, 3)), axis=1)
     R += rng.normal(scale=0.02, size=R.shape)
-    D = descriptor(R, chiral=chiral)
-    assert D.shape == (3, n_descriptors(n_beads, chiral))
-    np.testing.assert_allclose(descriptor(R @ Q.T + t, chiral=chiral), D, rtol=1e-7, atol=1e-9)
+    quads = chain_quads(n_beads) if chiral else []
+    D = descriptor(R, quads)
+    assert D.shape == (3, n_descriptors(n_beads, len(quads)))
+    np.testing.assert_allclose(descriptor(R @ Q.T + t, quads), D, rtol=1e-7, atol=1e-9)
 
 
 @FAST
@@ -76,11 +77,12 @@ def test_reflection_flips_only_the_dihedral_sines(seed, Q, n_beads):
     rng = np.random.default_rng(seed)
     R = np.cumsum(rng.normal(scale=0.1, size=(3, n_beads, 3)), axis=1)
     improper = Q @ np.diag([1.0, 1.0, -1.0])
-    D, Dm = descriptor(R, chiral=True), descriptor(R @ improper.T, chiral=True)
+    quads = chain_quads(n_beads)
+    D, Dm = descriptor(R, quads), descriptor(R @ improper.T, quads)
     n_pairs = n_beads * (n_beads - 1) // 2
     np.testing.assert_allclose(Dm[:, :n_pairs], D[:, :n_pairs], rtol=1e-9)
     np.testing.assert_allclose(Dm[:, n_pairs:], -D[:, n_pairs:], atol=1e-9)
-    np.testing.assert_allclose(descriptor(R @ improper.T, chiral=False), descriptor(R, chiral=False), rtol=1e-9)
+    np.testing.assert_allclose(descriptor(R @ improper.T), descriptor(R), rtol=1e-9)
 
 
 def test_model_tells_mirror_images_apart(model):
@@ -142,10 +144,9 @@ def test_bead_count_mismatch_is_rejected(model, n_beads, n):
 # ------------------------------------------------------------------------------------------------ damaged files
 
 def _loaders():
-    from cgdml.gdml import GDML
-    from cgdml.model import CGModel
+    from cgdml.model import CGModel, GDMLModel
 
-    return CGModel.load, GDML.load
+    return CGModel.load, GDMLModel.load
 
 
 def _load_cleanly(path, loader, R):

@@ -245,7 +245,7 @@ def tiny_model(path):
                                                                               [0, 1, 1, 1, 2]))
     prior = HarmonicPrior().fit(ds.coords, T)
     gdml = GDML(sigma=2.0, lam=1e-2, relative_lam=True).fit(ds.coords[:60], ds.forces[:60] - prior.forces(ds.coords[:60]))
-    CGModel(gdml, prior, T, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40]).save(path)
+    CGModel(gdml.model_, prior, T, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40]).save(path)
     ds.save(path.parent / "data.npz")
     return path
 
@@ -261,7 +261,7 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
     import mdtraj as md
 
     from cgdml.model import CGModel
-    from cgdml.simulate import main
+    from cgdml.simulate.__main__ import main
 
     args = ["--replicas", "6", "--steps", "200", "--save-every", "10", "--checkpoint-every", "50",
             "--burn-in", "0", "--no-progress"]
@@ -319,7 +319,7 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
     (["--steps", "100", "--burn-in", "100"], "--burn-in"), (["--steps", "100", "--burn-in", "95"], "no frame"),
 ])
 def test_cli_bad_options(model_file, tmp_path, extra, match):
-    from cgdml.simulate import main
+    from cgdml.simulate.__main__ import main
 
     with pytest.raises(CgdmlError, match=match):
         main([str(model_file), "-o", str(tmp_path / "t.h5"), "--no-progress"] + extra)
@@ -327,7 +327,7 @@ def test_cli_bad_options(model_file, tmp_path, extra, match):
 
 def test_cli_bad_files(model_file, tmp_path):
     from cgdml.data import CGDataset
-    from cgdml.simulate import main
+    from cgdml.simulate.__main__ import main
 
     with pytest.raises(CgdmlError, match="must end in"):
         main([str(model_file), "-o", str(tmp_path / "t.txt")])

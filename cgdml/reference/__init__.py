@@ -1,6 +1,6 @@
 """All-atom reference simulations of alanine dipeptide with OpenMM (positions and forces for CG fitting).
 
-``python -m cgdml.reference -o DIR [--ns 20 --save-every-ps 1 --temperature 300 --solvent implicit]``
+The command line, ``python -m cgdml.reference -o DIR``, is in :mod:`cgdml.reference.__main__`; it
 builds capped alanine dipeptide (ACE-ALA-NME) from coordinates embedded here, parametrises it with AMBER
 ff14SB (implicit solvent: OBC2 GB; explicit: TIP3P, PME), constrains bonds to hydrogen, repartitions
 hydrogen mass, minimises, equilibrates and runs Langevin dynamics (LangevinMiddleIntegrator). Every
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import ArgumentParser, CgdmlError, atomic_path, load_npz, run_cli, save_json, save_npz
-from .units import check_temperature
+from .._io import CgdmlError, atomic_path, load_npz, save_json, save_npz
+from ..units import check_temperature
 
 # Capped alanine dipeptide (L-alanine, extended backbone), AMBER atom names, Angstrom.
 ALA2_PDB = """\
@@ -162,7 +162,7 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
     Units: ns, ps, fs, K, amu. ``seed`` seeds velocities and the Langevin noise.
     """
     import openmm
-    from openmm import app, unit
+    from openmm import unit
 
     temperature = check_temperature(temperature)
     outdir = Path(outdir)
@@ -304,34 +304,3 @@ def assemble_reference(outdir, plan, pdb_text, settings, *, name=None):
     save_npz(npz_path, positions=pos, forces=frc, time_ps=time_ps, temperature=np.float64(settings["temperature"]),
              info_json=np.array(json.dumps(settings)))
     return pdb_path, npz_path
-
-
-def main(argv=None):
-    p = ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
-    p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
-    p.add_argument("--save-every-ps", type=float, default=1.0, help="frame spacing in ps (default 1)")
-    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
-    p.add_argument("--solvent", choices=("implicit", "explicit"), default="implicit")
-    p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--platform", default="CPU")
-    p.add_argument("--threads", type=int, default=1, help="CPU platform threads (default 1)")
-    p.add_argument("--chunk-ns", type=float, default=1.0, help="ns per chunk file (default 1)")
-    p.add_argument("--timestep-fs", type=float, default=4.0)
-    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
-    p.add_argument("--hydrogen-mass", type=float, default=4.0, help="repartitioned H mass in amu (default 4)")
-    p.add_argument("--equilibrate-ps", type=float, default=100.0)
-    p.add_argument("--name", default=None, help="base name of the assembled files (default ala2_SOLVENT_TK)")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    pdb, npz = run_reference(a.output, ns=a.ns, save_every_ps=a.save_every_ps, temperature=a.temperature,
-                             solvent=a.solvent, seed=a.seed, platform=a.platform, threads=a.threads,
-                             chunk_ns=a.chunk_ns, timestep_fs=a.timestep_fs, friction_per_ps=a.friction,
-                             hydrogen_mass=a.hydrogen_mass, equilibrate_ps=a.equilibrate_ps, name=a.name,
-                             progress=not a.no_progress)
-    print(f"wrote {pdb} and {npz}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -18,7 +18,7 @@ random stream (``SeedSequence(seed).spawn(K)``) and its own checkpoint, in one t
 after another, in local processes (``n_jobs``) or on a Dask cluster (``scheduler``, see
 :mod:`cgdml.distributed`); the result is the same bit for bit wherever they run.
 
-Command line: ``python -m cgdml.simulate MODEL.npz -o TRAJ.h5`` (see ``--help``).
+The command line is in :mod:`cgdml.simulate.__main__` (``python -m cgdml.simulate``).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import ArgumentParser, CgdmlError, check_output, load_npz, run_cli, save_json, save_npz
-from .units import kT as thermal_energy
+from .._io import CgdmlError, atomic_path, load_npz, save_npz
+from ..units import kT as thermal_energy
 
 INTEGRATORS = ("overdamped", "langevin")
 MAX_COORD = 1e6  # nm; a coordinate beyond this (or NaN) is a blow-up: trajectories are stored as float32
@@ -167,7 +167,7 @@ def _seed_key(seed):
 
 
 def _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs, scheduler, kwargs):
-    from .distributed import TaskRunner
+    from ..distributed import TaskRunner
 
     x0 = _check_start(x0)
     n_rep = len(x0)
@@ -404,16 +404,6 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
     return SimulationResult(frames, alive, stopped_at, x, v, save_every, timings, vframes, blowups)
 
 
-# ----------------------------------------------------------------------------------------------- command line
-
-def _file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def start_configurations(model, n_replicas, seed=0, start=None):
     """Start coordinates (n_replicas, n_beads, 3) nm: random frames of ``start`` (a CGDataset) or of the
     model's training sample, drawn with a generator derived from ``seed`` (so a rerun picks the same)."""
@@ -433,7 +423,6 @@ def write_trajectory(path, result, topology, dt, skip=0):
     another, to one mdtraj file (format by suffix), atomically. Returns per-replica frame counts."""
     import mdtraj as md
 
-    from ._io import atomic_path
 
     valid = result.n_valid_frames()
     counts = np.maximum(valid - skip, 0)
@@ -450,143 +439,3 @@ def write_trajectory(path, result, topology, dt, skip=0):
         except Exception as exc:                    # e.g. PyTables errors on a full disk
             raise CgdmlError(f"{path}: cannot write trajectory ({type(exc).__name__}: {exc})") from None
     return counts
-
-
-def main(argv=None):
-    p = ArgumentParser(prog="python -m cgdml.simulate", description=(
-        "Run batched Langevin simulations of a fitted CG model and write one mdtraj trajectory (all replicas, "
-        "one after another) plus a JSON sidecar. Interrupted runs resume when the same command is rerun."))
-    p.add_argument("model", help="fitted CG model (.npz)")
-    p.add_argument("-o", "--output", required=True, help="trajectory file: .h5 (mdtraj HDF5), .dcd or .xtc")
-    p.add_argument("--replicas", type=int, default=DEFAULTS["replicas"],
-                   help=f"replicas run together (default {DEFAULTS['replicas']})")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
-                   help=f"steps per replica (default {DEFAULTS['steps']}: 100 ps per replica at 2 fs)")
-    p.add_argument("--burn-in", type=int, default=None, help=f"leading steps not written to the trajectory "
-                   f"(default {DEFAULTS['burn_in']}, or steps/5 for runs shorter than twice that)")
-    p.add_argument("--dt", type=float, default=None,
-                   help="time step in ps (default 0.002 for both integrators)")
-    p.add_argument("--save-every", type=int, default=DEFAULTS["save_every"],
-                   help=f"save a frame every N steps (default {DEFAULTS['save_every']})")
-    p.add_argument("--integrator", choices=INTEGRATORS, default="langevin",
-                   help="langevin (BAOAB, default) or overdamped (Euler-Maruyama)")
-    p.add_argument("--friction", type=float, default=None,
-                   help="friction gamma in 1/ps (default 1 for langevin, 1000 for overdamped)")
-    p.add_argument("--temperature", type=float, default=None, help="K (default: the model's temperature)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--start", default=None, help="CG dataset (.npz) to draw start frames from "
-                   "(default: the model's training sample)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints "
-                   "(default steps/20)")
-    p.add_argument("--blowup-factor", type=float, default=2.0, help="stop a replica when a bond exceeds this "
-                   "factor times the longest bond seen in training (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="threads for the force calls (numba and BLAS; "
-                   "default 1: one batched call per step is small, and extra threads slow it down on a busy "
-                   "machine; run several seeds side by side instead; --tasks groups use one each)")
-    p.add_argument("--tasks", type=int, default=1, help="split the replicas into K groups, each an independent "
-                   "task with its own random stream and checkpoint (default 1; results depend on K, not on where "
-                   "the groups run)")
-    p.add_argument("--jobs", type=int, default=1, help="local processes for the --tasks groups, one thread each "
-                   "(default 1: one after another)")
-    p.add_argument("--scheduler", default=None, help="run the --tasks groups on a Dask cluster: tcp://HOST:PORT "
-                   "or a scheduler file (checkpoints need a file system the workers share)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-
-    out = Path(a.output)
-    if out.suffix.lower() not in (".h5", ".dcd", ".xtc"):
-        raise CgdmlError(f"{out}: output must end in .h5, .dcd or .xtc")
-    check_output(out)
-    if out.with_suffix(".json").resolve() == Path(a.model).with_suffix(".json").resolve():
-        raise CgdmlError(f"{out}: its sidecar {out.with_suffix('.json')} would overwrite the fit summary of "
-                         f"{a.model}; give the trajectory another name")
-    if a.temperature is not None and not a.temperature > 0:
-        raise CgdmlError(f"--temperature must be > 0 K, got {a.temperature:g}")
-    dt = DEFAULTS[a.integrator]["dt"] if a.dt is None else a.dt
-    friction = DEFAULTS[a.integrator]["friction"] if a.friction is None else a.friction
-    for name, val in (("--replicas", a.replicas), ("--steps", a.steps), ("--save-every", a.save_every)):
-        if val < 1:
-            raise CgdmlError(f"{name} must be >= 1, got {val}")
-    if a.checkpoint_every is not None and a.checkpoint_every < 1:
-        raise CgdmlError(f"--checkpoint-every must be >= 1, got {a.checkpoint_every}")
-    if not dt > 0:
-        raise CgdmlError(f"--dt must be > 0 ps, got {dt}")
-    if not friction > 0:
-        raise CgdmlError(f"--friction must be > 0 /ps, got {friction}")
-    if a.save_every > a.steps:
-        raise CgdmlError(f"--save-every {a.save_every} is larger than --steps {a.steps}: nothing would be saved")
-    burn_in = a.burn_in
-    if burn_in is None:
-        burn_in = DEFAULTS["burn_in"] if DEFAULTS["burn_in"] <= a.steps // 2 else a.steps // 5
-    if not 0 <= burn_in < a.steps:
-        raise CgdmlError(f"--burn-in must be between 0 and --steps - 1 ({a.steps - 1}), got {burn_in}")
-    if (a.steps - burn_in) < a.save_every:
-        raise CgdmlError(f"no frame would be written: --steps {a.steps} minus --burn-in {burn_in} is less than "
-                         f"--save-every {a.save_every}")
-    if a.threads < 1:
-        raise CgdmlError(f"--threads must be >= 1, got {a.threads}")
-    if not 1 <= a.tasks <= a.replicas:
-        raise CgdmlError(f"--tasks must be between 1 and --replicas ({a.replicas}), got {a.tasks}")
-    if a.jobs == 0:
-        raise CgdmlError("--jobs must be >= 1 (or negative: all cores but |n| - 1), got 0")
-    if a.scheduler is not None:
-        from .distributed import check_scheduler
-
-        check_scheduler(a.scheduler)
-    if not a.blowup_factor > 1:
-        raise CgdmlError(f"--blowup-factor must be > 1, got {a.blowup_factor}")
-
-    from .data import CGDataset, topology_from_pdb
-    from .model import CGModel
-
-    start = CGDataset.load(a.start) if a.start is not None else None
-    model = CGModel.load(a.model)
-    temperature = model.temperature if a.temperature is None else a.temperature
-    if start is not None:
-        if start.n_beads != model.n_beads:
-            raise CgdmlError(f"{a.start}: dataset has {start.n_beads} beads, model {a.model} has {model.n_beads}")
-    x0 = start_configurations(model, a.replicas, a.seed, start)
-    model.warn_if_out_of_range(x0, what=f"start configurations (from {a.start or a.model})")
-    blowup = bond_blowup(model.bond_pairs, a.blowup_factor * model.max_bond_length) \
-        if len(model.bond_pairs) else None
-    ckpt = Path(str(out) + ".ckpt.npz")
-    settings = {"model": str(a.model), "replicas": a.replicas, "steps": a.steps, "dt_ps": dt,
-                "save_every": a.save_every, "integrator": a.integrator, "friction_per_ps": friction,
-                "temperature_K": float(temperature), "seed": a.seed, "start": a.start, "burn_in_steps": burn_in,
-                "blowup_bond_nm": a.blowup_factor * model.max_bond_length, "tasks": a.tasks}
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    numba_threads = numba.get_num_threads()
-    numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with warnings.catch_warnings(), threadpool_limits(limits=a.threads):
-            warnings.simplefilter("default")
-            result = simulate(model.forces, x0, masses=model.masses, temperature=temperature, dt=dt,
-                              n_steps=a.steps, save_every=a.save_every, integrator=a.integrator, friction=friction,
-                              seed=a.seed, checkpoint=ckpt, checkpoint_every=a.checkpoint_every, blowup=blowup,
-                              progress=not a.no_progress, checkpoint_tag={"model_sha256": _file_sha256(a.model),
-                                                                          "blowup": settings["blowup_bond_nm"]},
-                              n_groups=a.tasks, n_jobs=a.jobs, scheduler=a.scheduler)
-    finally:
-        numba.set_num_threads(numba_threads)                   # main() may run inside a notebook or test
-    model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
-    counts = write_trajectory(out, result, topology_from_pdb(model.topology_pdb), dt, burn_in // a.save_every)
-    t = result.timings
-    sidecar = {"trajectory": out.name, "settings": settings, "n_replicas": a.replicas,
-               "frames_per_replica": counts.tolist(), "n_frames": int(counts.sum()),
-               "frame_time_ps": a.save_every * dt, "blowups": result.blowups,
-               "n_blown_up": int((~result.alive).sum()), "timings": t,
-               "ns_per_day_per_replica": (t["steps_per_s"] * dt * 86400 / 1000) if t["steps"] else None}
-    save_json(out.with_suffix(".json"), sidecar)
-    for path in group_checkpoints(ckpt, a.tasks):
-        path.unlink(missing_ok=True)
-    for stale in ckpt.parent.glob(f".{out.name}.ckpt.*.tmp.npz"):   # left by a run killed while checkpointing
-        stale.unlink(missing_ok=True)
-    print(f"wrote {out} ({int(counts.sum())} frames from {a.replicas} replicas, {sidecar['n_blown_up']} blown up) "
-          f"and {out.with_suffix('.json')}; {t['steps_per_s']:.0f} steps/s")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,0 +1,194 @@
+"""Command-line plumbing shared by the command modules (``python -m cgdml.map``, ``fit``, ``simulate``, ``fes``,
+``reference``): argument parsing whose errors are one line, the wrapper that turns a :class:`CgdmlError` into one
+stderr line and exit status 2, logging levels, and the options that name a CG dataset.
+
+Only command modules import this module.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ._io import CgdmlError, numpy_file_kind
+from .data import CGDataset, check_finite
+from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset, preset_map
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text."""
+
+    def error(self, message):
+        raise CgdmlError(f"{message} (see {self.prog} --help)")
+
+
+def one_line(text, limit=600):
+    """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {one_line(message)}", file=sys.stderr if file is None else file)
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)`` as a command: user errors become one stderr line and a non-zero exit.
+
+    Warnings are shown as one ``warning: ...`` line each (no source line, no file name).
+    """
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        status = main(argv)
+    except CgdmlError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:  # disk full, permission denied, ...
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {name}{one_line(exc.strerror or exc)}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        warnings.showwarning = shown
+    sys.exit(status or 0)
+
+
+def add_verbosity_arguments(parser):
+    """-v/--verbose (debug messages) and --quiet (warnings only, no progress bars)."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages of the cgdml logger")
+    parser.add_argument("--quiet", action="store_true", help="show warnings and errors only, no progress bars")
+    return parser
+
+
+def configure_logging(args):
+    """Send the ``cgdml`` logger to stderr at the level -v/--quiet ask for (INFO by default)."""
+    level = logging.DEBUG if getattr(args, "verbose", False) else \
+        logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logger = logging.getLogger("cgdml")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def add_dataset_arguments(parser, positional=True):
+    """Add the options that name a CG dataset: a saved DATASET.npz (positional, optional), pre-mapped
+    arrays (--coords, --cg-forces, --beads), their units and temperature, and --map/--force-map/--stride
+    for the shipped reference used when nothing else is given."""
+    if positional:
+        parser.add_argument("dataset", nargs="?", default=None,
+                            help="CG dataset .npz (from python -m cgdml.map); default: the shipped reference")
+    g = parser.add_argument_group("pre-mapped arrays")
+    g.add_argument("--coords", help="CG coordinates (n_frames, n_beads, 3), .npy or .npz")
+    g.add_argument("--cg-forces", help="CG forces (n_frames, n_beads, 3), .npy or .npz")
+    g.add_argument("--beads", default=None,
+                   help=f"map preset whose CG topology the arrays follow ({', '.join(available_presets())}) "
+                        "or comma-separated bead names")
+    g.add_argument("--length-unit", default="nm", help="length unit of the inputs: nm (default), angstrom, pm")
+    g.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the inputs: kJ/mol (default), kcal/mol, eV, kT")
+    g.add_argument("--temperature", type=float, default=None, help="K (default: from the data, else 300)")
+    g.add_argument("--map", default=None,
+                   help=f"map: TOML file or preset ({', '.join(available_presets())}); default ala2-5")
+    g.add_argument("--force-map", choices=FORCE_MAPS, default="aggregate", help="force map (default aggregate)")
+    g.add_argument("--stride", type=int, default=1, help="keep every N-th frame (default 1)")
+    return parser
+
+
+def _load_array(path, what):
+    path = Path(path)
+    if not path.exists():
+        raise CgdmlError(f"{path}: no such {what} file")
+    if path.is_file() and numpy_file_kind(path) is None:
+        raise CgdmlError(f"{path}: not a readable {what} array (neither .npy nor .npz content)")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if isinstance(z, np.ndarray):
+            return z
+        with z:
+            if len(z.files) != 1:
+                raise CgdmlError(f"{path}: expected one array, found {', '.join(z.files) or 'none'}")
+            return z[z.files[0]]
+    except CgdmlError:
+        raise
+    except Exception as exc:
+        raise CgdmlError(f"{path}: not a readable {what} array ({type(exc).__name__}: {exc})") from None
+
+
+def stride_option(args):
+    if args.stride < 1:
+        raise CgdmlError(f"--stride must be >= 1, got {args.stride}")
+    return args.stride
+
+
+def check_temperature_option(args):
+    if args.temperature is not None and not args.temperature > 0:
+        raise CgdmlError(f"--temperature must be > 0 K, got {args.temperature:g}")
+
+
+def dataset_from_args(args):
+    """The :class:`CGDataset` named by options from :func:`add_dataset_arguments`."""
+    stride = stride_option(args)
+    check_temperature_option(args)
+    dataset_path = getattr(args, "dataset", None)
+    if dataset_path and (args.coords or args.cg_forces):
+        raise CgdmlError("give either a dataset file or --coords/--cg-forces, not both")
+    if dataset_path:
+        ds = CGDataset.load(dataset_path)
+        if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
+            raise CgdmlError(f"{dataset_path}: dataset is at {ds.temperature:g} K, not {args.temperature:g} K")
+        return ds.subset(slice(None, None, stride)) if stride > 1 else ds
+    if args.coords or args.cg_forces:
+        if not (args.coords and args.cg_forces):
+            raise CgdmlError("--coords and --cg-forces go together")
+        from .units import energy_factor, length_factor
+
+        length_factor(args.length_unit)
+        energy_factor(args.energy_unit, 300.0 if args.temperature is None else args.temperature)
+        coords = _load_array(args.coords, "coordinates")
+        forces = _load_array(args.cg_forces, "forces")
+        for path, array, what in ((args.coords, coords, "coordinates"), (args.cg_forces, forces, "forces")):
+            if array.ndim != 3 or array.shape[2] != 3:
+                raise CgdmlError(f"{path}: {what} must have shape (n_frames, n_beads, 3), got {array.shape}")
+        if forces.shape != coords.shape:
+            raise CgdmlError(f"{args.cg_forces}: forces shaped {forces.shape} do not match the coordinates "
+                             f"{args.coords} shaped {coords.shape}")
+        check_finite(coords, "coordinates", str(args.coords))
+        check_finite(forces, "forces", str(args.cg_forces))
+        coords, forces = coords[::stride], forces[::stride]
+        topology = masses = names = None
+        if args.beads in available_presets():
+            cgmap = preset_map(args.beads)
+            topology, masses = cgmap.cg_topology_, cgmap.masses_
+            if coords.ndim == 3 and coords.shape[1] != cgmap.n_beads:
+                raise CgdmlError(f"{args.coords}: {coords.shape[1]} beads but preset {args.beads} has {cgmap.n_beads}")
+        elif args.beads:
+            names = [b.strip() for b in args.beads.split(",")]
+        info = {"source": {"coords": str(args.coords), "forces": str(args.cg_forces)}, "beads": args.beads}
+        try:
+            return CGDataset.from_arrays(coords, forces, length_unit=args.length_unit, energy_unit=args.energy_unit,
+                                         temperature=300.0 if args.temperature is None else args.temperature,
+                                         bead_names=names, topology=topology, info=info, masses=masses)
+        except CgdmlError as exc:
+            raise CgdmlError(f"{args.coords}: {exc}") from None
+    ds = load_default_cg_dataset(map=args.map or "ala2-5", force_map=args.force_map, stride=stride)
+    if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
+        raise CgdmlError(f"the shipped reference is at {ds.temperature:g} K, not {args.temperature:g} K")
+    return ds
+
+
+def dataset_summary(dataset):
+    """One line: frames, beads, force map and mapped mean squared force per bead ((kJ/mol/nm)^2)."""
+    msf = (dataset.forces ** 2).mean(axis=(0, 2))
+    per_bead = " ".join(f"{n}:{v:.4g}" for n, v in zip(dataset.bead_names, msf))
+    fm = dataset.info.get("force_map", "pre-mapped")
+    return (f"{dataset.n_frames} frames, {dataset.n_beads} beads, {dataset.temperature:g} K, force map {fm}; "
+            f"mean squared force per bead (kJ/mol/nm)^2: {per_bead} (mean {msf.mean():.4g})")

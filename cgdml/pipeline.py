@@ -1,0 +1,65 @@
+"""The whole fit, in one call: prior, force matching (two-layer, Nyström or single GDML), basin balancing.
+
+:func:`fit_cg_model` is what ``python -m cgdml.fit`` runs, so that a fit from Python and one from the command
+line with the same settings and seed give the same model, array for array.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ._io import CgdmlError
+
+METHODS = ("two-layer", "nystrom", "single")
+log = logging.getLogger(__name__)
+
+
+def fit_cg_model(dataset, method="two-layer", *, balance_basins=True, seed=0, progress=False, workdir=None,
+                 n_jobs=1, scheduler=None, **params):
+    """Fit a CG force field to a :class:`cgdml.data.CGDataset`; returns a :class:`cgdml.model.CGModel`.
+
+    ``method``:
+
+    - ``"two-layer"``: :class:`cgdml.ensemble.TwoLayerGDML` (``params`` are its hyperparameters, e.g.
+      ``sigma1=(2, 4)``, ``n_models=12``);
+    - ``"nystrom"``: inducing-point GDML on every frame, :func:`cgdml.nystrom.fit_nystrom` (``n_inducing``,
+      ``sigma``, ``lam``, ...);
+    - ``"single"``: one GDML on ``n_frames`` stratified frames, :func:`cgdml.ensemble.fit_single` (a baseline).
+
+    ``balance_basins``: afterwards give dihedral arcs that the training frames leave disconnected their
+    training populations (:func:`cgdml.basins.balance_basins`, on one thread; a no-op when no dihedral has
+    gaps). ``workdir`` keeps checkpoints so that an interrupted fit resumes; ``n_jobs``/``scheduler`` run the
+    two-layer sub-models in local processes or on Dask. The record of the fit is ``model.info``.
+    """
+    if method not in METHODS:
+        raise CgdmlError(f"unknown fit method {method!r} (choose {', '.join(METHODS)})")
+    t0 = time.perf_counter()
+    if method == "two-layer":
+        from .ensemble import TwoLayerGDML
+
+        estimator = TwoLayerGDML(seed=seed, progress=progress, workdir=workdir, n_jobs=n_jobs, scheduler=scheduler,
+                                 **params)
+        model = estimator.fit(dataset).model_
+    elif method == "nystrom":
+        from .nystrom import fit_nystrom
+
+        model = fit_nystrom(dataset, seed=seed, workdir=workdir, progress=progress, **params)
+    else:
+        from .ensemble import fit_single
+
+        model = fit_single(dataset, seed=seed, **params)
+    log.info("force matching done in %.0f s: %s", time.perf_counter() - t0, model.info.get("chosen"))
+    if balance_basins:
+        from .basins import balance_basins as balance
+        from .distributed import limited_threads
+
+        # one thread, as the simulate CLI's default: batched replica force calls run 1.5-2x faster than with
+        # numba's threads on a shared 2-core machine (see NOTES)
+        try:
+            model.offsets, report = limited_threads(lambda: balance(model, dataset, seed=seed, progress=progress))
+        except CgdmlError as exc:
+            raise CgdmlError(f"basin balancing failed ({exc}); rerun with --no-balance-basins (balance_basins=False) "
+                             "to skip it (the GDML fit resumes from its checkpoints)") from None
+        model.info["basin_balance"] = report
+    model.info["wall_time_s"] = time.perf_counter() - t0
+    return model

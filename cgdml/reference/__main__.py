@@ -1,0 +1,40 @@
+"""``python -m cgdml.reference -o DIR``: an all-atom OpenMM reference run with positions and forces (the library
+is :mod:`cgdml.reference`)."""
+from __future__ import annotations
+
+from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli
+from ..reference import run_reference
+
+
+
+def main(argv=None):
+    p = ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
+    p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
+    p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
+    p.add_argument("--save-every-ps", type=float, default=1.0, help="frame spacing in ps (default 1)")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--solvent", choices=("implicit", "explicit"), default="implicit")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--platform", default="CPU")
+    p.add_argument("--threads", type=int, default=1, help="CPU platform threads (default 1)")
+    p.add_argument("--chunk-ns", type=float, default=1.0, help="ns per chunk file (default 1)")
+    p.add_argument("--timestep-fs", type=float, default=4.0)
+    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
+    p.add_argument("--hydrogen-mass", type=float, default=4.0, help="repartitioned H mass in amu (default 4)")
+    p.add_argument("--equilibrate-ps", type=float, default=100.0)
+    p.add_argument("--name", default=None, help="base name of the assembled files (default ala2_SOLVENT_TK)")
+    p.add_argument("--no-progress", action="store_true")
+    add_verbosity_arguments(p)
+    a = p.parse_args(argv)
+    configure_logging(a)
+    pdb, npz = run_reference(a.output, ns=a.ns, save_every_ps=a.save_every_ps, temperature=a.temperature,
+                             solvent=a.solvent, seed=a.seed, platform=a.platform, threads=a.threads,
+                             chunk_ns=a.chunk_ns, timestep_fs=a.timestep_fs, friction_per_ps=a.friction,
+                             hydrogen_mass=a.hydrogen_mass, equilibrate_ps=a.equilibrate_ps, name=a.name,
+                             progress=not (a.no_progress or a.quiet))
+    print(f"wrote {pdb} and {npz}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
