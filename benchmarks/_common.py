@@ -1,9 +1,22 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: timing, load averages, the results-file report, the data loaders,
+the single-GDML validation search and the sgdml reference (benchmark code, not library code)."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
+SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
+CGNET = SHARED / "data" / "cgnet-ala2"  # ala2_coordinates.npy (Angstrom), ala2_forces.npy (kcal/mol/Angstrom)
+CGNET_BEADS = ["C", "N", "CA", "C", "N"]
 
+
+# ------------------------------------------------------------------------------------------------ timing, load
 def best_time(fn, repeat=3, min_time=0.5):
     """Best wall time of ``fn()`` per call over ``repeat`` rounds of at least ``min_time`` s each."""
     best = np.inf
@@ -17,3 +30,163 @@ def best_time(fn, repeat=3, min_time=0.5):
                 break
         best = min(best, dt / n)
     return best
+
+
+def load_str():
+    """The 1/5/15-minute load averages as "a / b / c"."""
+    la = os.getloadavg()
+    return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
+
+
+def elapsed_log(t0=None):
+    """A ``log(msg)`` that prints msg after the seconds since ``t0`` (default: now), flushed."""
+    t0 = time.perf_counter() if t0 is None else t0
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    return log
+
+
+# ------------------------------------------------------------------------------------------------ results files
+def write_text_atomic(path, text):
+    """Write ``text`` to ``path`` atomically, creating its folder if needed."""
+    from cgdml._io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+class Report:
+    """``say(line="")`` prints a line (flushed) and keeps it; ``write(path)`` saves the kept lines atomically."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, s=""):
+        print(s, flush=True)
+        self.lines.append(s)
+
+    @property
+    def text(self):
+        return "\n".join(self.lines) + "\n"
+
+    def write(self, path):
+        write_text_atomic(path, self.text)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def cgnet_topology():
+    """The cgnet data's mdtraj Topology: beads C, N, CA, C, N in residues ACE, ALA (N, CA, C), NME, bonded in
+    bead order (built with mdtraj directly, so it does not depend on cgdml's topology helpers)."""
+    import mdtraj as md
+
+    top = md.Topology()
+    chain = top.add_chain()
+    residues = [top.add_residue(name, chain) for name in ("ACE", "ALA", "NME")]
+    atoms = [top.add_atom(name, md.element.Element.getBySymbol(name[0]), residues[res])
+             for name, res in zip(CGNET_BEADS, (0, 1, 1, 1, 2))]
+    for a, b in zip(atoms[:-1], atoms[1:]):
+        top.add_bond(a, b)
+    return top
+
+
+def load_cgnet():
+    """The cgnet alanine dipeptide (5 beads, 300 K) as a CGDataset in nm and kJ/mol/nm."""
+    from cgdml.data import CGDataset
+
+    return CGDataset.from_arrays(np.load(CGNET / "ala2_coordinates.npy"), np.load(CGNET / "ala2_forces.npy"),
+                                 length_unit="angstrom", energy_unit="kcal/mol", temperature=300.0,
+                                 bead_names=CGNET_BEADS, topology=cgnet_topology())
+
+
+def load_shipped():
+    """The shipped implicit-solvent alanine dipeptide, 5 beads, optimal force map."""
+    from cgdml.mapping import load_default_cg_dataset
+
+    return load_default_cg_dataset("ala2-5", "optimal")
+
+
+# ------------------------------------------------------------------------------------------------ fits
+def mse(pred, target):
+    return float(np.mean((pred - target) ** 2))
+
+
+def two_layer_defaults():
+    """TwoLayerGDML's constructor defaults, read at run time."""
+    from cgdml.ensemble import TwoLayerGDML
+
+    sig = inspect.signature(TwoLayerGDML.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
+
+
+@contextlib.contextmanager
+def recorded_gdml_fits():
+    """Yield a list that collects every :class:`cgdml.gdml.GDML` estimator fitted by :mod:`cgdml.ensemble`
+    (``fit_single``) inside the block: fit_single returns only the fitted model, while the solver, the CG
+    iteration count and the absolute lambda live on the estimator."""
+    import cgdml.ensemble as ensemble
+
+    fitted, base = [], ensemble.GDML
+
+    class RecordedGDML(base):
+        def fit(self, *args, **kwargs):
+            out = super().fit(*args, **kwargs)
+            fitted.append(self)
+            return out
+
+    ensemble.GDML = RecordedGDML
+    try:
+        yield fitted
+    finally:
+        ensemble.GDML = base
+
+
+def fit_single_cv(train, n_frames, sigmas, lams, seed=0, **kw):
+    """``fit_single(train, n_frames, ...)`` with (sigma, lam) chosen on a validation split of ``train``.
+
+    The split holds out 25% of the frames (at most 2000); every candidate of sigmas x lams is fitted on the rest
+    and scored by the MSE against the held-out instantaneous forces; the winner is refitted on all of ``train``.
+    ``kw`` goes to every fit_single call. Returns (CGModel, the final GDML estimator, dict(sigma, lam, n_cv,
+    n_val)).
+    """
+    from cgdml.ensemble import fit_single
+
+    rng = np.random.default_rng([seed, 11])
+    perm = rng.permutation(train.n_frames)
+    n_val = min(2000, train.n_frames // 4)
+    val, fit_part = perm[:n_val], train.subset(np.sort(perm[n_val:]))
+    n_cv = min(n_frames, fit_part.n_frames)
+    scores = {}
+    for s in sigmas:
+        for lam in lams:
+            m = fit_single(fit_part, n_cv, sigma=s, lam=lam, seed=seed, **kw)
+            scores[(s, lam)] = mse(m.forces(train.coords[val]), train.forces[val])
+    s, lam = min(scores, key=scores.get)
+    with recorded_gdml_fits() as fitted:
+        model = fit_single(train, n_frames, sigma=s, lam=lam, seed=seed, **kw)
+    return model, fitted[-1], dict(sigma=s, lam=lam, n_cv=n_cv, n_val=n_val)
+
+
+# ------------------------------------------------------------------------------------------------ sgdml
+def sgdml_train(R, F, sigma, lam, z, name, theory):
+    """Train sgdml (GDML: use_sym=False, no energies: use_E=False, analytic solver) on R, F with atomic numbers
+    ``z``; returns (model dict, train seconds)."""
+    from sgdml.train import GDMLTrain
+
+    ds = {"R": R, "F": F, "z": np.asarray(z), "name": np.array(name), "theory": np.array(theory)}
+    trainer = GDMLTrain(max_processes=os.cpu_count())
+    task = trainer.create_task(ds, len(R), ds, 0, sig=sigma, lam=lam, use_sym=False, use_E=False)
+    t0 = time.perf_counter()
+    model = trainer.train(task)
+    return model, time.perf_counter() - t0
+
+
+def sgdml_predictor(model, n_proc=None):
+    """sgdml's GDMLPredict for ``model``, silent; ``n_proc`` processes (default: sgdml's own choice)."""
+    from sgdml.predict import GDMLPredict
+
+    kw = {} if n_proc is None else dict(max_processes=n_proc)
+    return GDMLPredict(model, log_level=logging.CRITICAL, **kw)

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from cgdml.features import descriptor, descriptor_jacobian, descriptor_vjp
+from cgdml.features import chain_quads, descriptor, descriptor_jacobian, descriptor_vjp
 
 
 class MLPForceField:
@@ -34,9 +34,10 @@ class MLPForceField:
     early-stopping limits (epochs without a better validation MSE); val_fraction: held-out share of the
     frames; max_time_s: wall-time cap on training; l2: Gaussian prior on the weights (not biases), the
     loss being force MSE + l2 * mean(labels^2) / n_train * sum(w^2) (scale-free: it weighs like l2 extra frames
-    of label variance, and fades as the data grow).
-    Learned: ``params_`` (list of W, b per layer, then w_out), ``mu_``, ``s_``, ``kT_``, ``history_``,
-    ``best_epoch_``, ``val_mse_``, ``train_s_``.
+    of label variance, and fades as the data grow); chiral: the descriptor includes the sines of the chain
+    dihedrals (``cgdml.features.chain_quads``).
+    Learned: ``params_`` (list of W, b per layer, then w_out), ``quads_``, ``mu_``, ``s_``, ``kT_``,
+    ``history_``, ``best_epoch_``, ``val_mse_``, ``train_s_``.
     """
 
     def __init__(self, hidden=(64, 64), lr=1e-3, batch_size=128, max_epochs=3000, patience=60,
@@ -134,7 +135,8 @@ class MLPForceField:
         rng = np.random.default_rng([self.seed, 31])
         R = np.asarray(R, dtype=np.float64)
         n = len(R)
-        D, J = descriptor_jacobian(R, self.chiral)
+        self.quads_ = chain_quads(R.shape[1]) if self.chiral else np.zeros((0, 4), dtype=np.int64)
+        D, J = descriptor_jacobian(R, self.quads_)
         Y = np.asarray(F, dtype=np.float64).reshape(n, -1)
         perm = rng.permutation(n)
         n_val = max(1, int(round(self.val_fraction * n)))
@@ -182,9 +184,9 @@ class MLPForceField:
     def energy_forces(self, R):
         """E (n,) kJ/mol (up to a constant) and the learned forces (n, n_beads, 3) kJ/mol/nm (prior excluded)."""
         R = np.asarray(R, dtype=np.float64)
-        Z = (descriptor(R, self.chiral) - self.mu_) / self.s_
+        Z = (descriptor(R, self.quads_) - self.mu_) / self.s_
         E, gz = self._energy_grad_z(self.params_, Z)
-        return E, -descriptor_vjp(R, gz / self.s_, self.chiral)
+        return E, -descriptor_vjp(R, gz / self.s_, self.quads_)
 
     def predict_forces(self, R):
         """Learned forces (n, n_beads, 3) kJ/mol/nm, prior excluded."""
@@ -201,7 +203,8 @@ def self_check(seed=0, n_frames=12, n_beads=5, hidden=(7, 5), n_probe=25):
     steps = 0.15 * steps / np.linalg.norm(steps, axis=-1, keepdims=True)
     R = np.concatenate([np.zeros((n_frames, 1, 3)), np.cumsum(steps, axis=1)], axis=1)
     net = MLPForceField(hidden=hidden)
-    D, J = descriptor_jacobian(R, True)
+    net.quads_ = chain_quads(n_beads)
+    D, J = descriptor_jacobian(R, net.quads_)
     net.mu_, net.s_, net.kT_, net.decay_ = D.mean(0), D.std(0) + 0.1, 2.5, 0.7
     Z = (D - net.mu_) / net.s_
     params = net._init_params(D.shape[1], rng)

@@ -15,7 +15,7 @@ n_models capped at N_MODELS_MAX; its own 3-fold CV picks all four hyperparameter
 
 Score: MSE of the total forces (prior + GDML, kJ/mol/nm) against the held-out instantaneous forces, and that MSE
 subtracted from the prior-only MSE (the part the GDML learned; the instantaneous force noise dominates both).
-Toy: the 4-bead molecule of tests/test_ensemble.py (exact mean force known, labels with heavy noise); the
+Toy: the 4-bead molecule of tests/conftest.py (exact mean force known, labels with heavy noise); the
 same two fits at three budgets, scored by the MSE against the exact mean force on 1000 test frames.
 
 All fits run with one numba and one BLAS thread (on the shared 2-core machine extra threads slow small fits).
@@ -25,10 +25,8 @@ Run: ``python benchmarks/bench_fit.py [--quick]`` (about 20 min with the 12 x 20
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,10 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from cgdml._cli import run_cli
-from cgdml._io import atomic_path
+from _common import (elapsed_log, fit_single_cv, load_cgnet, load_shipped, load_str, mse, two_layer_defaults,
+                     write_text_atomic)
 
-SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
-CGNET = SHARED / "data" / "cgnet-ala2"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_fit.md"
 TEST_FRACTION = 0.2
@@ -48,39 +45,14 @@ SINGLE_LAM = (1.0, 3.0, 10.0, 30.0)  # relative to mean(diag K)
 N_MODELS_MAX = 24
 
 
-def load_str():
-    la = os.getloadavg()
-    return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
-
-
-def load_cgnet():
-    from cgdml.data import CGDataset, chain_topology
-
-    top = chain_topology(["C", "N", "CA", "C", "N"], ["ACE", "ALA", "NME"], [0, 1, 1, 1, 2])
-    c = np.load(CGNET / "ala2_coordinates.npy")
-    f = np.load(CGNET / "ala2_forces.npy")
-    return CGDataset.from_arrays(c, f, length_unit="angstrom", energy_unit="kcal/mol", temperature=300.0,
-                                 topology=top)
-
-
-def load_shipped():
-    from cgdml.mapping import load_default_cg_dataset
-
-    return load_default_cg_dataset("ala2-5", "optimal")
-
-
 def load_toy():
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_ensemble import make_toy
+    """(dataset with noisy labels, exact forces): the toy of the tests' ``noisy_toy`` fixture (tests/conftest.py)."""
+    import importlib.util
 
-    return make_toy()
-
-
-def class_defaults():
-    from cgdml.ensemble import TwoLayerGDML
-
-    sig = inspect.signature(TwoLayerGDML.__init__)
-    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
+    spec = importlib.util.spec_from_file_location("cgdml_tests_conftest", ROOT / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    return conftest.noisy_toy.__wrapped__()  # the fixture's own function
 
 
 def two_layer_params(n_train, defaults, quick, toy):
@@ -109,30 +81,13 @@ def fit_two_layer(train, params):
     return est, time.perf_counter() - t0
 
 
-def fit_single_cv(train, size, quick, toy, seed=0):
+def single_cv(train, size, quick, toy, seed=0):
     """fit_single with (sigma, lam) chosen on a validation split; returns (model, chosen, seconds)."""
-    from cgdml.ensemble import fit_single
-
     kw = dict(strata="kmeans") if toy else {}
     sigmas, lams = (SINGLE_SIGMA[1:], SINGLE_LAM[1:3]) if quick else (SINGLE_SIGMA, SINGLE_LAM)
     t0 = time.perf_counter()
-    rng = np.random.default_rng([seed, 11])
-    perm = rng.permutation(train.n_frames)
-    n_val = min(2000, train.n_frames // 4)
-    val, fit_part = perm[:n_val], train.subset(np.sort(perm[n_val:]))
-    n_cv = min(size, fit_part.n_frames)
-    scores = {}
-    for s in sigmas:
-        for lam in lams:
-            m = fit_single(fit_part, n_cv, sigma=s, lam=lam, seed=seed, **kw)
-            scores[(s, lam)] = mse(m.forces(train.coords[val]), train.forces[val])
-    s, lam = min(scores, key=scores.get)
-    model = fit_single(train, size, sigma=s, lam=lam, seed=seed, **kw)
-    return model, dict(sigma=s, lam=lam, n_cv=n_cv, n_val=n_val), time.perf_counter() - t0
-
-
-def mse(pred, target):
-    return float(np.mean((pred - target) ** 2))
+    model, _, chosen = fit_single_cv(train, size, sigmas, lams, seed=seed, **kw)
+    return model, chosen, time.perf_counter() - t0
 
 
 def paired_diff(pred_a, pred_b, target):
@@ -157,7 +112,7 @@ def bench_dataset(name, data, budgets, defaults, quick, log):
         train = data.subset(np.sort(pool[:b]))
         params = two_layer_params(b, defaults, quick, toy=False)
         size = params["mean_set_size"]
-        single, chosen, t_single = fit_single_cv(train, size, quick, toy=False)
+        single, chosen, t_single = single_cv(train, size, quick, toy=False)
         two, t_two = fit_two_layer(train, params)
         prior_mse = mse(two.model_.prior.forces(Rt), Ft)
         p_single, p_two = single.forces(Rt), two.model_.forces(Rt)
@@ -183,7 +138,7 @@ def bench_toy(budgets, defaults, quick, log):
         train = data.subset(np.arange(b))
         params = two_layer_params(b, defaults, quick, toy=True)
         size = params["mean_set_size"]
-        single, chosen, t_single = fit_single_cv(train, size, quick, toy=True)
+        single, chosen, t_single = single_cv(train, size, quick, toy=True)
         two, t_two = fit_two_layer(train, params)
         prior = mse(two.model_.prior.forces(Rt), F_true[test])
         p_single, p_two = single.forces(Rt), two.model_.forces(Rt)
@@ -236,7 +191,7 @@ def report(rows, toy_rows, defaults, args, load_start, wall):
                      f"{r['t_single']:.0f} | {r['t_two']:.0f} | {r['single_size']}, {fmt_chosen(r['single_chosen'])} | "
                      f"{r['two_models']} x {r['batch']}, {fmt_chosen(r['two_chosen'])} | {r['load']:.1f} |")
     lines += ["", "## Toy (4 beads, exact mean force known): MSE against the exact mean force, (kJ/mol/nm)^2", "",
-              "Labels = exact force + Gaussian noise (tests/test_ensemble.py `make_toy`); 1000 test frames; "
+              "Labels = exact force + Gaussian noise (tests/conftest.py `noisy_toy`); 1000 test frames; "
               "noise = MSE of the noisy labels themselves.", "",
               "| budget | prior MSE | single MSE | two-layer MSE | two-layer / single | two - single (+- SE) | noise | "
               "single time (s) | two-layer time (s) | single: M, chosen | two-layer: models x batch, chosen |",
@@ -262,10 +217,8 @@ def main(argv=None):
     warnings.simplefilter("ignore")  # automatic lambda increases are recorded by the estimators
     load_start = load_str()
     t0 = time.perf_counter()
-    defaults = class_defaults()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    defaults = two_layer_defaults()
+    log = elapsed_log(t0)
 
     log(f"load {load_start}; TwoLayerGDML defaults {defaults}")
     rows, toy_rows = [], []
@@ -278,9 +231,7 @@ def main(argv=None):
     text = report(rows, toy_rows, defaults, args, load_start, time.perf_counter() - t0)
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(RESULTS) as tmp:
-            Path(tmp).write_text(text)
+        write_text_atomic(RESULTS, text)
         print(f"wrote {RESULTS}")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import subprocess
@@ -25,13 +24,11 @@ import scipy.linalg
 
 from cgdml import kernels
 from cgdml._cli import run_cli
-from cgdml._io import atomic_path
-from cgdml.features import descriptor, descriptor_jacobian, descriptor_vjp
+from cgdml.features import chain_quads, descriptor, descriptor_jacobian, descriptor_vjp
 from cgdml.gdml import GDML, reduced_rank
-from cgdml.units import force_factor, length_factor
-from _common import best_time
+from cgdml.units import length_factor
+from _common import CGNET, Report, best_time, load_cgnet, sgdml_predictor, sgdml_train
 
-DATA = Path(os.environ.get("CGDML_SHARED", "/work/shared")) / "data" / "cgnet-ala2"
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gdml.md"
 SIGMA = 2.0  # nm^-1
 REL_LAM = 1e-4  # lambda relative to mean(diag K); the same absolute value is given to sgdml
@@ -41,9 +38,8 @@ CG_REL_LAM = 1e-3  # for the matrix-free run (CG iterations grow as lambda shrin
 
 def load_data():
     """cgnet ala2 in nm and kJ/mol/nm (float64)."""
-    R = np.load(DATA / "ala2_coordinates.npy").astype(np.float64) * length_factor("angstrom")
-    F = np.load(DATA / "ala2_forces.npy").astype(np.float64) * force_factor("angstrom", "kcal/mol")
-    return R, F
+    ds = load_cgnet()
+    return ds.coords, ds.forces
 
 
 def wall_and_cpu(fn, repeat=3, min_time=0.5):
@@ -58,23 +54,9 @@ def wall_and_cpu(fn, repeat=3, min_time=0.5):
     return best
 
 
-def sgdml_train(R, F, sigma, lam):
-    """Train sgdml (GDML: use_sym=False, no energies: use_E=False, analytic solver); returns (model, seconds)."""
-    from sgdml.train import GDMLTrain
-
-    ds = {"R": R, "F": F, "z": np.array([6, 7, 6, 6, 7]), "name": np.array("cgnet-ala2"),
-          "theory": np.array("cgnet mapped AMBER ff99SB-ILDN")}
-    trainer = GDMLTrain(max_processes=os.cpu_count())
-    task = trainer.create_task(ds, len(R), ds, 0, sig=sigma, lam=lam, use_sym=False, use_E=False)
-    t0 = time.perf_counter()
-    model = trainer.train(task)
-    return model, time.perf_counter() - t0
-
-
-def sgdml_predictor(model):
-    from sgdml.predict import GDMLPredict
-
-    return GDMLPredict(model, log_level=logging.CRITICAL)
+def sgdml_ala2(R, F, sigma, lam):
+    """Train sgdml on the cgnet frames R, F; returns (model, seconds)."""
+    return sgdml_train(R, F, sigma, lam, z=[6, 7, 6, 6, 7], name="cgnet-ala2", theory="cgnet mapped AMBER ff99SB-ILDN")
 
 
 def _time_cho(K):
@@ -85,7 +67,7 @@ def _time_cho(K):
 
 def cholesky_reference(R, sigma, lam):
     """Time scipy cho_factor alone on our reduced kernel matrix (same size and matrix as in fit)."""
-    D, J = descriptor_jacobian(R, chiral=False)
+    D, J = descriptor_jacobian(R)
     r = reduced_rank(R.shape[1], D.shape[1])
     U, S, _ = np.linalg.svd(J, full_matrices=False)
     K = kernels.assemble(D, U[:, :, :r] * S[:, None, :r], sigma)
@@ -107,7 +89,7 @@ def six_bead_data(n, seed=0):
     5. Forces come from U = sum_pairs k/2 (r - r0)^2 + kappa sum_k sin(dihedral_k), r0 = mean distances:
     a smooth, chiral field that the model should learn almost exactly.
     """
-    Ra = np.load(DATA / "ala2_coordinates.npy").astype(np.float64)
+    Ra = np.load(CGNET / "ala2_coordinates.npy").astype(np.float64)
     idx = np.random.default_rng(seed).permutation(len(Ra))[:n]
     Ra = Ra[idx]
     b = Ra[:, 2] - Ra[:, 1]
@@ -119,14 +101,15 @@ def six_bead_data(n, seed=0):
 
 
 def analytic_forces(R, k=2000.0, kappa=10.0):
-    D = descriptor(R, chiral=True)
+    quads = chain_quads(R.shape[1])
+    D = descriptor(R, quads)
     n_pairs = R.shape[1] * (R.shape[1] - 1) // 2
     r = 1.0 / D[:, :n_pairs]
     r0 = np.linspace(0.2, 0.5, n_pairs)  # fixed rest lengths (nm); the field is analytic, not fitted
     G = np.empty_like(D)
     G[:, :n_pairs] = -(k * (r - r0)) * r ** 2  # dU/d(1/r) = dU/dr * dr/d(1/r) = k (r - r0) * (-r^2)
     G[:, n_pairs:] = kappa
-    return -descriptor_vjp(R, G, chiral=True)
+    return -descriptor_vjp(R, G, quads)
 
 
 def _vm_hwm_gb():
@@ -207,11 +190,7 @@ def main(argv=None):
     R, F = load_data()
     perm = np.random.default_rng(0).permutation(len(R))
     test = perm[-200:]
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     load = os.getloadavg()
     say(f"# GDML core benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} cores, "
@@ -248,7 +227,7 @@ def main(argv=None):
             n, cho_s, gflops = cholesky_reference(R[tr], SIGMA, model.lam_)
         sg_s, diff = None, None
         if M in sgdml_sizes:
-            sg_model, sg_s = sgdml_train(R[tr], F[tr], SIGMA, model.lam_)
+            sg_model, sg_s = sgdml_ala2(R[tr], F[tr], SIGMA, model.lam_)
             sg_models[M] = sg_model
             _, Fs = sgdml_predictor(sg_model).predict(R[test].reshape(len(test), -1))
             Fo = model.predict_forces(R[test]).reshape(len(test), -1)
@@ -311,9 +290,7 @@ def main(argv=None):
     load = os.getloadavg()
     say()
     say(f"Load average at end: {load[0]:.1f} (2 cores).")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    say.write(RESULTS)
     return 0
 
 

@@ -36,18 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from cgdml._cli import run_cli
-from cgdml._io import atomic_path
+from _common import CGNET, Report, load_shipped, load_str
 
-SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
-CGNET = SHARED / "data" / "cgnet-ala2"
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.md"
 SIGMAS, LAMS = ("2", "4", "8"), ("0.1", "0.3", "1", "3")
 COST_SIGMA, COST_LAM = 4.0, 0.3  # part 1's fixed hyperparameters
-
-
-def load_str():
-    la = os.getloadavg()
-    return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
 
 
 def run(cmd, log):
@@ -152,11 +145,9 @@ def cgnet_file(workdir):
 
 
 def shipped_file(workdir):
-    from cgdml.mapping import load_default_cg_dataset
-
     out = workdir / "shipped.npz"
     if not out.exists():
-        load_default_cg_dataset("ala2-5", "optimal").save(out)
+        load_shipped().save(out)
     return out
 
 
@@ -174,11 +165,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     t_start = time.perf_counter()
     say(f"# Scale benchmark: inducing-point GDML ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
@@ -247,8 +234,7 @@ def main(argv=None):
     say(f"Total benchmark time: {(time.perf_counter() - t_start) / 60:.1f} min (finished steps reused from "
         f"{workdir} are not counted). Load at end: {load_str()}.")
     if not a.no_write:
-        with atomic_path(RESULTS) as tmp:
-            Path(tmp).write_text("\n".join(lines) + "\n")
+        say.write(RESULTS)
         print(f"wrote {RESULTS}")
     return 0
 

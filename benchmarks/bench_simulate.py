@@ -7,8 +7,9 @@ CLI's thread setting (1 numba/BLAS thread) and with 2 threads. Reports aggregate
 time of one batched force call per replica, and compares with sgdml's GDMLPredict for the same model size.
 sgdml cannot train at M = 3000 on 6 beads here (its dense 54,000^2 kernel matrix needs 23 GB), so its predictor
 is built from the coefficients of our non-chiral GDML fitted on the same 3,000 frames and labels
-(sgdml's R_d_desc_alpha * std = -J alpha = -V_, R_desc = our descriptors); the benchmark checks that this
-predictor gives our forces, and that a real sgdml training at M = 200 gives the same model as ours.
+(sgdml's R_d_desc_alpha * std = -J alpha = minus the GDMLModel's coefficients, R_desc = its train_descriptors);
+the benchmark checks that this predictor gives our forces, and that a real sgdml training at M = 200 gives the
+same model as ours.
 
 Part 2 (accuracy): models of the cgnet data (5 beads) fitted here with ``python -m cgdml.fit`` defaults (the
 two-layer ensemble) and with ``--method nystrom`` (or the ``--model MODEL.npz`` given), each simulated with
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import platform
 import shutil
@@ -38,20 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from cgdml._cli import run_cli
-from cgdml._io import atomic_path
-from _common import best_time
+from _common import Report, best_time, load_cgnet, load_str, recorded_gdml_fits, sgdml_predictor, sgdml_train
 
-SHARED = Path(os.environ.get("CGDML_SHARED", "/work/shared"))
-CGNET = SHARED / "data" / "cgnet-ala2"
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_simulate.md"
 SIGMA, LAM = 4.0, 3.0  # fit_single defaults (sigma nm^-1, lambda relative to mean(diag K))
 DT, FRICTION = 0.002, 1.0  # ps, 1/ps: the simulate CLI's langevin defaults
 TARGET_STEPS = 50_000  # aggregate replica-steps/s on 2 cores
-
-
-def load_str():
-    la = os.getloadavg()
-    return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
 
 
 class threads:
@@ -79,33 +71,21 @@ class threads:
 # ------------------------------------------------------------------------------------------------ sgdml
 def sgdml_template(R, F, sigma, lam):
     """Train sgdml (use_sym=False, use_E=False) on R, F; returns (model dict, train seconds)."""
-    from sgdml.train import GDMLTrain
-
-    z = np.array([6, 7, 6, 6, 6, 7])[: R.shape[1]]
-    ds = {"R": R, "F": F, "z": z, "name": np.array("ala2-6"), "theory": np.array("mapped AMBER ff14SB/OBC2")}
-    trainer = GDMLTrain(max_processes=os.cpu_count())
-    task = trainer.create_task(ds, len(R), ds, 0, sig=sigma, lam=lam, use_sym=False, use_E=False)
-    t0 = time.perf_counter()
-    model = trainer.train(task)
-    return model, time.perf_counter() - t0
+    return sgdml_train(R, F, sigma, lam, z=[6, 7, 6, 6, 6, 7][: R.shape[1]], name="ala2-6",
+                       theory="mapped AMBER ff14SB/OBC2")
 
 
 def sgdml_from_ours(template, gdml):
-    """An sgdml model dict predicting exactly our non-chiral ``gdml`` (R_d_desc_alpha = -V_, std 1, c 0)."""
-    if gdml.chiral:
+    """An sgdml model dict predicting exactly our non-chiral ``gdml`` (a GDMLModel; R_d_desc_alpha = -its
+    coefficients, std 1, c 0)."""
+    if len(gdml.quads):
         raise ValueError("sgdml has no dihedral-sine features: needs a chiral=False model")
     m = dict(template)
-    m["R_desc"] = np.ascontiguousarray(gdml.D_train_.T)
-    m["R_d_desc_alpha"] = np.ascontiguousarray(-gdml.V_)
+    m["R_desc"] = np.ascontiguousarray(gdml.train_descriptors.T)
+    m["R_d_desc_alpha"] = np.ascontiguousarray(-gdml.coefficients)
     m["std"], m["c"], m["sig"] = 1.0, 0.0, gdml.sigma
-    m["idxs_train"] = np.arange(gdml.n_train_)
+    m["idxs_train"] = np.arange(gdml.n_train)
     return m
-
-
-def sgdml_predictor(model, n_proc):
-    from sgdml.predict import GDMLPredict
-
-    return GDMLPredict(model, max_processes=n_proc, log_level=logging.CRITICAL)
 
 
 def rel_diff(a, b):
@@ -124,35 +104,36 @@ def throughput(say, quick):
     replica_counts = (1, 10, 100) if quick else (1, 10, 30, 100, 300, 1000)
     d6 = load_default_cg_dataset(map="ala2-6")
     t0 = time.perf_counter()
-    model = fit_single(d6, M, sigma=SIGMA, lam=LAM)
+    with recorded_gdml_fits() as fitted:
+        model = fit_single(d6, M, sigma=SIGMA, lam=LAM)
     fit_s = time.perf_counter() - t0
-    g = model.gdml
+    g, est = model.gdml, fitted[-1]  # the GDMLModel and the estimator that fitted it (solver, lam_)
     # the training frames fit_single chose: match their (bitwise identical) descriptors
-    keys = {row.tobytes(): i for i, row in enumerate(descriptor(d6.coords, g.chiral, g.chiral_scale))}
-    idx = np.array([keys[row.tobytes()] for row in g.D_train_])
+    keys = {row.tobytes(): i for i, row in enumerate(descriptor(d6.coords, g.quads, g.chiral_scale))}
+    idx = np.array([keys[row.tobytes()] for row in g.train_descriptors])
     R, labels = d6.coords[idx], d6.forces[idx] - model.prior.forces(d6.coords[idx])
 
     say(f"## 1. Throughput: 6-bead ala2 (shipped data, `map=\"ala2-6\"`), single GDML, M = {M}")
     say()
     say(f"Model: `fit_single(dataset, {M}, sigma={SIGMA}, lam={LAM})` (stratified frames, chiral descriptor "
-        f"{g.D_train_.shape[1]} features, prior + GDML as a CGModel); fit {fit_s:.1f} s ({g.solver_}, "
-        f"{g.cg_iterations_} CG iterations). Integrator BAOAB, dt {DT} ps, friction {FRICTION}/ps, 300 K, "
+        f"{g.train_descriptors.shape[1]} features, prior + GDML as a CGModel); fit {fit_s:.1f} s ({est.solver_}, "
+        f"{est.cg_iterations_} CG iterations). Integrator BAOAB, dt {DT} ps, friction {FRICTION}/ps, 300 K, "
         "start frames from the model's training sample; `simulate(..., progress=False)`, best of 2 runs; "
         "force time = simulate's own timer per force call, divided by the replicas.")
 
     # sgdml comparison: non-chiral twin on the same frames and labels, same sigma and absolute lambda
-    twin = GDML(sigma=SIGMA, lam=g.lam_, relative_lam=False, chiral=False).fit(R, labels)
+    twin = GDML(sigma=SIGMA, lam=est.lam_, relative_lam=False, chiral=False).fit(R, labels)
     small = np.sort(np.random.default_rng(1).choice(M, 200, replace=False))
-    ours_small = GDML(sigma=SIGMA, lam=g.lam_, relative_lam=False, chiral=False, solver="cholesky").fit(
+    ours_small = GDML(sigma=SIGMA, lam=est.lam_, relative_lam=False, chiral=False, solver="cholesky").fit(
         R[small], labels[small])
-    template, sg_train_s = sgdml_template(R[small], labels[small], SIGMA, g.lam_)
+    template, sg_train_s = sgdml_template(R[small], labels[small], SIGMA, est.lam_)
     test = d6.coords[np.random.default_rng(2).choice(d6.n_frames, 100, replace=False)]
     with threads(os.cpu_count()):
         sg_small = sgdml_predictor(template, os.cpu_count())
         diff_train = rel_diff(sg_small.predict(test[:20].reshape(20, -1))[1],
                               ours_small.predict_forces(test[:20]).reshape(20, -1))
         del sg_small
-        sg_built = sgdml_from_ours(template, twin)
+        sg_built = sgdml_from_ours(template, twin.model_)
         pred = sgdml_predictor(sg_built, os.cpu_count())
         diff_built = rel_diff(pred.predict(test[:20].reshape(20, -1))[1], twin.predict_forces(test[:20]).reshape(20, -1))
         del pred
@@ -163,7 +144,7 @@ def throughput(say, quick):
         f"{dense_gb(M):.0f} GB, plus working copies; at M = 3000 that is beyond this shared machine's {ram_gb:.0f} GB "
         "RAM). Its GDMLPredict is built instead "
         f"from our non-chiral GDML fitted to the same {M} frames and prior-subtracted labels (sigma {SIGMA}, "
-        f"lambda {g.lam_:.4g} absolute). Checks: a real sgdml training (use_sym=False, use_E=False) on 200 of "
+        f"lambda {est.lam_:.4g} absolute). Checks: a real sgdml training (use_sym=False, use_E=False) on 200 of "
         f"these frames ({sg_train_s:.1f} s) matches our fit of them to max rel. force diff {diff_train:.1e}; the "
         f"built M = {M} predictor matches our non-chiral model to {diff_built:.1e}: the construction is exact. "
         "sgdml cannot represent the chiral model, so its time is for the same M with 15 inverse-distance "
@@ -293,15 +274,6 @@ def side_by_side(model_path, n, steps):
 
 
 # ------------------------------------------------------------------------------------------------ part 2
-def cgnet_dataset():
-    from cgdml.data import CGDataset, chain_topology
-
-    top = chain_topology(["C", "N", "CA", "C", "N"], ["ACE", "ALA", "NME"], [0, 1, 1, 1, 2])
-    return CGDataset.from_arrays(np.load(CGNET / "ala2_coordinates.npy"), np.load(CGNET / "ala2_forces.npy"),
-                                 length_unit="angstrom", energy_unit="kcal/mol", temperature=300.0,
-                                 bead_names=["C", "N", "CA", "C", "N"], topology=top)
-
-
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
@@ -312,7 +284,7 @@ def fes_accuracy(say, quick, workdir, given_model=None):
 
     say()
     say("## 2. Free-energy accuracy: cgnet ala2 (5 beads, explicit-water reference, 10,000 frames)")
-    ds = cgnet_dataset()
+    ds = load_cgnet()
     data_path = workdir / "cgnet.npz"
     ds.save(data_path)
     cv_ref = phi_psi(ds.coords, ds.topology)
@@ -351,7 +323,7 @@ def _fit_simulate_score(say, quick, workdir, data_path, model_path, extra, given
     model = CGModel.load(model_path)
     chosen = model.info.get("chosen", {})
     say(f"Model: {source}. Method {model.info.get('method')!r}, chosen {json.dumps(chosen)}, "
-        f"M = {model.gdml.n_train_}, chiral {model.gdml.chiral}.")
+        f"M = {model.gdml.n_train}, chiral {len(model.gdml.quads) > 0}.")
     balance = model.info.get("basin_balance", [])
     for term in balance:
         say(f"Basin balancing (fit step, `cgdml.basins`): dihedral {'-'.join(map(str, term['beads']))} has sampled "
@@ -433,11 +405,7 @@ def main(argv=None):
     ap.add_argument("--skip-fes", action="store_true", help="throughput part only")
     ap.add_argument("--model", help="fitted cgnet model for part 2 (default: fit one with the fit CLI defaults)")
     args = ap.parse_args(argv)
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     t_start = time.perf_counter()
     say(f"# CG simulation benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} "
@@ -452,9 +420,7 @@ def main(argv=None):
             fes_accuracy(say, args.quick, Path(tmp), args.model)
     say()
     say(f"Total benchmark time {time.perf_counter() - t_start:.0f} s; load average at end: {load_str()}.")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(RESULTS) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+    say.write(RESULTS)
     return 0
 
 

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -83,8 +82,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cgdml._cli import run_cli
+from cgdml._cli import run_cli  # noqa: E402
 from cgdml._io import atomic_path, save_json  # noqa: E402
+from _common import (elapsed_log, fit_single_cv as _single_cv, load_cgnet, load_shipped, load_str,  # noqa: E402
+                     two_layer_defaults, write_text_atomic)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -118,8 +119,6 @@ QUICK = dict(budgets={"cgnet": (300, 800), "shipped": (300, 800)},
 
 # ------------------------------------------------------------------------------------------------ data
 def load_data(name):
-    from bench_fit import load_cgnet, load_shipped
-
     return load_cgnet() if name == "cgnet" else load_shipped()
 
 
@@ -128,33 +127,13 @@ def pool_order(n_frames, seed=SEED):
     return np.random.default_rng([seed, 17]).permutation(n_frames)
 
 
-def load_str():
-    la = os.getloadavg()
-    return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
-
-
 # ------------------------------------------------------------------------------------------------ fits
-def mse(pred, target):
-    return float(np.mean((pred - target) ** 2))
-
-
 def fit_single_cv(train, cfg, stratified, seed=SEED):
     """fit_single on min(B, cap) frames with (sigma, lam) chosen on a validation split; (force_fn, info)."""
-    from cgdml.ensemble import fit_single
-
-    rng = np.random.default_rng([seed, 11])
-    perm = rng.permutation(train.n_frames)
-    n_val = min(2000, train.n_frames // 4)
-    val, fit_part = perm[:n_val], train.subset(np.sort(perm[n_val:]))
-    scores = {}
-    for s in cfg["single_sigma"]:
-        for lam in cfg["single_lam"]:
-            m = fit_single(fit_part, cfg["single_cap"], sigma=s, lam=lam, stratified=stratified, seed=seed)
-            scores[(s, lam)] = mse(m.forces(train.coords[val]), train.forces[val])
-    s, lam = min(scores, key=scores.get)
-    model = fit_single(train, cfg["single_cap"], sigma=s, lam=lam, stratified=stratified, seed=seed)
-    info = dict(sigma=s, lam=lam, n_train=int(model.gdml.n_train_), n_val=int(n_val),
-                solver=model.gdml.solver_)
+    model, est, chosen = _single_cv(train, cfg["single_cap"], cfg["single_sigma"], cfg["single_lam"], seed=seed,
+                                    stratified=stratified)
+    info = dict(sigma=chosen["sigma"], lam=chosen["lam"], n_train=int(model.gdml.n_train),
+                n_val=int(chosen["n_val"]), solver=est.solver_)
     return model.forces, model.prior, info
 
 
@@ -170,7 +149,7 @@ def fit_two_layer(train, cfg, uniform=False, seed=SEED):
         warnings.simplefilter("ignore")  # batch-size lowering at small budgets; lambda increases
         est = TwoLayerGDML(**params).fit(train)
     info = dict(sigma1=est.sigma1_, lam1=est.lam1_, sigma2=est.sigma2_, lam2=est.lam2_,
-                n_train=int(est.model_.gdml.n_train_), n_models=int(est.n_layer1_models_),
+                n_train=int(est.model_.gdml.n_train), n_models=int(est.n_layer1_models_),
                 batch_size=int(est.batch_size_), timings=est.timings_)
     return est.model_.forces, est.model_.prior, info
 
@@ -239,9 +218,7 @@ def run_row(name, budget, method, data, cv_ref, cfg, seed=SEED):
 
 
 def settings_key(cfg):
-    from cgdml.ensemble import TwoLayerGDML
-
-    defaults = {k: p.default for k, p in inspect.signature(TwoLayerGDML.__init__).parameters.items() if k != "self"}
+    defaults = two_layer_defaults()
     cfg = {k: v for k, v in cfg.items() if k not in ("ablation", "replicates")}  # these only add rows
     blob = json.dumps(dict(cfg=cfg, two_layer_defaults=defaults, seed=SEED), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -421,8 +398,7 @@ def write_report(rows, floors, names, cfg, args, invocations, loads, path_md, pa
               "intervals):", ""] + summary(rows, floors, names) + [""]
     lines += replicate_lines(rows, names) + ablation_lines(rows, floors, names)
     text = "\n".join(lines)
-    with atomic_path(path_md) as tmp:
-        Path(tmp).write_text(text)
+    write_text_atomic(path_md, text)
     plot(rows, floors, names, path_png)
     return text
 
@@ -502,8 +478,7 @@ def main(argv=None):
         save_json(log_path, earlier + now)
         return earlier + now
 
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
+    log = elapsed_log(t_start)
 
     grad_err, force_err = self_check()
     log(f"load {load_start}; settings {key}; MLP finite-difference check: parameter gradients {grad_err:.1e}, "

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, numpy_file_kind
+from ._io import CgdmlError, numpy_file_kind, one_line
 from .data import CGDataset, check_finite
 from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset, preset_map
+from .topology import parse_bonds
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -23,12 +24,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise CgdmlError(f"{message} (see {self.prog} --help)")
-
-
-def one_line(text, limit=600):
-    """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -59,6 +54,25 @@ def run_cli(main, argv=None):
     finally:
         warnings.showwarning = shown
     sys.exit(status or 0)
+
+
+def refuse_to_overwrite(outputs, inputs):
+    """The one rule for every command: none of its outputs (sidecars included) may be one of its inputs.
+
+    ``outputs`` and ``inputs`` are paths (None and lists of paths allowed); a clash is a one-line error.
+    """
+    def flat(paths):
+        for p in paths:
+            if isinstance(p, (list, tuple)):
+                yield from flat(p)
+            elif p:
+                yield Path(p)
+
+    given = {p.resolve(): p for p in flat(inputs)}
+    for out in flat(outputs):
+        if out.resolve() in given:
+            raise CgdmlError(f"{out}: this output would overwrite the input {given[out.resolve()]}; "
+                             "choose another output name")
 
 
 def add_verbosity_arguments(parser):
@@ -93,6 +107,8 @@ def add_dataset_arguments(parser, positional=True):
     g.add_argument("--beads", default=None,
                    help=f"map preset whose CG topology the arrays follow ({', '.join(available_presets())}) "
                         "or comma-separated bead names")
+    g.add_argument("--bonds", default=None, help="CG bonds of the arrays as bead index pairs, e.g. 0-1,1-2,2-3 "
+                   "(default: the preset's bonds, else a chain in bead order, with a warning)")
     g.add_argument("--length-unit", default="nm", help="length unit of the inputs: nm (default), angstrom, pm")
     g.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the inputs: kJ/mol (default), kcal/mol, eV, kT")
     g.add_argument("--temperature", type=float, default=None, help="K (default: from the data, else 300)")
@@ -167,7 +183,7 @@ def dataset_from_args(args):
         topology = masses = names = None
         if args.beads in available_presets():
             cgmap = preset_map(args.beads)
-            topology, masses = cgmap.cg_topology_, cgmap.masses_
+            topology, masses = cgmap.cg_topology_.to_mdtraj(), cgmap.masses_
             if coords.ndim == 3 and coords.shape[1] != cgmap.n_beads:
                 raise CgdmlError(f"{args.coords}: {coords.shape[1]} beads but preset {args.beads} has {cgmap.n_beads}")
         elif args.beads:
@@ -176,7 +192,8 @@ def dataset_from_args(args):
         try:
             return CGDataset.from_arrays(coords, forces, length_unit=args.length_unit, energy_unit=args.energy_unit,
                                          temperature=300.0 if args.temperature is None else args.temperature,
-                                         bead_names=names, topology=topology, info=info, masses=masses)
+                                         bead_names=names, topology=topology, info=info, masses=masses,
+                                         bonds=parse_bonds(args.bonds) if args.bonds else None)
         except CgdmlError as exc:
             raise CgdmlError(f"{args.coords}: {exc}") from None
     ds = load_default_cg_dataset(map=args.map or "ala2-5", force_map=args.force_map, stride=stride)

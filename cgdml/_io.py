@@ -23,6 +23,12 @@ class CgdmlError(Exception):
     """A user mistake (bad file, bad option, bad data). The message is one line, shown as is."""
 
 
+def one_line(text, limit=600):
+    """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _directory_of(path):
     path = Path(path)
     return path.parent if str(path.parent) else Path(".")
@@ -137,6 +143,22 @@ def load_npz(path, what="file"):
             return {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile, pickle, OSError, ValueError ...
         raise CgdmlError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
+class TempFile:
+    """A temporary file name (``with TempFile(".pdb") as path``), removed with its directory afterwards."""
+
+    def __init__(self, suffix):
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory()
+        self.path = str(Path(self._dir.name) / ("t" + suffix))
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, *exc):
+        self._dir.cleanup()
 
 
 class WorkCache:

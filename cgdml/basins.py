@@ -6,9 +6,10 @@ frame on the barrier between them, as for alanine dipeptide's alpha_L basin at p
 energy of the arcs comes from how the learned model extrapolates across the empty gap, which the data do
 not constrain: on the cgnet alanine-dipeptide data every kernel model put alpha_L ~10 kT too high.
 
-The only information the data hold about those offsets is how often each arc is visited. For each chain
-dihedral (beads k..k+3) whose frames fall into two or more arcs of at least ``min_frames`` frames, separated
-by empty stretches of at least 30 degrees,
+The only information the data hold about those offsets is how often each arc is visited. For each soft
+dihedral of the CG topology (the backbone phi and psi of every residue, else the graph's proper dihedrals)
+whose frames fall into two or more arcs of at least ``min_frames`` frames, separated by empty stretches of at
+least 30 degrees,
 :func:`balance_basins`
 
 1. measures the fitted model's own free energy along the dihedral by umbrella sampling (harmonic windows,
@@ -173,9 +174,10 @@ def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap=np.radians(30.0)):
     return [(start, width) for start, width, _ in result], [n for _, _, n in result]
 
 
-def _rotate_to(R, quad, target, rng, angles, n_nearest=20):
-    """Start frames for a window at ``target``: a frame near it in angle, with beads 0..quad[0] rotated
-    about the quad[1]-quad[2] bond so that the dihedral equals ``target`` exactly."""
+def _rotate_to(R, quad, target, rng, angles, side, n_nearest=20):
+    """Start frames for a window at ``target``: a frame near it in angle, with the beads ``side`` (quad[1]'s
+    side of the quad[1]-quad[2] bond in the bead graph) rotated about that bond so that the dihedral equals
+    ``target`` exactly."""
     from scipy.spatial.transform import Rotation
 
     near = np.argsort(np.abs(wrap_angle(angles - target)))[:n_nearest]
@@ -183,7 +185,6 @@ def _rotate_to(R, quad, target, rng, angles, n_nearest=20):
     x = R[i].copy()
     axis = x[quad[2]] - x[quad[1]]
     axis /= np.linalg.norm(axis)
-    side = np.arange(quad[0] + 1)
     rot = Rotation.from_rotvec(-wrap_angle(target - angles[i]) * axis)
     x[side] = rot.apply(x[side] - x[quad[1]]) + x[quad[1]]
     return x
@@ -215,7 +216,7 @@ def wham(angle_samples, centers, k_bias, kT, n_bins=72, tol=1e-8, max_iter=20000
     return mid, log_p - logsumexp(log_p)
 
 
-def umbrella_profile(force_fn, starts, quad, *, masses, temperature, n_windows=24, per_window=8,
+def umbrella_profile(force_fn, starts, quad, side, *, masses, temperature, n_windows=24, per_window=8,
                      n_steps=20000, burn_in=5000, dt=0.002, friction=1.0, save_every=50, seed=0, progress=False):
     """Free-energy density of the model along the dihedral ``quad``, by umbrella sampling and WHAM.
 
@@ -231,7 +232,7 @@ def umbrella_profile(force_fn, starts, quad, *, masses, temperature, n_windows=2
     window_of = np.repeat(np.arange(n_windows), per_window)
     rng = np.random.default_rng([seed, 0xB5])
     angles = dihedral(starts, quad)[0]
-    x0 = np.array([_rotate_to(starts, quad, centers[w], rng, angles) for w in window_of])
+    x0 = np.array([_rotate_to(starts, quad, centers[w], rng, angles, side) for w in window_of])
     quad = np.asarray(quad)
 
     def biased(R, replicas):
@@ -298,15 +299,21 @@ def solve_offsets(mid, log_p, arcs, counts, kT, min_frames=20, n_iter=200, tol=1
 
 
 def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **umbrella):
-    """Dihedral offsets that give each sampled arc of every chain dihedral its training population.
+    """Dihedral offsets that give each sampled arc of every soft dihedral its training population.
+
+    The dihedrals are those of the dataset's CG topology: the backbone (phi, psi) of every residue, or the
+    graph's proper dihedrals when there is no backbone (:meth:`cgdml.topology.CGTopology.soft_dihedrals`).
+    They are balanced one after another, each measured on the model with the terms found before it, so the
+    later ones see the earlier corrections (a joint correction of coupled dihedrals, to first order).
 
     Returns (:class:`DihedralOffsets` or None, report list of dicts). ``umbrella`` goes to
     :func:`umbrella_profile`.
     """
     kT = thermal_energy(dataset.temperature)
     terms, report = [], []
-    for k in range(dataset.n_beads - 3):
-        quad = (k, k + 1, k + 2, k + 3)
+    topo = dataset.cg_topology
+    for k, quad in enumerate(topo.soft_dihedrals()):
+        quad = tuple(int(q) for q in quad)
         arcs, counts = sampled_arcs(dihedral(dataset.coords, quad)[0])
         if sum(c >= min_frames for c in counts) < 2:
             continue
@@ -316,7 +323,8 @@ def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **u
             F = model.forces(R)
             return F + current.forces(R) if current is not None else F
 
-        mid, log_p, info = umbrella_profile(force_fn, dataset.coords, quad, masses=dataset.masses,
+        mid, log_p, info = umbrella_profile(force_fn, dataset.coords, quad, topo.side(quad[1], quad[2]),
+                                            masses=dataset.masses,
                                             temperature=dataset.temperature, seed=seed + k, progress=progress,
                                             **umbrella)
         delta, large, target, after = solve_offsets(mid, log_p, arcs, counts, kT, min_frames)

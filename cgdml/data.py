@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, load_npz, numpy_file_kind, save_npz
+from ._io import CgdmlError, TempFile, load_npz, numpy_file_kind, one_line, save_npz
+from .topology import CGTopology
 from .units import check_temperature, force_factor, length_factor
 
 DATASET_FORMAT_VERSION = 1
@@ -65,42 +66,25 @@ def check_coords_forces(R, F=None, E=None):
 
 
 def chain_topology(bead_names, residue_names=None, residue_of_bead=None):
-    """An mdtraj Topology with one atom per bead and bonds between consecutive beads.
+    """An mdtraj Topology of beads bonded in index order, for data that come without bonds.
 
-    ``residue_names`` (one per residue) and ``residue_of_bead`` (residue index of each bead) let the
-    topology keep peptide residues, so that ``mdtraj.compute_phi`` works on CG trajectories.
+    ``residue_names`` (one per residue) and ``residue_of_bead`` (the 0-based residue of each bead) keep peptide
+    residues; by default all beads are in one residue "CG".
     """
-    import mdtraj as md
-
-    top = md.Topology()
-    chain = top.add_chain()
-    n = len(bead_names)
     if residue_of_bead is None:
-        residue_of_bead = [0] * n
-        residue_names = residue_names or ["CG"]
-    residues = [top.add_residue(name, chain) for name in residue_names]
-    atoms = []
-    for name, res in zip(bead_names, residue_of_bead):
-        element = md.element.Element.getBySymbol(name[0]) if name[:1] in ("C", "N", "O", "S") else md.element.carbon
-        atoms.append(top.add_atom(name, element, residues[res]))
-    for a, b in zip(atoms[:-1], atoms[1:]):
-        top.add_bond(a, b)
-    return top
+        return CGTopology.chain(bead_names, warn=False).to_mdtraj()
+    return CGTopology.chain(bead_names, warn=False, residue_ids=np.asarray(residue_of_bead) + 1,
+                            residue_names=[residue_names[r] for r in residue_of_bead]).to_mdtraj()
 
 
 def topology_to_pdb(topology) -> str:
-    """PDB text for ``topology`` (coordinates zero), used to store a CG topology inside an ``.npz``."""
-    import mdtraj as md
-
-    traj = md.Trajectory(np.zeros((1, topology.n_atoms, 3), dtype=np.float32), topology)
-    with TempFile(".pdb") as tmp:
-        traj.save_pdb(tmp)
-        text = Path(tmp).read_text()
-    return text
+    """PDB text for an mdtraj ``topology`` (atoms in index order, a CONECT record for every bond, coordinates
+    zero), used to store a CG topology inside an ``.npz``."""
+    return CGTopology.from_mdtraj(topology).to_pdb()
 
 
 def topology_from_pdb(text: str):
-    """Inverse of :func:`topology_to_pdb`."""
+    """The mdtraj Topology of PDB text written by :func:`topology_to_pdb` (or :meth:`CGTopology.to_pdb`)."""
     import mdtraj as md
 
     with TempFile(".pdb") as tmp:
@@ -108,28 +92,15 @@ def topology_from_pdb(text: str):
         return md.load_pdb(tmp, standard_names=False).topology
 
 
-class TempFile:
-    """A temporary file name (``with TempFile(".pdb") as path``), removed with its directory afterwards."""
-
-    def __init__(self, suffix):
-        import tempfile
-
-        self._dir = tempfile.TemporaryDirectory()
-        self.path = str(Path(self._dir.name) / ("t" + suffix))
-
-    def __enter__(self):
-        return self.path
-
-    def __exit__(self, *exc):
-        self._dir.cleanup()
-
-
 @dataclass
 class CGDataset:
     """Mapped CG data. coords, forces: (n_frames, n_beads, 3) in nm and kJ/mol/nm; temperature in K.
 
     ``masses`` (n_beads,) in amu; by default the element mass of each bead's atom in the topology.
-    ``info`` is free-form provenance (source files, map, units), stored as JSON.
+    ``info`` is free-form provenance (source files, map, units), stored as JSON. ``topology_pdb`` holds the
+    bead names, elements and residues (PDB text, atoms in column order) and ``bonds`` (n_bonds, 2) the CG bonds;
+    without bonds they come from the PDB's bonds, and without either the beads form a chain in index order
+    (with a warning). :attr:`cg_topology` is the bead graph every shaped term is derived from.
     """
 
     coords: np.ndarray
@@ -139,6 +110,7 @@ class CGDataset:
     topology_pdb: str = ""
     info: dict = field(default_factory=dict)
     masses: np.ndarray | None = None
+    bonds: np.ndarray | None = None
 
     def __post_init__(self):
         self.coords = np.ascontiguousarray(self.coords, dtype=np.float64)
@@ -156,7 +128,15 @@ class CGDataset:
         check_finite(self.coords, "coordinates")
         check_finite(self.forces, "forces")
         if not self.topology_pdb:
-            self.topology_pdb = topology_to_pdb(chain_topology(self.bead_names))
+            topo = CGTopology.chain(self.bead_names) if self.bonds is None else CGTopology(self.bead_names, self.bonds)
+            self.topology_pdb = topo.to_pdb()
+        else:
+            top = topology_from_pdb(self.topology_pdb)
+            if top.n_atoms != self.n_beads:
+                raise CgdmlError(f"the CG topology has {top.n_atoms} beads, the coordinates {self.n_beads}")
+            topo = CGTopology.from_mdtraj(top, self.bonds)
+        self._cg_topology = topo
+        self.bonds = topo.bonds
         if self.masses is None:
             self.masses = np.array([a.element.mass for a in self.topology.atoms])
         self.masses = np.asarray(self.masses, dtype=np.float64)
@@ -172,9 +152,14 @@ class CGDataset:
         return self.coords.shape[1]
 
     @property
+    def cg_topology(self):
+        """The bead graph (:class:`cgdml.topology.CGTopology`): bonds, angles, dihedrals, backbone."""
+        return self._cg_topology
+
+    @property
     def topology(self):
-        """The CG topology as an mdtraj Topology (one atom per bead)."""
-        return topology_from_pdb(self.topology_pdb)
+        """The CG topology as an mdtraj Topology (one atom per bead, in column order, with the CG bonds)."""
+        return self._cg_topology.to_mdtraj()
 
     def to_mdtraj(self):
         """The CG coordinates as an mdtraj Trajectory (nm)."""
@@ -185,12 +170,18 @@ class CGDataset:
     def subset(self, index):
         """A new dataset holding the frames ``index`` (an index array, slice or boolean mask)."""
         return CGDataset(self.coords[index], self.forces[index], self.bead_names, self.temperature,
-                         self.topology_pdb, dict(self.info), self.masses)
+                         self.topology_pdb, dict(self.info), self.masses, self.bonds)
 
     @classmethod
     def from_arrays(cls, coords, forces, *, length_unit="nm", energy_unit="kJ/mol", temperature=300.0,
-                    bead_names=None, topology=None, info=None, masses=None):
-        """Build a dataset from pre-mapped arrays in named units (converted to nm and kJ/mol/nm)."""
+                    bead_names=None, topology=None, bonds=None, info=None, masses=None):
+        """Build a dataset from pre-mapped arrays in named units (converted to nm and kJ/mol/nm).
+
+        ``topology`` (mdtraj, one atom per bead in column order) gives names, residues and bonds; ``bonds``
+        (n_bonds, 2) gives or overrides the bonds; with neither, the beads form a chain in index order (a
+        warning says so). A median bonded distance outside 0.05-1 nm after conversion is refused: the length
+        unit is then almost certainly wrong.
+        """
         coords = np.asarray(coords, dtype=np.float64)
         forces = np.asarray(forces, dtype=np.float64)
         if coords.ndim != 3 or coords.shape[-1] != 3:
@@ -201,14 +192,18 @@ class CGDataset:
         coords = coords * length_factor(length_unit)
         forces = forces * force_factor(length_unit, energy_unit, temperature)
         if topology is not None:
-            bead_names = [a.name for a in topology.atoms]
-            pdb = topology_to_pdb(topology)
+            if topology.n_atoms != coords.shape[1]:
+                raise CgdmlError(f"the topology has {topology.n_atoms} beads, the coordinates {coords.shape[1]}")
+            topo = CGTopology.from_mdtraj(topology, bonds)
         else:
-            bead_names = bead_names or [f"B{i}" for i in range(coords.shape[1])]
-            pdb = ""
+            names = bead_names or [f"B{i}" for i in range(coords.shape[1])]
+            if len(names) != coords.shape[1]:
+                raise CgdmlError(f"{len(names)} bead names for {coords.shape[1]} beads")
+            topo = CGTopology.chain(names) if bonds is None else CGTopology(names, bonds)
+        check_bonded_distances(coords, topo.bonds, f"after conversion from {length_unit!r}")
         info = dict(info or {})
         info.setdefault("source_units", {"length": length_unit, "energy": energy_unit})
-        return cls(coords, forces, bead_names, temperature, pdb, info, masses)
+        return cls(coords, forces, topo.names, temperature, topo.to_pdb(), info, masses, topo.bonds)
 
     def save(self, path):
         """Write the dataset atomically as ``.npz`` (nm, kJ/mol/nm)."""
@@ -216,28 +211,96 @@ class CGDataset:
 
         save_npz(path, coords=self.coords.astype(np.float32), forces=self.forces.astype(np.float32),
                  bead_names=np.array(self.bead_names), temperature=np.float64(self.temperature),
-                 topology_pdb=np.array(self.topology_pdb), masses=self.masses, info_json=np.array(json.dumps(self.info)),
-                 format_version=np.int64(DATASET_FORMAT_VERSION))
+                 topology_pdb=np.array(self.topology_pdb), bonds=self.bonds, masses=self.masses,
+                 info_json=np.array(json.dumps(self.info)), format_version=np.int64(DATASET_FORMAT_VERSION))
 
     @classmethod
     def load(cls, path):
-        """Read a dataset written by :meth:`save`; any defect is a one-line :class:`CgdmlError`."""
+        """Read a dataset written by :meth:`save`; any defect is a one-line :class:`CgdmlError` naming the file
+        and the field."""
         import json
 
         z = load_npz(path, "CG dataset")
         missing = [k for k in ("coords", "forces", "bead_names", "temperature") if k not in z]
         if missing:
             raise CgdmlError(f"{path}: not a cgdml CG dataset (missing {', '.join(missing)})")
-        version = int(z.get("format_version", 1))
+
+        def field_value(name, convert, default=None):
+            if name not in z:
+                return default
+            try:
+                return convert(z[name])
+            except (TypeError, ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
+                raise CgdmlError(f"{path}: damaged field {name!r} ({type(exc).__name__}: {one_line(exc, 120)})") \
+                    from None
+
+        version = field_value("format_version", lambda v: int(v.item()), 1)
         if version > DATASET_FORMAT_VERSION:
             raise CgdmlError(f"{path}: dataset format version {version} is newer than this cgdml "
                              f"({DATASET_FORMAT_VERSION}); upgrade cgdml")
+        if version < 1:
+            raise CgdmlError(f"{path}: damaged field 'format_version' ({version})")
+        temperature = field_value("temperature", lambda v: float(v.item()))
+        info = field_value("info_json", lambda v: json.loads(str(v.item())), {})
+        if not isinstance(info, dict):
+            raise CgdmlError(f"{path}: damaged field 'info_json' (not a JSON object)")
+        pdb = field_value("topology_pdb", lambda v: str(v.item()), "")
+        bonds = field_value("bonds", as_index_pairs)
+        masses = field_value("masses", lambda v: np.asarray(v, dtype=np.float64))
+        names = field_value("bead_names", lambda v: [str(b) for b in np.atleast_1d(v)])
+        for name in ("coords", "forces"):
+            if z[name].dtype.kind not in "fiu":
+                raise CgdmlError(f"{path}: damaged field {name!r} ({z[name].dtype} values, not numbers)")
         try:
-            return cls(z["coords"], z["forces"], list(z["bead_names"]), float(z["temperature"]),
-                       str(z["topology_pdb"]) if "topology_pdb" in z else "",
-                       json.loads(str(z["info_json"])) if "info_json" in z else {}, z.get("masses"))
+            return cls(z["coords"], z["forces"], names, temperature, pdb, info, masses, bonds)
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
+        except Exception as exc:  # an unreadable topology_pdb reaches mdtraj's parser
+            raise CgdmlError(f"{path}: damaged dataset ({type(exc).__name__}: {one_line(exc, 160)})") from None
+
+
+def as_index_pairs(array):
+    """An (n, 2) int64 array of bead index pairs; ValueError for non-integer data."""
+    if array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"{array.dtype} values, not bead indices")
+    return np.asarray(array, dtype=np.int64).reshape(-1, 2)
+
+
+def check_bonded_distances(coords, bonds, context="", first_frame=0, block=200, reference=None):
+    """Refuse coordinates (n, n_atoms, 3) nm whose bonds do not look like bonds, with a one-line error.
+
+    The median bonded distance must lie in 0.05-1 nm (else the length unit is wrong), and in every frame each
+    bond must stay within max(10 robust standard deviations, 0.05 nm) of its median length (else the atom or
+    bead order does not match the topology, or molecules are broken across a periodic boundary). The error
+    names the first bad frame (counted from ``first_frame``); frames are checked ``block`` at a time. The
+    medians and tolerances come from ``coords`` or from ``reference`` (what an earlier call returned, so that
+    later chunks of a trajectory are judged against its start); returns them.
+    """
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    if not len(bonds) or not len(coords):
+        return reference
+    where = f" {context}" if context else ""
+    if reference is None:
+        sample = coords[:: max(1, len(coords) // 200)]
+        d = np.linalg.norm(sample[:, bonds[:, 1]] - sample[:, bonds[:, 0]], axis=-1)
+        median = np.median(d, axis=0)
+        overall = float(np.median(median))
+        if not 0.05 <= overall <= 1.0:
+            raise CgdmlError(f"the median bonded distance is {overall:.3g} nm{where}; bonds are 0.05-1 nm, so "
+                             "the length unit is probably wrong")
+        reference = (median, np.maximum(10.0 * 1.4826 * np.median(np.abs(d - median), axis=0), 0.05))
+    median, tolerance = reference
+    for b0 in range(0, len(coords), block):
+        x = coords[b0:b0 + block]
+        d = np.linalg.norm(x[:, bonds[:, 1]] - x[:, bonds[:, 0]], axis=-1)
+        bad = np.abs(d - median) > tolerance
+        if bad.any():
+            frame, bond = np.argwhere(bad)[0]
+            i, j = bonds[bond]
+            raise CgdmlError(f"frame {first_frame + b0 + frame}: bond {i}-{j} is {d[frame, bond]:.3g} nm, against "
+                             f"a median of {median[bond]:.3g} nm{where}; the atom order does not match the "
+                             "topology, or molecules are broken across the periodic boundary")
+    return reference
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -370,19 +433,6 @@ def _position_chunks(path, topology, stride, chunk, atom_indices, length_unit):
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
 
 
-def _warn_bond_lengths(xyz, topology, path, length_unit):
-    import warnings
-
-    bonds = np.array([(a.index, b.index) for a, b in topology.bonds], dtype=int).reshape(-1, 2)
-    if not len(bonds):
-        return
-    d = float(np.median(np.linalg.norm(xyz[0, bonds[:, 0]] - xyz[0, bonds[:, 1]], axis=-1)))
-    if d > 0.5 or d < 0.05:
-        unit = f"the given length unit {length_unit!r}" if path.suffix.lower() in RAW_SUFFIXES else "its file format's unit"
-        warnings.warn(f"{path}: median bond length {d:.3g} nm after conversion from {unit}; "
-                      "check the length unit", stacklevel=3)
-
-
 def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", stride=1, chunk=1000,
                  atom_indices=None):
     """Yield (positions, forces) chunks, float32 (n, n_atoms, 3) in nm and kJ/mol/nm.
@@ -415,6 +465,7 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
         sub_topology = topology.subset(atom_indices)
     else:
         sub_topology = topology
+    bonds = np.array([(a.index, b.index) for a, b in sub_topology.bonds], dtype=np.int64).reshape(-1, 2)
     # Open every forces file first, so that a bad file fails before any work.
     readers = [_ArrayReader(p, _FORCE_KEYS, "forces", f_factor) for p in force_paths]
     try:
@@ -427,18 +478,19 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
             if n_traj is not None and n_traj != reader.n_frames:
                 raise CgdmlError(f"{reader.path}: {reader.n_frames} force frames but {tpath} has {n_traj} frames")
         for tpath, reader in zip(traj_paths, readers):
-            frame = 0
+            frame, reference = 0, None
+            unit = f"length unit {length_unit!r}" if tpath.suffix.lower() in RAW_SUFFIXES else "its format's length unit"
             for xyz in _position_chunks(tpath, topology, stride, chunk, atom_indices, length_unit):
                 if xyz.shape[1] != sub_topology.n_atoms:
                     raise CgdmlError(f"{tpath}: {xyz.shape[1]} atoms but the topology has {sub_topology.n_atoms}")
-                if frame == 0:
-                    _warn_bond_lengths(xyz, sub_topology, tpath, length_unit)
                 f = reader.read(len(xyz), stride, atom_indices)
                 if len(f) != len(xyz):
                     raise CgdmlError(f"{reader.path}: forces end at frame {frame * stride + len(f) * stride} "
                                      f"but {tpath} goes on")
                 check_finite(xyz, "positions", str(tpath), first_frame=frame)
                 check_finite(f, "forces", str(reader.path), first_frame=frame)
+                reference = check_bonded_distances(xyz, bonds, f"in {tpath} (read in {unit})", frame,
+                                                   reference=reference)
                 frame += len(xyz)
                 yield xyz, f
             if len(reader.read(1, stride, atom_indices)):

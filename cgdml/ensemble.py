@@ -37,7 +37,6 @@ from sklearn.base import BaseEstimator
 
 from ._io import CgdmlError, WorkCache
 from .distributed import TaskRunner
-from .features import chain_quads
 from .gdml import GDML
 from .geometry import dihedral_force_projection
 from .model import CGModel, fit_record
@@ -125,10 +124,13 @@ class TwoLayerGDML(BaseEstimator):
     lam1, lam2 : candidate regularisations, relative to the mean kernel diagonal (noise/signal ratio).
     n_folds : cross-validation folds; cv_models sub-models per candidate and fold; cv_mean_set_size the
         layer-2 training size during CV; cv_holdout held-out frames scored per fold.
-    strata : "auto" | "phi-psi" | "kmeans"; grid_bins (phi/psi grid) or n_strata (k-means).
-    cv_score : "auto" (``dihedral`` for chains of >= 4 beads, else ``force``) | "dihedral" (held-out force
-        errors projected on the chain dihedrals) | "force" (plain held-out force MSE).
-    chiral : add dihedral sines to the descriptor (needed for chirality with few beads).
+    strata : "auto" | "phi-psi" | "backbone-kmeans" | "kmeans" (:func:`cgdml.sampling.make_strata`); grid_bins
+        (phi/psi grid) or n_strata (k-means).
+    cv_score : "auto" (``dihedral`` when the CG topology has a dihedral, else ``force``) | "dihedral" (held-out
+        force errors projected on the backbone (phi, psi) of every residue, or on the graph's proper dihedrals
+        without a backbone) | "force" (plain held-out force MSE).
+    chiral : add the sines of the topology's proper dihedrals and impropers to the descriptor (they tell a
+        configuration from its mirror image).
     n_jobs : parallel layer-1 trainings in local joblib processes (one thread each; 1: in this process).
     scheduler : run the layer-1 and CV trainings on Dask instead: ``tcp://HOST:PORT``, a scheduler-file path
         or a ``distributed.Client``. Results equal those of a local run with n_jobs > 1, bit for bit.
@@ -182,11 +184,12 @@ class TwoLayerGDML(BaseEstimator):
                           "sub-model can draw from, so that the sub-models differ", stacklevel=3)
         if self.cv_score not in ("auto", "dihedral", "force"):
             raise CgdmlError(f"cv_score must be auto, dihedral or force, got {self.cv_score!r}")
-        if self.cv_score == "dihedral" and dataset.n_beads < 4:
-            raise CgdmlError(f"cv_score 'dihedral' needs >= 4 beads (a chain dihedral), got {dataset.n_beads}")
-        self.cv_score_ = ("dihedral" if dataset.n_beads >= 4 else "force") if self.cv_score == "auto" else self.cv_score
-        self.quads_ = chain_quads(dataset.n_beads) if self.chiral else np.zeros((0, 4), dtype=np.int64)
-        self.cv_quads_ = chain_quads(dataset.n_beads)
+        topo = dataset.cg_topology
+        self.cv_quads_ = topo.soft_dihedrals()
+        if self.cv_score == "dihedral" and not len(self.cv_quads_):
+            raise CgdmlError(f"cv_score 'dihedral' needs a dihedral in the CG topology ({topo.describe()})")
+        self.cv_score_ = ("dihedral" if len(self.cv_quads_) else "force") if self.cv_score == "auto" else self.cv_score
+        self.quads_ = topo.chirality_quads if self.chiral else np.zeros((0, 4), dtype=np.int64)
         for name in ("sigma1", "lam1", "sigma2", "lam2"):
             values = np.atleast_1d(getattr(self, name))
             if len(values) == 0 or not (values > 0).all():
@@ -276,7 +279,8 @@ class TwoLayerGDML(BaseEstimator):
         t0 = time.perf_counter()
         timings = {}
         coords = dataset.coords
-        self.prior_ = HarmonicPrior(repulsion=self.prior_repulsion).fit(coords, dataset.temperature)
+        self.prior_ = HarmonicPrior(repulsion=self.prior_repulsion).fit(coords, dataset.temperature,
+                                                                       dataset.cg_topology)
         labels = self.prior_.residual_forces(coords, dataset.forces)
         self.strata_, self.strata_method_ = make_strata(dataset, self.strata, self.grid_bins, self.n_strata, self.seed)
         folds = stratified_folds(self.strata_, self.n_folds, self._rng(0))
@@ -349,7 +353,7 @@ def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="a
                chiral=True, prior_repulsion=True, seed=0):
     """Baseline: one GDML on ``n_frames`` frames (stratified or uniformly random). Returns a CGModel."""
     t0 = time.perf_counter()
-    prior = HarmonicPrior(repulsion=prior_repulsion).fit(dataset.coords, dataset.temperature)
+    prior = HarmonicPrior(repulsion=prior_repulsion).fit(dataset.coords, dataset.temperature, dataset.cg_topology)
     rng = np.random.default_rng([seed, 5])
     n_frames = min(n_frames, dataset.n_frames)
     if stratified:
@@ -358,10 +362,12 @@ def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="a
     else:
         idx = np.sort(rng.choice(dataset.n_frames, size=n_frames, replace=False))
     labels = prior.residual_forces(dataset.coords[idx], dataset.forces[idx])
-    gdml = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral).fit(dataset.coords[idx], labels)
+    gdml = GDML(sigma=sigma, lam=lam, relative_lam=True, chiral=chiral,
+                dihedrals=dataset.cg_topology.chirality_quads).fit(dataset.coords[idx], labels)
     info = fit_record("single GDML", dict(n_frames=n_frames, sigma=sigma, lam=lam, stratified=stratified,
                                           strata=strata, grid_bins=grid_bins, chiral=chiral,
                                           prior_repulsion=prior_repulsion, seed=seed),
-                      dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_)), dataset,
+                      dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_), solver=gdml.solver_,
+                           cg_iterations=int(gdml.cg_iterations_)), dataset,
                       dict(total_s=time.perf_counter() - t0))
     return CGModel.from_fit(gdml.model_, prior, dataset, info, seed=seed)

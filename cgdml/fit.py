@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, configure_logging,
-                   dataset_from_args, run_cli)
+                   dataset_from_args, refuse_to_overwrite, run_cli)
 from ._io import CgdmlError, check_output, save_json, tomllib
 
 # option name -> (TwoLayerGDML parameter, type, is a list)
@@ -123,6 +123,8 @@ def main(argv=None):
     if output.suffix != ".npz":
         raise CgdmlError(f"{output}: the model file must end in .npz")
     check_output(output)
+    refuse_to_overwrite([output, output.with_suffix(".json")],
+                        [getattr(args, "dataset", None), args.coords, args.cg_forces, args.config, args.map])
     options = read_config(args.config) if args.config else {}
     options.update({k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None})
     _check_options(options, args.config)

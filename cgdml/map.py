@@ -20,8 +20,9 @@ from pathlib import Path
 
 
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, check_temperature_option,
-                   configure_logging, dataset_from_args, dataset_summary, run_cli, stride_option)
-from ._io import CgdmlError, check_output
+                   configure_logging, dataset_from_args, dataset_summary, refuse_to_overwrite, run_cli,
+                   stride_option)
+from ._io import CgdmlError, atomic_path, check_output
 from .mapping import map_allatom
 
 
@@ -54,6 +55,7 @@ def main(argv=None):
     if out.suffix != ".npz":
         raise CgdmlError(f"{out}: the output file must end in .npz")
     check_output(out)
+    refuse_to_overwrite([out, out.with_suffix(".pdb")], [a.top, a.traj, a.forces, a.coords, a.cg_forces, a.map])
     check_temperature_option(a)
     with _one_line_warnings():
         if a.top or a.traj or a.forces:
@@ -70,7 +72,9 @@ def main(argv=None):
         else:
             ds = dataset_from_args(a)
     ds.save(out)
-    print(f"wrote {out}: {dataset_summary(ds)}")
+    with atomic_path(out.with_suffix(".pdb")) as tmp:  # the CG topology, for VMD, PyMOL and fes --top
+        tmp.write_text(ds.cg_topology.to_pdb(ds.coords[0]))
+    print(f"wrote {out} and {out.with_suffix('.pdb')}: {dataset_summary(ds)}; CG topology {ds.cg_topology.describe()}")
     return 0
 
 

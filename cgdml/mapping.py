@@ -25,12 +25,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._io import tomllib, CgdmlError
-from .data import (CGDataset, default_dataset_paths, load_allatom, load_topology, shipped_temperature,
-                   topology_to_pdb)
+from .data import CGDataset, default_dataset_paths, load_allatom, load_topology, shipped_temperature
+from .topology import CGTopology
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 FORCE_MAPS = ("slice", "aggregate", "optimal")
-_TOP_KEYS = {"bead", "description"}
+_TOP_KEYS = {"bead", "description", "bonds"}
 _BEAD_KEYS = {"name", "select", "weights"}
 
 
@@ -40,7 +40,11 @@ def available_presets():
 
 
 def load_map_spec(source):
-    """(beads, label) from a preset name or a TOML path; beads is a list of dicts (name, select, weights)."""
+    """(beads, label) from a preset name or a TOML path; beads is a list of dicts (name, select, weights).
+
+    An optional top-level ``bonds = [[i, j], ...]`` (bead indices) replaces the bonds derived from the atom
+    graph; :func:`load_map_bonds` reads it.
+    """
     path = Path(source)
     if not path.suffix and (PRESET_DIR / f"{source}.toml").exists():
         path, label = PRESET_DIR / f"{source}.toml", str(source)
@@ -73,21 +77,39 @@ def load_map_spec(source):
     return [dict(b) for b in beads], label
 
 
+def load_map_bonds(source):
+    """The ``bonds = [[i, j], ...]`` list of a map file or preset (n, 2) int array, or None when it has none."""
+    path = Path(source)
+    if not path.suffix and (PRESET_DIR / f"{source}.toml").exists():
+        path = PRESET_DIR / f"{source}.toml"
+    spec = tomllib.loads(path.read_text())
+    if "bonds" not in spec:
+        return None
+    bonds = spec["bonds"]
+    if not (isinstance(bonds, list) and all(isinstance(b, list) and len(b) == 2 and
+                                            all(isinstance(i, int) and not isinstance(i, bool) for i in b)
+                                            for b in bonds)):
+        raise CgdmlError(f"{path}: bonds must be a list of [i, j] bead index pairs, got {bonds!r}")
+    return np.array(bonds, dtype=np.int64).reshape(-1, 2)
+
+
 class CGMap:
     """Linear CG map of an all-atom topology (estimator style: ``fit`` resolves it on a topology).
 
-    Parameters: ``beads`` (list of dicts name/select/weights, see :func:`load_map_spec`);
-    ``constraints``: ``"hbonds"`` (bonds to hydrogen in the topology), ``"detect"`` (atom pairs whose
+    Parameters: ``beads`` (list of dicts name/select/weights, see :func:`load_map_spec`); ``bonds``: CG bonds
+    (n, 2) bead indices, instead of those derived from the atom graph; ``constraints``: ``"hbonds"`` (bonds to hydrogen in the topology), ``"detect"`` (atom pairs whose
     distance has std < ``constraint_tol`` nm in a positions sample), ``"none"``, or an array of atom
     pairs; ``regularization``: relative ridge added to the force covariance for the optimal map.
 
     Attributes after ``fit``: ``config_matrix_`` (n_beads, n_atoms), ``bead_atoms_``, ``constraints_``
-    (n_pairs, 2), ``constraint_groups_`` (group label per atom), ``cg_topology_`` (mdtraj, one atom per
-    bead, residues kept), ``masses_`` (amu). After ``fit_force_map``: ``force_matrix_``, ``force_map_``.
+    (n_pairs, 2), ``constraint_groups_`` (group label per atom), ``cg_topology_`` (a
+    :class:`cgdml.topology.CGTopology`: bead names, residues, bonds), ``masses_`` (amu). After
+    ``fit_force_map``: ``force_matrix_``, ``force_map_``.
     """
 
-    def __init__(self, beads, *, constraints="hbonds", constraint_tol=1e-4, regularization=1e-6, label=""):
+    def __init__(self, beads, *, bonds=None, constraints="hbonds", constraint_tol=1e-4, regularization=1e-6, label=""):
         self.beads = beads
+        self.bonds = bonds
         self.constraints = constraints
         self.constraint_tol = constraint_tol
         self.regularization = regularization
@@ -97,7 +119,7 @@ class CGMap:
     def from_toml(cls, source, topology, *, positions_sample=None, **params):
         """Map from a preset name or TOML file, fitted on ``topology`` (file or mdtraj Topology)."""
         beads, label = load_map_spec(source)
-        return cls(beads, label=label, **params).fit(topology, positions_sample)
+        return cls(beads, bonds=load_map_bonds(source), label=label, **params).fit(topology, positions_sample)
 
     # ------------------------------------------------------------------ configurational map
     def fit(self, topology, positions_sample=None):
@@ -173,20 +195,21 @@ class CGMap:
         self.masses_ = np.array([self.atom_masses_[g].sum() for g in self.aggregate_atoms_])
 
     def _cg_topology(self):
-        """One atom per bead, in the residues of the bead atoms; bonds where atom bonds join two beads."""
-        import mdtraj as md
-
+        """The bead graph: one bead per atom group, in the residue of its first atom; bonds where atom bonds join
+        two beads' groups (through atoms of no bead), or the map's own ``bonds`` list."""
         top = self.topology_
-        cg = md.Topology()
-        chain = cg.add_chain()
-        residues, atoms = {}, []
+        names, res_ids, res_names, elements = [], [], [], []
         for i, idx in enumerate(self.bead_atoms_):
-            res = top.atom(int(idx[0])).residue
-            if res.index not in residues:
-                residues[res.index] = cg.add_residue(res.name, chain, resSeq=res.resSeq)
-            heavy = [top.atom(int(a)).element for a in idx if top.atom(int(a)).element not in (None, md.element.hydrogen)]
-            element = heavy[0] if heavy else (top.atom(int(idx[0])).element or md.element.virtual)
-            atoms.append(cg.add_atom(self.bead_names_[i], element, residues[res.index]))
+            atom = top.atom(int(idx[0]))
+            heavy = [top.atom(int(a)).element for a in idx
+                     if top.atom(int(a)).element is not None and top.atom(int(a)).element.symbol != "H"]
+            element = heavy[0] if heavy else atom.element
+            names.append(self.bead_names_[i])
+            res_ids.append(atom.residue.resSeq)
+            res_names.append(atom.residue.name)
+            elements.append(element.symbol if element is not None else "C")
+        if self.bonds is not None:
+            return CGTopology(names, self.bonds, res_ids, res_names, elements)
         neighbours = [[] for _ in range(top.n_atoms)]
         for a, b in top.bonds:
             neighbours[a.index].append(b.index)
@@ -203,9 +226,11 @@ class CGMap:
                         stack.append(b)
                     elif owner[b] != i:
                         pairs.add((min(i, owner[b]), max(i, owner[b])))
-        for i, j in sorted(pairs):
-            cg.add_bond(atoms[i], atoms[j])
-        return cg
+        try:
+            return CGTopology(names, sorted(pairs), res_ids, res_names, elements)
+        except CgdmlError as exc:
+            where = f"{self.label}: " if self.label else ""
+            raise CgdmlError(f"{where}{exc} (or add bonds = [[i, j], ...] to the map file)") from None
 
     # ------------------------------------------------------------------ force maps
     def fit_force_map(self, kind="aggregate", forces_sample=None, positions_sample=None, *, force_cov=None):
@@ -332,7 +357,7 @@ def ala2_topology():
     """The all-atom mdtraj Topology of capped alanine dipeptide (ACE-ALA-NME, 22 atoms) used by the presets."""
     import mdtraj as md
 
-    from .data import TempFile
+    from ._io import TempFile
     from .reference import ALA2_PDB
 
     with TempFile(".pdb") as tmp:
@@ -355,7 +380,8 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
     """
     topology = load_topology(top)
     beads, label = load_map_spec(map)
-    cgmap = CGMap(beads, constraints=constraints, regularization=regularization, label=label).fit(topology)
+    cgmap = CGMap(beads, bonds=load_map_bonds(map), constraints=constraints, regularization=regularization,
+                  label=label).fit(topology)
     load = dict(length_unit=length_unit, energy_unit=energy_unit, stride=stride, chunk=chunk)
     if force_map not in FORCE_MAPS:
         raise CgdmlError(f"unknown force map {force_map!r} (choose {', '.join(FORCE_MAPS)})")
@@ -389,7 +415,7 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
             "source_units": {"length": length_unit, "energy": energy_unit},
             "constraints": int(len(cgmap.constraints_)), "consistency_error": cgmap.consistency_error()}
     return CGDataset(np.concatenate(coords), np.concatenate(cg_forces), cgmap.bead_names_, temperature,
-                     topology_to_pdb(cgmap.cg_topology_), info, cgmap.masses_)
+                     cgmap.cg_topology_.to_pdb(), info, cgmap.masses_, cgmap.cg_topology_.bonds)
 
 
 def load_default_cg_dataset(map="ala2-5", force_map="aggregate", stride=1):

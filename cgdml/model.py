@@ -18,7 +18,7 @@ import numpy as np
 
 from . import kernels
 from ._io import CgdmlError, json_default, load_npz, save_npz
-from .data import as_coordinates
+from .data import as_coordinates, as_index_pairs
 from .features import as_quads, chain_quads, descriptor, descriptor_vjp, n_descriptors
 
 MODEL_FORMAT_VERSION = 2
@@ -151,10 +151,14 @@ class GDMLModel:
 
 
 class CGModel:
-    """U(x) = U_prior(x) + U_gdml(x) [+ U_offsets(x)]. Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm."""
+    """U(x) = U_prior(x) + U_gdml(x) [+ U_offsets(x)]. Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm.
+
+    ``topology_pdb`` (PDB text: bead names, elements, residues) and ``bonds`` (n_bonds, 2) are the CG topology;
+    without ``bonds``, those of the PDB.
+    """
 
     def __init__(self, gdml, prior, temperature, bead_names, topology_pdb, masses, train_coords_sample,
-                 info=None, offsets=None):
+                 info=None, offsets=None, bonds=None):
         self.gdml = gdml
         self.prior = prior
         self.offsets = offsets
@@ -164,6 +168,18 @@ class CGModel:
         self.masses = np.asarray(masses, dtype=np.float64)
         self.train_coords_sample = np.asarray(train_coords_sample, dtype=np.float64)
         self.info = dict(info or {})
+        self.bonds = None if bonds is None else np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+        self._cg_topology = None
+
+    @property
+    def cg_topology(self):
+        """The bead graph (:class:`cgdml.topology.CGTopology`) of the model."""
+        if self._cg_topology is None:
+            from .data import topology_from_pdb
+            from .topology import CGTopology
+
+            self._cg_topology = CGTopology.from_mdtraj(topology_from_pdb(self.topology_pdb), self.bonds)
+        return self._cg_topology
 
     @classmethod
     def from_fit(cls, gdml, prior, dataset, info, n_start=500, seed=0):
@@ -175,7 +191,7 @@ class CGModel:
         rng = np.random.default_rng([seed, 6])
         sample = np.sort(rng.choice(dataset.n_frames, size=min(n_start, dataset.n_frames), replace=False))
         return cls(gdml, prior, dataset.temperature, dataset.bead_names, dataset.topology_pdb, dataset.masses,
-                   dataset.coords[sample], info)
+                   dataset.coords[sample], info, bonds=dataset.bonds)
 
     @property
     def n_beads(self):
@@ -226,7 +242,7 @@ class CGModel:
         arrays.update(format_version=np.int64(MODEL_FORMAT_VERSION), kind=np.array("cgdml.CGModel"),
                       temperature=np.float64(self.temperature), bead_names=np.array(self.bead_names),
                       topology_pdb=np.array(self.topology_pdb), masses=self.masses,
-                      train_coords_sample=self.train_coords_sample.astype(np.float32),
+                      bonds=self.cg_topology.bonds, train_coords_sample=self.train_coords_sample.astype(np.float32),
                       info_json=np.array(json.dumps(self.info, default=json_default)))
         save_npz(path, **arrays)
 
@@ -257,7 +273,8 @@ class CGModel:
             model = cls(gdml, prior, float(z["temperature"]), [str(b) for b in z["bead_names"]],
                         str(z["topology_pdb"]), z["masses"], z["train_coords_sample"],
                         json.loads(str(z["info_json"])),
-                        DihedralOffsets.from_arrays(offsets) if offsets else None)
+                        DihedralOffsets.from_arrays(offsets) if offsets else None,
+                        bonds=as_index_pairs(z["bonds"]) if "bonds" in z else None)
             model._check_consistent()
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
@@ -279,6 +296,8 @@ class CGModel:
         if not np.isfinite(self.train_coords_sample).all():
             raise CgdmlError("damaged cgdml model file: start sample holds NaN or inf")
         self.prior.check(n)
+        if self.cg_topology.n_beads != n:
+            raise CgdmlError(f"damaged cgdml model file: CG topology of {self.cg_topology.n_beads} beads, {n} bead names")
         if self.offsets is not None:
             self.offsets.check(n)
 

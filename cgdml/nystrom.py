@@ -385,9 +385,9 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
     if not 0 < holdout < 1:
         raise CgdmlError(f"holdout must be between 0 and 1, got {holdout}")
     coords = dataset.coords
-    prior = HarmonicPrior(repulsion=prior_repulsion).fit(coords, dataset.temperature)
+    prior = HarmonicPrior(repulsion=prior_repulsion).fit(coords, dataset.temperature, dataset.cg_topology)
     labels = prior.residual_forces(coords, dataset.forces)
-    quads = dihedral_quads(dataset.n_beads, chiral)
+    quads = dihedral_quads(dataset.n_beads, chiral, dataset.cg_topology.chirality_quads)
     labels_strata, strata_method = make_strata(dataset, strata, grid_bins, n_strata, seed) \
         if inducing == "stratified" else (None, "none")
     params = dict(n_inducing=n_inducing, inducing=inducing, chiral=chiral, dihedrals=quads, tol=tol, seed=seed,

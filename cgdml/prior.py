@@ -8,55 +8,70 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ._io import CgdmlError
 from .geometry import bond_angles, bond_lengths
 from .units import kT as thermal_energy
 
 
-class HarmonicPrior:
-    """Harmonic bonds (consecutive beads) and angles (consecutive triples), fitted by Boltzmann inversion.
+class HarmonicPrior(BaseEstimator):
+    """Harmonic bonds and angles fitted by Boltzmann inversion, plus a short-range repulsion (an estimator).
 
     U = sum_b k_b/2 (r - r0)^2 + sum_a k_a/2 (theta - theta0)^2 + sum_p kT (r_min,p / r)^12 (if repulsion),
-    with k = kT / variance and x0 = mean of the training distribution. The repulsion acts on bead pairs
-    at least three bonds apart; r_min,p is the smallest distance that pair reaches in the training data,
-    so the repulsion costs about kT there and rises steeply below it.
+    with k = kT / variance and x0 = mean of the training distribution. The repulsion acts on bead pairs at
+    least three bonds apart in the bead graph; r_min,p is the smallest distance that pair reaches in the
+    training data, so the repulsion costs about kT there and rises steeply below it.
+
+    The terms come from the CG topology passed to :meth:`fit` (its bonds, bonded triples and graph
+    distances), or from ``bonds`` / ``angles`` / ``repulsion_pairs`` given here; with neither, from a chain in
+    bead order (consecutive pairs and triples, pairs three apart), for bare arrays without a topology.
     """
 
-    def __init__(self, repulsion=True, bonds=None, angles=None):
+    def __init__(self, repulsion=True, bonds=None, angles=None, repulsion_pairs=None):
         self.repulsion = repulsion
         self.bonds = bonds
         self.angles = angles
+        self.repulsion_pairs = repulsion_pairs
 
-    def fit(self, R, temperature):
-        """Fit to coordinates R (n_frames, n_beads, 3) in nm sampled at ``temperature`` K."""
+    def _terms(self, n_beads, topology):
+        """(bonds (n, 2), angles (n, 3), repulsion pairs (n, 2)) from the topology, the parameters or a chain."""
+        if topology is not None:
+            bonds, angles, pairs = topology.bonds, topology.angles, topology.pairs_apart(3)
+        else:
+            bonds = [(i, i + 1) for i in range(n_beads - 1)]
+            angles = [(i, i + 1, i + 2) for i in range(n_beads - 2)]
+            pairs = [(i, j) for i in range(n_beads) for j in range(i + 3, n_beads)]
+        bonds = bonds if self.bonds is None else self.bonds
+        angles = angles if self.angles is None else self.angles
+        pairs = pairs if self.repulsion_pairs is None else self.repulsion_pairs
+        return (np.array(bonds, dtype=np.int64).reshape(-1, 2), np.array(angles, dtype=np.int64).reshape(-1, 3),
+                np.array(pairs, dtype=np.int64).reshape(-1, 2))
+
+    def fit(self, R, temperature, topology=None):
+        """Fit to coordinates R (n_frames, n_beads, 3) in nm sampled at ``temperature`` K; ``topology`` (a
+        :class:`cgdml.topology.CGTopology`) says which beads are bonded."""
         R = np.asarray(R, dtype=np.float64)
         n_beads = R.shape[1]
         if n_beads < 2:
             raise CgdmlError("a prior needs at least two beads")
         kT = thermal_energy(temperature)
         self.temperature_ = float(temperature)
-        self.bond_pairs_ = np.array(self.bonds if self.bonds is not None
-                                    else [(i, i + 1) for i in range(n_beads - 1)], dtype=np.int64).reshape(-1, 2)
-        self.angle_triples_ = np.array(self.angles if self.angles is not None
-                                       else [(i, i + 1, i + 2) for i in range(n_beads - 2)],
-                                       dtype=np.int64).reshape(-1, 3)
+        self.bond_pairs_, self.angle_triples_, pairs = self._terms(n_beads, topology)
         r = bond_lengths(R, self.bond_pairs_)
         self.bond_r0_ = r.mean(0)
         self.bond_k_ = kT / np.maximum(r.var(0), 1e-12)
         theta = bond_angles(R, self.angle_triples_)
         self.angle_theta0_ = theta.mean(0)
         self.angle_k_ = kT / np.maximum(theta.var(0), 1e-12)
-        if self.repulsion:
-            pairs = [(i, j) for i in range(n_beads) for j in range(i + 3, n_beads)]
-            self.repulsion_pairs_ = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-            self.repulsion_rmin_ = (bond_lengths(R, self.repulsion_pairs_).min(0)
-                                    if len(pairs) else np.zeros(0))
+        if self.repulsion and len(pairs):
+            self.repulsion_pairs_ = pairs
+            self.repulsion_rmin_ = bond_lengths(R, pairs).min(0)
         else:
             self.repulsion_pairs_ = np.zeros((0, 2), dtype=np.int64)
             self.repulsion_rmin_ = np.zeros(0)
         self.repulsion_eps_ = kT
-        self.max_bond_length_ = float(r.max())
+        self.max_bond_length_ = float(r.max()) if r.size else 0.0
         return self
 
     def energy_forces(self, R):

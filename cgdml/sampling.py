@@ -10,6 +10,8 @@ import numpy as np
 
 from ._io import CgdmlError
 
+STRATA = ("auto", "phi-psi", "backbone-kmeans", "kmeans")
+
 
 def grid_strata(cv, bins=12, range=None, periodic=True):
     """Stratum label (n_frames,) of each frame: its cell on a regular grid over ``cv`` (n_frames, n_cv).
@@ -103,21 +105,30 @@ def stratified_folds(labels, n_folds, rng):
 
 
 def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
-    """Stratum labels (n_frames,) and the name of the method used.
+    """Stratum labels (n_frames,) and the name of the method used, from the dataset's CG topology.
 
-    ``auto`` uses a phi/psi grid when the CG topology has a peptide backbone, else k-means in
-    descriptor space.
+    ``auto``: a (phi, psi) grid for a peptide with one residue; k-means on (cos, sin) of every backbone dihedral
+    for longer peptides; else k-means in descriptor space (inverse distances and the sines of the graph's
+    dihedrals). ``phi-psi`` and ``backbone-kmeans`` force the first two (an error without a backbone),
+    ``kmeans`` the last.
     """
-    from .features import chain_quads, descriptor
-    from .fes import phi_psi
+    from .features import descriptor
+    from .geometry import dihedrals
 
-    if method in ("auto", "phi-psi"):
-        try:
-            cv = phi_psi(dataset.coords, dataset.topology)
-            return grid_strata(cv, bins=grid_bins), "phi-psi"
-        except CgdmlError:
-            if method == "phi-psi":
-                raise
-    if method not in ("auto", "kmeans"):
-        raise CgdmlError(f"unknown stratification {method!r} (use auto, phi-psi or kmeans)")
-    return kmeans_strata(descriptor(dataset.coords, chain_quads(dataset.n_beads)), n_strata, seed), "kmeans"
+    if method not in STRATA:
+        raise CgdmlError(f"unknown stratification {method!r} (use {', '.join(STRATA)})")
+    topo = dataset.cg_topology
+    backbone = topo.backbone_quads()
+    if method in ("phi-psi", "backbone-kmeans") and not len(backbone):
+        raise CgdmlError(f"stratification {method!r} needs a peptide backbone (bonded beads named C, N, CA, C, N); "
+                         f"the topology has none ({topo.describe()})")
+    if method == "phi-psi" and len(backbone) != 2:
+        raise CgdmlError(f"stratification 'phi-psi' is for one residue; this peptide has {len(backbone) // 2} "
+                         "(use auto or backbone-kmeans)")
+    if method in ("auto", "phi-psi") and len(backbone) == 2:
+        return grid_strata(dihedrals(dataset.coords, backbone)[0], bins=grid_bins), "phi-psi"
+    if method in ("auto", "backbone-kmeans") and len(backbone):
+        angles = dihedrals(dataset.coords, backbone)[0]
+        return kmeans_strata(np.concatenate([np.cos(angles), np.sin(angles)], axis=1), n_strata, seed), \
+            "backbone-kmeans"
+    return kmeans_strata(descriptor(dataset.coords, topo.chirality_quads), n_strata, seed), "kmeans"

@@ -267,7 +267,7 @@ CASES = {
     "fes-garbage-trajectory": ("fes", ["D/garbage.h5", "-o", "O/fes.png"],
                                ["garbage.h5", "cannot read trajectory (not an HDF5 file)"]),
     "fes-dcd-without-topology": ("fes", ["D/cg.dcd", "-o", "O/fes.png"], ["cg.dcd", "give --top"]),
-    "fes-no-backbone": ("fes", ["D/four.h5", "-o", "O/fes.png"], ["four.h5", "no backbone found"]),
+    "fes-cv-bead-missing": ("fes", ["D/four.h5", "--cv", "distance:0,9", "-o", "O/fes.png"], ["bead 9 does not exist"]),
     "fes-reference-bead-count": ("fes", ["D/cg.h5", "--reference", "D/four.npz", "-o", "O/fes.png", "--json",
                                          "O/m.json"], ["four.npz", "4 beads", "5"]),
     "fes-garbage-reference": ("fes", ["D/cg.h5", "--reference", "D/garbage.npz", "-o", "O/fes.png"],
@@ -363,7 +363,7 @@ def test_full_disk_in_process(tmp_path, monkeypatch):
     from cgdml import _io
     from cgdml.data import CGDataset
 
-    ds = CGDataset.from_arrays(np.random.default_rng(0).normal(size=(5, 3, 3)), np.zeros((5, 3, 3)))
+    ds = CGDataset.from_arrays(0.1 * np.random.default_rng(0).normal(size=(5, 3, 3)), np.zeros((5, 3, 3)))
     old = tmp_path / "ds.npz"
     old.write_bytes(b"previous version")
 

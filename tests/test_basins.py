@@ -8,6 +8,7 @@ import pytest
 from cgdml.basins import (DihedralOffsets, _arc_index, balance_basins, sampled_arcs, solve_offsets, umbrella_profile,
                           wham)
 from cgdml.geometry import dihedral, wrap_angle
+from cgdml.topology import CGTopology
 from cgdml.units import kT as thermal_energy
 
 
@@ -183,7 +184,8 @@ def test_balance_basins_restores_the_population_a_wrong_model_loses():
     frames = frames[np.abs(wrap_angle(frames - np.radians(-15))) > np.radians(30)]   # drop the barrier frames
     frames = frames[np.abs(wrap_angle(frames - np.radians(135))) > np.radians(30)]
     coords = chain(frames, rng)
-    dataset = SimpleNamespace(coords=coords, masses=np.full(4, 12.0), temperature=TEMPERATURE, n_beads=4)
+    dataset = SimpleNamespace(coords=coords, masses=np.full(4, 12.0), temperature=TEMPERATURE, n_beads=4,
+                              cg_topology=CGTopology.chain(["C1", "C2", "C3", "C4"], warn=False))
     arcs, counts = sampled_arcs(dihedral(coords, (0, 1, 2, 3))[0])
     assert len(arcs) == 2
     error = DihedralOffsets.from_terms([((0, 1, 2, 3), arcs, [6.0 * KT if c < max(counts) else 0.0
@@ -200,7 +202,7 @@ def test_balance_basins_restores_the_population_a_wrong_model_loses():
     assert term["offset_kJ_per_mol"][minor] == pytest.approx(-6.0 * KT, abs=0.4 * KT)
     # the balanced model, measured afresh, holds the minor basin at its training population
     fixed = WrongModel(two_basins)
-    mid, log_p, _ = umbrella_profile(lambda R: fixed.forces(R) + offsets.forces(R), coords, (0, 1, 2, 3),
+    mid, log_p, _ = umbrella_profile(lambda R: fixed.forces(R) + offsets.forces(R), coords, (0, 1, 2, 3), [0, 1],
                                      masses=fixed.masses, temperature=TEMPERATURE, seed=1)
     assert np.exp(log_p[_arc_index(mid, arcs) == minor]).sum() == pytest.approx(term["target_population"][minor],
                                                                                 rel=0.35)

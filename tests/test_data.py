@@ -130,12 +130,17 @@ def test_nan_frames_are_reported_with_their_global_index(system):
     assert "fnan.npy" in msg and "37" in msg and "1 frame" in msg
 
 
-def test_wrong_length_unit_warns(system):
+def test_wrong_length_unit_and_wrong_atom_order_are_refused(system):
     d, top, x, f = system
     np.save(d / "xA.npy", x * 10)
     np.save(d / "f.npy", f)
-    with pytest.warns(UserWarning, match="median bond length"):
-        collect(load_allatom(top, d / "xA.npy", d / "f.npy"))  # Angstrom read as nm
+    msg = _error(lambda: load_allatom(top, d / "xA.npy", d / "f.npy"))  # Angstrom read as nm
+    assert "median bonded distance" in msg and "length unit" in msg and "xA.npy" in msg
+    reordered = x.copy()
+    reordered[7:] = reordered[7:, ::-1]                        # frames from 7 on: atoms listed in reverse
+    np.save(d / "x_rev.npy", reordered)
+    msg = _error(lambda: load_allatom(top, d / "x_rev.npy", d / "f.npy", chunk=5))
+    assert "frame 7: bond" in msg and "atom order" in msg and "x_rev.npy" in msg
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         collect(load_allatom(top, d / "xA.npy", d / "f.npy", length_unit="angstrom"))

@@ -121,7 +121,8 @@ def test_cli_tasks_on_dask_equal_local(client, model_file, tmp_path):
     assert main(args + ["-o", str(tmp_path / "dask.h5"), "--scheduler", client.scheduler.address]) == 0
     a, b = md.load(str(tmp_path / "local.h5")), md.load(str(tmp_path / "dask.h5"))
     assert a.n_frames == 40 and np.array_equal(a.xyz, b.xyz)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.h5", "dask.json", "local.h5", "local.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.h5", "dask.json", "dask.pdb", "local.h5", "local.json",
+                                                          "local.pdb"]
 
 
 @pytest.mark.parametrize("command", ["simulate", "fit"])

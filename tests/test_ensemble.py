@@ -100,7 +100,7 @@ def test_cv_score_is_dihedral_for_chains_and_force_otherwise(noisy_toy):
     # the same sub-models and predictions (same seed), scored in different units: every score differs
     assert all(a["mse"] != f["mse"] for a, f in zip(auto.cv_scores_, forced.cv_scores_))
     three = CGDataset(data.coords[:600, :3], data.forces[:600, :3], ["C1", "C2", "C3"], data.temperature)
-    with pytest.raises(CgdmlError, match="needs >= 4 beads"):
+    with pytest.raises(CgdmlError, match="needs a dihedral in the CG topology"):
         TwoLayerGDML(cv_score="dihedral", **kwargs).fit(three)
     with pytest.raises(CgdmlError, match="cv_score must be"):
         TwoLayerGDML(cv_score="phi", **kwargs).fit(small)

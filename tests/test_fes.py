@@ -8,6 +8,7 @@ import pytest
 
 from cgdml._io import CgdmlError
 from cgdml.data import CGDataset, chain_topology
+from cgdml.topology import CGTopology
 from cgdml.fes.__main__ import main
 from cgdml.fes import (bonds_and_angles, bootstrap_metrics, compare_fes, histogram_fes, phi_psi,
                        split_half_floor)
@@ -103,6 +104,17 @@ def test_block_bootstrap_error_bars_match_replicate_spread():
         bootstrap_metrics(x, ref, block=10**6)
 
 
+def peptide_topology(names, residue_names, residue_of_bead, bonds=None):
+    """mdtraj Topology with residues (``residue_of_bead`` indexes ``residue_names``; residue numbers start at
+    1) and ``bonds`` (default: a chain in bead order)."""
+    res = np.asarray(residue_of_bead)
+    bonds = [(i, i + 1) for i in range(len(names) - 1)] if bonds is None else bonds
+    return CGTopology(names, bonds, residue_ids=res + 1, residue_names=[residue_names[r] for r in res]).to_mdtraj()
+
+
+CB_BONDS = [(0, 1), (1, 2), (2, 3), (2, 4), (4, 5)]          # C-N-CA(-CB)-C-N: CB is a branch on CA
+
+
 def _peptide(n_frames=20, cb=False, seed=0):
     rng = np.random.default_rng(seed)
     names = ["C", "N", "CA", "CB", "C", "N"] if cb else ["C", "N", "CA", "C", "N"]
@@ -114,14 +126,15 @@ def _peptide(n_frames=20, cb=False, seed=0):
 @pytest.mark.parametrize("cb", [False, True])
 def test_phi_psi_matches_mdtraj(cb):
     names, res, xyz = _peptide(cb=cb)
-    top = chain_topology(names, ["ACE", "ALA", "NME"], res)
+    bonds = CB_BONDS if cb else None
+    top = peptide_topology(names, ["ACE", "ALA", "NME"], res, bonds)
     traj = md.Trajectory(xyz.astype(np.float32), top)
     got = phi_psi(traj)
     assert np.allclose(got[:, 0], md.compute_phi(traj)[1][:, 0])
     assert np.allclose(got[:, 1], md.compute_psi(traj)[1][:, 0])
     assert np.allclose(phi_psi(xyz, top), got)
-    # bead-name fallback: same beads in one anonymous residue give the same angles
-    flat = chain_topology(names)
+    # (phi, psi) come from bead names along bonds: the same beads in one anonymous residue give the same angles
+    flat = peptide_topology(names, ["CG"], [0] * len(names), bonds)
     assert md.compute_phi(md.Trajectory(xyz.astype(np.float32), flat))[1].shape[1] == 0
     assert np.allclose(phi_psi(xyz, flat), got, atol=1e-6)
 
@@ -135,7 +148,7 @@ def test_phi_psi_known_geometry_and_sign():
     d = c + np.array([np.cos(ang), np.sin(ang), 0.0])
     e = d + np.array([0.0, 0.0, 1.0])
     xyz = np.array([[a, b, c, d, e]]) * 0.15
-    top = chain_topology(["C", "N", "CA", "C", "N"], ["ACE", "ALA", "NME"], [0, 1, 1, 1, 2])
+    top = peptide_topology(["C", "N", "CA", "C", "N"], ["ACE", "ALA", "NME"], [0, 1, 1, 1, 2])
     phi = phi_psi(xyz, top)[0, 0]
     assert abs(abs(phi) - np.deg2rad(60.0)) < 1e-5
     assert np.isclose(phi, md.compute_dihedrals(md.Trajectory(xyz.astype(np.float32), top), [[0, 1, 2, 3]])[0, 0])
@@ -155,7 +168,7 @@ def test_bonds_and_angles():
 
 def test_cli_writes_plot_and_metrics(tmp_path, capsys):
     names, res, xyz = _peptide(n_frames=300, seed=2)
-    top = chain_topology(names, ["ACE", "ALA", "NME"], res)
+    top = peptide_topology(names, ["ACE", "ALA", "NME"], res)
     md.Trajectory(xyz.astype(np.float32), top).save(str(tmp_path / "t.h5"))
     _, _, xyz_ref = _peptide(n_frames=400, seed=3)
     CGDataset.from_arrays(xyz_ref, np.zeros_like(xyz_ref), topology=top).save(tmp_path / "ref.npz")
@@ -181,6 +194,49 @@ def test_cli_writes_plot_and_metrics(tmp_path, capsys):
     assert json.loads((tmp_path / "g.json").read_text())["n_frames"] == 600
     assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
     with pytest.raises(CgdmlError, match="reference has 4 beads, trajectories have 5"):
-        bad = CGDataset.from_arrays(np.zeros((3, 4, 3)), np.zeros((3, 4, 3)))
+        four = np.cumsum(np.random.default_rng(4).normal(0, 0.15, size=(3, 4, 3)), axis=1)
+        bad = CGDataset.from_arrays(four, np.zeros_like(four), bonds=[(0, 1), (1, 2), (2, 3)])
         bad.save(tmp_path / "four.npz")
         main([str(tmp_path / "t.h5"), "--reference", str(tmp_path / "four.npz"), "-o", str(tmp_path / "h.png")])
+
+
+def _overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_plot_comparison_degrees_and_readable_layout(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cgdml.fes import plot_comparison, plot_fes
+
+    rng = np.random.default_rng(0)
+    cv_m, cv_r = rng.normal(0, 0.7, size=(2000, 2)), rng.normal(0.1, 0.7, size=(3000, 2))
+    lengths = rng.normal(0.3812, 0.004, size=(2000, 1))
+    m, fl = compare_fes(cv_m, cv_r), split_half_floor(cv_r)
+    fig = plot_comparison(tmp_path / "c.png", cv_m, cv_r, metrics=m, floor=fl,
+                          distributions=[("bond 0-1 C-N (nm)", lengths, lengths + 0.001)])
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    maps = [ax for ax in fig.get_axes() if ax.get_label() != "<colorbar>" and ax.get_xlabel().endswith("(deg)")]
+    assert len(maps) == 3                                          # CG | reference | difference
+    for ax in maps:
+        assert ax.get_xlim() == (-180.0, 180.0) and ax.get_ylim() == (-180.0, 180.0)
+        assert list(ax.get_xticks()) == [-180, -90, 0, 90, 180]
+    assert "RMSE" in maps[2].get_title() and "floor" in maps[2].get_title()
+    bars = [ax for ax in fig.get_axes() if ax.get_label() == "<colorbar>"]
+    for ax in maps:
+        title = ax.title.get_window_extent(renderer)
+        assert not any(_overlap(title, cb.get_tightbbox(renderer)) for cb in bars)
+    (hist,) = [ax for ax in fig.get_axes() if ax.get_xlabel().startswith("bond")]
+    assert hist.get_ylabel() == "probability density"
+    boxes = [t.get_window_extent(renderer) for t in hist.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert len(boxes) >= 2 and not any(_overlap(a, b) for k, a in enumerate(boxes) for b in boxes[k + 1:])
+    assert any("never visited" in t.get_text() for t in fig.texts + [sf._suptitle for sf in fig.subfigs if sf._suptitle])
+    # plot_fes of a Ramachandran histogram draws degrees too
+    from matplotlib.figure import Figure
+
+    F, edges, _ = histogram_fes(cv_m)
+    ax = Figure().add_subplot()
+    plot_fes(F, edges, ax, 8.0, "title")
+    assert ax.get_xlim() == (-180.0, 180.0) and ax.get_xlabel() == r"$\phi$ (deg)"

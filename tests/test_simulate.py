@@ -334,7 +334,7 @@ def test_cli_bad_files(model_file, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(CgdmlError, match="junk.npz"):
         main([str(tmp_path / "junk.npz"), "-o", str(tmp_path / "t.h5")])
-    wrong = CGDataset.from_arrays(np.zeros((3, 4, 3)), np.zeros((3, 4, 3)))
+    wrong = CGDataset.from_arrays(np.cumsum(np.full((3, 4, 3), 0.1), axis=1), np.zeros((3, 4, 3)))
     wrong.save(tmp_path / "four.npz")
     with pytest.raises(CgdmlError, match="4 beads.*5"):
         main([str(model_file), "-o", str(tmp_path / "t.h5"), "--start", str(tmp_path / "four.npz")])

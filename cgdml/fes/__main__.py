@@ -1,14 +1,28 @@
 """``python -m cgdml.fes TRAJ.h5 --reference DATA.npz -o FES.png --json METRICS.json``: free-energy landscapes
-and their comparison with a reference (the library is :mod:`cgdml.fes`)."""
+and their comparison with a reference (the library is :mod:`cgdml.fes`).
+
+Landscapes: by default the (phi, psi) of every residue of the CG topology (one row each); a molecule without
+backbone gets its one or two proper dihedrals, else a 2D TICA projection. ``--cv phi:2,psi:2`` (repeatable,
+one landscape each) chooses the CVs: phi/psi of a residue number, dihedral:I,J,K,L, angle:I,J,K,
+distance:I,J (bead indices).
+
+JSON: ``panels`` (one entry per landscape: label, cvs, range, periodic, metrics, noise_floor, bootstrap,
+model_outside_range; residue and phi_positive for a residue's (phi, psi)) and ``mean`` (over the panels);
+with a single landscape also the top-level ``metrics``, ``noise_floor``, ``bootstrap`` (and ``phi_positive``).
+"""
 from __future__ import annotations
+
+import logging
+import warnings
 
 from pathlib import Path
 
 import numpy as np
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli
+from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, refuse_to_overwrite, run_cli
 from .._io import CgdmlError, check_output, save_json
-from . import bonds_and_angles, bootstrap_metrics, compare_fes, phi_psi, plot_comparison, split_half_floor
+from . import (as_cg_topology, compare_panels, landscape_panels, parse_cvs, plot_landscapes,
+               topology_distributions)
 
 
 def _load_trajectories(paths, top):
@@ -36,15 +50,64 @@ def _load_trajectories(paths, top):
     return trajs
 
 
+log = logging.getLogger("cgdml.fes")
+
+
+def _topology(trajs, ref):
+    """The bead graph the CVs are taken from: the reference dataset's (the one the model was fitted on) when
+    there is one, checked against the trajectory's; else the trajectory's."""
+    traj_top = trajs[0].topology
+    if ref is None:
+        return as_cg_topology(traj_top)
+    topo = ref.cg_topology
+    names = [a.name for a in traj_top.atoms]
+    if names != list(topo.names):
+        first = next(i for i, (a, b) in enumerate(zip(names, topo.names)) if a != b)
+        raise CgdmlError(f"the trajectory's bead {first} is {names[first]!r}, the reference's "
+                         f"{topo.names[first]!r}: the bead order of trajectory and reference differ")
+    bonds = {tuple(sorted((a.index, b.index))) for a, b in traj_top.bonds}
+    if bonds != {tuple(b) for b in topo.bonds.tolist()}:
+        warnings.warn("the trajectory's bonds differ from the reference's CG topology; the CVs and bond/angle "
+                      "distributions follow the reference's topology")
+    return topo
+
+
+def _print_entry(prefix, e):
+    m, fl = e["metrics"], e["noise_floor"]
+    line = f"{prefix}FES RMSE {m['fes_rmse']:.3f} kT, JS {m['js']:.4f} nats"
+    if "bootstrap" in e:
+        b = e["bootstrap"]
+        line += f" (bootstrap 95%: RMSE {b['fes_rmse']['lo']:.3f}-{b['fes_rmse']['hi']:.3f}, " \
+                f"JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f})"
+    print(line)
+    print(f"{prefix}noise floor (reference split half): FES RMSE {fl['fes_rmse']:.3f} kT, JS {fl['js']:.4f} nats")
+    print(f"{prefix}{m['bins_missed_by_model']} of {m['bins_ref_visited']} reference bins never visited by the "
+          f"model ({m['n_model']} model frames, {m['n_ref']} reference frames in range)")
+    if "phi_positive" in e:
+        pp = e["phi_positive"]
+        print(f"{prefix}phi > 0 population: model {pp['model']:.2%}, reference {pp['reference']:.2%}")
+    if e.get("model_outside_range", 0) > 0:
+        warnings.warn(f"{prefix}{e['model_outside_range']:.2%} of the model frames fall outside the reference's "
+                      "range of this landscape and are not counted by the metric")
+
+
 def main(argv=None):
     p = ArgumentParser(prog="python -m cgdml.fes", description=(
-        "Free-energy landscape of CG trajectories over (phi, psi), optionally compared with a reference CG "
-        "dataset: FES RMSE (kT) and Jensen-Shannon divergence with split-half noise floor and bootstrap."))
+        "Free-energy landscapes of CG trajectories (by default the (phi, psi) of every residue), optionally "
+        "compared with a reference CG dataset: FES RMSE (kT) and Jensen-Shannon divergence per landscape and "
+        "their mean, with split-half noise floor and block bootstrap."))
     p.add_argument("traj", nargs="+", help="trajectory file(s) readable by mdtraj (.h5 carries its topology)")
     p.add_argument("--reference", help="reference CG dataset (.npz) to compare with")
-    p.add_argument("--cv", choices=["phi-psi"], default="phi-psi", help="collective variables (default phi-psi)")
+    p.add_argument("--cv", action="append", default=None, metavar="KIND:I[,J..],...",
+                   help="one landscape of one or two CVs, e.g. phi:2,psi:2 (residue number as in the backbone "
+                        "label ALA2), dihedral:0,1,2,3, angle:0,1,2, distance:0,13 (bead indices); repeat for "
+                        "more landscapes. Default: (phi, psi) of every residue; without backbone the graph's "
+                        "one or two dihedrals, else a 2D TICA projection")
+    p.add_argument("--lagtime", type=int, default=None,
+                   help="TICA lag time in frames (molecules without backbone; default: a few frames)")
     p.add_argument("--top", help="topology file (e.g. .pdb) for trajectory formats without one")
-    p.add_argument("--bins", type=int, default=36, help="bins per dimension on [-pi, pi) (default 36)")
+    p.add_argument("--bins", type=int, default=36, help="bins per dimension (default 36; dihedrals on "
+                   "[-180, 180) deg, other CVs on the reference's range padded by 5%%)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200; 0 = none)")
     p.add_argument("--block", type=int, default=None, help="bootstrap block length in frames (default: frames/50; "
                    "use at least a few correlation times, e.g. one replica's frames)")
@@ -57,62 +120,71 @@ def main(argv=None):
         raise CgdmlError(f"--bins must be >= 2, got {a.bins}")
     if a.n_boot < 0 or a.n_boot == 1:
         raise CgdmlError(f"--n-boot must be 0 or >= 2, got {a.n_boot}")
+    if a.lagtime is not None and a.lagtime < 1:
+        raise CgdmlError(f"--lagtime must be >= 1 frame, got {a.lagtime}")
+    cv_arg = [c for c in (a.cv or []) if c != "phi-psi"]       # "phi-psi": the old spelling of the default
+    cvs = [parse_cvs(c) for c in cv_arg] or None
+    for group in cvs or []:
+        if len(group) not in (1, 2):
+            raise CgdmlError(f"--cv {','.join(map(repr, group))}: a landscape takes one or two CVs, got "
+                             f"{len(group)} (give --cv once per landscape)")
     out = Path(a.output)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise CgdmlError(f"{out}: plot must end in .png, .pdf or .svg")
     for path in [out] + ([Path(a.json)] if a.json else []):
         check_output(path)
+    refuse_to_overwrite([out, a.json], [a.traj, a.reference, a.top])
     if a.top is not None and not Path(a.top).exists():
         raise CgdmlError(f"{a.top}: no such topology file")
 
     trajs = _load_trajectories(a.traj, a.top)
-    cv_model = []
-    for path, t in zip(a.traj, trajs):
-        try:
-            cv_model.append(phi_psi(t))
-        except CgdmlError as exc:
-            raise CgdmlError(f"{path}: {exc}") from None
-    cv_model = np.concatenate(cv_model)
-    xyz_model = np.concatenate([t.xyz for t in trajs])
-    bond_pairs = [(b[0].index, b[1].index) for b in trajs[0].topology.bonds]
-    report = {"trajectories": [str(t) for t in a.traj], "n_frames": len(cv_model), "cv": a.cv, "bins": a.bins}
-    metrics = floor = None
-    cv_ref = None
-    distributions = []
+    ref = None
     if a.reference:
         from ..data import CGDataset
 
         ref = CGDataset.load(a.reference)
-        if ref.n_beads != xyz_model.shape[1]:
+        if ref.n_beads != trajs[0].n_atoms:
             raise CgdmlError(f"{a.reference}: reference has {ref.n_beads} beads, trajectories have "
-                             f"{xyz_model.shape[1]}")
-        cv_ref = phi_psi(ref.coords, ref.topology)
-        metrics = compare_fes(cv_model, cv_ref, a.bins)
-        floor = split_half_floor(cv_ref, a.bins)
-        report.update(reference=str(a.reference), n_ref_frames=len(cv_ref), metrics=metrics, noise_floor=floor)
-        if a.n_boot:
-            report["bootstrap"] = bootstrap_metrics(cv_model, cv_ref, a.n_boot, a.block, bins=a.bins)
-        l_m, ang_m, triples = bonds_and_angles(xyz_model, bond_pairs)
-        l_r, ang_r, _ = bonds_and_angles(ref.coords, bond_pairs)
-        names = [at.name for at in trajs[0].topology.atoms]
-        distributions = [(f"bond {names[i]}-{names[j]} (nm)", l_m[:, k], l_r[:, k])
-                         for k, (i, j) in enumerate(bond_pairs)]
-        distributions += [(f"angle {names[i]}-{names[j]}-{names[k]} (deg)", np.degrees(ang_m[:, t]),
-                           np.degrees(ang_r[:, t]))
-                          for t, (i, j, k) in enumerate(triples)]
-        line = f"FES RMSE {metrics['fes_rmse']:.3f} kT, JS {metrics['js']:.4f} nats"
-        if "bootstrap" in report:
-            b = report["bootstrap"]
-            line += f" (bootstrap 95%: RMSE {b['fes_rmse']['lo']:.3f}-{b['fes_rmse']['hi']:.3f}, " \
-                    f"JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f})"
-        print(line)
-        print(f"noise floor (reference split half): FES RMSE {floor['fes_rmse']:.3f} kT, JS {floor['js']:.4f} nats")
-        print(f"{metrics['bins_missed_by_model']} of {metrics['bins_ref_visited']} reference bins never visited "
-              f"by the model ({len(cv_model)} model frames, {len(cv_ref)} reference frames)")
-        report["phi_positive"] = dict(model=float(np.mean(cv_model[:, 0] > 0)), reference=float(np.mean(cv_ref[:, 0] > 0)))
-        print(f"phi > 0 population: model {report['phi_positive']['model']:.2%}, "
-              f"reference {report['phi_positive']['reference']:.2%}")
-    plot_comparison(out, cv_model, cv_ref, a.bins, metrics=metrics, floor=floor, distributions=distributions)
+                             f"{trajs[0].n_atoms}")
+    topo = _topology(trajs, ref)
+    xyz_list = [t.xyz.astype(np.float64) for t in trajs]
+    ref_xyz = None if ref is None else ref.coords
+    panels = landscape_panels(xyz_list, topo, ref_xyz, cvs, lagtime=a.lagtime)
+    n_frames = sum(len(x) for x in xyz_list)
+    if cvs:
+        cv_name = " ".join(",".join(map(repr, g)) for g in cvs)
+    elif panels[0].residue:
+        cv_name = "phi-psi"
+    else:
+        cv_name = "tica" if panels[0].names[0].startswith("TIC") else ",".join(panels[0].names)
+    report = {"trajectories": [str(t) for t in a.traj], "n_frames": n_frames, "cv": cv_name, "bins": a.bins,
+              "topology": topo.describe()}
+    log.info("landscapes: %s", "; ".join(pn.label for pn in panels))
+    results = compare_panels(panels, a.bins, a.n_boot if ref is not None else 0, a.block)
+    report["panels"] = results["panels"]
+    if ref is not None:
+        report.update(reference=str(a.reference), n_ref_frames=int(ref.n_frames), mean=results["mean"])
+        single = len(panels) == 1
+        for e in results["panels"]:
+            _print_entry("" if single else f"{e['label']}: ", e)
+        if single:
+            e = results["panels"][0]
+            report.update(metrics=e["metrics"], noise_floor=e["noise_floor"])
+            for key in ("bootstrap", "phi_positive"):
+                if key in e:
+                    report[key] = e[key]
+        else:
+            m = results["mean"]
+            line = f"mean over {m['n_panels']} landscapes: FES RMSE {m['fes_rmse']:.3f} kT, JS {m['js']:.4f} nats"
+            if "bootstrap" in m:
+                b = m["bootstrap"]
+                line += f" (bootstrap 95%: RMSE {b['fes_rmse']['lo']:.3f}-{b['fes_rmse']['hi']:.3f}, " \
+                        f"JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f})"
+            print(line)
+            print(f"mean noise floor: FES RMSE {m['noise_floor']['fes_rmse']:.3f} kT, "
+                  f"JS {m['noise_floor']['js']:.4f} nats")
+    distributions = topology_distributions(topo, np.concatenate(xyz_list), ref_xyz) if ref is not None else []
+    plot_landscapes(out, panels, a.bins, results if ref is not None else None, distributions)
     if a.json:
         save_json(a.json, report)
     print(f"wrote {out}" + (f" and {a.json}" if a.json else ""))

@@ -9,8 +9,10 @@ import hashlib
 import warnings
 from pathlib import Path
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli
-from .._io import CgdmlError, check_output, save_json
+import numpy as np
+
+from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, refuse_to_overwrite, run_cli
+from .._io import CgdmlError, atomic_path, check_output, save_json
 from . import DEFAULTS, INTEGRATORS, bond_blowup, group_checkpoints, simulate, start_configurations, write_trajectory
 
 
@@ -69,6 +71,7 @@ def main(argv=None):
     if out.suffix.lower() not in (".h5", ".dcd", ".xtc"):
         raise CgdmlError(f"{out}: output must end in .h5, .dcd or .xtc")
     check_output(out)
+    refuse_to_overwrite([out, out.with_suffix(".pdb"), out.with_suffix(".json")], [a.model, a.start])
     if out.with_suffix(".json").resolve() == Path(a.model).with_suffix(".json").resolve():
         raise CgdmlError(f"{out}: its sidecar {out.with_suffix('.json')} would overwrite the fit summary of "
                          f"{a.model}; give the trajectory another name")
@@ -108,7 +111,7 @@ def main(argv=None):
     if not a.blowup_factor > 1:
         raise CgdmlError(f"--blowup-factor must be > 1, got {a.blowup_factor}")
 
-    from ..data import CGDataset, topology_from_pdb
+    from ..data import CGDataset
     from ..model import CGModel
 
     start = CGDataset.load(a.start) if a.start is not None else None
@@ -144,7 +147,10 @@ def main(argv=None):
     finally:
         numba.set_num_threads(numba_threads)                   # main() may run inside a notebook or test
     model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
-    counts = write_trajectory(out, result, topology_from_pdb(model.topology_pdb), dt, burn_in // a.save_every)
+    topology = model.cg_topology
+    counts = write_trajectory(out, result, topology.to_mdtraj(), dt, burn_in // a.save_every)
+    with atomic_path(out.with_suffix(".pdb")) as tmp:  # the CG topology for VMD, PyMOL and fes --top (.dcd, .xtc)
+        tmp.write_text(topology.to_pdb(result.positions[int(np.argmax(result.alive))]))
     t = result.timings
     sidecar = {"trajectory": out.name, "settings": settings, "n_replicas": a.replicas,
                "frames_per_replica": counts.tolist(), "n_frames": int(counts.sum()),
@@ -157,7 +163,7 @@ def main(argv=None):
     for stale in ckpt.parent.glob(f".{out.name}.ckpt.*.tmp.npz"):   # left by a run killed while checkpointing
         stale.unlink(missing_ok=True)
     print(f"wrote {out} ({int(counts.sum())} frames from {a.replicas} replicas, {sidecar['n_blown_up']} blown up) "
-          f"and {out.with_suffix('.json')}; {t['steps_per_s']:.0f} steps/s")
+          f"with {out.with_suffix('.pdb')} and {out.with_suffix('.json')}; {t['steps_per_s']:.0f} steps/s")
     return 0
 
 

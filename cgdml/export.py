@@ -1,0 +1,34 @@
+"""Export a fitted CG model to OpenMM: ``topology.pdb``, ``system.xml`` and ``README.txt`` (see :mod:`cgdml.openmm`).
+
+    python -m cgdml.export MODEL.npz -o DIR
+
+DIR is created if its parent exists; files already in it with those names are replaced.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._cli import ArgumentParser, run_cli
+from ._io import CgdmlError
+
+
+def main(argv=None):
+    p = ArgumentParser(prog="python -m cgdml.export", description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model file (.npz, from python -m cgdml.fit)")
+    p.add_argument("-o", "--output", required=True, help="directory to write the OpenMM files into")
+    a = p.parse_args(argv)
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise CgdmlError(f"{out}: exists and is not a directory; give a directory for the OpenMM files")
+    from .model import CGModel
+    from .openmm import write_openmm
+
+    paths = write_openmm(CGModel.load(a.model), out)
+    print("wrote " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

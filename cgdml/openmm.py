@@ -1,0 +1,301 @@
+"""cgdml models inside OpenMM: :func:`to_openmm` builds an ``openmm.System`` (and ``openmm.app.Topology``) of a
+:class:`cgdml.model.CGModel`; :func:`write_openmm` writes it to a directory (``python -m cgdml.export``).
+
+The System has one particle per bead (mass ``model.masses``, amu), no constraints, no periodic box, and:
+
+- force group 0, the harmonic prior as native forces: ``HarmonicBondForce`` (k/2 (r - r0)^2),
+  ``HarmonicAngleForce`` (k/2 (theta - theta0)^2) and a ``CustomBondForce`` ``eps*(rmin/r)^12`` with per-pair
+  parameters for the repulsion pairs;
+- force group 1, the GDML term as an ``openmm.PythonForce`` that calls ``model.gdml.predict`` once per force
+  evaluation (energies include the model's constant offset, so the System's energy is ``model.energy_forces``'s
+  exactly, not up to a constant);
+- force group 2, one ``CustomTorsionForce`` per basin-balancing dihedral term (``model.offsets``), its energy
+  the term's exact closed form (constant on each arc, half-cosine ramps across the gaps), checked against
+  ``model.offsets.profile`` on 3600 angles when it is built. A term whose profile is not of that form (or any term
+  with ``n_table`` given) becomes a periodic natural cubic spline (``Continuous1DFunction`` over [-pi, pi])
+  through samples of ``profile``, as a four-particle ``CustomCompoundBondForce`` ``f(dihedral(p1,p2,p3,p4))``:
+  ``CustomTorsionForce`` takes no tabulated functions (OpenMM 8.6.1). The spline misses the exact term near the
+  ends of the ramps, where its second derivative jumps: with 3600 points by < 1e-6 kJ/mol in energy but up to
+  ~4e-4 of the ramp's largest slope in dU/dphi (4e-6 of the largest force of the test model), hence the
+  closed form, which agrees to rounding. The offsets' dihedral follows the IUPAC/mdtraj sign convention, which
+  is OpenMM's torsion angle too (checked in tests/test_openmm.py).
+
+Serialisation: ``openmm.XmlSerializer`` stores a PythonForce as a pickle of its computation, here a
+:class:`GDMLComputation` whose pickle holds the GDML model's arrays (``GDMLModel.to_arrays``), so ``system.xml``
+from :func:`write_openmm` holds the complete System (OpenMM 8.6.1). Reading it back
+(``XmlSerializer.deserialize``) unpickles: it needs cgdml importable, and, as with any pickle, only load files
+you trust. Should pickling fail, :func:`write_openmm` writes ``system.xml`` without the GDML force and says so in
+``README.txt``; the full System is then rebuilt from the model file with :func:`to_openmm`.
+
+Speed: the PythonForce is one Python call per step (~70 us for a 6-bead, 300-frame GDML model), so a single
+OpenMM replica is not faster than ``cgdml.simulate``, which batches replicas into one force call (~25x the
+replica-steps/s at 100 replicas); for small CG systems the Reference platform also beats the CPU platform,
+whose per-step overhead (50-250 us on a busy 2-core machine) exceeds the work. See benchmarks/bench_openmm.py.
+
+Units: nm, kJ/mol, kJ/mol/nm, ps, amu, radians (OpenMM's own).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ._io import CgdmlError, atomic_path
+from .geometry import TWO_PI
+
+PRIOR_GROUP, GDML_GROUP, OFFSETS_GROUP = 0, 1, 2
+N_TABLE = 3600
+
+
+def _openmm():
+    """The openmm module, or a one-line error saying what is missing."""
+    try:
+        import openmm
+        import openmm.app  # noqa: F401
+        import openmm.unit  # noqa: F401
+    except ImportError:
+        raise CgdmlError("OpenMM is not installed (pip install openmm or conda install -c conda-forge openmm)") \
+            from None
+    if not hasattr(openmm, "PythonForce"):
+        raise CgdmlError(f"OpenMM {openmm.__version__} has no PythonForce, which the GDML term needs; "
+                         "upgrade OpenMM (8.6.1 works)")
+    return openmm
+
+
+class GDMLComputation:
+    """The computation of an ``openmm.PythonForce``: ``model.predict`` at the State's positions.
+
+    Called with an ``openmm.State``; returns (energy kJ/mol, forces (n_beads, 3) kJ/mol/nm). Pickles as the
+    model's arrays, so ``XmlSerializer`` can store it.
+    """
+
+    def __init__(self, gdml):
+        self.gdml = gdml
+
+    def __call__(self, state):
+        from openmm.unit import nanometer
+
+        R = state.getPositions(asNumpy=True).value_in_unit(nanometer)  # (n_beads, 3)
+        E, F = self.gdml.predict(np.asarray(R, dtype=np.float64)[None])
+        return float(E[0]), F[0]
+
+    def __getstate__(self):
+        return {"gdml": self.gdml.to_arrays()}
+
+    def __setstate__(self, state):
+        from .model import GDMLModel
+
+        self.gdml = GDMLModel.from_arrays(state["gdml"])
+
+
+def _topology(model, app):
+    """The model's CG topology as an ``openmm.app.Topology`` (one atom per bead): atoms and residues from
+    ``model.topology_pdb``, bonds from its CONECT records, or ``model.bonds`` (n_bonds, 2) where the model has them."""
+    text = model.topology_pdb
+    if not text:
+        from .data import chain_topology, topology_to_pdb
+
+        text = topology_to_pdb(chain_topology(model.bead_names))
+    try:
+        top = app.PDBFile(io.StringIO(text)).topology
+    except Exception as exc:
+        raise CgdmlError(f"the model's CG topology is not readable PDB text ({type(exc).__name__}: {exc})") from None
+    if top.getNumAtoms() != model.n_beads:
+        raise CgdmlError(f"the model's CG topology has {top.getNumAtoms()} atoms for {model.n_beads} beads")
+    bonds = getattr(model, "bonds", None)
+    if bonds is None:
+        return top
+    bonded = app.Topology()
+    atoms = []
+    for chain in top.chains():
+        new_chain = bonded.addChain(chain.id)
+        for residue in chain.residues():
+            new_residue = bonded.addResidue(residue.name, new_chain, residue.id, residue.insertionCode)
+            atoms += [bonded.addAtom(a.name, a.element, new_residue, a.id) for a in residue.atoms()]
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    if bonds.size and (bonds.min() < 0 or bonds.max() >= len(atoms)):
+        raise CgdmlError(f"the model's CG bonds name beads outside 0..{len(atoms) - 1}")
+    for i, j in bonds:
+        bonded.addBond(atoms[i], atoms[j])
+    return bonded
+
+
+def _prior_forces(prior, openmm):
+    """The harmonic prior as native OpenMM forces (group 0)."""
+    bonds = openmm.HarmonicBondForce()
+    for (i, j), r0, k in zip(prior.bond_pairs_, prior.bond_r0_, prior.bond_k_):
+        bonds.addBond(int(i), int(j), float(r0), float(k))
+    angles = openmm.HarmonicAngleForce()
+    for (i, j, k), theta0, ka in zip(prior.angle_triples_, prior.angle_theta0_, prior.angle_k_):
+        angles.addAngle(int(i), int(j), int(k), float(theta0), float(ka))
+    forces = [("cgdml prior bonds", bonds), ("cgdml prior angles", angles)]
+    if len(prior.repulsion_pairs_):
+        rep = openmm.CustomBondForce("eps*(rmin/r)^12")
+        rep.addPerBondParameter("eps")
+        rep.addPerBondParameter("rmin")
+        for (i, j), rmin in zip(prior.repulsion_pairs_, prior.repulsion_rmin_):
+            rep.addBond(int(i), int(j), [float(prior.repulsion_eps_), float(rmin)])
+        forces.append(("cgdml prior repulsion", rep))
+    return forces
+
+
+def _ramps(offsets, term):
+    """The term as ramps: U(phi) = u0 + sum_g step_g ramp((pos - at_g) / width_g), pos = (phi - origin) mod 2 pi,
+    ramp(t) = (1 - cos(pi clip(t, 0, 1))) / 2: the half-cosine steps across the gaps between the arcs (arcs
+    counterclockwise from arc 0). Returns (u0, origin, at (n,), width (n,), step (n,)), gaps without a step left out."""
+    s = slice(offsets.first[term], offsets.first[term] + offsets.count[term])
+    start, width, delta = offsets.start[s], offsets.width[s], offsets.delta[s]
+    gap_start = start + width
+    gap = (np.roll(start, -1) - gap_start) % TWO_PI
+    step = np.roll(delta, -1) - delta
+    keep = step != 0.0
+    return float(delta[0]), float(start[0]), ((gap_start - start[0]) % TWO_PI)[keep], gap[keep], step[keep]
+
+
+def _ramps_energy(ramps, phi):
+    """U (n,) kJ/mol of :func:`_ramps` output at dihedrals phi (n,) rad (what the OpenMM expression computes)."""
+    u0, origin, at, width, step = ramps
+    pos = (phi - origin) % TWO_PI
+    t = np.clip((pos[:, None] - at) / width, 0.0, 1.0)
+    return u0 + (step * 0.5 * (1.0 - np.cos(np.pi * t))).sum(axis=1)
+
+
+def _ramps_expression(ramps):
+    """The OpenMM (Lepton) expression in ``theta`` of :func:`_ramps` output."""
+    u0, origin, at, width, step = ramps
+    terms = [f"{u0:.17g}"] + [f"({0.5 * d:.17g})*(1 - cos({np.pi:.17g}*min(max((pos - ({a:.17g}))/{w:.17g}, 0), 1)))"
+                              for a, w, d in zip(at, width, step)]
+    if len(terms) == 1:
+        return terms[0]
+    wrap = f"pos = theta - ({origin:.17g}) - {TWO_PI:.17g}*floor((theta - ({origin:.17g}))/{TWO_PI:.17g})"
+    return " + ".join(terms) + "; " + wrap
+
+
+def _offset_forces(offsets, openmm, n_table):
+    """One dihedral force per offset term (group 2): an exact ``CustomTorsionForce`` of its ramps, or with
+    ``n_table`` (or when the term's profile is not the ramps' form) a periodic spline through ``n_table or
+    N_TABLE`` samples of its profile, as a four-particle ``CustomCompoundBondForce``."""
+    grid = np.linspace(-np.pi, np.pi, (n_table or N_TABLE) + 1)
+    forces = []
+    for t, quad in enumerate(offsets.quads):
+        values = offsets.profile(t, grid)[0]
+        name = f"cgdml dihedral offset {t} (beads {' '.join(map(str, quad))})"
+        ramps = _ramps(offsets, t)
+        exact = n_table is None and (ramps[3] > 1e-9).all() and \
+            np.abs(_ramps_energy(ramps, grid) - values).max() <= 1e-9 * (1.0 + np.abs(values).max())
+        if exact:
+            force = openmm.CustomTorsionForce(_ramps_expression(ramps))
+            force.addTorsion(*(int(b) for b in quad), [])
+        else:
+            values[-1] = values[0]  # periodic: the ends are the same angle
+            force = openmm.CustomCompoundBondForce(4, "offset(dihedral(p1, p2, p3, p4))")
+            force.addTabulatedFunction("offset", openmm.Continuous1DFunction(values.tolist(), -np.pi, np.pi, True))
+            force.addBond([int(b) for b in quad], [])
+        forces.append((name, force))
+    return forces
+
+
+def to_openmm(model, n_table=None):
+    """(openmm.System, openmm.app.Topology) of ``model`` (a :class:`cgdml.model.CGModel`), see the module docstring.
+
+    ``n_table``: tabulate each dihedral offset term at that many points over [-pi, pi] instead of the exact
+    expression (default None: exact).
+    """
+    from .model import CGModel
+
+    if not isinstance(model, CGModel):
+        raise CgdmlError(f"to_openmm needs a cgdml CGModel, got {type(model).__name__}")
+    if n_table is not None and not (isinstance(n_table, (int, np.integer)) and n_table >= 16):
+        raise CgdmlError(f"n_table must be None or an integer >= 16 (spline points), got {n_table!r}")
+    openmm = _openmm()
+    model._check_consistent()
+    topology = _topology(model, openmm.app)
+    system = openmm.System()
+    for mass in model.masses:
+        system.addParticle(float(mass))
+    forces = [(name, f, PRIOR_GROUP) for name, f in _prior_forces(model.prior, openmm)]
+    gdml = openmm.PythonForce(GDMLComputation(model.gdml))
+    forces.append(("cgdml GDML", gdml, GDML_GROUP))
+    if model.offsets is not None:
+        forces += [(name, f, OFFSETS_GROUP) for name, f in _offset_forces(model.offsets, openmm, n_table)]
+    for name, force, group in forces:
+        force.setName(name)
+        force.setForceGroup(group)
+        system.addForce(force)
+    return system, topology
+
+
+_README = """\
+OpenMM files of a cgdml coarse-grained model ({n_beads} beads at {temperature:g} K)
+
+topology.pdb  the CG topology (one atom per bead) with a start configuration (a training frame)
+system.xml    the openmm.System (XmlSerializer): bead masses, no constraints, no periodic box;
+              force group 0 the harmonic prior (bonds, angles, repulsion),
+              force group 1 the GDML term (an openmm.PythonForce),
+              force group 2 the dihedral offsets (CustomTorsionForce; none if the model has none)
+{gdml_note}
+Rebuild the full System from the model file (needs cgdml):
+
+    from cgdml.model import CGModel
+    from cgdml.openmm import to_openmm
+    system, top = to_openmm(CGModel.load("MODEL.npz"))
+
+Simulate, e.g. with the model's temperature and 2 fs steps:
+
+    import openmm, openmm.app as app, openmm.unit as u
+    pdb = app.PDBFile("topology.pdb")
+    integrator = openmm.LangevinMiddleIntegrator({temperature:g} * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+    simulation = app.Simulation(pdb.topology, system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    simulation.context.setPositions(pdb.positions)
+    simulation.step(1000)
+"""
+
+_NOTE_FULL = """\
+system.xml is complete. Its GDML force is stored as a pickle of cgdml.openmm.GDMLComputation (the model's
+arrays): reading it with XmlSerializer.deserialize(open("system.xml").read()) needs cgdml importable, and
+unpickles the file, so load only files you trust.
+"""
+
+_NOTE_PARTIAL = """\
+system.xml does NOT contain the GDML force, which could not be serialised:
+    {reason}
+It holds the prior and the offsets only; rebuild the full System as below.
+"""
+
+
+def write_openmm(model, directory):
+    """Write ``topology.pdb``, ``system.xml`` and ``README.txt`` of ``model`` into ``directory`` (created if its
+    parent exists). Returns the list of paths written. Each file is written atomically."""
+    openmm = _openmm()
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CgdmlError(f"{directory}: exists and is not a directory")
+    if not directory.parent.is_dir():
+        raise CgdmlError(f"{directory}: parent directory {directory.parent} does not exist")
+    system, topology = to_openmm(model)
+    if len(model.train_coords_sample) == 0:
+        raise CgdmlError("the model has no start configuration (empty training sample)")
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CgdmlError(f"{directory}: cannot create directory ({exc.strerror or exc})") from None
+    try:
+        xml = openmm.XmlSerializer.serialize(system)
+        note = _NOTE_FULL
+    except openmm.OpenMMException as exc:  # the PythonForce's computation could not be pickled
+        for index in reversed(range(system.getNumForces())):
+            if isinstance(system.getForce(index), openmm.PythonForce):
+                system.removeForce(index)
+        xml = openmm.XmlSerializer.serialize(system)
+        note = _NOTE_PARTIAL.format(reason=" ".join(f"{type(exc).__name__}: {exc}".split())[:200])
+    positions = np.asarray(model.train_coords_sample[0], dtype=np.float64)
+    paths = [directory / "topology.pdb", directory / "system.xml", directory / "README.txt"]
+    with atomic_path(paths[0]) as tmp:
+        with open(tmp, "w") as fh:
+            openmm.app.PDBFile.writeFile(topology, [openmm.Vec3(*x) for x in positions] * openmm.unit.nanometer, fh)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(xml)
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(_README.format(n_beads=model.n_beads, temperature=model.temperature, gdml_note=note))
+    return paths

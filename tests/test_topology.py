@@ -1,0 +1,172 @@
+"""The CG topology is the source of truth: bonds, angles, dihedrals, impropers and the backbone come from the
+bead graph, never from bead order (a branched toy whose side-chain bead sits in the middle of the list, and a
+map that lists beads out of residue order)."""
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+from cgdml._io import CgdmlError
+from cgdml.data import CGDataset
+from cgdml.features import descriptor, n_descriptors
+from cgdml.fes import residue_phi_psi
+from cgdml.geometry import dihedral
+from cgdml.mapping import load_default_cg_dataset, map_allatom
+from cgdml.prior import HarmonicPrior
+from cgdml.topology import CGTopology, parse_bonds
+
+# alanine dipeptide with CB: C(ACE) N CA CB C N(NME); CB (bead 3) is bonded to CA (bead 2), not to C (bead 4)
+NAMES = ["C", "N", "CA", "CB", "C", "N"]
+BONDS = [(0, 1), (1, 2), (2, 3), (2, 4), (4, 5)]
+
+
+def branched():
+    return CGTopology(NAMES, BONDS, residue_ids=[1, 2, 2, 2, 2, 3], residue_names=["ACE"] + ["ALA"] * 4 + ["NME"])
+
+
+def test_terms_come_from_the_bonds_not_the_bead_order():
+    top = branched()
+    assert top.bonds.tolist() == [[0, 1], [1, 2], [2, 3], [2, 4], [4, 5]]
+    assert sorted(map(tuple, top.angles.tolist())) == [(0, 1, 2), (1, 2, 3), (1, 2, 4), (2, 4, 5), (3, 2, 4)]
+    assert sorted(map(tuple, top.dihedrals.tolist())) == [(0, 1, 2, 3), (0, 1, 2, 4), (1, 2, 4, 5), (3, 2, 4, 5)]
+    assert top.impropers.tolist() == [[1, 2, 3, 4]]                # at the branch point CA: chirality
+    ((label, phi, psi),) = top.backbone()
+    assert label == "ALA2" and phi.tolist() == [0, 1, 2, 4] and psi.tolist() == [1, 2, 4, 5]
+    assert top.graph_distance[3, 4] == 2 and top.graph_distance[0, 5] == 4
+    assert sorted(map(tuple, top.pairs_apart(3).tolist())) == [(0, 3), (0, 4), (0, 5), (1, 5), (3, 5)]
+    assert top.side(1, 2).tolist() == [0, 1] and top.side(4, 2).tolist() == [4, 5]
+
+
+def toy_frames(top, n=400, seed=0):
+    """Noisy copies of one branched geometry (nm)."""
+    base = np.array([[0.0, 0.0, 0.0], [0.13, 0.05, 0.0], [0.2, 0.17, 0.02], [0.18, 0.22, 0.16],
+                     [0.35, 0.15, -0.03], [0.42, 0.26, 0.02]])
+    return base + np.random.default_rng(seed).normal(scale=0.005, size=(n, top.n_beads, 3))
+
+
+def test_prior_features_and_descriptor_follow_the_graph(numerical_forces):
+    top = branched()
+    R = toy_frames(top)
+    prior = HarmonicPrior().fit(R, 300.0, top)
+    assert prior.bond_pairs_.tolist() == top.bonds.tolist()           # CA-C bonded, CB-C not
+    assert [3, 4] not in prior.bond_pairs_.tolist()
+    assert prior.repulsion_pairs_.tolist() == top.pairs_apart(3).tolist()
+    F = prior.energy_forces(R[:5])[1]
+    np.testing.assert_allclose(F, numerical_forces(lambda X: prior.energy_forces(X)[0], R[:5]), rtol=1e-5, atol=1e-3)
+    D = descriptor(R, top.chirality_quads)
+    assert D.shape[1] == n_descriptors(6, 5)
+    np.testing.assert_allclose(D[:, 15:19], np.sin(np.column_stack([dihedral(R, q)[0] for q in top.dihedrals])))
+    mirror = R * np.array([1.0, 1.0, -1.0])
+    np.testing.assert_allclose(descriptor(mirror, top.chirality_quads)[:, 15:], -D[:, 15:], atol=1e-12)
+
+
+def test_bad_bonds_are_one_line_errors():
+    with pytest.raises(CgdmlError, match="disconnected"):
+        CGTopology(NAMES, [(0, 1), (1, 2), (4, 5)])
+    with pytest.raises(CgdmlError, match="outside 0..5"):
+        CGTopology(NAMES, BONDS + [(2, 9)])
+    with pytest.raises(CgdmlError, match="more than once"):
+        CGTopology(NAMES, BONDS + [(1, 0)])
+    with pytest.raises(CgdmlError, match="itself"):
+        CGTopology(NAMES, BONDS + [(3, 3)])
+    with pytest.raises(CgdmlError, match="I-J pairs"):
+        parse_bonds("0-1,1-x")
+    assert parse_bonds("0-1, 1-2,2 3").tolist() == [[0, 1], [1, 2], [2, 3]]
+
+
+def test_pre_mapped_arrays_take_bonds_or_warn_about_the_chain():
+    top = branched()
+    R = toy_frames(top, 50)
+    ds = CGDataset.from_arrays(R, np.zeros_like(R), bead_names=NAMES, bonds=BONDS)
+    assert ds.cg_topology.bonds.tolist() == top.bonds.tolist() and not len(ds.cg_topology.backbone()) == 0
+    with pytest.warns(UserWarning, match="assuming a chain in bead order"):
+        chain = CGDataset.from_arrays(R, np.zeros_like(R), bead_names=NAMES)
+    assert chain.cg_topology.bonds.tolist() == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]]
+
+
+def test_bonded_distances_are_checked_frame_by_frame():
+    top = branched()
+    R = toy_frames(top, 50)
+    R[17] = R[17, ::-1]                                           # one frame with its beads reversed
+    with pytest.raises(CgdmlError, match="frame 17: bond"):
+        CGDataset.from_arrays(R, np.zeros_like(R), bead_names=NAMES, bonds=BONDS)
+    with pytest.raises(CgdmlError, match="length unit"):        # nm data declared as angstrom
+        CGDataset.from_arrays(toy_frames(top, 50), np.zeros((50, 6, 3)), bead_names=NAMES, bonds=BONDS,
+                              length_unit="angstrom")
+
+
+def shipped_subset(tmp_path):
+    from cgdml.data import default_dataset_paths
+
+    paths = default_dataset_paths()
+    with np.load(paths.trajectory) as z:
+        np.save(tmp_path / "x.npy", z["positions"][:4000:10])
+        np.save(tmp_path / "f.npy", z["forces"][:4000:10])
+    return paths.topology, tmp_path / "x.npy", tmp_path / "f.npy"
+
+
+def test_beads_out_of_residue_order_keep_their_order_and_give_the_same_phi_psi(tmp_path):
+    top_path, x, f = shipped_subset(tmp_path)
+    shuffled = tmp_path / "shuffled.toml"
+    shuffled.write_text(textwrap.dedent("""
+        [[bead]]
+        name = "C"
+        select = "resid 0 and name C"
+        [[bead]]
+        name = "N"
+        select = "resid 1 and name N"
+        [[bead]]
+        name = "CA"
+        select = "resid 1 and name CA"
+        [[bead]]
+        name = "N"
+        select = "resid 2 and name N"
+        [[bead]]
+        name = "C"
+        select = "resid 1 and name C"
+    """))
+    ordered = map_allatom(top_path, x, f, "ala2-5")
+    mixed = map_allatom(top_path, x, f, str(shuffled))
+    np.testing.assert_allclose(mixed.coords[:, [0, 1, 2, 4, 3]], ordered.coords)        # columns keep the map order
+    assert [a.name for a in mixed.topology.atoms] == ["C", "N", "CA", "N", "C"]          # topology = column order
+    ((label_o, pp_o),), ((label_m, pp_m),) = residue_phi_psi(ordered.coords, ordered.cg_topology), \
+        residue_phi_psi(mixed.coords, mixed.cg_topology)
+    assert label_o == label_m == "ALA2"
+    np.testing.assert_allclose(pp_m, pp_o, atol=1e-12)
+    # the saved and reloaded dataset keeps both
+    mixed.save(tmp_path / "mixed.npz")
+    back = CGDataset.load(tmp_path / "mixed.npz")
+    np.testing.assert_allclose(residue_phi_psi(back.coords, back.cg_topology)[0][1], pp_o, atol=1e-5)
+
+
+def test_map_file_bonds_replace_the_atom_graph(tmp_path):
+    top_path, x, f = shipped_subset(tmp_path)
+    spec = tmp_path / "ca_cb.toml"
+    spec.write_text(textwrap.dedent("""
+        bonds = [[0, 1], [0, 2]]
+        [[bead]]
+        name = "CA"
+        select = "resid 1 and name CA"
+        [[bead]]
+        name = "CB"
+        select = "resid 1 and name CB"
+        [[bead]]
+        name = "C"
+        select = "resid 1 and name C"
+    """))
+    ds = map_allatom(top_path, x, f, str(spec))
+    assert ds.cg_topology.bonds.tolist() == [[0, 1], [0, 2]]
+    spec.write_text(spec.read_text().replace("[[0, 1], [0, 2]]", "[[0, 1]]"))
+    with pytest.raises(CgdmlError, match="disconnected"):
+        map_allatom(top_path, x, f, str(spec))
+
+
+def test_six_bead_map_topology_survives_save_and_load(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                              # a mapped dataset never guesses a chain
+        ds = load_default_cg_dataset("ala2-6", stride=100)
+    ds.save(tmp_path / "six.npz")
+    back = CGDataset.load(tmp_path / "six.npz")
+    assert back.cg_topology.bonds.tolist() == branched().bonds.tolist()
+    assert back.cg_topology.backbone()[0][1].tolist() == [0, 1, 2, 4]
