@@ -1,8 +1,10 @@
-"""All-atom reference simulations of alanine dipeptide with OpenMM (positions and forces for CG fitting).
+"""All-atom reference simulations of capped peptides with OpenMM (positions and forces for CG fitting).
 
-The command line, ``python -m cgdml.reference -o DIR``, is in :mod:`cgdml.reference.__main__`; it
-builds capped alanine dipeptide (ACE-ALA-NME) from coordinates embedded here, parametrises it with AMBER
-ff14SB (implicit solvent: OBC2 GB; explicit: TIP3P, PME), constrains bonds to hydrogen, repartitions
+The command line, ``python -m cgdml.reference -o DIR [--sequence AAA]``, is in :mod:`cgdml.reference.__main__`;
+it builds the capped peptide ACE-(sequence)-NME (the default, ``A``, is alanine dipeptide, from coordinates
+embedded here; other sequences are built with PeptideBuilder, the ``peptides`` extra), parametrises it with
+AMBER ff14SB (implicit solvent: OBC2 GB, as the ``implicit/obc2.xml`` CustomGBForce or the same parameters in
+OpenMM's native, faster GBSAOBCForce; explicit: TIP3P, PME), constrains bonds to hydrogen, repartitions
 hydrogen mass, minimises, equilibrates and runs Langevin dynamics (LangevinMiddleIntegrator). Every
 ``save_every_ps`` it stores the peptide positions (nm) and forces (kJ/mol/nm; ``getState(getForces=True)``,
 which excludes constraint forces). Frames are written in chunk files, each written atomically and
@@ -12,8 +14,10 @@ same command. At the end the chunks are assembled into ``DIR/NAME.pdb`` (topolog
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import random
 import time
 from pathlib import Path
 
@@ -52,9 +56,18 @@ END
 
 FORCE_FIELDS = {"implicit": ("amber14/protein.ff14SB.xml", "implicit/obc2.xml"),
                 "explicit": ("amber14/protein.ff14SB.xml", "amber14/tip3p.xml")}
+# Implicit-solvent GB implementations (same OBC2 model and parameters, igb=5 with mbondi2 radii):
+# "custom" is implicit/obc2.xml's CustomGBForce (the shipped alanine-dipeptide data), "native" moves its per-atom
+# parameters into OpenMM's built-in GBSAOBCForce, about 3x faster on the CPU.
+GB_MODELS = ("custom", "native")
+NATIVE_GB = "GBSAOBCForce (OBC2; charges, radii and scales of implicit/obc2.xml)"
+AMINO_ACIDS = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY",
+               "H": "HIS", "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER",
+               "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL"}
+DIPEPTIDE = "A"
 # Settings that must agree between a run directory and a resumed command.
 _IDENTITY = ("temperature", "solvent", "seed", "save_every_ps", "chunk_ns", "timestep_fs", "friction_per_ps",
-             "hydrogen_mass_amu", "equilibrate_ps", "force_field")
+             "hydrogen_mass_amu", "equilibrate_ps", "force_field", "sequence", "gb")
 
 
 def build_alanine_dipeptide():
@@ -65,25 +78,158 @@ def build_alanine_dipeptide():
     return pdb.topology, pdb.positions
 
 
-def build_system(solvent="implicit", *, hydrogen_mass=4.0, padding_nm=1.2):
-    """(topology, positions, system, n_solute) for alanine dipeptide in ``implicit`` or ``explicit`` solvent.
+@contextlib.contextmanager
+def _seeded_python_random(seed=2024):
+    """OpenMM's Modeller places new hydrogens and ions with Python's ``random``: seed it, then restore its state."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def check_sequence(sequence):
+    """``sequence`` upper-cased, or a one-line :class:`CgdmlError` naming the first letter that is not one of
+    the 20 standard amino acids."""
+    if not isinstance(sequence, str) or not sequence.strip():
+        raise CgdmlError(f"--sequence must be one-letter amino-acid codes, e.g. AAA, got {sequence!r}")
+    seq = sequence.strip().upper()
+    for i, letter in enumerate(seq):
+        if letter not in AMINO_ACIDS:
+            raise CgdmlError(f"--sequence {sequence!r}: {letter!r} (position {i + 1}) is not a standard amino acid; "
+                             f"use one-letter codes from {''.join(sorted(AMINO_ACIDS))}")
+    return seq
+
+
+def default_name(sequence, solvent, temperature):
+    """Base name of the assembled files: ``ala2_implicit_300K`` for the dipeptide, else ``ace-aaa-nme_...``."""
+    seq = check_sequence(sequence)
+    stem = "ala2" if seq == DIPEPTIDE else f"ace-{seq.lower()}-nme"
+    return f"{stem}_{solvent}_{float(temperature):g}K"
+
+
+def build_peptide(sequence=DIPEPTIDE, *, phi=-120.0, psi=140.0):
+    """OpenMM (topology, positions) of ACE-(sequence)-NME with hydrogens, in vacuum.
+
+    ``sequence`` is one-letter codes of standard amino acids (``"AAA"``: ACE-ALA-ALA-ALA-NME, 42 atoms). ``"A"``
+    is the embedded alanine dipeptide (:func:`build_alanine_dipeptide`, the shipped data's structure). Others
+    are built by PeptideBuilder (standard geometry, backbone ``phi``/``psi`` in degrees, trans peptide bonds)
+    as G-(sequence)-G; the end glycines become the caps (ACE: CA->CH3, C, O; NME: N, CA->C), and
+    OpenMM's Modeller adds the hydrogens of the AMBER ff14SB templates (neutral pH protonation states).
+    Needs the ``peptides`` extra (PeptideBuilder, Biopython) for sequences other than ``"A"``.
+    """
+    seq = check_sequence(sequence)
+    if seq == DIPEPTIDE:
+        return build_alanine_dipeptide()
+    try:
+        import PeptideBuilder
+    except ImportError:
+        raise CgdmlError(f"building --sequence {seq} needs PeptideBuilder and Biopython: "
+                         "pip install 'cgdml[peptides]'") from None
+    from openmm import Vec3, app, unit
+
+    n = len(seq) + 2
+    structure = PeptideBuilder.make_structure("G" + seq + "G", [phi] * (n - 1), [psi] * (n - 1))
+    residues = list(structure[0]["A"])
+    topology, xyz = app.Topology(), []
+    chain = topology.addChain()
+    for i, res in enumerate(residues):
+        if i == 0:
+            name, keep = "ACE", {"CA": "CH3", "C": "C", "O": "O"}
+        elif i == n - 1:
+            name, keep = "NME", {"N": "N", "CA": "C"}  # OpenMM names the NME methyl C
+        else:
+            name, keep = AMINO_ACIDS[seq[i - 1]], None
+        r = topology.addResidue(name, chain)
+        for atom in res:
+            if keep is not None and atom.get_name() not in keep:
+                continue
+            label = atom.get_name() if keep is None else keep[atom.get_name()]
+            topology.addAtom(label, app.Element.getBySymbol(atom.element), r)
+            xyz.append(Vec3(*(0.1 * float(c) for c in atom.get_coord())))
+    topology.createStandardBonds()
+    topology.createDisulfideBonds(xyz * unit.nanometer)
+    modeller = app.Modeller(topology, xyz * unit.nanometer)
+    ff = app.ForceField(FORCE_FIELDS["implicit"][0])
+    with _seeded_python_random():  # the same structure every call
+        modeller.addHydrogens(ff)
+    try:
+        ff.createSystem(modeller.topology)  # every residue matches an ff14SB template
+    except ValueError as exc:
+        raise CgdmlError(f"--sequence {seq}: the built peptide does not match the force field ({exc})") from None
+    return modeller.topology, modeller.positions
+
+
+def native_gb_force(system):
+    """Replace the ``implicit/obc2.xml`` CustomGBForce of ``system`` by OpenMM's native GBSAOBCForce with the
+    same charges, radii and screening factors (OBC2, ACE surface term, dielectrics 1 and 78.5, no cutoff)."""
+    import openmm
+
+    idx = [i for i, f in enumerate(system.getForces()) if isinstance(f, openmm.CustomGBForce)]
+    if len(idx) != 1:
+        raise CgdmlError(f"expected one CustomGBForce from implicit/obc2.xml, found {len(idx)}")
+    custom = system.getForce(idx[0])
+    names = [custom.getPerParticleParameterName(k) for k in range(custom.getNumPerParticleParameters())]
+    if names != ["charge", "or", "sr"] or custom.getNonbondedMethod() != openmm.CustomGBForce.NoCutoff:
+        raise CgdmlError(f"unexpected implicit/obc2.xml force (parameters {names}); use --gb custom")
+    native = openmm.GBSAOBCForce()
+    native.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
+    native.setSoluteDielectric(1.0)
+    native.setSolventDielectric(78.5)
+    offset = 0.009  # nm, the dielectric offset of both implementations
+    for i in range(custom.getNumParticles()):
+        charge, offset_radius, scaled = custom.getParticleParameters(i)
+        native.addParticle(charge, offset_radius + offset, scaled / offset_radius)
+    system.removeForce(idx[0])
+    system.addForce(native)
+    return system
+
+
+def check_gb(solvent, gb, sequence=DIPEPTIDE):
+    """The GB implementation for a run: ``custom`` or ``native`` for implicit solvent (default: ``custom`` for
+    the dipeptide, as its shipped data, ``native`` for other sequences), None for explicit solvent."""
+    if solvent not in FORCE_FIELDS:
+        raise CgdmlError(f"unknown solvent {solvent!r} (choose implicit or explicit)")
+    if solvent == "explicit":
+        if gb is not None:
+            raise CgdmlError("--gb applies to implicit solvent only")
+        return None
+    if gb is None:
+        return "custom" if check_sequence(sequence) == DIPEPTIDE else "native"
+    if gb not in GB_MODELS:
+        raise CgdmlError(f"unknown --gb {gb!r} (choose {' or '.join(GB_MODELS)})")
+    return gb
+
+
+def force_field_names(solvent, gb=None):
+    """The force-field files (and GB force) of a run, as recorded in run.json and info_json."""
+    names = list(FORCE_FIELDS[solvent])
+    return names if gb != "native" else [names[0], NATIVE_GB]
+
+
+def build_system(solvent="implicit", *, sequence=DIPEPTIDE, gb=None, hydrogen_mass=4.0, padding_nm=1.2):
+    """(topology, positions, system, n_solute) for ACE-(sequence)-NME in ``implicit`` or ``explicit`` solvent.
 
     Bonds to hydrogen are constrained and hydrogen masses set to ``hydrogen_mass`` amu (taken from the
-    bonded heavy atom). Explicit solvent: TIP3P box with ``padding_nm`` padding, PME, 0.9 nm cutoff.
+    bonded heavy atom). Implicit solvent: OBC2 GB, ``gb`` as in :func:`check_gb`. Explicit solvent: TIP3P box
+    with ``padding_nm`` padding, neutralised with Na+/Cl-, PME, 0.9 nm cutoff.
     """
     from openmm import app, unit
 
-    if solvent not in FORCE_FIELDS:
-        raise CgdmlError(f"unknown solvent {solvent!r} (choose implicit or explicit)")
-    topology, positions = build_alanine_dipeptide()
+    gb = check_gb(solvent, gb, sequence)
+    topology, positions = build_peptide(sequence)
     n_solute = topology.getNumAtoms()
     ff = app.ForceField(*FORCE_FIELDS[solvent])
     common = dict(constraints=app.HBonds, hydrogenMass=hydrogen_mass * unit.amu, rigidWater=True)
     if solvent == "implicit":
         system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, **common)
+        if gb == "native":
+            native_gb_force(system)
     else:
         modeller = app.Modeller(topology, positions)
-        modeller.addSolvent(ff, model="tip3p", padding=padding_nm * unit.nanometer)
+        with _seeded_python_random():  # ions replace the same waters every call
+            modeller.addSolvent(ff, model="tip3p", padding=padding_nm * unit.nanometer)
         topology, positions = modeller.topology, modeller.positions
         system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer,
                                  **common)
@@ -147,7 +293,10 @@ def _check_settings(run_json, settings):
         old = json.loads(run_json.read_text())
     except (OSError, ValueError) as exc:
         raise CgdmlError(f"{run_json}: unreadable run settings ({exc})") from None
-    diff = [f"{k} {old.get(k)!r} vs {settings[k]!r}" for k in _IDENTITY if old.get(k) != settings[k]]
+    # a run.json from before --sequence and --gb: the dipeptide, with implicit/obc2.xml's CustomGBForce
+    legacy = {"sequence": DIPEPTIDE, "gb": "custom" if old.get("solvent") == "implicit" else None}
+    diff = [f"{k} {old.get(k, legacy.get(k))!r} vs {settings[k]!r}" for k in _IDENTITY
+            if old.get(k, legacy.get(k)) != settings[k]]
     if diff:
         raise CgdmlError(f"{run_json.parent} holds a run with other settings ({'; '.join(diff)}); "
                          "use a new output directory")
@@ -156,15 +305,20 @@ def _check_settings(run_json, settings):
 
 def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solvent="implicit", seed=2024,
                   platform="CPU", threads=1, chunk_ns=1.0, timestep_fs=4.0, friction_per_ps=1.0,
-                  hydrogen_mass=4.0, equilibrate_ps=100.0, name=None, progress=True, log=print):
-    """Run (or resume) the reference simulation in ``outdir``; return (pdb_path, npz_path) of the assembly.
+                  hydrogen_mass=4.0, equilibrate_ps=100.0, sequence=DIPEPTIDE, gb=None, name=None, progress=True,
+                  log=print):
+    """Run (or resume) the reference simulation of ACE-(sequence)-NME in ``outdir``; return (pdb_path, npz_path)
+    of the assembly.
 
-    Units: ns, ps, fs, K, amu. ``seed`` seeds velocities and the Langevin noise.
+    Units: ns, ps, fs, K, amu. ``seed`` seeds velocities and the Langevin noise. ``gb``: see :func:`check_gb`.
+    ``name`` defaults to :func:`default_name`.
     """
     import openmm
     from openmm import unit
 
     temperature = check_temperature(temperature)
+    sequence = check_sequence(sequence)
+    gb = check_gb(solvent, gb, sequence)
     outdir = Path(outdir)
     for value, label, ok in ((friction_per_ps, "--friction", friction_per_ps >= 0),
                              (hydrogen_mass, "--hydrogen-mass", hydrogen_mass > 0),
@@ -176,17 +330,19 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
                     seed=int(seed), platform=platform, threads=int(threads), chunk_ns=float(chunk_ns),
                     timestep_fs=float(timestep_fs), friction_per_ps=float(friction_per_ps),
                     hydrogen_mass_amu=float(hydrogen_mass), equilibrate_ps=float(equilibrate_ps),
-                    force_field=list(FORCE_FIELDS.get(solvent, ())), integrator="LangevinMiddleIntegrator",
+                    force_field=force_field_names(solvent, gb), sequence=sequence, gb=gb,
+                    integrator="LangevinMiddleIntegrator",
                     constraints="HBonds", openmm_version=openmm.__version__)
     plan = _Run(settings, outdir)
     plat, props = _platform(platform, threads)
+    topology, positions, system, n_solute = build_system(solvent, sequence=sequence, gb=gb,
+                                                         hydrogen_mass=hydrogen_mass)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CgdmlError(f"{outdir}: cannot create the run directory ({exc.strerror or exc})") from None
     _check_settings(outdir / "run.json", settings)
 
-    topology, positions, system, n_solute = build_system(solvent, hydrogen_mass=hydrogen_mass)
     if solvent == "explicit":
         system.addForce(openmm.MonteCarloBarostat(1.0 * unit.bar, temperature * unit.kelvin))
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction_per_ps / unit.picosecond,
@@ -290,7 +446,7 @@ def _solute_pdb(context, topology, n_solute):
 def assemble_reference(outdir, plan, pdb_text, settings, *, name=None):
     """Concatenate the chunks of ``outdir`` into NAME.pdb and NAME.npz (float32, nm and kJ/mol/nm)."""
     outdir = Path(outdir)
-    name = name or f"ala2_{settings['solvent']}_{settings['temperature']:g}K"
+    name = name or default_name(settings.get("sequence", DIPEPTIDE), settings["solvent"], settings["temperature"])
     pos, frc = [], []
     for i in range(plan.n_chunks):
         z = load_npz(plan.chunk_path(i), "reference chunk")

@@ -1,10 +1,9 @@
-"""``python -m cgdml.reference -o DIR``: an all-atom OpenMM reference run with positions and forces (the library
-is :mod:`cgdml.reference`)."""
+"""``python -m cgdml.reference -o DIR [--sequence AAA]``: an all-atom OpenMM reference run of a capped peptide with
+positions and forces (the library is :mod:`cgdml.reference`)."""
 from __future__ import annotations
 
 from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli
-from ..reference import run_reference
-
+from ..reference import GB_MODELS, run_reference
 
 
 def main(argv=None):
@@ -13,7 +12,14 @@ def main(argv=None):
     p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
     p.add_argument("--save-every-ps", type=float, default=1.0, help="frame spacing in ps (default 1)")
     p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--sequence", default="A",
+                   help="one-letter amino acids between ACE and NME caps (default A: alanine dipeptide; "
+                        "AAA: ACE-ALA-ALA-ALA-NME; other than A needs the peptides extra)")
     p.add_argument("--solvent", choices=("implicit", "explicit"), default="implicit")
+    p.add_argument("--gb", choices=GB_MODELS, default=None,
+                   help="implicit-solvent OBC2 GB as implicit/obc2.xml's CustomGBForce (custom) or OpenMM's native "
+                        "GBSAOBCForce with the same parameters (native, ~3x faster); default custom for --sequence "
+                        "A, native otherwise")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--platform", default="CPU")
     p.add_argument("--threads", type=int, default=1, help="CPU platform threads (default 1)")
@@ -22,7 +28,8 @@ def main(argv=None):
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
     p.add_argument("--hydrogen-mass", type=float, default=4.0, help="repartitioned H mass in amu (default 4)")
     p.add_argument("--equilibrate-ps", type=float, default=100.0)
-    p.add_argument("--name", default=None, help="base name of the assembled files (default ala2_SOLVENT_TK)")
+    p.add_argument("--name", default=None,
+                   help="base name of the assembled files (default ala2_SOLVENT_TK for A, else ace-SEQ-nme_SOLVENT_TK)")
     p.add_argument("--no-progress", action="store_true")
     add_verbosity_arguments(p)
     a = p.parse_args(argv)
@@ -30,7 +37,8 @@ def main(argv=None):
     pdb, npz = run_reference(a.output, ns=a.ns, save_every_ps=a.save_every_ps, temperature=a.temperature,
                              solvent=a.solvent, seed=a.seed, platform=a.platform, threads=a.threads,
                              chunk_ns=a.chunk_ns, timestep_fs=a.timestep_fs, friction_per_ps=a.friction,
-                             hydrogen_mass=a.hydrogen_mass, equilibrate_ps=a.equilibrate_ps, name=a.name,
+                             hydrogen_mass=a.hydrogen_mass, equilibrate_ps=a.equilibrate_ps, sequence=a.sequence,
+                             gb=a.gb, name=a.name,
                              progress=not (a.no_progress or a.quiet))
     print(f"wrote {pdb} and {npz}")
     return 0
