@@ -20,7 +20,14 @@ from .topology import parse_bonds
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text."""
+    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage
+    text, and a ``--version`` flag on every command."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from . import __version__
+
+        self.add_argument("--version", action="version", version=f"%(prog)s (cgdml {__version__})")
 
     def error(self, message):
         raise CgdmlError(f"{message} (see {self.prog} --help)")

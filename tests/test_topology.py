@@ -170,3 +170,31 @@ def test_six_bead_map_topology_survives_save_and_load(tmp_path):
     back = CGDataset.load(tmp_path / "six.npz")
     assert back.cg_topology.bonds.tolist() == branched().bonds.tolist()
     assert back.cg_topology.backbone()[0][1].tolist() == [0, 1, 2, 4]
+
+
+def peptide_dataset(n_frames=300, seed=1):
+    """A capped tripeptide backbone, 11 beads C (N CA C)x3 N, as a random zig-zag chain (nm)."""
+    names = ["C"] + ["N", "CA", "C"] * 3 + ["N"]
+    residues = [1] + [2, 2, 2, 3, 3, 3, 4, 4, 4] + [5]
+    rng = np.random.default_rng(seed)
+    steps = rng.normal(size=(n_frames, 11, 3))
+    steps /= np.linalg.norm(steps, axis=2, keepdims=True)
+    R = 0.15 * np.cumsum(steps, axis=1)
+    top = CGTopology(names, [(i, i + 1) for i in range(10)], residues, ["ACE"] + ["ALA"] * 9 + ["NME"])
+    return CGDataset.from_arrays(R, rng.normal(size=R.shape), topology=top.to_mdtraj(), bonds=top.bonds)
+
+
+def test_longer_peptides_keep_backbone_strata_and_dihedral_scores():
+    from cgdml.ensemble import TwoLayerGDML
+    from cgdml.sampling import make_strata
+
+    ds = peptide_dataset()
+    assert [label for label, _, _ in ds.cg_topology.backbone()] == ["ALA2", "ALA3", "ALA4"]
+    labels, method = make_strata(ds, n_strata=8)
+    assert method == "backbone-kmeans" and labels.max() == 7
+    with pytest.raises(CgdmlError, match="one residue"):
+        make_strata(ds, "phi-psi")
+    est = TwoLayerGDML(n_models=2, batch_size=50, mean_set_size=40, sigma1=[2.0], lam1=[1.0], sigma2=[2.0],
+                       lam2=[0.1], strata="auto", n_strata=8, progress=False)
+    est._check(ds)
+    assert est.cv_quads_.tolist() == ds.cg_topology.backbone_quads().tolist() and len(est.cv_quads_) == 6

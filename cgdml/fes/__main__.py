@@ -72,14 +72,19 @@ def _topology(trajs, ref):
     return topo
 
 
-def _print_entry(prefix, e):
-    m, fl = e["metrics"], e["noise_floor"]
-    line = f"{prefix}FES RMSE {m['fes_rmse']:.3f} kT, JS {m['js']:.4f} nats"
-    if "bootstrap" in e:
-        b = e["bootstrap"]
+def _metric_line(head, m, bootstrap=None):
+    """``head`` FES RMSE ... kT, JS ... nats, with the bootstrap interval when given."""
+    line = f"{head}FES RMSE {m['fes_rmse']:.3f} kT, JS {m['js']:.4f} nats"
+    if bootstrap:
+        b = bootstrap
         line += f" (bootstrap 95%: RMSE {b['fes_rmse']['lo']:.3f}-{b['fes_rmse']['hi']:.3f}, " \
                 f"JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f})"
-    print(line)
+    return line
+
+
+def _print_entry(prefix, e):
+    m, fl = e["metrics"], e["noise_floor"]
+    print(_metric_line(prefix, m, e.get("bootstrap")))
     print(f"{prefix}noise floor (reference split half): FES RMSE {fl['fes_rmse']:.3f} kT, JS {fl['js']:.4f} nats")
     print(f"{prefix}{m['bins_missed_by_model']} of {m['bins_ref_visited']} reference bins never visited by the "
           f"model ({m['n_model']} model frames, {m['n_ref']} reference frames in range)")
@@ -175,12 +180,7 @@ def main(argv=None):
                     report[key] = e[key]
         else:
             m = results["mean"]
-            line = f"mean over {m['n_panels']} landscapes: FES RMSE {m['fes_rmse']:.3f} kT, JS {m['js']:.4f} nats"
-            if "bootstrap" in m:
-                b = m["bootstrap"]
-                line += f" (bootstrap 95%: RMSE {b['fes_rmse']['lo']:.3f}-{b['fes_rmse']['hi']:.3f}, " \
-                        f"JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f})"
-            print(line)
+            print(_metric_line(f"mean over {m['n_panels']} landscapes: ", m, m.get("bootstrap")))
             print(f"mean noise floor: FES RMSE {m['noise_floor']['fes_rmse']:.3f} kT, "
                   f"JS {m['noise_floor']['js']:.4f} nats")
     distributions = topology_distributions(topo, np.concatenate(xyz_list), ref_xyz) if ref is not None else []

@@ -1,0 +1,170 @@
+"""Scale in beads: fit time, peak memory and simulation throughput of the default pipeline against bead count.
+
+Maps of real all-atom data (no synthetic molecules):
+
+- 5 beads: the shipped alanine dipeptide, backbone (``ala2-5``); 6 beads: with CB (``ala2-6``);
+- 10 beads: the shipped alanine dipeptide, every heavy atom;
+- 11 and 14 beads: ACE-AAA-NME from ``python -m cgdml.reference --sequence AAA`` (``--tetra DIR``), backbone and
+  backbone + CB; 20 beads: its heavy atoms but the hydrogens' carbons of the caps kept (CH3 C O, N CA CB C O per
+  residue, N CH3).
+
+For each map and both fit methods (``two-layer`` and ``nystrom``, command-line defaults) it runs
+``python -m cgdml.fit`` in a child process and records its wall time and peak resident memory, then
+``python -m cgdml.simulate`` with 100 replicas for 2000 steps on one thread and on 2 processes (``--tasks 2
+--jobs 2``), recording replica-steps/s. ``--frames N`` tiles each dataset with small Gaussian noise (0.001 nm)
+to N frames to time fits of a larger dataset than the reference holds (said so in the table).
+
+Run: ``python benchmarks/bench_beads.py [--tetra DIR] [--maps 5 6 10 11 14 20] [--frames 40000]``; writes
+benchmarks/results/bench_beads.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import Report, load_str
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ["--top", ROOT / "data/ala2_implicit_300K.pdb", "--traj", ROOT / "data/ala2_implicit_300K.npz",
+           "--forces", ROOT / "data/ala2_implicit_300K.npz"]
+PEAK = ("import resource, runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_module(sys.argv[0], "
+        "run_name='__main__')\nfinally:\n    kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n    print(f'PEAK_KB {kb}', file=sys.stderr)\n")
+
+
+def toml(beads):
+    return "\n".join(f'[[bead]]\nname = "{n}"\nselect = "{s}"\n' for n, s in beads)
+
+
+def ala2_heavy():
+    atoms = [(0, "CH3"), (0, "C"), (0, "O"), (1, "N"), (1, "CA"), (1, "CB"), (1, "C"), (1, "O"), (2, "N"), (2, "C")]
+    return toml([(n if n != "C" or r != 2 else "CH3", f"resid {r} and name {n}") for r, n in atoms])
+
+
+def peptide(n_res, cb=False, heavy=False):
+    """Map of ACE-(X)n-NME: C(ACE), N CA [CB] C per residue, N(NME); ``heavy`` adds the caps' methyl carbons and
+    every carbonyl O (and CB)."""
+    beads = [("CH3", "resid 0 and name CH3")] if heavy else []
+    beads += [("C", "resid 0 and name C")] + ([("O", "resid 0 and name O")] if heavy else [])
+    for r in range(1, n_res + 1):
+        beads += [("N", f"resid {r} and name N"), ("CA", f"resid {r} and name CA")]
+        beads += [("CB", f"resid {r} and name CB")] if cb or heavy else []
+        beads += [("C", f"resid {r} and name C")] + ([("O", f"resid {r} and name O")] if heavy else [])
+    beads.append(("N", f"resid {n_res + 1} and name N"))
+    if heavy:
+        beads.append(("CH3", f"resid {n_res + 1} and name C"))
+    return toml(beads)
+
+
+def map_args(n_beads, work, tetra):
+    if n_beads == 5:
+        return SHIPPED + ["--map", "ala2-5"]
+    if n_beads == 6:
+        return SHIPPED + ["--map", "ala2-6"]
+    if n_beads == 10:
+        (work / "map.toml").write_text(ala2_heavy())
+        return SHIPPED + ["--map", work / "map.toml"]
+    pdbs = sorted(Path(tetra).glob("ace-aaa-nme*.pdb"))
+    if not pdbs or not pdbs[0].with_suffix(".npz").exists():
+        return None
+    (work / "map.toml").write_text(peptide(3, cb=n_beads == 14, heavy=n_beads == 20))
+    npz = pdbs[0].with_suffix(".npz")
+    return ["--top", pdbs[0], "--traj", npz, "--forces", npz, "--map", work / "map.toml"]
+
+
+def run(cmd, log):
+    log("$ " + " ".join(map(str, cmd)))
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"failed: {proc.stderr.strip()[-1500:]}")
+    peak = [int(ln.split()[1]) for ln in proc.stderr.splitlines() if ln.startswith("PEAK_KB")]
+    return time.perf_counter() - t0, (peak[0] / 1e6 if peak else float("nan")), proc.stdout
+
+
+def tile(data, n_frames, out, seed=0):
+    """``data`` tiled to ``n_frames`` frames with 0.001 nm Gaussian noise on the coordinates (timing only)."""
+    from cgdml.data import CGDataset
+
+    ds = CGDataset.load(data)
+    reps = -(-n_frames // ds.n_frames)
+    rng = np.random.default_rng(seed)
+    coords = np.concatenate([ds.coords] * reps)[:n_frames]
+    coords = coords + rng.normal(scale=0.001, size=coords.shape) * (np.arange(len(coords)) >= ds.n_frames)[:, None, None]
+    forces = np.concatenate([ds.forces] * reps)[:n_frames]
+    CGDataset(coords, forces, ds.bead_names, ds.temperature, ds.topology_pdb, dict(ds.info, tiled=n_frames),
+              ds.masses, ds.bonds).save(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--maps", nargs="+", type=int, default=[5, 6, 10, 11, 14, 20])
+    p.add_argument("--methods", nargs="+", default=["two-layer", "nystrom"])
+    p.add_argument("--tetra", default=str(ROOT / "data"))
+    p.add_argument("--frames", type=int, default=None, help="tile every dataset to this many frames")
+    p.add_argument("--workdir", default="/tmp/cgdml-bench-beads")
+    p.add_argument("--output", default=str(ROOT / "benchmarks/results/bench_beads.md"))
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    log = lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", flush=True)  # noqa: E731
+    py = sys.executable
+    rows = []
+    for n in args.maps:
+        work = Path(args.workdir) / f"b{n}"
+        work.mkdir(parents=True, exist_ok=True)
+        margs = map_args(n, work, args.tetra)
+        if margs is None:
+            log(f"{n} beads: tetrapeptide data not found, skipped")
+            continue
+        data = work / "cg.npz"
+        if not data.exists():
+            run([py, "-m", "cgdml.map", *margs, "--force-map", "aggregate", "-o", data], log)
+        if args.frames:
+            tiled = work / f"cg_{args.frames}.npz"
+            if not tiled.exists():
+                tile(data, args.frames, tiled)
+            data = tiled
+        n_frames = int(np.load(data)["coords"].shape[0])
+        for method in args.methods:
+            row_file = work / f"row_{method}_{n_frames}.json"
+            if row_file.exists():
+                rows.append(json.loads(row_file.read_text()))
+                continue
+            model = work / f"model_{method}_{n_frames}.npz"
+            fit_s, peak_gb, _ = run([py, "-c", PEAK, "cgdml.fit", data, "--method", method, "--quiet", "-o", model],
+                                    log)
+            speeds = {}
+            for label, extra in (("1 thread", []), ("2 processes", ["--tasks", "2", "--jobs", "2"])):
+                traj = work / f"sim_{method}_{label[0]}.h5"
+                run([py, "-m", "cgdml.simulate", model, "--replicas", "100", "--steps", "2000", "--burn-in", "0",
+                     "--quiet", *extra, "-o", traj], log)
+                speeds[label] = json.loads(traj.with_suffix(".json").read_text())["timings"]["replica_steps_per_s"]
+            info = json.loads(model.with_suffix(".json").read_text())
+            row = dict(beads=n, frames=n_frames, tiled=bool(args.frames), method=method, fit_s=fit_s,
+                       peak_gb=peak_gb, speeds=speeds, load=load_str(),
+                       model_size=info["chosen"].get("n_inducing") or info["chosen"].get("n_layer1_models"))
+            row_file.write_text(json.dumps(row))
+            rows.append(row)
+    say = Report()
+    say("# Scale in beads: default fits and simulation throughput")
+    say()
+    say(f"{time.strftime('%Y-%m-%d')}, this 2-core machine; fit = `python -m cgdml.fit DATA --method M` with defaults "
+        "(child process; peak RSS of it and its children); simulate = 100 replicas x 2000 BAOAB steps.")
+    say()
+    say("| beads | frames | method | fit (min) | peak memory (GB) | replica-steps/s, 1 thread | 2 processes | load |")
+    say("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        say(f"| {r['beads']} | {r['frames']}{' (tiled)' if r['tiled'] else ''} | {r['method']} | {r['fit_s'] / 60:.1f} "
+            f"| {r['peak_gb']:.2f} | {r['speeds']['1 thread']:,.0f} | {r['speeds']['2 processes']:,.0f} | {r['load']} |")
+    say()
+    say(f"Wall time of this run: {time.perf_counter() - t0:.0f} s.")
+    say.write(args.output)
+
+
+if __name__ == "__main__":
+    main()
