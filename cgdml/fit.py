@@ -147,6 +147,9 @@ def main(argv=None):
                          progress=not args.quiet, workdir=workdir, scheduler=args.scheduler,
                          **method_params(args.method, params, args))
     chosen = model.info["chosen"]
+    strata = model.info.get("strata", {})
+    print(f"CG topology: {dataset.cg_topology.describe()}; strata: {strata.get('method', 'none')}"
+          + (f" ({strata['n_occupied']} occupied)" if "n_occupied" in strata else ""))
     print("chosen " + " ".join(f"{k}={v:g}" for k, v in chosen.items() if k.startswith(("sigma", "lam")) and
                                not k.endswith("absolute")))
     for term in model.info.get("basin_balance", []):
