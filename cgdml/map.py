@@ -90,5 +90,10 @@ def main(argv=None):
     return 0
 
 
+def cli():
+    """The console script ``cgdml-map`` (setup.cfg): the same command as ``python -m cgdml.map``."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)
