@@ -369,7 +369,8 @@ class _ArrayReader:
                 return
             else:
                 raise CgdmlError(f"{self.path}: unsupported {what} format {suffix or '(none)'} "
-                                 f"(use .npy, .npz{' or .trr' if what == 'forces' else ''})")
+                                 f"(use .npy, .npz{' or .trr' if what == 'forces' else ''}"
+                                 f"{'; or, through MDAnalysis, .nc, .h5md, LAMMPS .lammpsdump' if what == 'forces' else ''})")
         except CgdmlError:
             raise
         except Exception as exc:
@@ -397,9 +398,17 @@ class _ArrayReader:
             self._trr.close()
 
 
-def _trajectory_frames(path):
-    """Frame count of an mdtraj-readable trajectory without reading coordinates, or None."""
+def _trajectory_frames(path, units=None):
+    """Frame count of an mdtraj-readable trajectory (or one of MDAnalysis's, :mod:`cgdml.formats`) without
+    reading coordinates, or None."""
     import mdtraj as md
+
+    from .formats import MDA_ONLY_TRAJECTORIES, MDAReader
+
+    if Path(path).suffix.lower() in MDA_ONLY_TRAJECTORIES:
+        reader = MDAReader(path, need_forces=False, **(units or {}))
+        reader.close()
+        return reader.n_frames
 
     try:
         with md.open(str(path)) as f:
@@ -433,8 +442,45 @@ def _position_chunks(path, topology, stride, chunk, atom_indices, length_unit):
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
 
 
+def _forces_reader(path, f_factor, units):
+    """The forces reader of ``path``: MDAnalysis for the formats of :mod:`cgdml.formats`, else NumPy/TRR."""
+    from .formats import MDAReader, is_mda_file
+
+    if is_mda_file(path):
+        return MDAReader(path, **units)
+    return _ArrayReader(path, _FORCE_KEYS, "forces", f_factor)
+
+
+def _same_mda_file(tpath, reader):
+    """Whether the trajectory ``tpath`` is the file that the MDAnalysis forces ``reader`` reads."""
+    from .formats import MDAReader
+
+    return isinstance(reader, MDAReader) and tpath.exists() and tpath.resolve() == reader.path.resolve()
+
+
+def _chunk_pairs(tpath, reader, topology, stride, chunk, atom_indices, units):
+    """Yield (positions, forces) chunks of one trajectory and its forces reader; positions come from the forces
+    file itself when it is the trajectory (MDAnalysis formats), else chunk by chunk from the trajectory."""
+    from .formats import MDA_ONLY_TRAJECTORIES, position_chunks
+
+    if _same_mda_file(tpath, reader):
+        if reader.n_atoms != topology.n_atoms:
+            raise CgdmlError(f"{tpath}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
+        while True:
+            f = reader.read(chunk, stride, atom_indices)
+            if not len(f):
+                return
+            yield reader.last_positions, f
+    if tpath.suffix.lower() in MDA_ONLY_TRAJECTORIES:
+        chunks = position_chunks(tpath, topology, stride, chunk, atom_indices, **units)
+    else:
+        chunks = _position_chunks(tpath, topology, stride, chunk, atom_indices, units["length_unit"])
+    for xyz in chunks:
+        yield xyz, reader.read(len(xyz), stride, atom_indices)
+
+
 def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", stride=1, chunk=1000,
-                 atom_indices=None):
+                 atom_indices=None, lammps_units="real"):
     """Yield (positions, forces) chunks, float32 (n, n_atoms, 3) in nm and kJ/mol/nm.
 
     ``top``: topology file (pdb, psf, prmtop, gro, ...) or mdtraj Topology. ``trajs``: one or more
@@ -444,6 +490,11 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
     forces (kJ/mol/nm). Frames are strided by ``stride``; ``atom_indices`` selects atoms (forces files
     may hold all atoms or just those). Mismatched frame or atom counts, unreadable files and NaN/inf
     frames raise a one-line :class:`CgdmlError` naming the file.
+
+    Forces from other engines, through MDAnalysis (:mod:`cgdml.formats`, ``pip install 'cgdml[mdanalysis]'``):
+    a forces file in AMBER NetCDF (``.nc``, ``.ncdf``), H5MD (``.h5md``) or LAMMPS dump (``.lammpsdump``,
+    ``.lammpstrj``, ``.dump``; unit style ``lammps_units``, real or metal) format gives the forces in its own
+    units; when the trajectory names the same file, the positions are read with them, in the same pass.
     """
     topology = load_topology(top)
     traj_paths, force_paths = _as_paths(trajs), _as_paths(forces)
@@ -467,23 +518,25 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
         sub_topology = topology
     bonds = np.array([(a.index, b.index) for a, b in sub_topology.bonds], dtype=np.int64).reshape(-1, 2)
     # Open every forces file first, so that a bad file fails before any work.
-    readers = [_ArrayReader(p, _FORCE_KEYS, "forces", f_factor) for p in force_paths]
+    units = dict(length_unit=length_unit, energy_unit=energy_unit, lammps_units=lammps_units)
+    readers = [_forces_reader(p, f_factor, units) for p in force_paths]
     try:
         for tpath, reader in zip(traj_paths, readers):
             want = (n_all,) if atom_indices is None else (n_all, len(atom_indices))
             if reader.n_atoms not in want:
                 raise CgdmlError(f"{reader.path}: forces for {reader.n_atoms} atoms but the topology has {n_all}")
+            if _same_mda_file(tpath, reader):
+                continue  # positions and forces from one file: the same frames
             n_traj = (len(_ArrayReader(tpath, _POSITION_KEYS, "positions", 1.0).array)
-                      if tpath.suffix.lower() in RAW_SUFFIXES else _trajectory_frames(tpath))
+                      if tpath.suffix.lower() in RAW_SUFFIXES else _trajectory_frames(tpath, units))
             if n_traj is not None and n_traj != reader.n_frames:
                 raise CgdmlError(f"{reader.path}: {reader.n_frames} force frames but {tpath} has {n_traj} frames")
         for tpath, reader in zip(traj_paths, readers):
             frame, reference = 0, None
             unit = f"length unit {length_unit!r}" if tpath.suffix.lower() in RAW_SUFFIXES else "its format's length unit"
-            for xyz in _position_chunks(tpath, topology, stride, chunk, atom_indices, length_unit):
+            for xyz, f in _chunk_pairs(tpath, reader, topology, stride, chunk, atom_indices, units):
                 if xyz.shape[1] != sub_topology.n_atoms:
                     raise CgdmlError(f"{tpath}: {xyz.shape[1]} atoms but the topology has {sub_topology.n_atoms}")
-                f = reader.read(len(xyz), stride, atom_indices)
                 if len(f) != len(xyz):
                     raise CgdmlError(f"{reader.path}: forces end at frame {frame * stride + len(f) * stride} "
                                      f"but {tpath} goes on")

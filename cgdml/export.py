@@ -30,5 +30,10 @@ def main(argv=None):
     return 0
 
 
+def cli():
+    """The console script ``cgdml-export`` (setup.cfg): the same command as ``python -m cgdml.export``."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)

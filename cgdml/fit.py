@@ -166,5 +166,10 @@ def main(argv=None):
     return 0
 
 
+def cli():
+    """The console script ``cgdml-fit`` (setup.cfg): the same command as ``python -m cgdml.fit``."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)

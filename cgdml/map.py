@@ -5,6 +5,12 @@
         [--length-unit U --energy-unit U] -o OUT.npz
     python -m cgdml.map --coords C.npy --cg-forces F.npy --length-unit angstrom --energy-unit kcal/mol \\
         [--beads ala2-5] --temperature 300 -o OUT.npz
+    python -m cgdml.map --mlcg FILE.h5 --molecule NAME --length-unit angstrom --energy-unit kcal/mol \\
+        [--beads NAMES --bonds 0-1,...] --temperature 300 -o OUT.npz
+
+Forces from other engines (AMBER NetCDF .nc, H5MD .h5md, LAMMPS dump .lammpsdump; the extra
+cgdml[mdanalysis]) are read through MDAnalysis: give the file as --forces, and as --traj too to take its
+positions (see cgdml.formats). --force-map also takes a .npy matrix (n_beads, n_atoms), e.g. from aggforce.
 
 With no input at all, the shipped alanine-dipeptide reference (data/) is mapped. Trajectories are read
 chunk by chunk, so their size is not limited by memory. The dataset options live in
@@ -23,6 +29,7 @@ from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_argument
                    configure_logging, dataset_from_args, dataset_summary, refuse_to_overwrite, run_cli,
                    stride_option)
 from ._io import CgdmlError, atomic_path, check_output
+from ._cli_inputs import add_format_arguments, check_format_options, mlcg_dataset_from_args
 from .mapping import map_allatom
 
 
@@ -47,6 +54,7 @@ def main(argv=None):
     aa.add_argument("--constraints", choices=("hbonds", "detect", "none"), default="hbonds",
                     help="constrained atom pairs: bonds to H (default), detected from positions, or none")
     add_dataset_arguments(p, positional=False)
+    add_format_arguments(p)
     p.add_argument("-o", "--output", required=True, help="CG dataset to write (.npz)")
     add_verbosity_arguments(p)
     a = p.parse_args(argv)
@@ -55,8 +63,10 @@ def main(argv=None):
     if out.suffix != ".npz":
         raise CgdmlError(f"{out}: the output file must end in .npz")
     check_output(out)
-    refuse_to_overwrite([out, out.with_suffix(".pdb")], [a.top, a.traj, a.forces, a.coords, a.cg_forces, a.map])
+    refuse_to_overwrite([out, out.with_suffix(".pdb")], [a.top, a.traj, a.forces, a.coords, a.cg_forces, a.map,
+                                                         a.mlcg, a.force_map])
     check_temperature_option(a)
+    check_format_options(a)
     with _one_line_warnings():
         if a.top or a.traj or a.forces:
             missing = [f for f, v in (("--top", a.top), ("--traj", a.traj), ("--forces", a.forces), ("--map", a.map))
@@ -68,7 +78,9 @@ def main(argv=None):
             ds = map_allatom(a.top, a.traj, a.forces, a.map, force_map=a.force_map,
                              temperature=300.0 if a.temperature is None else a.temperature,
                              length_unit=a.length_unit, energy_unit=a.energy_unit, stride=stride_option(a),
-                             chunk=a.chunk, constraints=a.constraints)
+                             chunk=a.chunk, constraints=a.constraints, lammps_units=a.lammps_units)
+        elif a.mlcg:
+            ds = mlcg_dataset_from_args(a)
         else:
             ds = dataset_from_args(a)
     ds.save(out)
@@ -76,6 +88,11 @@ def main(argv=None):
         tmp.write_text(ds.cg_topology.to_pdb(ds.coords[0]))
     print(f"wrote {out} and {out.with_suffix('.pdb')}: {dataset_summary(ds)}; CG topology {ds.cg_topology.describe()}")
     return 0
+
+
+def cli():
+    """The console script ``cgdml-map`` (setup.cfg): the same command as ``python -m cgdml.map``."""
+    run_cli(main)
 
 
 if __name__ == "__main__":

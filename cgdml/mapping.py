@@ -24,7 +24,7 @@ import scipy.linalg
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._io import tomllib, CgdmlError
+from ._io import tomllib, CgdmlError, numpy_file_kind, one_line
 from .data import CGDataset, default_dataset_paths, load_allatom, load_topology, shipped_temperature
 from .topology import CGTopology
 
@@ -273,6 +273,48 @@ class CGMap:
         self.force_map_ = kind
         return self
 
+    def set_force_matrix(self, matrix, label="user", positions_sample=None, tol=1e-5):
+        """Use a given linear force map ``matrix`` (n_beads, n_atoms), e.g. from aggforce; returns self.
+
+        It must be consistent with the configurational map and the constraints, as the built-in maps are
+        (:meth:`consistency_error`): max |B C^T - I| and the largest weight difference between two constrained
+        atoms, per bead, both at most ``tol``; else a one-line error says which condition fails and by how much.
+        ``positions_sample`` (nm) serves constraint detection (``"detect"``).
+        """
+        if not hasattr(self, "config_matrix_"):
+            raise CgdmlError("fit the map on a topology before giving it a force map")
+        if positions_sample is not None and isinstance(self.constraints, str) and self.constraints == "detect":
+            self._set_constraints(positions_sample)
+        B = np.asarray(matrix, dtype=np.float64)
+        C = self.config_matrix_
+        where = f"{label}: " if label else ""
+        if B.shape != C.shape:
+            raise CgdmlError(f"{where}force map shaped {B.shape}, but map {self.label or '(given)'} has "
+                             f"{C.shape[0]} beads on {C.shape[1]} atoms: it must be shaped {C.shape}")
+        if not np.isfinite(B).all():
+            raise CgdmlError(f"{where}the force map holds NaN or inf")
+        gap = np.abs(B @ C.T - np.eye(len(B)))
+        if gap.max() > tol:
+            i, j = np.unravel_index(np.argmax(gap), gap.shape)
+            raise CgdmlError(f"{where}inconsistent force map: B C^T = I fails by {gap.max():.3g} (tolerance {tol:g}; "
+                             f"entry bead {i} ({self.bead_names_[i]}), bead {j} ({self.bead_names_[j]})): the forces "
+                             f"it maps are not the mean forces on the bead positions of map {self.label or '(given)'}")
+        pairs = self.constraints_
+        if len(pairs):
+            split = np.abs(B[:, pairs[:, 0]] - B[:, pairs[:, 1]])
+            if split.max() > tol:
+                i, k = np.unravel_index(np.argmax(split), split.shape)
+                a, b = pairs[k]
+                top = self.topology_
+                raise CgdmlError(f"{where}inconsistent force map: weights differ inside a constraint group by "
+                                 f"{split.max():.3g} (tolerance {tol:g}; bead {i} ({self.bead_names_[i]}), constrained "
+                                 f"atoms {a} ({top.atom(int(a))}) and {b} ({top.atom(int(b))})), so constraint forces "
+                                 "do not cancel; give constrained atoms equal weights, or --constraints none if the "
+                                 "forces hold no constraint forces")
+        self.force_matrix_ = B
+        self.force_map_ = label
+        return self
+
     def _check_separable(self):
         owner = np.full(self.topology_.n_atoms, -1)
         for i, agg in enumerate(self.aggregate_atoms_):
@@ -301,6 +343,35 @@ class CGMap:
         pairs = self.constraints_
         split = np.abs(B[:, pairs[:, 0]] - B[:, pairs[:, 1]]).max() if len(pairs) else 0.0
         return float(cons), float(split)
+
+
+def load_force_matrix(source):
+    """A user-given linear force map (n_beads, n_atoms) float64 from a ``.npy`` file (or an array), and its label.
+
+    Only the shape and the values are checked here; consistency with a configurational map is checked by
+    :meth:`CGMap.set_force_matrix`.
+    """
+    if isinstance(source, np.ndarray):
+        matrix, label = source, "(array)"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise CgdmlError(f"{path}: no such force map file (a .npy matrix, n_beads x n_atoms)")
+        if path.is_file() and numpy_file_kind(path) != "npy":
+            raise CgdmlError(f"{path}: not a NumPy .npy file (a force map is a .npy matrix, n_beads x n_atoms)")
+        try:
+            matrix = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise CgdmlError(f"{path}: not a readable force map ({type(exc).__name__}: {one_line(exc, 160)})") \
+                from None
+    if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
+        raise CgdmlError(f"{label}: a force map is a 2-d matrix of numbers (n_beads, n_atoms), "
+                         f"got {matrix.dtype} values shaped {matrix.shape}")
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        raise CgdmlError(f"{label}: the force map holds NaN or inf")
+    return matrix, label
 
 
 def detect_constraints(positions, candidate_pairs=None, tol=1e-4):
@@ -372,22 +443,32 @@ def preset_map(name, topology=None, **params):
 
 def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temperature=300.0,
                 length_unit="nm", energy_unit="kJ/mol", stride=1, chunk=1000, constraints="hbonds",
-                regularization=1e-6, progress=False):
+                regularization=1e-6, progress=False, lammps_units="real"):
     """Map all-atom trajectories and forces (see :func:`cgdml.data.load_allatom`) to a :class:`CGDataset`.
 
-    ``map``: preset name or TOML file. The optimal map (and constraint detection) takes one extra pass
-    over the data to accumulate the force covariance (and a positions sample).
+    ``map``: preset name or TOML file. ``force_map``: slice | aggregate | optimal, or a user-given linear
+    force map, a ``.npy`` path (or an array) of shape (n_beads, n_atoms), refused unless consistent with the
+    map and the constraints (:meth:`CGMap.set_force_matrix`). The optimal map (and constraint detection)
+    takes one extra pass over the data to accumulate the force covariance (and a positions sample).
+    ``lammps_units``: unit style of LAMMPS dump forces (:mod:`cgdml.formats`).
     """
     topology = load_topology(top)
     beads, label = load_map_spec(map)
     cgmap = CGMap(beads, bonds=load_map_bonds(map), constraints=constraints, regularization=regularization,
                   label=label).fit(topology)
-    load = dict(length_unit=length_unit, energy_unit=energy_unit, stride=stride, chunk=chunk)
-    if force_map not in FORCE_MAPS:
-        raise CgdmlError(f"unknown force map {force_map!r} (choose {', '.join(FORCE_MAPS)})")
+    load = dict(length_unit=length_unit, energy_unit=energy_unit, stride=stride, chunk=chunk,
+                lammps_units=lammps_units)
+    user_matrix = None
+    if isinstance(force_map, np.ndarray) or (isinstance(force_map, (str, Path)) and str(force_map) not in FORCE_MAPS
+                                             and Path(force_map).suffix.lower() == ".npy"):
+        user_matrix, force_map = load_force_matrix(force_map)
+    elif force_map not in FORCE_MAPS:
+        raise CgdmlError(f"unknown force map {force_map!r} (choose {', '.join(FORCE_MAPS)}, or a .npy matrix)")
     detect = isinstance(constraints, str) and constraints == "detect"
+    if user_matrix is not None and not detect:  # refuse an inconsistent map before reading any frame
+        cgmap.set_force_matrix(user_matrix, force_map)
     cov, n, sample = None, 0, []
-    if force_map == "optimal" or detect:
+    if (user_matrix is None and force_map == "optimal") or detect:
         cov = np.zeros((topology.n_atoms,) * 2)
         for xyz, f in load_allatom(topology, trajs, forces, **load):
             flat = f.astype(np.float64).transpose(1, 0, 2).reshape(f.shape[1], -1)
@@ -396,7 +477,10 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
             if sum(len(s) for s in sample) < 2000:
                 sample.append(xyz)
         cov /= max(n, 1)
-    cgmap.fit_force_map(force_map, positions_sample=np.concatenate(sample) if detect else None, force_cov=cov)
+    if user_matrix is None:
+        cgmap.fit_force_map(force_map, positions_sample=np.concatenate(sample) if detect else None, force_cov=cov)
+    elif detect:
+        cgmap.set_force_matrix(user_matrix, force_map, positions_sample=np.concatenate(sample))
     coords, cg_forces = [], []
     it = load_allatom(topology, trajs, forces, **load)
     if progress:

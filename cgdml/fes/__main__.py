@@ -191,5 +191,10 @@ def main(argv=None):
     return 0
 
 
+def cli():
+    """The console script ``cgdml-fes`` (setup.cfg): the same command as ``python -m cgdml.fes``."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)

@@ -44,5 +44,10 @@ def main(argv=None):
     return 0
 
 
+def cli():
+    """The console script ``cgdml-reference`` (setup.cfg): the same command as ``python -m cgdml.reference``."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)

@@ -167,5 +167,10 @@ def main(argv=None):
     return 0
 
 
+def cli():
+    """The console script ``cgdml-simulate`` (setup.cfg): the same command as ``python -m cgdml.simulate``."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
     run_cli(main)

@@ -1,0 +1,44 @@
+"""``python -m cgdml.cvplot``: plot the hyperparameter scores saved in MODEL.json (see :mod:`cgdml.cvscores`).
+
+    python -m cgdml.cvplot MODEL.json -o cv.png      # or MODEL.npz: the MODEL.json beside it
+
+For each layer of a two-layer fit, the cross-validation score against sigma (a line per lambda) and against
+lambda (a line per sigma), the folds as faint dots and the chosen candidate ringed; for a Nyström fit, its
+selection scores. The scores are printed as a table too. The format follows the suffix of -o (png, pdf, svg).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._cli import ArgumentParser, refuse_to_overwrite, run_cli
+from ._io import CgdmlError, check_output
+
+
+def main(argv=None):
+    p = ArgumentParser(prog="python -m cgdml.cvplot", description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="MODEL.json (or MODEL.npz) from python -m cgdml.fit")
+    p.add_argument("-o", "--output", required=True, help="figure to write (.png, .pdf, .svg)")
+    a = p.parse_args(argv)
+    out = Path(a.output)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise CgdmlError(f"{out}: the figure must end in .png, .pdf, .svg or .jpg")
+    check_output(out)
+    refuse_to_overwrite([out], [a.model, Path(a.model).with_suffix(".json")])
+    from .cvscores import format_table, plot_scores, read_fit_record
+
+    info = read_fit_record(a.model)
+    print(format_table(info, a.model))
+    plot_scores(info, out, a.model)
+    print(f"wrote {out}")
+    return 0
+
+
+def cli():
+    """The console script ``cgdml-cvplot`` (setup.cfg): the same command as ``python -m cgdml.cvplot``."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    run_cli(main)

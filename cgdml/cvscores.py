@@ -1,0 +1,152 @@
+"""The hyperparameter scores of a fit, as saved in MODEL.json: tables and plots (``python -m cgdml.cvplot``).
+
+A two-layer fit saves ``cv_scores``: one entry per candidate with ``layer`` (1 or 2), ``sigma``, ``lam``,
+``mse`` (the K-fold cross-validation score; for layer 1 extrapolated to the final ensemble size) and
+``mse_folds`` (the score of each fold); layer 2 entries also name the layer-1 choice (``sigma1``, ``lam1``)
+they were scored on. The score is the held-out mean squared error of the forces projected on the dihedrals
+((kJ/mol/rad)^2, ``cv_score = "dihedral"``) or of the bead forces ((kJ/mol/nm)^2, ``"force"``). A Nyström fit
+saves ``selection_scores``: ``sigma``, ``lam`` and the held-out force MSE ((kJ/mol/nm)^2) of each candidate.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ._io import CgdmlError, atomic_path, one_line
+
+_SYMBOL = {"sigma": "$\\sigma$", "lam": "$\\lambda$"}
+_UNITS = {"dihedral": "dihedral-force MSE (kJ/mol/rad)$^2$", "force": "force MSE (kJ/mol/nm)$^2$"}
+
+
+def read_fit_record(path):
+    """The fit record (a dict) of MODEL.json, or of the MODEL.json beside MODEL.npz (else the model's own info)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        sidecar = path.with_suffix(".json")
+        if sidecar.exists():
+            path = sidecar
+        else:
+            from .model import CGModel
+
+            return CGModel.load(path).info
+    if not path.exists():
+        raise CgdmlError(f"{path}: no such model summary (MODEL.json, written by python -m cgdml.fit)")
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CgdmlError(f"{path}: not a JSON model summary ({type(exc).__name__}: {one_line(exc, 120)})") from None
+    if not isinstance(info, dict):
+        raise CgdmlError(f"{path}: not a model summary (a JSON object, from python -m cgdml.fit)")
+    return info
+
+
+def score_panels(info, source="the model"):
+    """[(title, y label, entries, chosen entry)] for each layer of ``info`` (cv_scores) or its Nyström
+    ``selection_scores``; entries are dicts with sigma, lam, mse and optionally mse_folds. A record without
+    scores is a one-line error."""
+    panels = []
+    scores = info.get("cv_scores") or []
+    unit = _UNITS.get(info.get("cv_score"), "CV score")
+    for layer in (1, 2):
+        entries = [_entry(e, source) for e in scores if isinstance(e, dict) and e.get("layer") == layer]
+        if not entries:
+            continue
+        title = f"layer {layer}: $\\sigma_{layer}$, $\\lambda_{layer}$"
+        first = next(e for e in scores if isinstance(e, dict) and e.get("layer") == layer)
+        if layer == 2 and "sigma1" in first:
+            title += f" (on layer 1 $\\sigma_1$={first['sigma1']:g}, $\\lambda_1$={first['lam1']:g})"
+        panels.append((title, unit, entries, min(entries, key=lambda e: e["mse"])))
+    selection = info.get("selection_scores") or []
+    entries = [_entry(e, source) for e in selection if isinstance(e, dict)]
+    if entries:
+        panels.append(("Nyström selection: $\\sigma$, $\\lambda$", _UNITS["force"], entries,
+                       min(entries, key=lambda e: e["mse"])))
+    if not panels:
+        method = info.get("method", "the fit")
+        raise CgdmlError(f"{source}: no cross-validation scores ({method} saved neither cv_scores nor "
+                         "selection_scores: with one sigma and one lam per layer nothing is scored; give grids, "
+                         "e.g. --sigma1 2 4 8 --lam1 0.3 1 3)")
+    return panels
+
+
+def _entry(e, source):
+    try:
+        out = dict(sigma=float(e["sigma"]), lam=float(e["lam"]), mse=float(e["mse"]))
+    except (KeyError, TypeError, ValueError):
+        raise CgdmlError(f"{source}: damaged score entry {one_line(json.dumps(e), 120)} "
+                         "(needs sigma, lam and mse)") from None
+    folds = e.get("mse_folds")
+    if isinstance(folds, list) and folds:
+        out["mse_folds"] = [float(v) for v in folds]
+    return out
+
+
+def format_table(info, source="the model"):
+    """The scores as text, one line per candidate, the chosen one of each layer marked with '*'."""
+    lines = []
+    for title, unit, entries, best in score_panels(info, source):
+        plain = title.replace("$", "").replace("\\sigma", "sigma").replace("\\lambda", "lam")
+        lines.append(f"{plain}; score = {unit.replace('$^2$', '^2')}")
+        lines.append(f"  {'sigma':>8} {'lam':>8} {'score':>12}  folds")
+        for e in sorted(entries, key=lambda e: (e["sigma"], e["lam"])):
+            folds = " ".join(f"{v:.4g}" for v in e.get("mse_folds", []))
+            mark = "*" if e is best else " "
+            lines.append(f"{mark} {e['sigma']:>8g} {e['lam']:>8g} {e['mse']:>12.6g}  {folds}")
+    return "\n".join(lines)
+
+
+def plot_scores(info, path=None, source="the model"):
+    """A figure of the scores: for each layer, the score against sigma (a line per lambda) and against lambda (a
+    line per sigma), folds as faint dots, the chosen candidate ringed. Saved to ``path`` (png, pdf, svg, ...)
+    when given; built without pyplot, so the caller's backend is left alone. Returns the figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    panels = score_panels(info, source)
+    fig = Figure(figsize=(10.5, 3.6 * len(panels)))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for row, (title, unit, entries, best) in enumerate(panels):
+        for col, (x_key, line_key) in enumerate((("sigma", "lam"), ("lam", "sigma"))):
+            ax = axes[row, col]
+            groups = sorted({e[line_key] for e in entries})
+            colours = _colours(len(groups))
+            symbol = _SYMBOL[line_key]
+            for colour, value in zip(colours, groups):
+                line = sorted((e for e in entries if e[line_key] == value), key=lambda e: e[x_key])
+                xs = [e[x_key] for e in line]
+                ax.plot(xs, [e["mse"] for e in line], "o-", color=colour, ms=4,
+                        label=f"{symbol} = {value:g}")
+                for e in line:
+                    folds = e.get("mse_folds", [])
+                    ax.plot([e[x_key]] * len(folds), folds, ".", color=colour, alpha=0.3, ms=3)
+            ax.plot([best[x_key]], [best["mse"]], "o", ms=12, mfc="none", mec="k", mew=1.5, label="chosen")
+            ax.set_xscale("log")
+            ticks = sorted({e[x_key] for e in entries})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))  # the grid values, plainly
+            ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
+            ax.xaxis.set_minor_locator(NullLocator())
+            values = [e["mse"] for e in entries] + [v for e in entries for v in e.get("mse_folds", [])]
+            if min(values) > 0 and max(values) / min(values) > 10:
+                ax.set_yscale("log")
+            ax.set_xlabel(_SYMBOL[x_key] + (" (nm$^{-1}$)" if x_key == "sigma" else ""))
+            ax.set_ylabel(unit)
+            ax.set_title(title, fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, ncol=1 + len(groups) // 6)
+    best = "; ".join(f"{_SYMBOL['sigma']}={b['sigma']:g} {_SYMBOL['lam']}={b['lam']:g} ({b['mse']:.4g})"
+                     for _, _, _, b in panels)
+    fig.suptitle(f"hyperparameter scores of {info.get('method', 'the fit')}: chosen {best}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        path = Path(path)
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
+    return fig
+
+
+def _colours(n):
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.1 + 0.8 * i / max(n - 1, 1)) for i in range(n)] if n > 1 else ["C0"]
