@@ -230,7 +230,7 @@ class CGDataset:
                 return default
             try:
                 return convert(z[name])
-            except (TypeError, ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
+            except Exception as exc:  # TypeError, ValueError, OverflowError (inf as an integer), JSON errors ...
                 raise CgdmlError(f"{path}: damaged field {name!r} ({type(exc).__name__}: {one_line(exc, 120)})") \
                     from None
 
