@@ -7,21 +7,87 @@ Only command modules import this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, numpy_file_kind, one_line
+from ._io import CgdmlError, OutputLock, numpy_file_kind, one_line, remove_stale_temps
 from .data import CGDataset, check_finite
 from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset, preset_map
 from .topology import parse_bonds
 
 
+# ------------------------------------------------------------------------------------------------ numbers
+# argparse ``type=`` functions: a bad value is one line that names the option ("argument --dt: must be ...").
+
+def _number(text, kind=float):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text):
+    """A finite real number (``inf`` and ``nan`` refused)."""
+    return _number(text)
+
+
+def positive_float(text):
+    """A finite number > 0."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text):
+    """A finite number >= 0."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    """An integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def seed_int(text):
+    """A random seed: an integer >= 0 (numpy refuses negative seeds)."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?: <[^>]*>)?`")
+
+
+def plain_text(text):
+    """``text`` without reST markup: :func:`x` and ``x`` become x (for --help, which is not rendered)."""
+    return _REST_ROLE.sub(r"\1", text).replace("``", "")
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage
-    text, and a ``--version`` flag on every command."""
+    """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text.
+
+    Every ``type=float`` option takes finite numbers only (``inf`` and ``nan`` are refused, naming the option),
+    the --help text is shown without reST markup, and every command has ``--version``.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -30,7 +96,21 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument("--version", action="version", version=f"%(prog)s (cgdml {__version__})")
 
     def error(self, message):
+        # "argument -o/--output: must be ..." (from the type functions above) reads "--output must be ..."
+        message = re.sub(r"^argument (?:-\w/)?(\S+): (must be .*)", r"\1 \2", message)
         raise CgdmlError(f"{message} (see {self.prog} --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        for action in self._actions:          # the rule for every float on every command line
+            if action.type is float:
+                action.type = finite_float
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        return plain_text(super().format_help())
+
+    def format_usage(self):
+        return plain_text(super().format_usage())
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -80,6 +160,156 @@ def refuse_to_overwrite(outputs, inputs):
         if out.resolve() in given:
             raise CgdmlError(f"{out}: this output would overwrite the input {given[out.resolve()]}; "
                              "choose another output name")
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+# The one rule, enforced here for every command: no output (sidecars included) is one of the command's inputs,
+# and no command writes over a file that another cgdml command (or anything else) wrote for a different output.
+
+PROVENANCE_KEY = "written_by"
+_PDB_MARK = "REMARK 999 cgdml written_by "
+
+
+def written_by(command, output):
+    """The provenance record that every JSON sidecar carries: ``{"command": "cgdml.fit", "output": "m.npz"}``."""
+    return {"command": command, "output": Path(output).name}
+
+
+def with_provenance(obj, command, output):
+    """``obj`` (a dict for a JSON file) with its provenance record first."""
+    return {PROVENANCE_KEY: written_by(command, output), **{k: v for k, v in obj.items() if k != PROVENANCE_KEY}}
+
+
+def pdb_with_provenance(text, command, output):
+    """PDB text with a REMARK line that records the command and the output it was written for."""
+    return _PDB_MARK + json.dumps(written_by(command, output)) + "\n" + text
+
+
+def _legacy_owner(path, data):
+    """(command, output) of a JSON file an earlier cgdml wrote without a provenance record, else None."""
+    if {"trajectory", "settings", "frames_per_replica"} <= data.keys() and isinstance(data["trajectory"], str):
+        return "cgdml.simulate", data["trajectory"]
+    if {"method", "chosen", "data", "timings"} <= data.keys():
+        return "cgdml.fit", path.with_suffix(".npz").name
+    if {"trajectories", "panels", "cv"} <= data.keys():
+        return "cgdml.fes", path.name
+    return None
+
+
+def owner_of(path):
+    """(command, output) recorded in a cgdml JSON or PDB file at ``path``, else None (a foreign file)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".pdb":
+            with open(path, errors="replace") as fh:
+                head = [fh.readline() for _ in range(3)]
+            record = next((ln[len(_PDB_MARK):] for ln in head if ln.startswith(_PDB_MARK)), None)
+            data = json.loads(record) if record else None
+        else:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and PROVENANCE_KEY not in data:
+                return _legacy_owner(path, data)
+            data = data.get(PROVENANCE_KEY) if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("command"), str) and isinstance(data.get("output"), str):
+        return data["command"], data["output"]
+    return None
+
+
+_ROLE = {("cgdml.fit", ".json"): "fit summary", ("cgdml.simulate", ".json"): "sidecar",
+         ("cgdml.fes", ".json"): "metrics", ("cgdml.reference", ".json"): "run settings"}
+
+
+def check_sidecar(path, command, output):
+    """Refuse (one line) to replace ``path`` unless it is absent or was written by ``command`` for ``output``."""
+    path, output = Path(path), Path(output)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise CgdmlError(f"{path}: is a directory; this run would write its {path.suffix[1:]} file there; "
+                         "move it or choose another output name")
+    owner = owner_of(path)
+    if owner == (command, output.name):
+        return
+    if owner is None:
+        raise CgdmlError(f"{path}: exists and was not written by {command} for {output.name}; this run would "
+                         f"replace it: move or delete it, or choose another output name")
+    role = _ROLE.get((owner[0], path.suffix.lower()), "CG topology" if path.suffix.lower() == ".pdb" else "file")
+    raise CgdmlError(f"{path}: would overwrite the {role} of {owner[1]} (written by {owner[0]}); choose another "
+                     f"output name (or delete {path})")
+
+
+def _npz_kind(path):
+    """What a cgdml ``.npz`` holds: "model", "dataset", "checkpoint" or None (not a cgdml file)."""
+    if numpy_file_kind(path) != "npz":
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if "kind" in files:
+                return "model" if str(z["kind"]) == "cgdml.CGModel" else None
+    except Exception:
+        return None
+    if {"settings_json", "positions", "rng_state"} <= files:
+        return "checkpoint"
+    if {"coords", "forces", "bead_names"} <= files:
+        return "dataset"
+    return None
+
+
+_KIND_NAME = {"model": "a cgdml model", "dataset": "a CG dataset", "checkpoint": "a simulation checkpoint"}
+
+
+def check_main_output(path, kind):
+    """Refuse to replace an existing output that does not hold ``kind``: "model" or "dataset" (an ``.npz`` that
+    holds one), or "trajectory" (one whose JSON sidecar says cgdml.simulate wrote it)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if kind == "trajectory":
+        side = path.with_suffix(".json")
+        if owner_of(side) != ("cgdml.simulate", path.name):
+            raise CgdmlError(f"{path}: exists, and no sidecar {side} says cgdml.simulate wrote it; this run would "
+                             "replace it: move or delete it, or choose another output name")
+        return
+    found = _npz_kind(path) if path.is_file() else None
+    if found != kind:
+        what = _KIND_NAME.get(found, "not a file cgdml writes")
+        raise CgdmlError(f"{path}: exists and is {what}, not {_KIND_NAME[kind]}; this run would replace it: "
+                         "move or delete it, or choose another output name")
+
+
+@contextlib.contextmanager
+def claim_outputs(command, outputs, *, inputs=(), sidecars=None, reserved=None, kinds=None, temps=()):
+    """Check and lock the outputs of one run of ``command``, for the block that writes them.
+
+    - ``outputs``: the files (or directories) the run writes, first the main one; none may be an input
+      (:func:`refuse_to_overwrite`, with ``sidecars`` and ``temps``);
+    - ``sidecars``: {path: output it belongs to}: an existing one must have been written by ``command`` for that
+      output (:func:`check_sidecar`);
+    - ``reserved``: {path: what it is}: sidecar paths of the inputs (a model's fit summary), never written;
+    - ``kinds``: {path: "model" | "dataset"}: existing ``.npz`` outputs must hold that (:func:`check_main_output`);
+    - then every output is locked (:class:`cgdml._io.OutputLock`, held until the block ends) and the temporary
+      files a killed run left next to the outputs, sidecars and ``temps`` (checkpoints) are removed.
+    """
+    outputs = [Path(p) for p in outputs if p]
+    sidecars = {Path(k): Path(v) for k, v in (sidecars or {}).items()}
+    refuse_to_overwrite(outputs + list(sidecars) + [Path(t) for t in temps], inputs)
+    for path, what in (reserved or {}).items():
+        for out in outputs + list(sidecars):
+            if Path(out).resolve() == Path(path).resolve():
+                raise CgdmlError(f"{out}: would overwrite {what}; give the output another name")
+    for path, kind in (kinds or {}).items():
+        check_main_output(path, kind)
+    for path, output in sidecars.items():
+        check_sidecar(path, command, output)
+    with contextlib.ExitStack() as stack:
+        for out in sorted({p.resolve(): p for p in outputs}.values(), key=lambda p: str(p.resolve())):
+            stack.enter_context(OutputLock(out))
+        for path in outputs + list(sidecars) + [Path(t) for t in temps]:
+            remove_stale_temps(path)
+        yield
 
 
 def add_verbosity_arguments(parser):
@@ -153,7 +383,7 @@ def stride_option(args):
 
 
 def check_temperature_option(args):
-    if args.temperature is not None and not args.temperature > 0:
+    if args.temperature is not None and not (args.temperature > 0 and math.isfinite(args.temperature)):
         raise CgdmlError(f"--temperature must be > 0 K, got {args.temperature:g}")
 
 

@@ -6,9 +6,12 @@ A :class:`CgdmlError` is a user mistake with a one-line message; the command-lin
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +148,95 @@ def load_npz(path, what="file"):
         raise CgdmlError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
+_MISSING = object()
+
+
+class Fields:
+    """Named entries of a loaded file (a dict of arrays, e.g. from :func:`load_npz`), read one by one.
+
+    :meth:`get` converts an entry and turns a missing or damaged one into a one-line :class:`CgdmlError` that
+    names the field (with ``prefix``, e.g. ``gdml/``); the caller adds the file name.
+    """
+
+    def __init__(self, arrays, prefix=""):
+        self.arrays = arrays
+        self.prefix = prefix
+
+    def __contains__(self, name):
+        return self.prefix + name in self.arrays
+
+    def keys(self):
+        """Field names under the prefix (without it)."""
+        return [k[len(self.prefix):] for k in self.arrays if k.startswith(self.prefix)]
+
+    def get(self, name, convert=None, default=_MISSING):
+        key = self.prefix + name
+        if key not in self.arrays:
+            if default is _MISSING:
+                raise CgdmlError(f"missing field {key!r}")
+            return default
+        try:
+            value = self.arrays[key]
+            return value if convert is None else convert(value)
+        except CgdmlError as exc:
+            raise CgdmlError(f"damaged field {key!r} ({exc})") from None
+        except Exception as exc:  # any conversion failure is damage, never a traceback
+            raise CgdmlError(f"damaged field {key!r} ({type(exc).__name__}: {one_line(exc, 120)})") from None
+
+
+def as_str(value):
+    """A text field (a 0-d string array)."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "US" or a.size != 1:
+        raise CgdmlError(f"{a.dtype} {a.shape} values, not text")
+    return str(a.reshape(()).item() if a.dtype.kind == "S" else a.reshape(()))
+
+
+def as_int(value):
+    """An integer field (one value)."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iub" or a.size != 1:
+        raise CgdmlError(f"{a.dtype} {a.shape} values, not one integer")
+    return int(a.reshape(()))
+
+
+def as_float(value, positive=False):
+    """A finite real field (one value), > 0 when ``positive``."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu" or a.size != 1:
+        raise CgdmlError(f"{a.dtype} {a.shape} values, not one number")
+    x = float(a.reshape(()))
+    if not np.isfinite(x) or (positive and not x > 0):
+        raise CgdmlError(f"{x!r} is not a {'positive ' if positive else ''}finite number")
+    return x
+
+
+def as_json(value, kind=dict):
+    """A JSON text field holding a ``kind`` (dict by default)."""
+    obj = json.loads(as_str(value))
+    if kind is not None and not isinstance(obj, kind):
+        raise CgdmlError(f"JSON {type(obj).__name__}, not a {kind.__name__}")
+    return obj
+
+
+def as_array(value, kind="f", ndim=None, shape=None, finite=True, dtype=None):
+    """A numeric array field: dtype kind in ``kind`` ("f": numbers, "i": integers, "b": booleans), ``ndim``
+    dimensions, ``shape`` (None entries match any length), finite values; returned as ``dtype``."""
+    a = np.asarray(value)
+    allowed = {"f": "fiu", "i": "iu", "b": "b"}[kind]
+    if a.size and a.dtype.kind not in allowed:
+        raise CgdmlError(f"{a.dtype} values, not {dict(f='numbers', i='integers', b='booleans')[kind]}")
+    if ndim is not None and a.ndim != ndim:
+        raise CgdmlError(f"shaped {a.shape}, expected {ndim} dimension(s)")
+    if shape is not None and (a.ndim != len(shape) or any(w is not None and w != n for w, n in zip(shape, a.shape))):
+        want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise CgdmlError(f"shaped {a.shape}, expected {want}")
+    out = np.asarray(a, dtype=dtype or {"f": np.float64, "i": np.int64, "b": bool}[kind])
+    if finite and kind == "f" and not np.isfinite(out).all():
+        raise CgdmlError("holds NaN or inf")
+    return out
+
+
 class TempFile:
     """A temporary file name (``with TempFile(".pdb") as path``), removed with its directory afterwards."""
 
@@ -165,7 +257,8 @@ class WorkCache:
     """Named arrays stored one ``.npz`` per key under ``workdir`` (or in memory when workdir is None).
 
     The checkpoints of a long fit: ``manifest.json`` records ``fingerprint`` (a hash of the data and
-    settings), so that work from a different fit in the same directory is refused, not reused.
+    settings), so that work from a different fit in the same directory is refused, not reused. A damaged
+    manifest or checkpoint is a one-line :class:`CgdmlError` naming the file and the field.
     """
 
     def __init__(self, workdir, fingerprint):
@@ -175,23 +268,137 @@ class WorkCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             manifest = self.dir / "manifest.json"
             if manifest.exists():
-                old = json.loads(manifest.read_text()).get("fingerprint")
+                old = self._read_manifest(manifest)
                 if old != fingerprint:
                     raise CgdmlError(f"{self.dir}: holds work from a different fit (other data or settings); "
                                      "remove it or choose another output")
             else:
                 save_json(manifest, {"fingerprint": fingerprint})
 
-    def get(self, key):
+    def _read_manifest(self, manifest):
+        fix = f"remove {self.dir} to start the fit afresh"
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CgdmlError(f"{manifest}: damaged fit manifest ({type(exc).__name__}: {one_line(exc, 120)}); "
+                             f"{fix}") from None
+        if not isinstance(data, dict):
+            raise CgdmlError(f"{manifest}: damaged fit manifest (JSON {type(data).__name__}, not an object); {fix}")
+        if "fingerprint" not in data:
+            raise CgdmlError(f"{manifest}: damaged fit manifest (missing field 'fingerprint'); {fix}")
+        if not isinstance(data["fingerprint"], str):
+            raise CgdmlError(f"{manifest}: damaged fit manifest (field 'fingerprint' is not text); {fix}")
+        return data["fingerprint"]
+
+    def get(self, key, expect=None):
+        """The arrays stored under ``key``, or None. ``expect`` ({name: shape}, None entries match any length)
+        checks a checkpoint read from disk: each named field present, numeric, finite and so shaped."""
         if key in self.mem:
             return self.mem[key]
         path = self.dir / f"{key}.npz" if self.dir else None
         if path is not None and path.exists():
-            self.mem[key] = load_npz(path, "fit checkpoint")
-            return self.mem[key]
+            arrays = load_npz(path, "fit checkpoint")
+            fields = Fields(arrays)
+            try:
+                for name, shape in (expect or {}).items():
+                    arrays[name] = fields.get(name, lambda v, shape=shape: as_array(
+                        v, "f", shape=shape, dtype=v.dtype if v.dtype.kind == "f" else None))
+            except CgdmlError as exc:
+                raise CgdmlError(f"{path}: damaged fit checkpoint: {exc}; delete it (the fit recomputes it)") from None
+            self.mem[key] = arrays
+            return arrays
         return None
 
     def put(self, key, **arrays):
         self.mem[key] = arrays
         if self.dir:
             save_npz(self.dir / f"{key}.npz", **arrays)
+
+
+_TEMP_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.(tmp.*|probe)"
+
+
+def remove_stale_temps(path):
+    """Remove the temporary files that :func:`atomic_path` and :func:`check_output` make next to ``path``
+    (``.NAME.XXXXXXXX.tmp*``, ``.NAME.XXXXXXXX.probe``), left by a run that was killed while writing.
+
+    For a directory (a fit's work directory, a reference run) the temporary files inside it go too. Call it
+    only while holding the output's :class:`OutputLock`: a concurrent run's temp file is not stale. Returns the
+    paths removed.
+    """
+    path = Path(path)
+    places = [(_directory_of(path), re.compile(_TEMP_NAME.format(name=re.escape(path.name))))]
+    if path.is_dir():
+        places.append((path, re.compile(_TEMP_NAME.format(name=".+"))))
+    removed = []
+    for directory, pattern in places:
+        if not directory.is_dir():
+            continue
+        for p in directory.iterdir():
+            if pattern.fullmatch(p.name) and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def lock_path(path):
+    """The lock file of an output: ``.NAME.lock`` next to it."""
+    path = Path(path)
+    return _directory_of(path) / f".{path.name}.lock"
+
+
+class OutputLock:
+    """An advisory lock (``fcntl.flock``) on ``.NAME.lock`` next to ``path``, held while the block runs.
+
+    A second run on the same output fails at once with a one-line :class:`CgdmlError` naming the process that
+    holds the lock (its PID is written into the lock file). The lock file is removed on exit; one left by a
+    killed run is harmless (the kernel releases the lock with the process). Where the file system cannot lock
+    (some network file systems), a warning says so and the run goes on without a lock.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.lock_path = lock_path(self.path)
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError as exc:
+                raise CgdmlError(f"{self.path}: cannot create the lock file {self.lock_path} "
+                                 f"({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    warnings.warn(f"{self.path}: cannot lock {self.lock_path} ({exc.strerror or exc}); a second "
+                                  "run on this output at the same time would not be detected", stacklevel=2)
+                    return self
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                who = f"process {holder}" if holder.isdigit() else "another process"
+                raise CgdmlError(f"{self.path}: another cgdml run ({who}) is writing this output (lock "
+                                 f"{self.lock_path}); wait for it to end, or choose another output name") from None
+            try:  # the holder may have removed the file between our open and flock: lock the current file
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)           # while still holding the lock (see __enter__)
+            os.close(self.fd)
+            self.fd = None

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 from scipy.special import logsumexp
 
-from ._io import CgdmlError
+from ._io import CgdmlError, Fields, as_array
 from .geometry import TWO_PI, dihedral, dihedral_angle_grad, wrap_angle
 from .units import kT as thermal_energy
 
@@ -119,12 +119,15 @@ class DihedralOffsets:
         return {name: getattr(self, name) for name in self._ARRAYS}
 
     @classmethod
-    def from_arrays(cls, arrays):
-        try:
-            offsets = cls(*(np.asarray(arrays[name]) for name in cls._ARRAYS))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CgdmlError(f"incomplete or damaged dihedral offsets ({type(exc).__name__}: {exc})") from None
-        return offsets
+    def from_arrays(cls, arrays, prefix=""):
+        """Inverse of :meth:`to_arrays` (entries named ``prefix + name``); a missing or damaged entry raises a
+        one-line :class:`CgdmlError` naming it."""
+        f = Fields(arrays, prefix)
+        shapes = {"quads": (None, 4)}
+        return cls(*(f.get(name, lambda v, name=name: as_array(v, "i" if name in ("quads", "first", "count") else "f",
+                                                               shape=shapes.get(name), ndim=None if name in shapes
+                                                               else 1))
+                     for name in cls._ARRAYS))
 
     def check(self, n_beads):
         """Raise :class:`CgdmlError` unless the arrays are consistent and index ``n_beads`` beads."""

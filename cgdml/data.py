@@ -230,7 +230,7 @@ class CGDataset:
                 return default
             try:
                 return convert(z[name])
-            except (TypeError, ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
+            except Exception as exc:  # TypeError, ValueError, OverflowError (inf as an integer), JSON errors ...
                 raise CgdmlError(f"{path}: damaged field {name!r} ({type(exc).__name__}: {one_line(exc, 120)})") \
                     from None
 
@@ -415,6 +415,36 @@ def _trajectory_frames(path, units=None):
             return len(f)
     except Exception:
         return None
+
+
+def count_frames(trajs, stride=1):
+    """Frames the trajectories give at ``stride`` (for a progress bar), or None when a format cannot tell."""
+    def npz_frames(path):  # from the array header, without reading the data
+        import zipfile
+
+        with zipfile.ZipFile(path) as zf:
+            names = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+            key = next((k for k in _POSITION_KEYS if k in names), next(iter(names)) if len(names) == 1 else None)
+            with zf.open(names[key]) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape = read(fh)[0]
+        return shape[0]
+
+    total = 0
+    for path in _as_paths(trajs):
+        try:
+            suffix = path.suffix.lower()
+            n = npz_frames(path) if suffix == ".npz" else \
+                _ArrayReader(path, _POSITION_KEYS, "positions", 1.0).n_frames if suffix in RAW_SUFFIXES else \
+                _trajectory_frames(path)
+        except Exception:
+            n = None
+        if n is None:
+            return None
+        total += -(-n // int(stride))
+    return total
 
 
 def _position_chunks(path, topology, stride, chunk, atom_indices, length_unit):

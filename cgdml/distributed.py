@@ -12,8 +12,11 @@ Dask is optional: ``pip install 'cgdml[dask]'``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +38,42 @@ def limited_threads(fn, *args):
             return fn(*args)
     finally:
         numba.set_num_threads(before)
+
+
+_WATCHDOG = {}
+
+
+def _exit_with_parent(poll_s=1.0):
+    """In a local worker process: exit as soon as the process that started it is gone (killed with SIGKILL, say:
+    it cannot shut its workers down then, and idle joblib/loky workers would otherwise linger for minutes)."""
+    if _WATCHDOG.get("pid") == os.getpid():
+        return
+    _WATCHDOG["pid"], parent = os.getpid(), os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:       # re-parented: the parent died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cgdml-parent-watchdog", daemon=True).start()
+
+
+def _local_worker_task(fn, *args):
+    """A task in a local joblib worker: with the parent watchdog and one thread (see :func:`limited_threads`)."""
+    _exit_with_parent()
+    return limited_threads(fn, *args)
+
+
+def kill_local_workers():
+    """Stop joblib's local (loky) worker processes now, e.g. when the parent is interrupted mid-run."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:
+        return
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 def scheduler_address(scheduler):
@@ -159,16 +198,20 @@ class TaskRunner:
         self.stats["shared_bytes"] += int(getattr(obj, "nbytes", 0))
         return self.client.scatter(obj, broadcast=True, hash=False)
 
-    def run(self, tasks, desc="tasks", limit_threads=False):
+    def run(self, tasks, desc="tasks", limit_threads=False, bar=None):
         """Yield ``(i, result)`` for the ``tasks`` [(fn, args)]: in order locally, as each finishes on Dask.
 
         Worker tasks run under :func:`limited_threads`, and so does a lone task run here for n_jobs > 1;
-        ``limit_threads`` applies it to tasks run here with n_jobs = 1 too.
-        A failing task raises its exception here and cancels the tasks not yet finished.
+        ``limit_threads`` applies it to tasks run here with n_jobs = 1 too. ``bar``: a tqdm bar to advance by one
+        per finished task (an overall bar of the caller) instead of a bar of these tasks.
+        A failing task raises its exception here and cancels the tasks not yet finished; when the caller stops
+        (an exception, Ctrl-C), local worker processes are killed rather than left running.
         """
         from tqdm import tqdm
 
-        bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress or not tasks, leave=False)
+        own = bar is None
+        if own:
+            bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress or not tasks, leave=False)
         try:
             if self.client is not None:
                 yield from self._run_dask(tasks, bar)
@@ -182,11 +225,18 @@ class TaskRunner:
                 from joblib import Parallel, delayed
 
                 par = Parallel(n_jobs=self.n_jobs, return_as="generator")
-                for i, result in enumerate(par(delayed(limited_threads)(fn, *args) for fn, args in tasks)):
-                    bar.update()
-                    yield i, result
+                done = 0
+                try:
+                    for i, result in enumerate(par(delayed(_local_worker_task)(fn, *args) for fn, args in tasks)):
+                        done += 1
+                        bar.update()
+                        yield i, result
+                finally:
+                    if done < len(tasks):          # interrupted or failed: no orphan workers
+                        kill_local_workers()
         finally:
-            bar.close()
+            if own:
+                bar.close()
 
     def _run_dask(self, tasks, bar):
         from distributed import as_completed

@@ -108,6 +108,21 @@ class _Work:
     labels: np.ndarray
     coords_h: object
     labels_h: object
+    bar: object = None          # the overall progress bar of the sub-model trainings
+    counted: set = None         # work units the bar's total already accounts for
+
+    def account(self, key, cached):
+        """Count ``key`` once on the bar: a cached unit leaves the total (only trainings are progress)."""
+        if key in self.counted:
+            return
+        self.counted.add(key)
+        if cached and self.bar is not None:
+            self.bar.total -= 1
+            self.bar.refresh()
+
+    def stage(self, name):
+        if self.bar is not None:
+            self.bar.set_description(f"fit: {name}", refresh=True)
 
 
 class TwoLayerGDML(BaseEstimator):
@@ -177,6 +192,10 @@ class TwoLayerGDML(BaseEstimator):
         n = dataset.n_frames
         if min(self.n_models, self.batch_size, self.mean_set_size, self.cv_models, self.n_folds) < 1:
             raise CgdmlError("n_models, batch_size, mean_set_size, cv_models and folds must all be >= 1")
+        grids = [name for name in ("sigma1", "lam1", "sigma2", "lam2") if len(np.atleast_1d(getattr(self, name))) > 1]
+        if grids and self.n_folds < 2:
+            raise CgdmlError(f"folds (--folds) must be >= 2 to cross-validate the candidates of {', '.join(grids)}, "
+                             f"got {self.n_folds}; give one value of each to fit without cross-validation")
         pool = n * (self.n_folds - 1) // self.n_folds if self._runs_cv() else n
         self.batch_size_ = min(self.batch_size, max(1, pool // 2))
         if self.batch_size_ < self.batch_size:
@@ -195,6 +214,16 @@ class TwoLayerGDML(BaseEstimator):
             if len(values) == 0 or not (values > 0).all():
                 raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
 
+    def _n_trainings(self):
+        """GDML trainings of the cross-validation and layer 1, known before they start (the overall progress
+        bar's total; work found in the checkpoints is taken off it as the stages meet it)."""
+        n_grid = lambda *names: int(np.prod([len(np.atleast_1d(getattr(self, n))) for n in names]))  # noqa: E731
+        if not self._runs_cv():
+            return self.n_models
+        per_fold = max(self.cv_models, -(-self.n_models // self.n_folds))
+        return (n_grid("sigma1", "lam1") * self.n_folds * self.cv_models + self.n_folds * (per_fold - self.cv_models)
+                + n_grid("sigma2", "lam2") * self.n_folds)
+
     # ------------------------------------------------------------------ stages
     def _layer1(self, specs, work, strata, folds, sets, desc):
         """Train the sub-models ``specs`` = [(sigma1, lam1, fold, i)] not yet in ``cache``; return their entries.
@@ -203,15 +232,20 @@ class TwoLayerGDML(BaseEstimator):
         predicts on ``sets[k]``, a dict of named index arrays (held-out frames, mean sets).
         """
         tasks, keys = [], []
+        n_beads = work.coords.shape[1]
+        expect = {k: {name: (len(idx), n_beads, 3) for name, idx in sets[k].items()} for k in sets}
+        work.stage(desc)
         for s1, l1, k, i in specs:
             key = f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}"
-            if work.cache.get(key) is None:
+            cached = work.cache.get(key, expect[k]) is not None
+            work.account(key, cached)
+            if not cached:
                 pool = np.flatnonzero(folds != k)
                 batch = stratified_batch(strata, min(self.batch_size_, len(pool)), self._rng(2, k + 1, i), pool=pool)
                 tasks.append((_fit_and_predict, (work.coords_h, work.labels_h, batch, list(sets[k].values()), s1, l1,
                                                  self.quads_)))
                 keys.append((key, k))
-        for j, preds in work.runner.run(tasks, desc):
+        for j, preds in work.runner.run(tasks, desc, bar=work.bar):
             key, k = keys[j]
             work.cache.put(key, **{name: p.astype(np.float32) for name, p in zip(sets[k], preds)})
         return [work.cache.get(f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}") for s1, l1, k, i in specs]
@@ -231,6 +265,9 @@ class TwoLayerGDML(BaseEstimator):
             rng = self._rng(1, k)
             test = np.flatnonzero(folds == k)
             pool = np.flatnonzero(folds != k)
+            if len(test) == 0 or len(pool) < 2:
+                raise CgdmlError(f"cross-validation fold {k + 1} of {self.n_folds} holds {len(test)} of the "
+                                 f"{len(folds)} frames; use fewer folds (--folds) or more frames")
             sets[k] = dict(held=np.sort(rng.choice(test, size=min(self.cv_holdout, len(test)), replace=False)),
                            mean=np.sort(stratified_batch(strata, min(self.cv_mean_set_size, len(pool)), rng, pool=pool)),
                            final=self.mean_set_index_)
@@ -259,12 +296,15 @@ class TwoLayerGDML(BaseEstimator):
             for k in range(self.n_folds):
                 key = f"l2_s{s1:g}_l{l1:g}_n{per_fold}_s{s2:g}_l{l2:g}_f{k}"
                 keys.append((key, s2, l2, k))
-                if cache.get(key) is None:
+                cached = cache.get(key, {"held": (len(sets[k]["held"]), work.coords.shape[1], 3)}) is not None
+                work.account(key, cached)
+                if not cached:
                     mean_labels = np.mean([e["mean"] for e, sp in zip(final_entries, specs) if sp[2] == k],
                                           axis=0).astype(np.float64)
                     tasks.append((key, (_fit_and_predict, (work.coords_h, None, sets[k]["mean"], [sets[k]["held"]],
                                                            s2, l2, self.quads_, mean_labels))))
-        for j, (p_held,) in work.runner.run([t for _, t in tasks], "CV layer 2"):
+        work.stage("CV layer 2")
+        for j, (p_held,) in work.runner.run([t for _, t in tasks], "CV layer 2", bar=work.bar):
             cache.put(tasks[j][0], held=p_held.astype(np.float32))
         for s2, l2 in itertools.product(np.atleast_1d(self.sigma2), np.atleast_1d(self.lam2)):
             fold_scores = [_mse(cache.get(key)["held"], labels[sets[k]["held"]], project[k])
@@ -291,8 +331,11 @@ class TwoLayerGDML(BaseEstimator):
 
         t = time.perf_counter()
         runs_cv = self._runs_cv()
-        with TaskRunner(self.n_jobs, self.scheduler, self.progress) as runner:
-            work = _Work(runner, cache, coords, labels, runner.share(coords), runner.share(labels))
+        from tqdm import tqdm
+
+        bar = tqdm(total=self._n_trainings(), desc="fit", unit="model", disable=not self.progress, smoothing=0.1)
+        with bar, TaskRunner(self.n_jobs, self.scheduler, self.progress) as runner:
+            work = _Work(runner, cache, coords, labels, runner.share(coords), runner.share(labels), bar, set())
             if not runs_cv:
                 s1, l1 = float(np.atleast_1d(self.sigma1)[0]), float(np.atleast_1d(self.lam1)[0])
                 self.cv_scores_ = []

@@ -9,23 +9,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli import ArgumentParser, run_cli
+from ._cli import ArgumentParser, claim_outputs, run_cli
 from ._io import CgdmlError
 
+COMMAND = "cgdml.export"
+FILES = ("topology.pdb", "system.xml", "README.txt")
 
-def main(argv=None):
+
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.export", description=__doc__.splitlines()[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model file (.npz, from python -m cgdml.fit)")
-    p.add_argument("-o", "--output", required=True, help="directory to write the OpenMM files into")
-    a = p.parse_args(argv)
+    p.add_argument("-o", "--output", required=True, help="directory to write the OpenMM files into "
+                   f"({', '.join(FILES)})")
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise CgdmlError(f"{out}: exists and is not a directory; give a directory for the OpenMM files")
-    from .model import CGModel
-    from .openmm import write_openmm
+    if not out.parent.is_dir():
+        raise CgdmlError(f"{out}: parent directory {out.parent} does not exist")
+    with claim_outputs(COMMAND, [out], inputs=[a.model], temps=[out / f for f in FILES]):
+        from .model import CGModel
+        from .openmm import write_openmm
 
-    paths = write_openmm(CGModel.load(a.model), out)
+        paths = write_openmm(CGModel.load(a.model), out)
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0
 

@@ -12,18 +12,39 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, configure_logging,
-                   dataset_from_args, refuse_to_overwrite, run_cli)
+from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, claim_outputs, configure_logging,
+                   dataset_from_args, positive_int, run_cli, with_provenance)
 from ._io import CgdmlError, check_output, save_json, tomllib
 
-# option name -> (TwoLayerGDML parameter, type, is a list)
+COMMAND = "cgdml.fit"
+
+# option name -> (type, is a list, help): the TwoLayerGDML options, as flags and as keys of --config.
+# The defaults are TwoLayerGDML's (cgdml.ensemble).
 OPTIONS = {
-    "n_models": (int, False), "batch_size": (int, False), "mean_set_size": (int, False),
-    "sigma1": (float, True), "lam1": (float, True), "sigma2": (float, True), "lam2": (float, True),
-    "folds": (int, False), "cv_models": (int, False), "cv_mean_set_size": (int, False),
-    "cv_holdout": (int, False), "strata": (str, False), "grid_bins": (int, False), "n_strata": (int, False),
-    "cv_score": (str, False), "chiral": (bool, False), "prior_repulsion": (bool, False), "jobs": (int, False),
-    "seed": (int, False),
+    "n_models": (int, False, "layer-1 sub-models (default 12)"),
+    "batch_size": (int, False, "frames per layer-1 sub-model (default 2000)"),
+    "mean_set_size": (int, False, "configurations in the mean-force set, the layer-2 training set (default 2000)"),
+    "sigma1": (float, True, "candidate kernel widths of layer 1, 1/nm (default 2 4 8; for --method single/nystrom "
+                            "their sigma grid)"),
+    "lam1": (float, True, "candidate regularisations of layer 1, relative to the mean kernel diagonal "
+                          "(default 0.3 1 3)"),
+    "sigma2": (float, True, "candidate kernel widths of layer 2, 1/nm (default 1 2 4)"),
+    "lam2": (float, True, "candidate regularisations of layer 2, relative (default 0.001 0.01 0.1)"),
+    "folds": (int, False, "cross-validation folds (default 2; >= 2 when a hyperparameter has several candidates)"),
+    "cv_models": (int, False, "sub-models per candidate and fold during cross-validation (default 2)"),
+    "cv_mean_set_size": (int, False, "layer-2 training size during cross-validation (default 600)"),
+    "cv_holdout": (int, False, "held-out frames scored per fold (default 4000)"),
+    "strata": (str, False, "stratification: auto (default), phi-psi, backbone-kmeans or kmeans"),
+    "grid_bins": (int, False, "bins per angle of the phi-psi strata grid (default 12)"),
+    "n_strata": (int, False, "k-means strata (default 50)"),
+    "cv_score": (str, False, "cross-validation score: auto (default: dihedral when the topology has one), "
+                             "dihedral (held-out forces projected on the dihedrals) or force (plain force error)"),
+    "chiral": (bool, False, "add the sines of the topology's dihedrals and impropers to the descriptor "
+                            "(default on; tells mirror images apart)"),
+    "prior_repulsion": (bool, False, "short-range repulsion between beads far apart in the bead graph in the "
+                                     "prior (default on)"),
+    "jobs": (int, False, "local processes for the layer-1 trainings (default 1; negative: all cores but |n| - 1)"),
+    "seed": (int, False, "random seed, >= 0 (default 0)"),
 }
 PARAM_NAME = {"folds": "n_folds", "jobs": "n_jobs"}
 
@@ -47,7 +68,7 @@ def read_config(path):
         name = key.replace("-", "_")
         if name not in OPTIONS:
             raise CgdmlError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(OPTIONS))})")
-        kind, is_list = OPTIONS[name]
+        kind, is_list, _ = OPTIONS[name]
         values = value if isinstance(value, list) else [value]
         if not is_list and isinstance(value, list):
             raise CgdmlError(f"{path}: key {key!r} takes one value, not a list")
@@ -63,14 +84,17 @@ def _check_options(options, config=None):
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         where = f" (option {flag} or key {name!r} in {config})" if config else ""
-        kind, is_list = OPTIONS[name]
+        kind, is_list, _ = OPTIONS[name]
         if name == "cv_score":
             if value not in ("auto", "dihedral", "force"):
                 raise CgdmlError(f"{flag} must be auto, dihedral or force, got {value!r}{where}")
         elif name == "jobs":
             if value == 0:
                 raise CgdmlError(f"{flag} must be >= 1 (or negative: all cores but |n| - 1), got 0{where}")
-        elif kind is int and name != "seed" and value < 1:
+        elif name == "seed":
+            if value < 0:
+                raise CgdmlError(f"{flag} must be >= 0, got {value}{where}")
+        elif kind is int and value < 1:
             raise CgdmlError(f"{flag} must be >= 1, got {value}{where}")
         elif is_list and not all(v > 0 and v < float("inf") for v in value):
             raise CgdmlError(f"{flag} must be positive numbers, got {' '.join(f'{v:g}' for v in value)}{where}")
@@ -97,15 +121,16 @@ def build_parser():
     p.add_argument("--method", choices=["two-layer", "single", "nystrom"], default="two-layer",
                    help="two-layer ensemble (default), the single-GDML baseline, or inducing-point GDML fitted "
                    "to every frame (nystrom; --sigma1/--lam1 are its grid, default 2 4 8 / 0.3 1 3)")
-    p.add_argument("--n-frames", type=int, default=3000, help="frames for --method single")
-    p.add_argument("--inducing", type=int, default=1000, help="inducing configurations for --method nystrom "
+    p.add_argument("--n-frames", type=positive_int, default=3000, help="frames for --method single (default 3000)")
+    p.add_argument("--inducing", type=positive_int, default=1000, help="inducing configurations for --method nystrom "
                    "(default 1000; memory about 24 (m (3 beads - 6))^2 bytes)")
-    for name, (kind, is_list) in OPTIONS.items():
+    for name, (kind, is_list, text) in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, dest=name, type=kind, nargs="+" if is_list else None, default=None)
+            p.add_argument(flag, dest=name, type=kind, nargs="+" if is_list else None, default=None, help=text,
+                           metavar=name.upper() if kind is not str else "NAME")
     p.add_argument("--balance-basins", action=argparse.BooleanOptionalAction, default=True,
                    help="give dihedral arcs separated by unsampled gaps their training populations, measured on "
                    "the fitted model by umbrella sampling (default on; a no-op when no dihedral has such gaps)")
@@ -123,13 +148,25 @@ def main(argv=None):
     if output.suffix != ".npz":
         raise CgdmlError(f"{output}: the model file must end in .npz")
     check_output(output)
-    refuse_to_overwrite([output, output.with_suffix(".json")],
-                        [getattr(args, "dataset", None), args.coords, args.cg_forces, args.config, args.map])
+    summary = output.with_suffix(".json")
+    workdir = output.with_name(output.name + ".work")
+    with claim_outputs(COMMAND, [output], sidecars={summary: output}, kinds={output: "model"}, temps=[workdir],
+                       inputs=[getattr(args, "dataset", None), args.coords, args.cg_forces, args.config, args.map]):
+        return _fit(args, output, summary, workdir)
+
+
+def _dataset_source(args):
+    if getattr(args, "dataset", None):
+        return str(args.dataset)
+    if args.coords:
+        return str(args.coords)
+    return "the shipped reference"
+
+
+def _fit(args, output, summary, workdir):
     options = read_config(args.config) if args.config else {}
     options.update({k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None})
     _check_options(options, args.config)
-    if args.inducing < 1:
-        raise CgdmlError(f"--inducing must be >= 1, got {args.inducing}")
     if args.scheduler is not None:
         from .distributed import check_scheduler
 
@@ -137,15 +174,18 @@ def main(argv=None):
     dataset = dataset_from_args(args)
     params = {PARAM_NAME.get(k, k): v for k, v in options.items()}
     seed = params.pop("seed", 0)
-    workdir = output.with_name(output.name + ".work")
+    from .pipeline import check_fit_frames, fit_cg_model
+
+    fit_params = method_params(args.method, params, args)
+    try:
+        check_fit_frames(dataset, args.method, fit_params)
+    except CgdmlError as exc:
+        raise CgdmlError(f"{_dataset_source(args)}: {exc}") from None
     cached = [f for f in workdir.glob("*.npz") if not f.name.startswith(".")] if workdir.is_dir() else []
     if cached:
         print(f"resuming from {len(cached)} checkpoint file(s) in {workdir}")
-    from .pipeline import fit_cg_model  # heavy (numba, scikit-learn): after the input checks
-
     model = fit_cg_model(dataset, args.method, balance_basins=args.balance_basins, seed=seed,
-                         progress=not args.quiet, workdir=workdir, scheduler=args.scheduler,
-                         **method_params(args.method, params, args))
+                         progress=not args.quiet, workdir=workdir, scheduler=args.scheduler, **fit_params)
     chosen = model.info["chosen"]
     strata = model.info.get("strata", {})
     print(f"CG topology: {dataset.cg_topology.describe()}; strata: {strata.get('method', 'none')}"
@@ -159,9 +199,9 @@ def main(argv=None):
               f"{' '.join(f'{d:+.1f}' for d in term['offset_kJ_per_mol'])} kJ/mol; "
               f"umbrella {term['umbrella']['wall_s']:.0f} s)")
     model.save(output)
-    save_json(output.with_suffix(".json"), model.info)
+    save_json(summary, with_provenance(model.info, COMMAND, output))
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"wrote {output} and {output.with_suffix('.json')} ({dataset.n_frames} frames, {dataset.n_beads} beads, "
+    print(f"wrote {output} and {summary} ({dataset.n_frames} frames, {dataset.n_beads} beads, "
           f"{model.info['wall_time_s']:.0f} s)")
     return 0
 

@@ -26,11 +26,13 @@ from pathlib import Path
 
 
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, check_temperature_option,
-                   configure_logging, dataset_from_args, dataset_summary, refuse_to_overwrite, run_cli,
-                   stride_option)
+                   claim_outputs, configure_logging, dataset_from_args, dataset_summary, pdb_with_provenance,
+                   positive_int, run_cli, stride_option)
 from ._io import CgdmlError, atomic_path, check_output
 from ._cli_inputs import add_format_arguments, check_format_options, mlcg_dataset_from_args
 from .mapping import map_allatom
+
+COMMAND = "cgdml.map"
 
 
 @contextlib.contextmanager
@@ -43,50 +45,58 @@ def _one_line_warnings():
         yield
 
 
-def main(argv=None):
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.map", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     aa = p.add_argument_group("all-atom input")
     aa.add_argument("--top", help="topology (pdb, psf, prmtop, gro, ...)")
     aa.add_argument("--traj", nargs="+", help="trajectories (dcd, xtc, trr, h5, nc, ... or .npy/.npz positions)")
     aa.add_argument("--forces", nargs="+", help="forces, one file per trajectory (.npy, .npz, GROMACS .trr)")
-    aa.add_argument("--chunk", type=int, default=1000, help="frames read at a time (default 1000)")
+    aa.add_argument("--chunk", type=positive_int, default=1000, help="frames read at a time (default 1000)")
     aa.add_argument("--constraints", choices=("hbonds", "detect", "none"), default="hbonds",
                     help="constrained atom pairs: bonds to H (default), detected from positions, or none")
     add_dataset_arguments(p, positional=False)
     add_format_arguments(p)
-    p.add_argument("-o", "--output", required=True, help="CG dataset to write (.npz)")
+    p.add_argument("-o", "--output", required=True, help="CG dataset to write (.npz); its CG topology (.pdb) goes "
+                   "beside it")
     add_verbosity_arguments(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     configure_logging(a)
     out = Path(a.output)
     if out.suffix != ".npz":
         raise CgdmlError(f"{out}: the output file must end in .npz")
     check_output(out)
-    refuse_to_overwrite([out, out.with_suffix(".pdb")], [a.top, a.traj, a.forces, a.coords, a.cg_forces, a.map,
-                                                         a.mlcg, a.force_map])
-    check_temperature_option(a)
-    check_format_options(a)
-    with _one_line_warnings():
-        if a.top or a.traj or a.forces:
-            missing = [f for f, v in (("--top", a.top), ("--traj", a.traj), ("--forces", a.forces), ("--map", a.map))
-                       if not v]
-            if missing:
-                raise CgdmlError(f"all-atom input needs {', '.join(missing)}")
-            if a.coords or a.cg_forces:
-                raise CgdmlError("give either all-atom input (--top ...) or pre-mapped arrays (--coords ...), not both")
-            ds = map_allatom(a.top, a.traj, a.forces, a.map, force_map=a.force_map,
-                             temperature=300.0 if a.temperature is None else a.temperature,
-                             length_unit=a.length_unit, energy_unit=a.energy_unit, stride=stride_option(a),
-                             chunk=a.chunk, constraints=a.constraints, lammps_units=a.lammps_units)
-        elif a.mlcg:
-            ds = mlcg_dataset_from_args(a)
-        else:
-            ds = dataset_from_args(a)
-    ds.save(out)
-    with atomic_path(out.with_suffix(".pdb")) as tmp:  # the CG topology, for VMD, PyMOL and fes --top
-        tmp.write_text(ds.cg_topology.to_pdb(ds.coords[0]))
-    print(f"wrote {out} and {out.with_suffix('.pdb')}: {dataset_summary(ds)}; CG topology {ds.cg_topology.describe()}")
+    pdb = out.with_suffix(".pdb")
+    with claim_outputs(COMMAND, [out], sidecars={pdb: out}, kinds={out: "dataset"},
+                       inputs=[a.top, a.traj, a.forces, a.coords, a.cg_forces, a.map, a.mlcg, a.force_map]):
+        check_temperature_option(a)
+        check_format_options(a)
+        with _one_line_warnings():
+            if a.top or a.traj or a.forces:
+                missing = [f for f, v in (("--top", a.top), ("--traj", a.traj), ("--forces", a.forces),
+                                          ("--map", a.map)) if not v]
+                if missing:
+                    raise CgdmlError(f"all-atom input needs {', '.join(missing)}")
+                if a.coords or a.cg_forces:
+                    raise CgdmlError("give either all-atom input (--top ...) or pre-mapped arrays (--coords ...), "
+                                     "not both")
+                ds = map_allatom(a.top, a.traj, a.forces, a.map, force_map=a.force_map,
+                                 temperature=300.0 if a.temperature is None else a.temperature,
+                                 length_unit=a.length_unit, energy_unit=a.energy_unit, stride=stride_option(a),
+                                 chunk=a.chunk, constraints=a.constraints, progress=not a.quiet,
+                                 lammps_units=a.lammps_units)
+            elif a.mlcg:
+                ds = mlcg_dataset_from_args(a)
+            else:
+                ds = dataset_from_args(a)
+        ds.save(out)
+        with atomic_path(pdb) as tmp:  # the CG topology, for VMD, PyMOL and fes --top
+            tmp.write_text(pdb_with_provenance(ds.cg_topology.to_pdb(ds.coords[0]), COMMAND, out))
+    print(f"wrote {out} and {pdb}: {dataset_summary(ds)}; CG topology {ds.cg_topology.describe()}")
     return 0
 
 

@@ -25,11 +25,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._io import tomllib, CgdmlError, numpy_file_kind, one_line
-from .data import CGDataset, default_dataset_paths, load_allatom, load_topology, shipped_temperature
+from .data import CGDataset, count_frames, default_dataset_paths, load_allatom, load_topology, shipped_temperature
 from .topology import CGTopology
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 FORCE_MAPS = ("slice", "aggregate", "optimal")
+PROGRESS_DELAY_S = 2.0  # map_allatom shows its progress bars for runs longer than this only
 _TOP_KEYS = {"bead", "description", "bonds"}
 _BEAD_KEYS = {"name", "select", "weights"}
 
@@ -264,6 +265,7 @@ class CGMap:
                 if force_cov is None:
                     if forces_sample is None:
                         raise CgdmlError("the optimal force map needs a forces sample")
+                    self.check_covariance_frames(len(forces_sample))
                     force_cov = force_covariance(forces_sample)
                 force_cov = np.asarray(force_cov, dtype=np.float64)
                 if force_cov.shape != (n_atoms, n_atoms):
@@ -314,6 +316,15 @@ class CGMap:
         self.force_matrix_ = B
         self.force_map_ = label
         return self
+
+    def check_covariance_frames(self, n_frames):
+        """Refuse (one line) to build the optimal force map from fewer frames than its force covariance needs:
+        the covariance of the G constraint groups has rank at most 3 per frame, so at least max(2, G / 3)."""
+        groups = len(np.unique(self.constraint_groups_))
+        need = max(2, -(-groups // 3))
+        if n_frames < need:
+            raise CgdmlError(f"the optimal force map needs at least {need} frames for the force covariance of its "
+                             f"{groups} constraint groups, got {n_frames}; use more frames or --force-map aggregate")
 
     def _check_separable(self):
         owner = np.full(self.topology_.n_atoms, -1)
@@ -450,7 +461,8 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
     force map, a ``.npy`` path (or an array) of shape (n_beads, n_atoms), refused unless consistent with the
     map and the constraints (:meth:`CGMap.set_force_matrix`). The optimal map (and constraint detection)
     takes one extra pass over the data to accumulate the force covariance (and a positions sample).
-    ``lammps_units``: unit style of LAMMPS dump forces (:mod:`cgdml.formats`).
+    ``lammps_units``: unit style of LAMMPS dump forces (:mod:`cgdml.formats`). ``progress`` shows bars over
+    the frames for runs longer than a few seconds.
     """
     topology = load_topology(top)
     beads, label = load_map_spec(map)
@@ -468,28 +480,37 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
     if user_matrix is not None and not detect:  # refuse an inconsistent map before reading any frame
         cgmap.set_force_matrix(user_matrix, force_map)
     cov, n, sample = None, 0, []
+    total = count_frames(trajs, stride) if progress else None
+
+    def bar(desc):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="frame", mininterval=1.0, delay=PROGRESS_DELAY_S,
+                    disable=not progress)
+
     if (user_matrix is None and force_map == "optimal") or detect:
         cov = np.zeros((topology.n_atoms,) * 2)
-        for xyz, f in load_allatom(topology, trajs, forces, **load):
-            flat = f.astype(np.float64).transpose(1, 0, 2).reshape(f.shape[1], -1)
-            cov += flat @ flat.T
-            n += flat.shape[1]
-            if sum(len(s) for s in sample) < 2000:
-                sample.append(xyz)
+        with bar("force covariance") as pbar:
+            for xyz, f in load_allatom(topology, trajs, forces, **load):
+                flat = f.astype(np.float64).transpose(1, 0, 2).reshape(f.shape[1], -1)
+                cov += flat @ flat.T
+                n += flat.shape[1]
+                if sum(len(s) for s in sample) < 2000:
+                    sample.append(xyz)
+                pbar.update(len(xyz))
         cov /= max(n, 1)
+        if user_matrix is None and force_map == "optimal":
+            cgmap.check_covariance_frames(n // 3)
     if user_matrix is None:
         cgmap.fit_force_map(force_map, positions_sample=np.concatenate(sample) if detect else None, force_cov=cov)
     elif detect:
         cgmap.set_force_matrix(user_matrix, force_map, positions_sample=np.concatenate(sample))
     coords, cg_forces = [], []
-    it = load_allatom(topology, trajs, forces, **load)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="mapping", unit="chunk")
-    for xyz, f in it:
-        coords.append(cgmap.map_coords(xyz))
-        cg_forces.append(cgmap.map_forces(f))
+    with bar("mapping") as pbar:
+        for xyz, f in load_allatom(topology, trajs, forces, **load):
+            coords.append(cgmap.map_coords(xyz))
+            cg_forces.append(cgmap.map_forces(f))
+            pbar.update(len(xyz))
     if not coords:
         raise CgdmlError("the trajectories hold no frames")
     info = {"source": {"topology": str(top) if not hasattr(top, "atoms") else "(Topology)",

@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 
 from . import kernels
-from ._io import CgdmlError, json_default, load_npz, save_npz
+from ._io import (CgdmlError, Fields, as_array, as_float, as_int, as_json, as_str, json_default, load_npz, one_line,
+                  save_npz)
 from .data import as_coordinates, as_index_pairs
 from .features import as_quads, chain_quads, descriptor, descriptor_vjp, n_descriptors
 
@@ -25,6 +26,13 @@ MODEL_FORMAT_VERSION = 2
 GDML_FORMAT = "cgdml.GDMLModel"
 GDML_VERSION = 2
 _OLD_GDML_FORMAT = "cgdml.gdml"  # version 1: the estimator's own arrays (read, never written)
+
+
+def _bead_names(value):
+    a = np.asarray(value)
+    if a.dtype.kind not in "US" or a.ndim != 1 or not len(a):
+        raise CgdmlError(f"{a.dtype} {a.shape} values, not bead names")
+    return [str(b) for b in a.astype(str)]
 
 
 def fit_record(method, params, chosen, dataset, timings, **extra):
@@ -108,33 +116,35 @@ class GDMLModel:
                 "offset": np.float64(self.offset), "n_beads": np.int64(self.n_beads)}
 
     @classmethod
-    def from_arrays(cls, arrays):
-        """Rebuild a model from :meth:`to_arrays` output (or a version-1 cgdml GDML record); one-line errors."""
-        try:
-            fmt, version = str(arrays["format"]), int(arrays["version"])
-        except (KeyError, TypeError, ValueError):
-            raise CgdmlError("not a cgdml GDML model (format tag missing)") from None
-        try:
-            if fmt == _OLD_GDML_FORMAT and version == 1:
-                # cgdml 0.1 stored the estimator; its fitted arrays are all a model needs (chain-order sines)
-                n_beads = int(arrays["n_beads_"])
-                quads = chain_quads(n_beads) if bool(arrays["chiral"]) else np.zeros((0, 4), dtype=np.int64)
-                return cls(arrays["D_train_"], arrays["V_"], float(arrays["sigma"]), quads,
-                           float(arrays["chiral_scale"]), float(arrays["c_"]), n_beads)
-            if fmt != GDML_FORMAT:
-                raise CgdmlError(f"not a cgdml GDML model (format {fmt!r})")
-            if version > GDML_VERSION:
-                raise CgdmlError(f"GDML model format version {version} is newer than this cgdml "
-                                 f"(reads up to {GDML_VERSION}); upgrade cgdml")
-            quads = np.asarray(arrays["quads"])
-            if quads.size and quads.dtype.kind not in "iu":
-                raise ValueError(f"quads hold {quads.dtype} values, not bead indices")
-            return cls(arrays["train_descriptors"], arrays["coefficients"], float(arrays["sigma"]), quads,
-                       float(arrays["chiral_scale"]), float(arrays["offset"]), int(arrays["n_beads"]))
-        except CgdmlError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CgdmlError(f"incomplete or damaged GDML model ({type(exc).__name__}: {exc})") from None
+    def from_arrays(cls, arrays, prefix=""):
+        """Rebuild a model from :meth:`to_arrays` output (entries named ``prefix + name``) or a version-1 cgdml
+        GDML record; a missing or damaged entry is a one-line :class:`CgdmlError` naming it."""
+        f = Fields(arrays, prefix)
+        if "format" not in f or "version" not in f:
+            raise CgdmlError("not a cgdml GDML model (format tag missing)")
+        fmt, version = f.get("format", as_str), f.get("version", as_int)
+        number, positive = as_float, (lambda v: as_float(v, positive=True))
+        if fmt == _OLD_GDML_FORMAT and version == 1:
+            # cgdml 0.1 stored the estimator; its fitted arrays are all a model needs (chain-order sines)
+            n_beads = f.get("n_beads_", as_int)
+            quads = chain_quads(n_beads) if f.get("chiral", as_int) else np.zeros((0, 4), dtype=np.int64)
+            return cls(f.get("D_train_", lambda v: as_array(v, ndim=2)), f.get("V_", lambda v: as_array(v, ndim=2)),
+                       f.get("sigma", positive), quads, f.get("chiral_scale", number), f.get("c_", number), n_beads)
+        if fmt != GDML_FORMAT:
+            raise CgdmlError(f"not a cgdml GDML model (format {fmt!r})")
+        if version > GDML_VERSION:
+            raise CgdmlError(f"GDML model format version {version} is newer than this cgdml "
+                             f"(reads up to {GDML_VERSION}); upgrade cgdml")
+        n_beads = f.get("n_beads", as_int)
+        if n_beads < 2:
+            raise CgdmlError(f"damaged field {prefix + 'n_beads'!r} ({n_beads})")
+        quads = f.get("quads", lambda v: as_quads(as_array(v, "i"), n_beads))
+        D = f.get("train_descriptors", lambda v: as_array(v, shape=(None, n_descriptors(n_beads, len(quads)))))
+        V = f.get("coefficients", lambda v: as_array(v, shape=D.shape))
+        if len(D) < 1:
+            raise CgdmlError(f"damaged field {prefix + 'train_descriptors'!r} (no training configuration)")
+        return cls(D, V, f.get("sigma", positive), quads, f.get("chiral_scale", number), f.get("offset", number),
+                   n_beads)
 
     def save(self, path):
         """Write the model to a versioned ``.npz`` (atomically)."""
@@ -248,56 +258,65 @@ class CGModel:
 
     @classmethod
     def load(cls, path):
-        """Read a model written by :meth:`save`; a bad file is a one-line :class:`CgdmlError`."""
+        """Read a model written by :meth:`save`; a bad file is a one-line :class:`CgdmlError` naming the file and
+        the damaged or missing field."""
         z = load_npz(path, "cgdml model file")
+        f = Fields(z)
         try:
-            kind = str(z["kind"]) if "kind" in z else ""
-        except (TypeError, ValueError):
+            kind = f.get("kind", as_str, "")
+        except CgdmlError:
             kind = ""
         if kind != "cgdml.CGModel":
             raise CgdmlError(f"{path}: not a cgdml model file (no 'kind' = cgdml.CGModel)")
-        try:
-            version = int(z["format_version"])
-        except (KeyError, TypeError, ValueError):
-            raise CgdmlError(f"{path}: damaged cgdml model file (no readable format_version)") from None
-        if version < 1 or version > MODEL_FORMAT_VERSION:
-            raise CgdmlError(f"{path}: model format version {version} is newer than this cgdml supports "
-                             f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
         from .basins import DihedralOffsets
         from .prior import HarmonicPrior
 
         try:
-            gdml = GDMLModel.from_arrays({k[5:]: v for k, v in z.items() if k.startswith("gdml/")})
-            prior = HarmonicPrior.from_arrays({k[6:]: v for k, v in z.items() if k.startswith("prior/")})
-            offsets = {k[8:]: v for k, v in z.items() if k.startswith("offsets/")}
-            model = cls(gdml, prior, float(z["temperature"]), [str(b) for b in z["bead_names"]],
-                        str(z["topology_pdb"]), z["masses"], z["train_coords_sample"],
-                        json.loads(str(z["info_json"])),
-                        DihedralOffsets.from_arrays(offsets) if offsets else None,
-                        bonds=as_index_pairs(z["bonds"]) if "bonds" in z else None)
+            version = f.get("format_version", as_int)
+            if version < 1 or version > MODEL_FORMAT_VERSION:
+                raise CgdmlError(f"model format version {version} is newer than this cgdml supports "
+                                 f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
+            gdml = GDMLModel.from_arrays(z, "gdml/")
+            prior = HarmonicPrior.from_arrays(z, "prior/")
+            offsets = DihedralOffsets.from_arrays(z, "offsets/") if Fields(z, "offsets/").keys() else None
+            names = f.get("bead_names", _bead_names)
+            model = cls(gdml, prior, f.get("temperature", lambda v: as_float(v, positive=True)), names,
+                        f.get("topology_pdb", as_str), f.get("masses", lambda v: as_array(v, ndim=1)),
+                        f.get("train_coords_sample", lambda v: as_array(v, ndim=3)),
+                        f.get("info_json", as_json),
+                        offsets, bonds=f.get("bonds", as_index_pairs, None))
+            try:
+                model.cg_topology
+            except CgdmlError as exc:
+                raise CgdmlError(f"damaged field 'topology_pdb' or 'bonds' ({exc})") from None
+            except Exception as exc:  # mdtraj's PDB parser on damaged text
+                raise CgdmlError(f"damaged field 'topology_pdb' ({type(exc).__name__}: {one_line(exc, 120)})") \
+                    from None
             model._check_consistent()
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise CgdmlError(f"{path}: damaged cgdml model file ({type(exc).__name__}: {exc})") from None
         return model
 
     def _check_consistent(self):
         """Raise CgdmlError when the parts of a loaded model disagree (a damaged or hand-edited file)."""
         n = self.n_beads
         if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise CgdmlError(f"damaged cgdml model file: temperature {self.temperature}")
+            raise CgdmlError(f"damaged field 'temperature' ({self.temperature})")
         if self.gdml.n_beads != n:
-            raise CgdmlError(f"damaged cgdml model file: GDML model for {self.gdml.n_beads} beads, {n} bead names")
+            raise CgdmlError(f"damaged cgdml model file: GDML model for {self.gdml.n_beads} beads (field "
+                             f"'gdml/n_beads'), {n} bead names (field 'bead_names')")
         if self.masses.shape != (n,) or not (self.masses > 0).all():
-            raise CgdmlError(f"damaged cgdml model file: masses shaped {self.masses.shape}, expected ({n},) > 0")
-        if self.train_coords_sample.ndim != 3 or self.train_coords_sample.shape[1:] != (n, 3):
-            raise CgdmlError(f"damaged cgdml model file: start sample shaped {self.train_coords_sample.shape}")
+            raise CgdmlError(f"damaged field 'masses' (shaped {self.masses.shape}, expected ({n},) > 0)")
+        if self.train_coords_sample.ndim != 3 or self.train_coords_sample.shape[1:] != (n, 3) or \
+                not len(self.train_coords_sample):
+            raise CgdmlError(f"damaged field 'train_coords_sample' (shaped {self.train_coords_sample.shape}, "
+                             f"expected (n >= 1, {n}, 3))")
         if not np.isfinite(self.train_coords_sample).all():
-            raise CgdmlError("damaged cgdml model file: start sample holds NaN or inf")
+            raise CgdmlError("damaged field 'train_coords_sample' (holds NaN or inf)")
         self.prior.check(n)
         if self.cg_topology.n_beads != n:
-            raise CgdmlError(f"damaged cgdml model file: CG topology of {self.cg_topology.n_beads} beads, {n} bead names")
+            raise CgdmlError(f"damaged field 'topology_pdb' (CG topology of {self.cg_topology.n_beads} beads, "
+                             f"{n} bead names)")
         if self.offsets is not None:
             self.offsets.check(n)
 

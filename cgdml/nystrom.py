@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm import tqdm
 
 from . import kernels
-from ._io import CgdmlError, WorkCache, load_npz, save_npz
+from ._io import CgdmlError, Fields, WorkCache, as_array, as_float, as_int, load_npz, save_npz
 from .data import check_coords_forces
 from .gdml import cholesky_upper, dihedral_quads, mean_kernel_diagonal, reduce_frames
 from .model import CGModel, GDMLModel, fit_record
@@ -313,8 +313,13 @@ class NystromGDML(BaseEstimator):
         ckpt = self._checkpoint_path(frames, idx)
         state = None
         if ckpt is not None and ckpt.exists():
-            state = {key: value[()] if value.ndim == 0 else value
-                     for key, value in load_npz(ckpt, "Nyström checkpoint").items()}
+            f = Fields(load_npz(ckpt, "Nyström checkpoint"))
+            try:
+                state = {key: f.get(key, lambda v: as_array(v, shape=b.shape)) for key in ("x", "r", "p")}
+                state.update(rz=f.get("rz", as_float), k=f.get("k", as_int))
+            except CgdmlError as exc:
+                raise CgdmlError(f"{ckpt}: damaged fit checkpoint: {exc}; delete it (the fit recomputes it)") \
+                    from None
             log.info("resuming Nyström CG at iteration %d from %s", int(state["k"]), ckpt)
         last_save = [time.perf_counter()]
 

@@ -8,10 +8,37 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from ._io import CgdmlError
 
 METHODS = ("two-layer", "nystrom", "single")
+MIN_FIT_FRAMES = 10   # distinct frames: below this the Boltzmann-inverted prior alone is noise (k = kT / var)
 log = logging.getLogger(__name__)
+
+
+def distinct_frames(coords):
+    """The number of distinct configurations in coords (n, n_beads, 3)."""
+    flat = np.ascontiguousarray(np.asarray(coords, dtype=np.float64).reshape(len(coords), -1))
+    return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()))
+
+
+def check_fit_frames(dataset, method="two-layer", params=None):
+    """Refuse (one line naming the counts) a dataset with fewer distinct frames than a ``method`` fit needs:
+    at least MIN_FIT_FRAMES, and for a cross-validated two-layer fit two per fold."""
+    params = params or {}
+    need, why = MIN_FIT_FRAMES, ""
+    if method == "two-layer":
+        folds = int(params.get("n_folds", 2))
+        grids = [params.get(k, (0, 0)) for k in ("sigma1", "lam1", "sigma2", "lam2")]
+        if folds >= 2 and any(len(np.atleast_1d(g)) > 1 for g in grids) and 2 * folds > need:
+            need, why = 2 * folds, f" (two per cross-validation fold, {folds} folds)"
+    n = distinct_frames(dataset.coords)
+    if n < need:
+        same = "" if n == dataset.n_frames else f" among its {dataset.n_frames} frames"
+        raise CgdmlError(f"{n} distinct frame(s){same}: a {method} fit needs at least {need} distinct frames{why}; "
+                         "the prior and the force field would be fitted to noise (use more frames)")
+    return n
 
 
 def fit_cg_model(dataset, method="two-layer", *, balance_basins=True, seed=0, progress=False, workdir=None,
@@ -33,6 +60,7 @@ def fit_cg_model(dataset, method="two-layer", *, balance_basins=True, seed=0, pr
     """
     if method not in METHODS:
         raise CgdmlError(f"unknown fit method {method!r} (choose {', '.join(METHODS)})")
+    check_fit_frames(dataset, method, params)
     t0 = time.perf_counter()
     if method == "two-layer":
         from .ensemble import TwoLayerGDML

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ._io import CgdmlError
+from ._io import CgdmlError, Fields, as_array, as_float, as_int
 from .geometry import bond_angles, bond_lengths
 from .units import kT as thermal_energy
 
@@ -104,36 +104,37 @@ class HarmonicPrior(BaseEstimator):
         return out
 
     @classmethod
-    def from_arrays(cls, arrays):
-        """Inverse of :meth:`to_arrays`; damaged input raises :class:`CgdmlError`."""
-        try:
-            prior = cls(repulsion=bool(arrays["repulsion"]))
-            for name in cls._ARRAYS:
-                kind = np.int64 if name.endswith(("pairs_", "triples_")) else np.float64
-                value = np.asarray(arrays[name])
-                if kind is np.int64 and value.size and value.dtype.kind not in "iu":
-                    raise ValueError(f"{name} holds {value.dtype} values, not bead indices")
-                setattr(prior, name, np.ascontiguousarray(value, dtype=kind))
-            prior.temperature_ = float(arrays["temperature_"])
-            prior.repulsion_eps_ = float(arrays["repulsion_eps_"])
-            prior.max_bond_length_ = float(arrays["max_bond_length_"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CgdmlError(f"incomplete or damaged prior ({type(exc).__name__}: {exc})") from None
+    def from_arrays(cls, arrays, prefix=""):
+        """Inverse of :meth:`to_arrays` (entries named ``prefix + name``); a missing or damaged entry raises a
+        one-line :class:`CgdmlError` naming it."""
+        f = Fields(arrays, prefix)
+        prior = cls(repulsion=f.get("repulsion", as_int) != 0)
+        for name in cls._ARRAYS:
+            index = name.endswith(("pairs_", "triples_"))
+            setattr(prior, name, np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(
+                v, "i" if index else "f"))))
+        prior.temperature_ = f.get("temperature_", lambda v: as_float(v, positive=True))
+        prior.repulsion_eps_ = f.get("repulsion_eps_", as_float)
+        prior.max_bond_length_ = f.get("max_bond_length_", lambda v: as_float(v, positive=True))
         return prior
 
     def check(self, n_beads):
-        """Raise :class:`CgdmlError` unless the learned arrays are consistent and index ``n_beads`` beads."""
-        shapes = [(self.bond_pairs_, 2, (self.bond_r0_, self.bond_k_)),
-                  (self.angle_triples_, 3, (self.angle_theta0_, self.angle_k_)),
-                  (self.repulsion_pairs_, 2, (self.repulsion_rmin_,))]
-        for index, width, params in shapes:
+        """Raise :class:`CgdmlError` unless the learned arrays are consistent and index ``n_beads`` beads; the
+        message names the fields (as stored in a model file, ``prior/...``)."""
+        shapes = [("bond_pairs_", 2, ("bond_r0_", "bond_k_")), ("angle_triples_", 3, ("angle_theta0_", "angle_k_")),
+                  ("repulsion_pairs_", 2, ("repulsion_rmin_",))]
+        for index_name, width, param_names in shapes:
+            index, params = getattr(self, index_name), [getattr(self, p) for p in param_names]
             if index.ndim != 2 or index.shape[1] != width or any(p.shape != (len(index),) for p in params):
-                raise CgdmlError(f"damaged prior: index array shaped {index.shape} with parameters shaped "
+                raise CgdmlError(f"damaged prior: field 'prior/{index_name}' shaped {index.shape} with "
+                                 f"{', '.join(repr('prior/' + p) for p in param_names)} shaped "
                                  f"{[p.shape for p in params]}")
             if index.size and (index.min() < 0 or index.max() >= n_beads):
-                raise CgdmlError(f"damaged prior: bead indices outside 0..{n_beads - 1}")
-        if not all(np.isfinite(p).all() for _, _, ps in shapes for p in ps):
-            raise CgdmlError("damaged prior: NaN or inf parameters")
+                raise CgdmlError(f"damaged prior: field 'prior/{index_name}' holds bead indices outside "
+                                 f"0..{n_beads - 1}")
+            for name, p in zip(param_names, params):
+                if not np.isfinite(p).all():
+                    raise CgdmlError(f"damaged prior: field 'prior/{name}' holds NaN or inf")
 
 
 @numba.njit(parallel=True, cache=True)

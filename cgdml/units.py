@@ -38,8 +38,8 @@ def check_temperature(temperature) -> float:
         t = float(temperature)
     except (TypeError, ValueError):
         raise CgdmlError(f"temperature must be a number in K, got {temperature!r}") from None
-    if not t > 0:
-        raise CgdmlError(f"temperature must be > 0 K, got {temperature}")
+    if not (t > 0 and t < float("inf")):
+        raise CgdmlError(f"temperature must be > 0 K and finite, got {temperature}")
     return t
 
 

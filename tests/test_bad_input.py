@@ -5,6 +5,7 @@ problem, no traceback, and no output file (nor temporary file) left behind. Kill
 resume from their checkpoints and give the same result as uninterrupted runs. The bad-input commands are
 independent, so they run a few at a time in a thread pool (most of each one's time is Python start-up).
 """
+import hashlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ T = 300.0
 FIT_SMALL = ["--n-models", "2", "--batch-size", "20", "--mean-set-size", "20", "--sigma1", "2", "--lam1", "1",
              "--sigma2", "2", "--lam2", "0.01", "--folds", "2", "--cv-models", "1", "--quiet"]
 SIM_SMALL = ["--replicas", "2", "--steps", "20", "--save-every", "10", "--burn-in", "0", "--no-progress"]
+SIM_CKPT = [*SIM_SMALL, "--checkpoint-every", "5"]
 GARBAGE = np.random.default_rng(7).bytes(3000)
 
 
@@ -161,13 +163,83 @@ def inputs(tmp_path_factory):
     write_npz(d / "model_beads.npz", **{**marrays, "bead_names": marrays["bead_names"][:4]})
     write_npz(d / "model_noversion.npz", **{k: v for k, v in marrays.items() if k != "format_version"})
 
+    # damaged fields (each a one-line error naming the file and the field)
+    write_npz(d / "cg_hot.npz", **{**arrays, "temperature": np.array("hot")})
+    write_npz(d / "model_nomasses.npz", **{k: v for k, v in marrays.items() if k != "masses"})
+    write_npz(d / "model_hot.npz", **{**marrays, "temperature": np.array("hot")})
+    coefficients = marrays["gdml/coefficients"].copy()
+    coefficients[0, 0] = np.nan
+    write_npz(d / "model_nan.npz", **{**marrays, "gdml/coefficients": coefficients})
+    # too few distinct frames for a fit (and for the optimal force map)
+    ds.subset([0]).save(d / "one.npz")
+    ds.subset([0, 1]).save(d / "two.npz")
+    ds.subset(np.zeros(50, dtype=int)).save(d / "same.npz")
+    ds.subset(np.arange(12)).save(d / "twelve.npz")
+    np.save(d / "x1.npy", x[:1])
+    np.save(d / "f1.npy", f[:1])
+    with pytest.warns(UserWarning, match="chain"):
+        CGDataset.from_arrays(ds.coords[:, ::-1], ds.forces[:, ::-1], bead_names=ds.bead_names[::-1],
+                              temperature=T).save(d / "cg_reversed.npz")
+    # files that other cgdml commands wrote for other outputs, and foreign files, at sidecar and output paths
+    from cgdml._cli import with_provenance
+
+    (d / "fitted.json").write_text(json.dumps(with_provenance({"method": "two-layer GDML"}, "cgdml.fit",
+                                                              "fitted.npz")))
+    (d / "other.json").write_text(json.dumps(with_provenance({"trajectory": "other.dcd"}, "cgdml.simulate",
+                                                             "other.dcd")))
+    (d / "notes.json").write_text('{"my": "notes"}\n')
+    (d / "aa.pdb").write_text(top.read_text())                        # an all-atom PDB, not an input
+    np.savez(d / "raw.npz", positions=x[:5])
+    # fit checkpoints: a damaged manifest, and a checkpoint of this very fit (FIT_SMALL) with a missing field
+    from cgdml.ensemble import TwoLayerGDML
+
+    (d / "badmanifest.npz.work").mkdir()
+    (d / "badmanifest.npz.work" / "manifest.json").write_text('{"finger": "print"}\n')
+    work = d / "badckpt.npz.work"
+    work.mkdir()
+    fingerprint = TwoLayerGDML(n_models=2, batch_size=20, mean_set_size=20, sigma1=[2.0], lam1=[1.0], sigma2=[2.0],
+                               lam2=[0.01], n_folds=2, cv_models=1)._fingerprint(ds)
+    (work / "manifest.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    np.savez(work / "l1_s2_l1_f-1_m0.npz", held=np.zeros((20, 5, 3), dtype=np.float32))
+    # simulation checkpoints of SIM_CKPT runs, damaged: an interrupted run's checkpoint, edited
+    from cgdml.model import CGModel
+    from cgdml.simulate.__main__ import main as simulate_main
+
+    real, calls = CGModel.forces, {"n": 0}
+
+    def interrupted(self, R):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt
+        return real(self, R)
+
+    CGModel.forces = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            simulate_main([str(d / "model.npz"), "-o", str(d / "ck.h5"), *SIM_CKPT])
+    finally:
+        CGModel.forces = real
+    with np.load(d / "ck.h5.ckpt.npz") as z:
+        ck = dict(z)
+    assert int(ck["step"]) == 10
+    write_npz(d / "ck_rng.h5.ckpt.npz", **{**ck, "rng_state": np.array('{"bit_generator": "PCG64"}')})
+    write_npz(d / "ck_novel.h5.ckpt.npz", **{k: v for k, v in ck.items() if k != "velocities"})
+    (d / "ck.h5.ckpt.npz").unlink()
+
     traj = d / "cg.h5"
     md.Trajectory(ds.coords[:50].astype(np.float32), ds.topology).save_hdf5(str(traj))
     md.Trajectory(ds.coords[:50].astype(np.float32), ds.topology).save_dcd(str(d / "cg.dcd"))
     (d / "garbage.h5").write_bytes(GARBAGE)
     md.Trajectory(ds.coords[:50, :4].astype(np.float32), ds.topology.subset(range(4))).save_hdf5(str(d / "four.h5"))
+    md.Trajectory(ds.coords[:1].astype(np.float32), ds.topology).save_hdf5(str(d / "one.h5"))
     (d / "existing_file").write_text("a file, not a directory\n")
-    return SimpleNamespace(d=d, ds=ds, model=model, top=top)
+    return SimpleNamespace(d=d, ds=ds, model=model, top=top, snapshot=snapshot(d))
+
+
+def snapshot(directory):
+    """{relative path: sha256} of every file under ``directory``: inputs must stay byte for byte the same."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------------------- cases
@@ -283,6 +355,77 @@ CASES = {
     "reference-unknown-platform": ("reference", ["-o", "O/run", "--platform", "Abacus"], ["'Abacus'", "available"]),
     "reference-file-as-outdir": ("reference", ["-o", "D/existing_file/run", "--ns", "0.001"],
                                  ["existing_file/run", "cannot create"]),
+    # numbers on the command line: finite and in range, the option named
+    "sim-seed-negative": ("simulate", _sim("D/model.npz", "--seed", "-1"), ["--seed must be >= 0", "-1"]),
+    "fit-seed-negative": ("fit", _fit("--seed", "-1"), ["--seed must be >= 0", "-1"]),
+    "reference-seed-negative": ("reference", ["-o", "O/run", "--seed", "-1"], ["--seed must be >= 0"]),
+    "sim-dt-inf": ("simulate", _sim("D/model.npz", "--dt", "inf"), ["--dt must be a finite number", "'inf'"]),
+    "sim-dt-nan": ("simulate", _sim("D/model.npz", "--dt", "nan"), ["--dt must be a finite number", "'nan'"]),
+    "sim-dt-zero": ("simulate", _sim("D/model.npz", "--dt", "0"), ["--dt must be > 0"]),
+    "sim-temperature-inf": ("simulate", _sim("D/model.npz", "--temperature", "inf"),
+                            ["--temperature must be a finite number"]),
+    "map-temperature-inf": ("map", _map("--temperature", "inf"), ["--temperature must be a finite number"]),
+    "fit-premapped-temperature-nan": ("fit", [*FIT_SMALL, "--coords", "D/c.npy", "--cg-forces", "D/g.npy",
+                                              "--temperature", "nan", "-o", "O/model.npz"],
+                                      ["--temperature must be a finite number"]),
+    "sim-friction-inf": ("simulate", _sim("D/model.npz", "--friction", "inf"), ["--friction must be a finite number"]),
+    "sim-blowup-factor-nan": ("simulate", _sim("D/model.npz", "--blowup-factor", "nan"),
+                              ["--blowup-factor must be a finite number"]),
+    "fit-sigma-inf": ("fit", _fit("--sigma1", "2", "inf"), ["--sigma1 must be a finite number", "'inf'"]),
+    "reference-ns-inf": ("reference", ["-o", "O/run", "--ns", "inf"], ["--ns must be a finite number"]),
+    "reference-temperature-inf": ("reference", ["-o", "O/run", "--temperature", "inf"],
+                                  ["--temperature must be a finite number"]),
+    "map-chunk-zero": ("map", _map("--chunk", "0"), ["--chunk must be >= 1"]),
+    "fit-n-frames-zero": ("fit", _fit("--method", "single", "--n-frames", "0"), ["--n-frames must be >= 1"]),
+    "fit-folds-one-with-grid": ("fit", _fit("--lam2", "0.01", "0.1", "--folds", "1"),
+                                ["--folds", "must be >= 2", "lam2", "got 1"]),
+    # too few distinct frames: refused before the fit, naming the count
+    "fit-one-frame": ("fit", _fit(dataset="D/one.npz"), ["one.npz", "1 distinct frame(s)", "at least 10"]),
+    "fit-two-frames": ("fit", _fit(dataset="D/two.npz"), ["two.npz", "2 distinct frame(s)", "at least 10"]),
+    "fit-identical-frames": ("fit", _fit(dataset="D/same.npz"), ["same.npz", "1 distinct frame(s) among its 50"]),
+    "fit-five-folds-two-frames": ("fit", _fit("--folds", "5", "--lam2", "0.01", "0.1", dataset="D/two.npz"),
+                                  ["two.npz", "2 distinct frame(s)"]),
+    "fit-ten-folds-twelve-frames": ("fit", _fit("--folds", "10", "--lam2", "0.01", "0.1", dataset="D/twelve.npz"),
+                                    ["twelve.npz", "12 distinct frame(s)", "at least 20", "10 folds"]),
+    "fit-single-one-frame": ("fit", _fit("--method", "single", dataset="D/one.npz"), ["one.npz", "1 distinct"]),
+    "fit-nystrom-two-frames": ("fit", _fit("--method", "nystrom", dataset="D/two.npz"), ["two.npz", "2 distinct"]),
+    "map-optimal-one-frame": ("map", _with(_with(_map("--force-map", "optimal"), "--traj", "D/x1.npy"),
+                                           "--forces", "D/f1.npy"),
+                              ["optimal force map needs at least", "got 1"]),
+    # damaged fields of the files cgdml reads: the file and the field named
+    "fit-dataset-text-temperature": ("fit", _fit(dataset="D/cg_hot.npz"), ["cg_hot.npz", "'temperature'"]),
+    "fes-reference-text-temperature": ("fes", ["D/cg.h5", "--reference", "D/cg_hot.npz", "-o", "O/fes.png"],
+                                       ["cg_hot.npz", "'temperature'"]),
+    "sim-model-missing-masses": ("simulate", _sim("D/model_nomasses.npz"),
+                                 ["model_nomasses.npz", "missing field 'masses'"]),
+    "sim-model-text-temperature": ("simulate", _sim("D/model_hot.npz"), ["model_hot.npz", "'temperature'"]),
+    "sim-model-nan-coefficients": ("simulate", _sim("D/model_nan.npz"),
+                                   ["model_nan.npz", "'gdml/coefficients'", "NaN"]),
+    "fit-damaged-manifest": ("fit", _fit(out="D/badmanifest.npz"),
+                             ["badmanifest.npz.work/manifest.json", "missing field 'fingerprint'"]),
+    "fit-damaged-checkpoint": ("fit", _fit(out="D/badckpt.npz"),
+                               ["l1_s2_l1_f-1_m0.npz", "missing field 'final'", "delete it"]),
+    "sim-checkpoint-bad-rng-state": ("simulate", _sim("D/model.npz", "--checkpoint-every", "5", out="D/ck_rng.h5"),
+                                     ["ck_rng.h5.ckpt.npz", "'rng_state'"]),
+    "sim-checkpoint-missing-key": ("simulate", _sim("D/model.npz", "--checkpoint-every", "5", out="D/ck_novel.h5"),
+                                   ["ck_novel.h5.ckpt.npz", "missing field 'velocities'"]),
+    "fes-reference-bead-order": ("fes", ["D/cg.h5", "--reference", "D/cg_reversed.npz", "-o", "O/fes.png"],
+                                 ["cg_reversed.npz", "bead order"]),
+    # no command writes over a file another cgdml command wrote for another output, nor over a foreign file
+    "sim-sidecar-over-other-fit-summary": ("simulate", _sim("D/model.npz", out="D/fitted.h5"),
+                                           ["fitted.json", "fit summary of fitted.npz", "cgdml.fit"]),
+    "sim-sidecar-over-other-run": ("simulate", _sim("D/model.npz", out="D/other.h5"),
+                                   ["other.json", "sidecar of other.dcd", "cgdml.simulate"]),
+    "sim-sidecar-over-foreign-json": ("simulate", _sim("D/model.npz", out="D/notes.h5"),
+                                      ["notes.json", "not written by cgdml.simulate", "move or delete it"]),
+    "sim-over-foreign-trajectory": ("simulate", _sim("D/model.npz", out="D/cg.h5"), ["cg.h5", "no sidecar"]),
+    "fes-json-over-fit-summary": ("fes", ["D/cg.h5", "-o", "O/fes.png", "--json", "D/fitted.json"],
+                                  ["fitted.json", "fit summary of fitted.npz"]),
+    "fit-summary-over-other-run": ("fit", _fit(out="D/other.npz"), ["other.json", "sidecar of other.dcd"]),
+    "fit-over-dataset": ("fit", _fit(out="D/four.npz"), ["four.npz", "is a CG dataset, not a cgdml model"]),
+    "map-over-model": ("map", _map(out="D/model.npz"), ["model.npz", "is a cgdml model, not a CG dataset"]),
+    "map-over-foreign-npz": ("map", _map(out="D/raw.npz"), ["raw.npz", "not a file cgdml writes"]),
+    "map-pdb-over-foreign-pdb": ("map", _map(out="D/aa.npz"), ["aa.pdb", "not written by cgdml.map"]),
 }
 # outputs each case must leave absent (besides everything under its own directory O, checked to stay empty)
 OUTPUTS = {"map-unwritable-outdir": ["/proc/cgdml_test_cg.npz"],
@@ -312,18 +455,16 @@ def results(inputs, tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clean_line(results, inputs, name):
     r, o = results[name]
-    before = sorted(p.name for p in inputs.d.iterdir())
     assert_clean_failure(r, CASES[name][2], OUTPUTS.get(name, []))
     assert not list(o.iterdir()), f"{name} left {list(o.iterdir())} behind"
-    assert sorted(p.name for p in inputs.d.iterdir()) == before
-    if name.startswith(("sim-", "fit-")):
-        assert r.returncode == 2                                        # CgdmlError, not a crash
+    assert r.returncode == 2                                            # CgdmlError, not a crash
 
 
 def test_inputs_directory_is_untouched(results, inputs):
-    """No case wrote anything next to its inputs (temp files, checkpoints, work directories)."""
-    stray = [p.name for p in inputs.d.iterdir() if p.name.startswith(".") or p.name.endswith((".work", ".ckpt.npz"))]
-    assert not stray
+    """No case changed, removed or added a byte next to its inputs (outputs, sidecars, temp, lock and checkpoint
+    files, work directories), though many cases name outputs there."""
+    assert snapshot(inputs.d) == inputs.snapshot
+    assert sorted(p.name for p in inputs.d.rglob(".*")) == []
 
 
 def test_good_inputs_work(inputs, tmp_path):
@@ -413,8 +554,12 @@ def fit_data(inputs, tmp_path_factory):
 
 
 def _models_trained(stderr):
-    """Layer-1 and layer-2 GDML models trained in a run, from the totals its progress bars start with."""
-    return sum(int(n) for n in re.findall(r"(?:CV layer 1|layer 1|CV layer 2): +0%\|[^|\r\n]*\| 0/(\d+)", stderr))
+    """Layer-1 and layer-2 GDML models trained in a run, from its one overall progress bar ("fit: STAGE: ...| n/N"):
+    work found in the checkpoints is taken off its total, so the final n = N counts the trainings of this run."""
+    counts = re.findall(r"fit: [^|\r\n]*\|[^|\r\n]*\| (\d+)/(\d+)", stderr)
+    assert counts and counts[-1][0] == counts[-1][1], counts[-3:]
+    assert not re.search(r"(?:^|\r|\n)(?:CV layer 1|layer 1|CV layer 2):", stderr)   # no bar per stage
+    return int(counts[-1][1])
 
 
 def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
@@ -478,6 +623,8 @@ def test_killed_simulation_resumes_bit_for_bit(inputs, tmp_path):
     assert r.returncode == 0, r.stderr
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["timings"]["resumed_from_step"] >= 500
+    assert f"resuming from step {side['timings']['resumed_from_step']} of {ckpt}" in r.stderr, r.stderr
+    assert side["written_by"] == {"command": "cgdml.simulate", "output": "t.h5"}
     assert not ckpt.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     a, b = md.load(str(clean)), md.load(str(out))
     assert a.n_frames == 4 * 250
@@ -516,3 +663,201 @@ def test_simulate_warns_about_starts_far_from_training(inputs, tmp_path, capsys)
         run_cli(main, [str(inputs.d / "model.npz"), "-o", str(tmp_path / "own.h5"), "--replicas", "4",
                        "--steps", "20", "--save-every", "10", "--burn-in", "0", "--no-progress"])
     assert "start configurations" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- one run per output
+
+def _wait_for(path, proc, timeout=120):
+    t0 = time.monotonic()
+    while not Path(path).exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (status {proc.returncode}) early: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_the_same_output_is_refused(inputs, tmp_path):
+    """Two simulations on one -o: the second (even with another seed) exits 2 naming the process of the first,
+    and touches nothing: the first's checkpoint stays, and it resumes after a kill."""
+    out = tmp_path / "t.h5"
+    args = [inputs.d / "model.npz", "-o", out, "--replicas", 2, "--steps", 400000, "--save-every", 100,
+            "--checkpoint-every", 50, "--no-progress"]
+    first = subprocess.Popen(command("simulate", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO, env=ENV)
+    try:
+        _wait_for(Path(str(out) + ".ckpt.npz"), first)
+        lock = tmp_path / ".t.h5.lock"
+        assert lock.read_text().strip() == str(first.pid)
+        before = snapshot(tmp_path)
+        for seed in (0, 7):
+            r = run("simulate", *args, "--seed", seed)
+            assert_clean_failure(r, ["t.h5", f"another cgdml run (process {first.pid})", "wait for it"], [])
+            assert r.returncode == 2
+        assert first.poll() is None
+        files = lambda snap: {n for n in snap if ".tmp." not in n}     # noqa: E731 (the first run's come and go)
+        assert files(snapshot(tmp_path)) == files(before)              # nothing added or removed
+    finally:
+        first.kill()
+        first.wait()
+    # the lock died with its process: a rerun gets past it (to the checkpoint, written with other --steps)
+    r = run("simulate", *_with([str(a) for a in args], "--steps", "600"))
+    assert_clean_failure(r, ["t.h5.ckpt.npz", "different settings", "n_steps"], [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5.ckpt.npz"]
+
+
+def test_every_command_refuses_an_output_locked_by_another_run(inputs, tmp_path):
+    """The lock is taken by map, fit, simulate, fes, export and reference alike (here held by this process)."""
+    from cgdml._io import OutputLock
+
+    d = inputs.d
+    commands = {"map": [*_map(out=str(tmp_path / "cg.npz"))], "fit": _fit(out=str(tmp_path / "model.npz")),
+                "simulate": _sim(out=str(tmp_path / "t.h5")),
+                "fes": ["D/cg.h5", "-o", str(tmp_path / "fes.png"), "--json", str(tmp_path / "m.json")],
+                "export": ["D/model.npz", "-o", str(tmp_path / "omm")]}
+    locked = {"map": "cg.npz", "fit": "model.npz", "simulate": "t.h5", "fes": "m.json", "export": "omm"}
+    import importlib.util
+
+    if importlib.util.find_spec("openmm") is not None:            # reference locks its run directory
+        (tmp_path / "run").mkdir()
+        commands["reference"] = ["-o", str(tmp_path / "run"), "--ns", "0.001", "--equilibrate-ps", "0"]
+        locked["reference"] = "run"
+    for module, args in commands.items():
+        with OutputLock(tmp_path / locked[module]):
+            r = run(module, *[_resolve(a, d, tmp_path) for a in args])
+        assert_clean_failure(r, [locked[module], f"another cgdml run (process {os.getpid()})"], [])
+        assert r.returncode == 2, module
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if "reference" in commands else [])
+    assert not list((tmp_path / "run").iterdir()) if "reference" in commands else True
+
+
+def test_stale_temporary_files_are_removed_at_the_next_run(inputs, tmp_path):
+    """A final write (or a checkpoint) killed half-way leaves .NAME.XXXXXXXX.tmp.* files: the next run removes
+    them (under the output's lock), and leaves other files alone."""
+    stale = [tmp_path / ".t.h5.k3j5l_x0.tmp.h5", tmp_path / ".t.json.abcdefgh.tmp.json",
+             tmp_path / ".t.h5.ckpt.npz.zz9yy8xx.tmp.npz"]
+    keep = tmp_path / ".t.h5.notes"
+    for p in stale + [keep]:
+        p.write_bytes(b"partial")
+    r = run("simulate", *_sim(str(inputs.d / "model.npz"), out=str(tmp_path / "t.h5")))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.h5.notes", "t.h5", "t.json", "t.pdb"]
+
+
+def test_total_blowup_does_not_block_the_advised_rerun(inputs, tmp_path):
+    """All replicas blow up at a large --dt: the checkpoints of that run are discarded, so that the rerun with a
+    smaller --dt that the message advises runs (instead of failing with "different settings")."""
+    out = tmp_path / "t.h5"
+    args = [inputs.d / "model.npz", "-o", out, "--replicas", 8, "--steps", 200, "--save-every", 10, "--burn-in", 0,
+            "--checkpoint-every", 1, "--no-progress"]
+    r = run("simulate", *args, "--dt", "0.05")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: all 8 replicas blew up") and "reduce the time step" in last, r.stderr
+    assert all(line.startswith("warning: ") for line in r.stderr.strip().splitlines()[:-1]), r.stderr
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+    r = run("simulate", *args, "--dt", "0.002")
+    assert r.returncode == 0, r.stderr
+    assert "different settings" not in r.stderr
+    assert re.search(r"; [\d.]+k? replica-steps/s \([\d.]+k? steps/s\)", r.stdout), r.stdout   # never "0 steps/s"
+
+
+def test_one_frame_trajectory_has_no_bootstrap_interval(inputs, tmp_path):
+    """One model frame makes one bootstrap block: every resample is that frame, so the interval would have zero
+    width. fes reports it as undefined (a warning, no interval in the JSON) instead."""
+    js = tmp_path / "m.json"
+    r = run("fes", inputs.d / "one.h5", "--reference", inputs.d / "cg.npz", "-o", tmp_path / "fes.png", "--json", js)
+    assert r.returncode == 0, r.stderr
+    assert "bootstrap interval undefined" in r.stderr and "fewer than 2 blocks" in r.stderr, r.stderr
+    assert "bootstrap 95%" not in r.stdout
+    report = json.loads(js.read_text())
+    assert "bootstrap" not in report and "fewer than 2 blocks" in report["bootstrap_undefined"]
+    assert report["written_by"] == {"command": "cgdml.fes", "output": "m.json"}
+
+
+COMMANDS = ("map", "fit", "simulate", "fes", "reference", "export")
+
+
+def test_help_of_every_command_has_no_markup_and_explains_every_flag():
+    import importlib
+
+    for module in COMMANDS:
+        r = run(module, "--help")
+        assert r.returncode == 0, (module, r.stderr)
+        assert "``" not in r.stdout and not re.search(r":\w+:`", r.stdout), (module, r.stdout)
+        name = {"simulate": "cgdml.simulate.__main__", "fes": "cgdml.fes.__main__",
+                "reference": "cgdml.reference.__main__"}.get(module, f"cgdml.{module}")
+        parser = importlib.import_module(name).build_parser()
+        bare = [a.option_strings or a.dest for a in parser._actions if not (a.help or "").strip()]
+        assert not bare, f"{module}: no help for {bare}"
+
+
+def test_map_shows_progress_over_frames(inputs, tmp_path, monkeypatch, capsys):
+    """map reads trajectories chunk by chunk with a progress bar over frames (on stderr, for runs longer than
+    PROGRESS_DELAY_S; here at once), and none with --quiet."""
+    from cgdml import mapping
+    from cgdml.map import main
+
+    monkeypatch.setattr(mapping, "PROGRESS_DELAY_S", 0.0)
+    args = [_resolve(a, inputs.d, tmp_path) for a in _map("--chunk", "50")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"mapping: 100%.*200/200", err), err
+    assert main(args + ["--quiet"]) == 0
+    assert "mapping" not in capsys.readouterr().err
+
+
+_WORKERS = """
+import sys
+from cgdml.distributed import TaskRunner
+task = "import os, pathlib, time; pathlib.Path(sys.argv[1], str(os.getpid())).touch(); time.sleep(60)"
+with TaskRunner(n_jobs=2, progress=False) as runner:
+    for i, _ in runner.run([(exec, (task.replace("sys.argv[1]", repr(sys.argv[1])),))] * 2):
+        pass
+"""
+
+
+def _children(pid):
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid):
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_local_workers_do_not_outlive_their_parent(how, tmp_path):
+    """joblib/loky worker processes end within seconds when the parent is killed (SIGKILL: nothing can run in the
+    parent, the workers watch it) or interrupted (Ctrl-C: the parent kills them)."""
+    parent = subprocess.Popen([sys.executable, "-c", _WORKERS, str(tmp_path)], cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while len(list(tmp_path.iterdir())) < 2:                  # both tasks running, each in its worker
+        if parent.poll() is not None or time.monotonic() - t0 > 120:
+            parent.kill()
+            pytest.fail(f"the tasks did not start: {parent.communicate()}")
+        time.sleep(0.1)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    loky = [c for c in _children(parent.pid) if b"loky" in (Path("/proc") / str(c) / "cmdline").read_bytes()]
+    assert set(workers) <= set(loky)
+    parent.send_signal(how)
+    parent.wait(30)
+    t0 = time.monotonic()
+    while any(_alive(w) for w in loky) and time.monotonic() - t0 < 15:
+        time.sleep(0.2)
+    left = [w for w in loky if _alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"loky processes {left} outlived their parent (workers {workers})"

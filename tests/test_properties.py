@@ -1,5 +1,6 @@
-"""Property tests (hypothesis): rigid motions, reflections, bead permutations, bead-count mismatches and
-random or damaged bytes as model files."""
+"""Property tests (hypothesis): rigid motions, reflections, bead permutations, bead-count mismatches, random or
+damaged bytes as model files, and random damage to every file cgdml reads (datasets, models, GDML models,
+simulation checkpoints, fit checkpoints and manifests)."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -210,3 +211,161 @@ def test_model_files_with_wrong_entries_load_cleanly_or_fail_cleanly(model, tmp_
     path = tmp_path / "edited.npz"
     np.savez(path, **{**arrays, key: value})
     _load_cleanly(path, CGModel.load, configurations(9, n=2))
+
+
+# ------------------------------------------------------------------------------------------------ every loader
+# Random damage (truncated bytes, missing keys, wrong dtypes, NaN, wrong shapes) fed to every loader of a file
+# cgdml reads: the result is a working object or ONE line of CgdmlError that names the file, never another
+# exception (no traceback on the command line).
+
+def _wrong(value, how):
+    a = np.asarray(value)
+    if how == "text":
+        return np.array("hot")
+    if how == "nan":
+        b = a.astype(np.float64) if a.dtype.kind in "fiub" else np.array(np.nan)
+        if b.size:
+            b.reshape(-1)[0] = np.nan
+        return b
+    if how == "inf":
+        return np.full(a.shape, np.inf)
+    if how == "shape":
+        return a.reshape(-1)[:-1] if a.size > 1 else np.zeros((2, 2, 2))
+    if how == "transpose":
+        return a.T.copy() if a.ndim > 1 else a[None]
+    if how == "empty":
+        return np.zeros((0,) + a.shape[1:], dtype=a.dtype)
+    if how == "int":
+        return a.astype(np.int64) if a.dtype.kind == "f" else np.array(3)
+    if how == "float":
+        return a.astype(np.float64) + 0.5 if a.dtype.kind in "iub" else np.array(0.5)
+    if how == "bool":
+        return np.ones(a.shape, dtype=bool)
+    if how == "complex":
+        return a.astype(np.complex128) if a.dtype.kind in "fiu" else np.array(1j)
+    if how == "negative":
+        return -np.abs(a) if a.dtype.kind in "fi" else np.array(-1)
+    raise ValueError(how)
+
+
+HOW = ["drop", "text", "nan", "inf", "shape", "transpose", "empty", "int", "float", "bool", "complex", "negative"]
+damages = st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(HOW)), min_size=1, max_size=3)
+
+
+def _damaged(arrays, plan):
+    out = dict(arrays)
+    keys = sorted(out)
+    for index, how in plan:
+        key = keys[index % len(keys)]
+        if how == "drop":
+            out.pop(key, None)
+        elif key in out:
+            out[key] = _wrong(out[key], how)
+    return out
+
+
+def _write(path, arrays, cut=None):
+    np.savez(path, **arrays)
+    if cut is not None:
+        raw = path.read_bytes()
+        path.write_bytes(raw[: int(cut * len(raw))])
+    return path
+
+
+def _clean(call, path):
+    """``call()``: its result, or None after a one-line CgdmlError naming ``path``; anything else fails."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return call()
+    except CgdmlError as exc:
+        message = str(exc)
+        assert "\n" not in message and str(path) in message, message
+        return None
+
+
+@pytest.fixture(scope="module")
+def files(model, tmp_path_factory):
+    """Arrays of a CG dataset, a model, a GDML model, a simulation checkpoint and a fit checkpoint, as written."""
+    from cgdml.data import CGDataset
+    from cgdml.simulate import simulate
+
+    m, path = model
+    d = tmp_path_factory.mktemp("files")
+    R = configurations(2, n=30)
+    CGDataset(R, -300.0 * (R - BASE), m.bead_names, 300.0, m.topology_pdb, masses=m.masses).save(d / "data.npz")
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def forces(X):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise Stop
+        return -300.0 * (X - BASE)
+
+    with pytest.raises(Stop):
+        simulate(forces, R[:3], checkpoint=d / "run.ckpt.npz", checkpoint_every=3, **SIMULATION)
+    arrays = {}
+    for name, p in (("dataset", d / "data.npz"), ("model", path), ("gdml", path.with_name("gdml.npz")),
+                    ("checkpoint", d / "run.ckpt.npz")):
+        with np.load(p) as z:
+            arrays[name] = dict(z)
+    arrays["fit"] = {"held": np.zeros((3, 5, 3), np.float32), "mean": np.ones((4, 5, 3), np.float32)}
+    return arrays, R[:3]
+
+
+SIMULATION = dict(masses=np.full(5, 12.0), temperature=300.0, dt=0.001, n_steps=12, save_every=2,
+                  integrator="langevin", friction=1.0, seed=4, progress=False)
+
+
+@FAST
+@given(plan=damages, cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+       which=st.sampled_from(["dataset", "model", "gdml", "checkpoint", "fit"]))
+def test_every_loader_gives_an_object_or_one_clean_line(files, tmp_path, plan, cut, which):
+    from cgdml._io import WorkCache
+    from cgdml.data import CGDataset
+    from cgdml.model import CGModel, GDMLModel
+    from cgdml.simulate import simulate
+
+    arrays, x0 = files
+    if which == "checkpoint":
+        path = _write(tmp_path / "run.ckpt.npz", _damaged(arrays[which], plan), cut)
+        result = _clean(lambda: simulate(lambda X: -300.0 * (X - BASE), x0, checkpoint=path, checkpoint_every=3,
+                                         **SIMULATION), path)
+        assert result is None or result.frames.shape == (6, 3, 5, 3)
+        return
+    if which == "fit":
+        cache = WorkCache(tmp_path / "work", "fp")
+        path = _write(tmp_path / "work" / "l1_x.npz", _damaged(arrays[which], plan), cut)
+        result = _clean(lambda: cache.get("l1_x", {"held": (3, 5, 3), "mean": (4, 5, 3)}), path)
+        assert result is None or (result["held"].shape == (3, 5, 3) and np.isfinite(result["mean"]).all())
+        return
+    path = _write(tmp_path / f"{which}.npz", _damaged(arrays[which], plan), cut)
+    loader = {"dataset": CGDataset.load, "model": CGModel.load, "gdml": GDMLModel.load}[which]
+    loaded = _clean(lambda: loader(path), path)
+    if loaded is None or which == "dataset":
+        return
+    R = configurations(9, n=2)
+    out = _clean(lambda: loaded.forces(R) if which == "model" else loaded.predict_forces(R), path)
+    assert out is None or out.shape == R.shape
+
+
+@FAST
+@given(text=st.one_of(st.text(max_size=60), st.sampled_from(['{}', '[]', '{"fingerprint": 3}', '"fp"', 'null',
+                                                             '{"fingerprint": "other"}', '{"fingerprint": "fp"',
+                                                             '\x00\xff'])))
+def test_fit_manifest_damage_is_one_clean_line(tmp_path, text):
+    from cgdml._io import WorkCache
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    (work / "manifest.json").write_bytes(text.encode("utf-8", errors="surrogatepass"))
+    try:
+        WorkCache(work, "fp")
+    except CgdmlError as exc:
+        assert "\n" not in str(exc) and str(work) in str(exc)

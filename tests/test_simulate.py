@@ -211,6 +211,73 @@ def test_bond_blowup_and_all_blown_up():
                  save_every=10, integrator="overdamped", friction=1.0, blowup=test, progress=False)
 
 
+def test_total_blowup_discards_the_checkpoint(tmp_path):
+    """A checkpoint of a run in which every replica blew up is of no use and would block the advised rerun with a
+    smaller dt ("different settings"): it is discarded, and one left by an older cgdml is discarded on load."""
+    from cgdml.simulate import AllBlownUp
+
+    def stretch(R):                                                    # the bond passes 0.5 nm in ~30 steps
+        F = np.zeros_like(R)
+        F[:, 1, 0] = 1e2
+        return F
+
+    ckpt = tmp_path / "run.ckpt.npz"
+    kw = dict(masses=[12.0, 12.0], temperature=T, n_steps=1000, save_every=10, integrator="overdamped",
+              friction=1.0, blowup=bond_blowup([[0, 1]], 0.5), progress=False, checkpoint=ckpt, checkpoint_every=10)
+    with pytest.warns(UserWarning), pytest.raises(AllBlownUp, match=r"all 3 replicas blew up.*discarded its "
+                                                                    r"checkpoint .*run.ckpt.npz"):
+        simulate(stretch, np.zeros((3, 2, 3)), dt=0.002, **kw)
+    assert not ckpt.exists()
+    res = simulate(lambda R: np.zeros_like(R), np.zeros((3, 2, 3)), dt=0.001, **{**kw, "blowup": None})  # rerun
+    assert res.alive.all() and res.timings["resumed_from_step"] is None
+
+    # a checkpoint without a live replica (an older cgdml kept them): discarded with a warning, not resumed
+    x0, ckpt = sample_start(4, 2), tmp_path / "old.ckpt.npz"
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=100, save_every=10, integrator="langevin",
+              friction=1.0, progress=False, checkpoint=ckpt, checkpoint_every=20)
+    with pytest.raises(Interrupt):
+        simulate(interrupting(double_well_forces, 50), x0, **kw)
+    with np.load(ckpt) as z:
+        arrays = dict(z)
+    np.savez(ckpt, **{**arrays, "alive": np.zeros(4, dtype=bool)})
+    with pytest.warns(UserWarning, match="discarded this checkpoint: every replica in it had blown up"):
+        res = simulate(double_well_forces, x0, **{**kw, "dt": 0.005})
+    assert res.timings["resumed_from_step"] is None and res.alive.all()
+
+
+def test_progress_bar_moves_by_wall_time(monkeypatch, capsys):
+    """With many replicas a step takes long: the bar is updated every PROGRESS_S seconds of wall time, not every
+    so many steps, so it moves even when 50 steps take minutes."""
+    import time
+
+    from cgdml import simulate as sim
+
+    monkeypatch.setattr(sim, "PROGRESS_S", 0.05)
+
+    def slow(R):                                                       # 40 steps in ~2 s: tqdm prints every 0.5 s
+        time.sleep(0.05)
+        return double_well_forces(R)
+
+    simulate(slow, sample_start(2, 2), masses=MASSES, temperature=T, dt=0.01, n_steps=40, save_every=10,
+             integrator="langevin", friction=1.0, progress=True)
+    shown = {int(n) for n in __import__("re").findall(r"\| *(\d+)/40 ", capsys.readouterr().err)}
+    assert len(shown - {0, 40}) >= 2, shown
+
+
+def test_resume_says_so(tmp_path, caplog):
+    import logging
+
+    x0 = sample_start(4, 2)
+    ckpt = tmp_path / "run.ckpt.npz"
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=100, save_every=10, integrator="langevin",
+              friction=1.0, progress=False, checkpoint=ckpt, checkpoint_every=20)
+    with pytest.raises(Interrupt):
+        simulate(interrupting(double_well_forces, 50), x0, **kw)
+    with caplog.at_level(logging.INFO, logger="cgdml.simulate"):
+        simulate(double_well_forces, x0, **kw)
+    assert f"resuming from step 40 of {ckpt}" in caplog.text
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(dt=0.0), "dt must be > 0"), (dict(n_steps=0), "n_steps"), (dict(friction=-1.0), "friction"),
     (dict(integrator="verlet"), "integrator"), (dict(masses=[1.0]), "masses"),

@@ -159,6 +159,16 @@ def _check_bootstrap(n, n_boot, block):
     return block
 
 
+def bootstrap_undefined(n, block):
+    """Why a block bootstrap of ``n`` frames in blocks of ``block`` has no interval (fewer than 2 blocks: every
+    resample is the same frames, a zero-width interval that would claim certainty), else None."""
+    block = max(1, n // 50) if block is None else int(block)
+    if n // max(block, 1) < 2:
+        return (f"{n} model frame(s) in blocks of {block} make fewer than 2 blocks, so every resample is the same "
+                "frames")
+    return None
+
+
 def _summary(point, samples):
     v = np.asarray(samples, dtype=np.float64)
     std = float(v.std(ddof=1))
@@ -192,6 +202,9 @@ def bootstrap_metrics(cv_model, cv_ref, n_boot=200, block=None, bins=36, range=N
     """
     cv_model, cv_ref = _as_cv(cv_model), _as_cv(cv_ref)
     block = _check_bootstrap(len(cv_model), n_boot, block)
+    why = bootstrap_undefined(len(cv_model), block)
+    if why:
+        raise CgdmlError(f"no bootstrap interval: {why}")
     edges = _edges(bins, range, cv_ref.shape[1])
     h_ref = _counts(cv_ref, edges)
     idx_model = _bin_index(cv_model, edges)
@@ -576,6 +589,7 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
     Returns {"panels": [entry, ...], "mean": {...}} where each entry has ``label``, ``cvs`` (plain names),
     ``range`` and ``periodic`` per dimension, ``metrics`` (:func:`compare_fes`), ``noise_floor``
     (:func:`split_half_floor`), ``bootstrap`` (:func:`bootstrap_metrics`, when ``n_boot``),
+    ``bootstrap_undefined`` (why, instead of ``bootstrap``, when the model frames make fewer than 2 blocks),
     ``model_outside_range`` (fraction of model frames outside the histogram range: ignored by the metric) and,
     for a residue's (phi, psi), ``residue`` and ``phi_positive``. ``mean`` averages fes_rmse and js over the
     panels, with the mean floor and, when ``n_boot``, a bootstrap of the mean over the same resamples. Without a
@@ -612,6 +626,11 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
     mean["n_panels"] = len(scored)
     if n_boot:
         block = _check_bootstrap(len(idx_models[0]), n_boot, block)
+    why = bootstrap_undefined(len(idx_models[0]), block) if n_boot else None
+    if why:        # reported as undefined, not as a zero-width interval
+        for e in scored + [mean]:
+            e["bootstrap_undefined"] = why
+    elif n_boot:
         draws = _bootstrap_draws(idx_models, h_refs, n_boot, block, seed)
         for e, d in zip(scored, draws):
             e["bootstrap"] = {k: _summary(e["metrics"][k], v) for k, v in d.items()}

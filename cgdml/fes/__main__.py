@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, refuse_to_overwrite, run_cli
+from .._cli import (ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, positive_int, run_cli,
+                    with_provenance)
 from .._io import CgdmlError, check_output, save_json
 from . import (as_cg_topology, compare_panels, landscape_panels, parse_cvs, plot_landscapes,
                topology_distributions)
@@ -51,11 +52,12 @@ def _load_trajectories(paths, top):
 
 
 log = logging.getLogger("cgdml.fes")
+COMMAND = "cgdml.fes"
 
 
-def _topology(trajs, ref):
+def _topology(trajs, ref, traj_path=None, ref_path=None):
     """The bead graph the CVs are taken from: the reference dataset's (the one the model was fitted on) when
-    there is one, checked against the trajectory's; else the trajectory's."""
+    there is one, checked against the trajectory's; else the trajectory's. Messages name both files."""
     traj_top = trajs[0].topology
     if ref is None:
         return as_cg_topology(traj_top)
@@ -63,12 +65,12 @@ def _topology(trajs, ref):
     names = [a.name for a in traj_top.atoms]
     if names != list(topo.names):
         first = next(i for i, (a, b) in enumerate(zip(names, topo.names)) if a != b)
-        raise CgdmlError(f"the trajectory's bead {first} is {names[first]!r}, the reference's "
-                         f"{topo.names[first]!r}: the bead order of trajectory and reference differ")
+        raise CgdmlError(f"{ref_path}: the reference's bead {first} is {topo.names[first]!r}, the trajectory "
+                         f"{traj_path}'s {names[first]!r}: the bead order of trajectory and reference differ")
     bonds = {tuple(sorted((a.index, b.index))) for a, b in traj_top.bonds}
     if bonds != {tuple(b) for b in topo.bonds.tolist()}:
-        warnings.warn("the trajectory's bonds differ from the reference's CG topology; the CVs and bond/angle "
-                      "distributions follow the reference's topology")
+        warnings.warn(f"the bonds of the trajectory {traj_path} differ from those of the reference {ref_path}; "
+                      "the CVs and bond/angle distributions follow the reference's CG topology")
     return topo
 
 
@@ -96,7 +98,7 @@ def _print_entry(prefix, e):
                       "range of this landscape and are not counted by the metric")
 
 
-def main(argv=None):
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.fes", description=(
         "Free-energy landscapes of CG trajectories (by default the (phi, psi) of every residue), optionally "
         "compared with a reference CG dataset: FES RMSE (kT) and Jensen-Shannon divergence per landscape and "
@@ -108,7 +110,7 @@ def main(argv=None):
                         "label ALA2), dihedral:0,1,2,3, angle:0,1,2, distance:0,13 (bead indices); repeat for "
                         "more landscapes. Default: (phi, psi) of every residue; without backbone the graph's "
                         "one or two dihedrals, else a 2D TICA projection")
-    p.add_argument("--lagtime", type=int, default=None,
+    p.add_argument("--lagtime", type=positive_int, default=None,
                    help="TICA lag time in frames (molecules without backbone; default: a few frames)")
     p.add_argument("--top", help="topology file (e.g. .pdb) for trajectory formats without one")
     p.add_argument("--bins", type=int, default=36, help="bins per dimension (default 36; dihedrals on "
@@ -119,7 +121,11 @@ def main(argv=None):
     p.add_argument("-o", "--output", required=True, help="plot file (.png, .pdf, .svg)")
     p.add_argument("--json", help="write the metrics to this JSON file")
     add_verbosity_arguments(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     configure_logging(a)
     if a.bins < 2:
         raise CgdmlError(f"--bins must be >= 2, got {a.bins}")
@@ -138,7 +144,14 @@ def main(argv=None):
         raise CgdmlError(f"{out}: plot must end in .png, .pdf or .svg")
     for path in [out] + ([Path(a.json)] if a.json else []):
         check_output(path)
-    refuse_to_overwrite([out, a.json], [a.traj, a.reference, a.top])
+    if a.json and Path(a.json).resolve() == out.resolve():
+        raise CgdmlError(f"{a.json}: --json and -o name the same file")
+    with claim_outputs(COMMAND, [out, a.json], sidecars={a.json: a.json} if a.json else None,
+                       inputs=[a.traj, a.reference, a.top]):
+        return _fes(a, out, cvs)
+
+
+def _fes(a, out, cvs):
     if a.top is not None and not Path(a.top).exists():
         raise CgdmlError(f"{a.top}: no such topology file")
 
@@ -151,7 +164,7 @@ def main(argv=None):
         if ref.n_beads != trajs[0].n_atoms:
             raise CgdmlError(f"{a.reference}: reference has {ref.n_beads} beads, trajectories have "
                              f"{trajs[0].n_atoms}")
-    topo = _topology(trajs, ref)
+    topo = _topology(trajs, ref, a.traj[0], a.reference)
     xyz_list = [t.xyz.astype(np.float64) for t in trajs]
     ref_xyz = None if ref is None else ref.coords
     panels = landscape_panels(xyz_list, topo, ref_xyz, cvs, lagtime=a.lagtime)
@@ -165,8 +178,15 @@ def main(argv=None):
     report = {"trajectories": [str(t) for t in a.traj], "n_frames": n_frames, "cv": cv_name, "bins": a.bins,
               "topology": topo.describe()}
     log.info("landscapes: %s", "; ".join(pn.label for pn in panels))
-    results = compare_panels(panels, a.bins, a.n_boot if ref is not None else 0, a.block)
+    try:
+        results = compare_panels(panels, a.bins, a.n_boot if ref is not None else 0, a.block)
+    except CgdmlError as exc:
+        raise CgdmlError(f"{a.reference}: {exc}" if ref is not None and "bootstrap" not in str(exc)
+                         else str(exc)) from None
     report["panels"] = results["panels"]
+    why = (results["mean"] or {}).get("bootstrap_undefined")
+    if why:
+        warnings.warn(f"bootstrap interval undefined: {why}; give more frames or a shorter --block (or --n-boot 0)")
     if ref is not None:
         report.update(reference=str(a.reference), n_ref_frames=int(ref.n_frames), mean=results["mean"])
         single = len(panels) == 1
@@ -175,7 +195,7 @@ def main(argv=None):
         if single:
             e = results["panels"][0]
             report.update(metrics=e["metrics"], noise_floor=e["noise_floor"])
-            for key in ("bootstrap", "phi_positive"):
+            for key in ("bootstrap", "bootstrap_undefined", "phi_positive"):
                 if key in e:
                     report[key] = e[key]
         else:
@@ -186,7 +206,7 @@ def main(argv=None):
     distributions = topology_distributions(topo, np.concatenate(xyz_list), ref_xyz) if ref is not None else []
     plot_landscapes(out, panels, a.bins, results if ref is not None else None, distributions)
     if a.json:
-        save_json(a.json, report)
+        save_json(a.json, with_provenance(report, COMMAND, a.json))
     print(f"wrote {out}" + (f" and {a.json}" if a.json else ""))
     return 0
 

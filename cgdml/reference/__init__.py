@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, atomic_path, load_npz, save_json, save_npz
+from .._io import CgdmlError, OutputLock, atomic_path, load_npz, remove_stale_temps, save_json, save_npz
 from ..units import check_temperature
 
 # Capped alanine dipeptide (L-alanine, extended backbone), AMBER atom names, Angstrom.
@@ -285,7 +285,12 @@ class _Run:
         return i
 
 
+COMMAND = "cgdml.reference"
+
+
 def _check_settings(run_json, settings):
+    provenance = {"command": COMMAND, "output": run_json.parent.name}
+    settings = {"written_by": provenance, **settings}
     if not run_json.exists():
         save_json(run_json, settings)
         return
@@ -293,6 +298,12 @@ def _check_settings(run_json, settings):
         old = json.loads(run_json.read_text())
     except (OSError, ValueError) as exc:
         raise CgdmlError(f"{run_json}: unreadable run settings ({exc})") from None
+    if not isinstance(old, dict):
+        raise CgdmlError(f"{run_json}: not the run settings of a cgdml reference run (JSON {type(old).__name__}); "
+                         "use a new output directory")
+    if "written_by" in old and (not isinstance(old["written_by"], dict) or
+                                old["written_by"].get("command") != COMMAND):
+        raise CgdmlError(f"{run_json}: written by {old['written_by']}, not by {COMMAND}; use a new output directory")
     # a run.json from before --sequence and --gb: the dipeptide, with implicit/obc2.xml's CustomGBForce
     legacy = {"sequence": DIPEPTIDE, "gb": "custom" if old.get("solvent") == "implicit" else None}
     diff = [f"{k} {old.get(k, legacy.get(k))!r} vs {settings[k]!r}" for k in _IDENTITY
@@ -314,7 +325,6 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
     ``name`` defaults to :func:`default_name`.
     """
     import openmm
-    from openmm import unit
 
     temperature = check_temperature(temperature)
     sequence = check_sequence(sequence)
@@ -341,6 +351,17 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CgdmlError(f"{outdir}: cannot create the run directory ({exc.strerror or exc})") from None
+    with OutputLock(outdir):              # one run per directory; held until the assembled files are written
+        remove_stale_temps(outdir)        # left inside by a run killed while writing
+        return _run(outdir, plan, settings, plat, props, topology, positions, system, n_solute, solvent, temperature,
+                    friction_per_ps, timestep_fs, seed, equilibrate_ps, name, progress, log)
+
+
+def _run(outdir, plan, settings, plat, props, topology, positions, system, n_solute, solvent, temperature,
+         friction_per_ps, timestep_fs, seed, equilibrate_ps, name, progress, log):
+    import openmm
+    from openmm import unit
+
     _check_settings(outdir / "run.json", settings)
 
     if solvent == "explicit":

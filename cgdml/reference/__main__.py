@@ -2,11 +2,11 @@
 positions and forces (the library is :mod:`cgdml.reference`)."""
 from __future__ import annotations
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli
+from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli, seed_int
 from ..reference import GB_MODELS, run_reference
 
 
-def main(argv=None):
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
     p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
@@ -15,24 +15,32 @@ def main(argv=None):
     p.add_argument("--sequence", default="A",
                    help="one-letter amino acids between ACE and NME caps (default A: alanine dipeptide; "
                         "AAA: ACE-ALA-ALA-ALA-NME; other than A needs the peptides extra)")
-    p.add_argument("--solvent", choices=("implicit", "explicit"), default="implicit")
+    p.add_argument("--solvent", choices=("implicit", "explicit"), default="implicit",
+                   help="implicit (OBC2 generalised Born, default) or explicit (TIP3P water box, barostat)")
     p.add_argument("--gb", choices=GB_MODELS, default=None,
                    help="implicit-solvent OBC2 GB as implicit/obc2.xml's CustomGBForce (custom) or OpenMM's native "
                         "GBSAOBCForce with the same parameters (native, ~3x faster); default custom for --sequence "
                         "A, native otherwise")
-    p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--platform", default="CPU")
+    p.add_argument("--seed", type=seed_int, default=2024, help="seed of the velocities and the Langevin noise, >= 0 "
+                   "(default 2024)")
+    p.add_argument("--platform", default="CPU", help="OpenMM platform: CPU (default), CUDA, OpenCL or Reference")
     p.add_argument("--threads", type=int, default=1, help="CPU platform threads (default 1)")
     p.add_argument("--chunk-ns", type=float, default=1.0, help="ns per chunk file (default 1)")
-    p.add_argument("--timestep-fs", type=float, default=4.0)
+    p.add_argument("--timestep-fs", type=float, default=4.0, help="time step in fs (default 4, with hydrogen mass "
+                   "repartitioning and constrained bonds to H)")
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
     p.add_argument("--hydrogen-mass", type=float, default=4.0, help="repartitioned H mass in amu (default 4)")
-    p.add_argument("--equilibrate-ps", type=float, default=100.0)
+    p.add_argument("--equilibrate-ps", type=float, default=100.0, help="equilibration after minimisation, not saved, "
+                   "in ps (default 100)")
     p.add_argument("--name", default=None,
                    help="base name of the assembled files (default ala2_SOLVENT_TK for A, else ace-SEQ-nme_SOLVENT_TK)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbosity_arguments(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     configure_logging(a)
     pdb, npz = run_reference(a.output, ns=a.ns, save_every_ps=a.save_every_ps, temperature=a.temperature,
                              solvent=a.solvent, seed=a.seed, platform=a.platform, threads=a.threads,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,8 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, atomic_path, load_npz, save_npz
+from .._io import CgdmlError, Fields, as_array, as_int, as_json, atomic_path, load_npz, save_npz
 from ..units import kT as thermal_energy
+
+log = logging.getLogger(__name__)
+PROGRESS_S = 1.0  # the progress bar is updated at least this often (seconds of wall time)
+
+
+class AllBlownUp(CgdmlError):
+    """Every replica blew up (a :class:`CgdmlError`: the message advises a smaller time step)."""
 
 INTEGRATORS = ("overdamped", "langevin")
 MAX_COORD = 1e6  # nm; a coordinate beyond this (or NaN) is a blow-up: trajectories are stored as float32
@@ -96,23 +104,66 @@ def _fingerprint(**settings):
     return json.dumps(settings, sort_keys=True)
 
 
-def _load_checkpoint(path, fingerprint, shape, n_save, save_velocities):
+def _load_checkpoint(path, fingerprint, shape, n_save, save_velocities, n_steps, save_every):
+    """The state saved in the checkpoint ``path`` of a run with these settings, checked field by field; None
+    when it holds no live replica (it is then discarded, with a warning). A checkpoint of other settings, or a
+    damaged one, is a one-line :class:`CgdmlError` naming the file (and the field)."""
     z = load_npz(path, "simulation checkpoint")
-    if "settings_json" not in z or "positions" not in z:
+    f = Fields(z)
+    if "settings_json" not in f or "positions" not in f:
         raise CgdmlError(f"{path}: not a cgdml simulation checkpoint")
-    if int(z.get("format_version", 0)) != CHECKPOINT_VERSION:
-        raise CgdmlError(f"{path}: checkpoint format version {int(z.get('format_version', 0))} is not "
-                         f"{CHECKPOINT_VERSION}; delete it to start afresh")
-    old, new = json.loads(str(z["settings_json"])), json.loads(fingerprint)
+    n_rep = shape[0]
+    try:
+        version = f.get("format_version", as_int, 0)
+        if version != CHECKPOINT_VERSION:
+            raise CgdmlError(f"{path}: checkpoint format version {version} is not {CHECKPOINT_VERSION}; delete it "
+                             "to start afresh")
+        old = f.get("settings_json", as_json)
+        alive = f.get("alive", lambda v: as_array(v, "b", ndim=1))
+    except CgdmlError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise CgdmlError(f"{path}: damaged simulation checkpoint: {exc}; delete it to start afresh") from None
+    if not alive.any():
+        warnings.warn(f"{path}: discarded this checkpoint: every replica in it had blown up; starting afresh",
+                      stacklevel=3)
+        Path(path).unlink(missing_ok=True)
+        return None
+    new = json.loads(fingerprint)
     if old != new:
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         shown = ", ".join(f"{k}: {old.get(k)!r} vs now {new.get(k)!r}" if k not in ("x0_sha256", "masses")
                           else k for k in keys)
         raise CgdmlError(f"{path}: checkpoint was written with different settings ({shown}); "
                          "rerun with the original settings or delete the checkpoint")
-    if z["positions"].shape != shape or z["frames"].shape[1:] != shape or len(z["frames"]) > n_save:
-        raise CgdmlError(f"{path}: checkpoint arrays do not match the run (positions {z['positions'].shape})")
-    return z
+    try:
+        if alive.shape != (n_rep,):
+            raise CgdmlError(f"damaged field 'alive' (shaped {alive.shape}, expected ({n_rep},))")
+        state = {"alive": alive}
+        state["step"] = step = f.get("step", as_int)
+        if not 0 <= step <= n_steps:
+            raise CgdmlError(f"damaged field 'step' ({step}, not in 0..{n_steps})")
+        for name in ("positions", "velocities", "forces"):
+            state[name] = f.get(name, lambda v: as_array(v, "f", shape=shape))
+        state["stopped_at"] = f.get("stopped_at", lambda v: as_array(v, "i", shape=(n_rep,)))
+        k = step // save_every
+        frame_shape = (k, *shape)
+        if k > n_save:
+            raise CgdmlError(f"damaged field 'step' ({step}: more frames than the run saves)")
+        names = ("frames", "velocity_frames") if save_velocities else ("frames",)
+        for name in names:
+            state[name] = f.get(name, lambda v: as_array(v, "f", shape=frame_shape, finite=False, dtype=np.float32))
+        state["rng_state"] = f.get("rng_state", _rng_state)
+    except CgdmlError as exc:
+        raise CgdmlError(f"{path}: damaged simulation checkpoint: {exc}; delete it to start afresh") from None
+    return state
+
+
+def _rng_state(value):
+    """A numpy Generator state (JSON text) that a fresh default_rng accepts."""
+    state = as_json(value)
+    np.random.default_rng().bit_generator.state = state      # raises for a damaged state
+    return state
 
 
 def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, integrator="overdamped",
@@ -135,18 +186,29 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     kwargs = dict(masses=masses, temperature=temperature, dt=dt, n_steps=n_steps, save_every=save_every,
                   integrator=integrator, friction=friction, checkpoint_every=checkpoint_every, blowup=blowup,
                   save_velocities=save_velocities)
-    if indexed_forces:
-        if n_groups != 1 or scheduler is not None:
-            raise CgdmlError("indexed_forces needs a single replica group")
-        rows = np.arange(len(x0))
-        return _simulate_one(lambda R, idx=slice(None): force_fn(R, rows[idx]), x0, seed=seed,
-                             checkpoint=checkpoint, progress=progress, checkpoint_tag=checkpoint_tag,
-                             indexed=True, **kwargs)
-    if n_groups == 1 and scheduler is None:
-        return _simulate_one(force_fn, x0, seed=seed, checkpoint=checkpoint, progress=progress,
-                             checkpoint_tag=checkpoint_tag, **kwargs)
-    return _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs, scheduler,
-                            kwargs)
+    try:
+        if indexed_forces:
+            if n_groups != 1 or scheduler is not None:
+                raise CgdmlError("indexed_forces needs a single replica group")
+            rows = np.arange(len(x0))
+            return _simulate_one(lambda R, idx=slice(None): force_fn(R, rows[idx]), x0, seed=seed,
+                                 checkpoint=checkpoint, progress=progress, checkpoint_tag=checkpoint_tag,
+                                 indexed=True, **kwargs)
+        if n_groups == 1 and scheduler is None:
+            return _simulate_one(force_fn, x0, seed=seed, checkpoint=checkpoint, progress=progress,
+                                 checkpoint_tag=checkpoint_tag, **kwargs)
+        return _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs,
+                                scheduler, kwargs)
+    except AllBlownUp as exc:
+        # a checkpoint of a run that ended in total blow-up is of no use, and would block the advised rerun
+        # with a smaller time step ("different settings"): discard it
+        if checkpoint is None:
+            raise
+        dropped = [p for p in group_checkpoints(checkpoint, int(n_groups)) if p.exists()]
+        for path in dropped:
+            path.unlink(missing_ok=True)
+        note = f"; discarded its checkpoint {', '.join(map(str, dropped))}" if dropped else ""
+        raise AllBlownUp(f"{exc}{note}") from None
 
 
 def group_checkpoints(checkpoint, n_groups):
@@ -211,7 +273,7 @@ def _merge_groups(results, wall):
                       for r, off in zip(results, offsets) for b in r.blowups), key=lambda b: (b["step"], b["replica"]))
     alive = np.concatenate([r.alive for r in results])
     if not alive.any():
-        raise CgdmlError(f"all {len(alive)} replicas blew up (last at step {max(b['step'] for b in blowups)}); "
+        raise AllBlownUp(f"all {len(alive)} replicas blew up (last at step {max(b['step'] for b in blowups)}); "
                          "reduce the time step or check the model")
     if blowups:
         shown = ", ".join(f"{b['replica']} (step {b['step']})" for b in blowups[:20])
@@ -292,17 +354,20 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
     t_force = 0.0
     t_start = time.perf_counter()
 
+    z = None
     if checkpoint is not None and Path(checkpoint).exists():
-        z = _load_checkpoint(checkpoint, fingerprint, x0.shape, n_save, save_velocities)
+        z = _load_checkpoint(checkpoint, fingerprint, x0.shape, n_save, save_velocities, n_steps, save_every)
+    if z is not None:
         x, v, F = z["positions"].copy(), z["velocities"].copy(), z["forces"].copy()
         step = int(z["step"])
-        rng.bit_generator.state = json.loads(str(z["rng_state"]))
+        rng.bit_generator.state = z["rng_state"]
         alive[:], stopped_at[:] = z["alive"], z["stopped_at"]
         k = len(z["frames"])
         frames[:k] = z["frames"]
         if save_velocities:
             vframes[:k] = z["velocity_frames"]
         resumed_from = step
+        log.info("resuming from step %d of %s%s", step, checkpoint, f" ({desc})" if desc else "")
     else:
         x, step, resumed_from = x0, 0, None
         if integrator == "langevin":
@@ -318,7 +383,7 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
         if blowup is not None:
             bad |= np.asarray(blowup(x), dtype=bool)
         if bad.all() and not all_may_blow_up:
-            raise CgdmlError("every start configuration gives non-finite forces or fails the blow-up test")
+            raise AllBlownUp("every start configuration gives non-finite forces or fails the blow-up test")
         alive[bad], stopped_at[bad] = False, 0
         F[bad] = 0.0
 
@@ -337,6 +402,7 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
         bar = tqdm(total=n_steps, initial=step, unit="step", desc=desc or f"simulate {n_rep} replicas",
                    mininterval=0.5)
     start_step = step
+    shown_at = time.perf_counter()
     try:
         while step < n_steps and alive.any():
             step += 1
@@ -371,7 +437,7 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
                 warnings.warn(f"replica(s) {', '.join(map(str, ids))} blew up at step {step} (NaN/inf or "
                               f"stretched bond) and were stopped; {alive.sum()} of {n_rep} continue", stacklevel=2)
                 if not alive.any() and not all_may_blow_up:
-                    raise CgdmlError(f"all {n_rep} replicas blew up (last at step {step}); reduce the time step "
+                    raise AllBlownUp(f"all {n_rep} replicas blew up (last at step {step}); reduce the time step "
                                      "or check the model")
             elif isinstance(idx, slice):
                 x, v, F = xn, vn, Fn
@@ -389,8 +455,9 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
                          rng_state=np.array(json.dumps(rng.bit_generator.state)), alive=alive,
                          stopped_at=stopped_at, frames=frames[:k], settings_json=np.array(fingerprint),
                          format_version=np.int64(CHECKPOINT_VERSION), **extra)
-            if bar is not None and (step % 50 == 0 or step == n_steps):
-                bar.update(step - bar.n)                                    # tqdm costs ~50 us per call
+            if bar is not None and (step == n_steps or time.perf_counter() - shown_at >= PROGRESS_S):
+                shown_at = time.perf_counter()                              # by wall time: with many replicas
+                bar.update(step - bar.n)                                    # a step takes long
                 if blowups:
                     bar.set_postfix(alive=int(alive.sum()), refresh=False)
     finally:

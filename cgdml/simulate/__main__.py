@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, refuse_to_overwrite, run_cli
+from .._cli import (ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, pdb_with_provenance,
+                    run_cli, seed_int, with_provenance)
 from .._io import CgdmlError, atomic_path, check_output, save_json
 from . import DEFAULTS, INTEGRATORS, bond_blowup, group_checkpoints, simulate, start_configurations, write_trajectory
+
+COMMAND = "cgdml.simulate"
 
 
 def _file_sha256(path):
@@ -24,7 +27,17 @@ def _file_sha256(path):
     return h.hexdigest()
 
 
-def main(argv=None):
+def rate(x):
+    """A rate with 3 significant digits and a k/M suffix: 0.512, 41.3, 12.6k, 3.40M."""
+    if not x == x or x in (float("inf"), float("-inf")):
+        return "n/a"
+    for factor, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.simulate", description=(
         "Run batched Langevin simulations of a fitted CG model and write one mdtraj trajectory (all replicas, "
         "one after another) plus a JSON sidecar. Interrupted runs resume when the same command is rerun."))
@@ -45,7 +58,7 @@ def main(argv=None):
     p.add_argument("--friction", type=float, default=None,
                    help="friction gamma in 1/ps (default 1 for langevin, 1000 for overdamped)")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the model's temperature)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed, >= 0 (default 0)")
     p.add_argument("--start", default=None, help="CG dataset (.npz) to draw start frames from "
                    "(default: the model's training sample)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints "
@@ -64,17 +77,26 @@ def main(argv=None):
                    "or a scheduler file (checkpoints need a file system the workers share)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbosity_arguments(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     configure_logging(a)
 
     out = Path(a.output)
     if out.suffix.lower() not in (".h5", ".dcd", ".xtc"):
         raise CgdmlError(f"{out}: output must end in .h5, .dcd or .xtc")
     check_output(out)
-    refuse_to_overwrite([out, out.with_suffix(".pdb"), out.with_suffix(".json")], [a.model, a.start])
-    if out.with_suffix(".json").resolve() == Path(a.model).with_suffix(".json").resolve():
-        raise CgdmlError(f"{out}: its sidecar {out.with_suffix('.json')} would overwrite the fit summary of "
-                         f"{a.model}; give the trajectory another name")
+    pdb, side, ckpt = out.with_suffix(".pdb"), out.with_suffix(".json"), Path(str(out) + ".ckpt.npz")
+    fit_summary = Path(a.model).with_suffix(".json")
+    with claim_outputs(COMMAND, [out], sidecars={pdb: out, side: out}, kinds={out: "trajectory"},
+                       inputs=[a.model, a.start], temps=group_checkpoints(ckpt, a.tasks),
+                       reserved={fit_summary: f"the fit summary of {a.model}"}):
+        return _simulate(a, out, pdb, side, ckpt)
+
+
+def _simulate(a, out, pdb, side, ckpt):
     if a.temperature is not None and not a.temperature > 0:
         raise CgdmlError(f"--temperature must be > 0 K, got {a.temperature:g}")
     dt = DEFAULTS[a.integrator]["dt"] if a.dt is None else a.dt
@@ -124,7 +146,6 @@ def main(argv=None):
     model.warn_if_out_of_range(x0, what=f"start configurations (from {a.start or a.model})")
     blowup = bond_blowup(model.bond_pairs, a.blowup_factor * model.max_bond_length) \
         if len(model.bond_pairs) else None
-    ckpt = Path(str(out) + ".ckpt.npz")
     settings = {"model": str(a.model), "replicas": a.replicas, "steps": a.steps, "dt_ps": dt,
                 "save_every": a.save_every, "integrator": a.integrator, "friction_per_ps": friction,
                 "temperature_K": float(temperature), "seed": a.seed, "start": a.start, "burn_in_steps": burn_in,
@@ -149,21 +170,21 @@ def main(argv=None):
     model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
     topology = model.cg_topology
     counts = write_trajectory(out, result, topology.to_mdtraj(), dt, burn_in // a.save_every)
-    with atomic_path(out.with_suffix(".pdb")) as tmp:  # the CG topology for VMD, PyMOL and fes --top (.dcd, .xtc)
-        tmp.write_text(topology.to_pdb(result.positions[int(np.argmax(result.alive))]))
+    with atomic_path(pdb) as tmp:  # the CG topology for VMD, PyMOL and fes --top (.dcd, .xtc)
+        tmp.write_text(pdb_with_provenance(topology.to_pdb(result.positions[int(np.argmax(result.alive))]),
+                                           COMMAND, out))
     t = result.timings
     sidecar = {"trajectory": out.name, "settings": settings, "n_replicas": a.replicas,
                "frames_per_replica": counts.tolist(), "n_frames": int(counts.sum()),
                "frame_time_ps": a.save_every * dt, "blowups": result.blowups,
                "n_blown_up": int((~result.alive).sum()), "timings": t,
                "ns_per_day_per_replica": (t["steps_per_s"] * dt * 86400 / 1000) if t["steps"] else None}
-    save_json(out.with_suffix(".json"), sidecar)
+    save_json(side, with_provenance(sidecar, COMMAND, out))
     for path in group_checkpoints(ckpt, a.tasks):
         path.unlink(missing_ok=True)
-    for stale in ckpt.parent.glob(f".{out.name}.ckpt.*.tmp.npz"):   # left by a run killed while checkpointing
-        stale.unlink(missing_ok=True)
     print(f"wrote {out} ({int(counts.sum())} frames from {a.replicas} replicas, {sidecar['n_blown_up']} blown up) "
-          f"with {out.with_suffix('.pdb')} and {out.with_suffix('.json')}; {t['steps_per_s']:.0f} steps/s")
+          f"with {pdb} and {side}; {rate(t['replica_steps_per_s'])} replica-steps/s "
+          f"({rate(t['steps_per_s'])} steps/s)")
     return 0
 
 
