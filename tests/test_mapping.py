@@ -1,5 +1,4 @@
 """CG maps: consistency conditions, aggregate/optimal force maps, com/cog weights, presets, errors."""
-import textwrap
 
 import mdtraj as md
 import numpy as np
