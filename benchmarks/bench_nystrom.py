@@ -7,28 +7,31 @@ spread on the forces). sigma 4 nm^-1, lam 0.3 (relative), random inducing frames
 
 Part 1 (per iteration): the time of ``NormalEquations.matvec`` (best of a few calls), which is all of one CG
 iteration apart from an (m r)^2 preconditioner solve, for the previous two-pass implementation (``before``: the
-forward pass K_Nm a, then the adjoint K_mN over chunks through ``kernels.hessian_apply``, reproduced below) and the
-fused pass (``after``, float64 and float32). Flops are counted from the shapes with the issue's model, 12 N m n_desc
-per iteration (three GEMMs of N m n_desc per direction, two directions, 2 flops per multiply-add), the same count
-for every implementation. (The previous code performs 312 flops per frame-inducing pair for n_desc = 18, the fused
-pass 270 in float64 or float32, so their achieved flop rates are 1.44x and 1.25x these nominal rates.) The dgemm
-(and sgemm) rate of a 4000 x 4000 product on all cores is measured right before and after each row, and GFLOP/s
-are given as a fraction of the better of the two dgemm measurements.
+forward pass K_Nm a, then the adjoint K_mN chunk by chunk through ``kernels.hessian_apply``, reproduced below) and
+the fused pass (``after``, float64 and float32). Flops are counted from the shapes with the issue's model,
+12 N m n_desc per iteration (three GEMMs of N m n_desc per direction, two directions, 2 flops per multiply-add), the
+same count for every implementation. The dgemm (and sgemm) rate of a 4000^3 product on all cores is measured right
+before and after each row; the fraction is GFLOP/s over the better of the two dgemm rates.
 
-Part 2 (iterations): real fits (setup = rhs + preconditioner; then PCG to tol 1e-4) at N = 100k, before (the
-previous preconditioner with s = 2m sampled frames) and after (the default s of ``default_precond_frames``),
-and the final model's forces of the float32 fit against the float64 fit (relative RMS and max over 2000 frames).
+Part 2 (iterations): the fit's linear algebra (setup = preconditioner + rhs, then PCG to tol 1e-4) at N = 100k and
+1M for m = 500 and 1000: before (the previous preconditioner, s = 2m sampled frames) and after (s =
+``default_precond_frames``; float64, and float32 with float64 refinement), and the fitted forces against the float64
+fit and against the converged solution.
 
-Run: ``python benchmarks/bench_nystrom.py [--quick] [--fit-1m]``. --quick: N = 50k only, fits at 20k (under 2
-minutes); --fit-1m: also the whole ``NystromGDML.fit`` at N = 1M, m = 500 (and m = 1000 with --fit-1m-1000).
-Writes benchmarks/results/bench_nystrom.md (not with --quick unless --write).
+Part 3 (``--fit-1m 500,1000``): whole ``NystromGDML.fit`` runs at N = 1M, each in its own process (wall time and
+peak memory).
+
+Run: ``python benchmarks/bench_nystrom.py [--quick] [--fit-1m 500,1000]`` (about an hour on the shared 2-core
+machine; --quick: N = 30k and m = 300 only, under 2 minutes). Writes benchmarks/results/bench_nystrom.md
+(with --quick only if --write is given).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ import numpy as np
 from cgdml import kernels
 from cgdml.gdml import dihedral_quads
 from cgdml.nystrom import (NormalEquations, NystromGDML, ReducedFrames, SampledPreconditioner, choose_inducing,
-                           default_precond_frames, pcg)
+                           default_precond_frames, pcg, refine)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_nystrom.md"
 SIGMA, LAM = 4.0, 0.3
@@ -137,115 +140,152 @@ def per_iteration(frames_by_n, ms, repeat, say):
     return rows
 
 
-def solve(frames, m, s, dtype=np.float64, seed=0, cache=None):
-    """One fit's linear algebra: (setup s, iterations, CG s, residual, coefficients, system). ``cache`` keeps
-    the preconditioner's lambda-free factors per (m, s) (they do not depend on the dtype); a cached setup is
-    timed as the first one's."""
+def solve(frames, m, s, dtype=np.float64, seed=0, cache=None, tol=1e-4, x0=None):
+    """One fit's linear algebra, as ``NystromGDML.fit`` does it (float32: float32 CG, then float64 refinement).
+
+    Returns dict(setup, k, cg, res, refinements, x) and the float64 system. ``cache`` keeps the preconditioner's
+    lambda-free factors per (m, s), which do not depend on the dtype; a cached setup is timed as the first one.
+    """
     idx = choose_inducing(frames.n_frames, m, method="random", seed=seed)
-    system = NormalEquations(frames, idx, SIGMA, LAM * frames.mean_diag(SIGMA), dtype=dtype)
+    system = NormalEquations(frames, idx, SIGMA, LAM * frames.mean_diag(SIGMA))
+    fast = NormalEquations(frames, idx, SIGMA, system.lam, dtype=np.float32) if dtype == np.float32 else system
     cache = {} if cache is None else cache
     t = time.perf_counter()
     if (m, s) not in cache:
         sample = np.sort(np.random.default_rng([seed, 0x9C]).choice(frames.n_frames, s, replace=False))
-        cache[m, s] = SampledPreconditioner.factor(system, sample), None
+        base = SampledPreconditioner.factor(system, sample)
+        cache[m, s] = base, time.perf_counter() - t
     base, factor_s = cache[m, s]
-    t_factor = time.perf_counter() - t
-    cache[m, s] = base, t_factor if factor_s is None else factor_s
     t = time.perf_counter()
     precond = SampledPreconditioner(base, system.lam)
     b = system.rhs()
-    setup = cache[m, s][1] + time.perf_counter() - t
+    setup = factor_s + time.perf_counter() - t
     t = time.perf_counter()
-    x, k, res = pcg(system.matvec, b, precond, tol=1e-4, maxiter=500)
-    return setup, k, time.perf_counter() - t, res, x, system
+    x, k, res = pcg(fast.matvec, b, precond, x0=x0, tol=tol, maxiter=1000)
+    n_ref = 0
+    if fast is not system:
+        x, k2, res, n_ref = refine(system.matvec, fast.matvec, b, precond, x, tol, 1000 - k)
+        k += k2
+    return dict(setup=setup, k=k, cg=time.perf_counter() - t, res=res, refinements=n_ref, x=x), system
 
 
-def iterations(frames, ms, t_iter, say, cache=None):
-    """Fits before (s = 2m) and after (default s; float64 and float32), with the float32 model's force error."""
+def iterations(frames, ms, t_iter, say, converged=True):
+    """Fits before (s = 2m) and after (default s; float64 and float32) for each m, with force differences."""
     from cgdml.model import GDMLModel
 
     rows = []
     n = frames.n_frames
     R_test = shipped_tiled(2000, seed=7)[0]
+    rel = lambda f, ref: (np.sqrt(np.mean((f - ref) ** 2) / np.mean(ref ** 2)),  # noqa: E731
+                          np.abs(f - ref).max() / np.abs(ref).max())
     for m in ms:
+        cache = {}
         s_new = default_precond_frames(n, m, frames.D.shape[1], frames.r)
-        models = {}
+        forces = {}
         for label, s, dtype in (("before", 2 * m, np.float64), ("after, float64", s_new, np.float64),
                                 ("after, float32", s_new, np.float32)):
             load = load_str()
-            setup, k, cg, res, x, system = solve(frames, m, s, dtype, cache=cache)
-            models[label] = GDMLModel(system.Dm, system.coefficients(x), SIGMA, frames.quads, frames.chiral_scale,
-                                      0.0, frames.n_beads)
-            per = t_iter.get((n, m, label)) or cg / max(k, 1)
-            rows.append(dict(n=n, m=m, impl=label, s=s, setup=setup, k=k, cg=cg, res=res, per=per, load=load))
-            say(f"  N={n:,} m={m} {label}: s={s}, setup {setup:.1f} s, {k} iterations ({cg:.1f} s), "
-                f"residual {res:.1e} (load {load})")
-        f64 = models["after, float64"].predict_forces(R_test)
-        for label in ("after, float32", "before"):
-            d = models[label].predict_forces(R_test) - f64
-            rows[-1 if label == "after, float32" else -3].update(
-                rms=np.sqrt(np.mean(d ** 2) / np.mean(f64 ** 2)), mx=np.abs(d).max() / np.abs(f64).max())
+            out, system = solve(frames, m, s, dtype, cache=cache)
+            forces[label] = GDMLModel(system.Dm, system.coefficients(out["x"]), SIGMA, frames.quads,
+                                      frames.chiral_scale, 0.0, frames.n_beads).predict_forces(R_test)
+            per = t_iter.get((n, m, label))
+            rows.append(dict(n=n, m=m, impl=label, s=s, per=per, load=load, **out))
+            say(f"  N={n:,} m={m} {label}: s={s}, setup {out['setup']:.1f} s, {out['k']} iterations "
+                f"({out['cg']:.1f} s, {out['refinements']} refinements), residual {out['res']:.1e} (load {load})")
+        if converged:  # the after-float64 fit continued to tol 1e-8: how far each fit is from the exact solution
+            out, system = solve(frames, m, s_new, cache=cache, tol=1e-8, x0=rows[-2]["x"])
+            exact = GDMLModel(system.Dm, system.coefficients(out["x"]), SIGMA, frames.quads, frames.chiral_scale,
+                              0.0, frames.n_beads).predict_forces(R_test)
+        for row in rows[-3:]:
+            row["vs64"] = rel(forces[row["impl"]], forces["after, float64"])
+            row["vs_exact"] = rel(forces[row["impl"]], exact) if converged else None
+            del row["x"]
     return rows
 
 
-def full_fit(frames, m, dtype, say):
+def one_fit(n, m, dtype):
+    """Child process of part 3: build the frames and run NystromGDML.fit; prints one JSON line."""
+    t = time.perf_counter()
+    frames = make_frames(n)
+    t_frames = time.perf_counter() - t
     est = NystromGDML(n_inducing=m, sigma=SIGMA, lam=LAM, inducing="random", dtype=dtype)
-    load = load_str()
     t = time.perf_counter()
     est.fit(None, None, frames=frames)
-    wall = time.perf_counter() - t
     tm = est.timings_
-    row = dict(n=frames.n_frames, m=m, dtype=np.dtype(dtype).name, wall=wall, setup=tm["setup_s"], cg=tm["cg_s"],
-               k=est.cg_iterations_, res=est.residual_, rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    print(json.dumps(dict(n=n, m=m, dtype=dtype, frames_s=t_frames, fit_s=time.perf_counter() - t,
+                          setup_s=tm["setup_s"], cg_s=tm["cg_s"], k=est.cg_iterations_, res=est.residual_,
+                          s=default_precond_frames(n, m, frames.D.shape[1], frames.r))))
+
+
+def full_fit(n, m, dtype, say):
+    """Part 3: one whole fit in its own process, so that its peak RSS is its own."""
+    load = load_str()
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--one-fit", str(n), str(m), dtype], stdout=subprocess.PIPE,
+                            text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out = proc.stdout.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"fit N={n} m={m} failed: {out[-2000:]}")
+    row = dict(json.loads(out.strip().splitlines()[-1]), wall=time.perf_counter() - t, rss=usage.ru_maxrss / 1e6,
                load=load)
-    say(f"  NystromGDML.fit N={frames.n_frames:,} m={m} {row['dtype']}: {wall:.0f} s (setup {row['setup']:.0f} s, "
-        f"{row['k']} iterations in {row['cg']:.0f} s), peak RSS {row['rss']:.2f} GB (load {load})")
+    say(f"  NystromGDML.fit N={n:,} m={m} {dtype}: frames {row['frames_s']:.0f} s + fit {row['fit_s']:.0f} s "
+        f"(setup {row['setup_s']:.0f} s, {row['k']} iterations in {row['cg_s']:.0f} s), peak RSS {row['rss']:.2f} GB "
+        f"(load {load})")
     return row
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="N = 50k and fits at 20k (under 2 minutes)")
-    p.add_argument("--fit-1m", action="store_true", help="also NystromGDML.fit on 1M frames with m = 500")
-    p.add_argument("--fit-1m-1000", action="store_true", help="and with m = 1000 (about 7 GB)")
-    p.add_argument("--sizes", default=None, help="part 1 frame counts, comma separated (default 100000,1000000)")
-    p.add_argument("--write", action="store_true", help="write the results file even with --quick")
-    a = p.parse_args(argv)
-    sizes = [int(v) for v in a.sizes.split(",")] if a.sizes else [50_000] if a.quick else [100_000, 1_000_000]
     global GEMM_N
-    ms = [500] if a.quick else [500, 1000]
-    fit_ms = [200] if a.quick else ms
-    n_fit = 20_000 if a.quick else 100_000
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="N = 30k and m = 300 only (under 2 minutes)")
+    p.add_argument("--sizes", default=None, help="part 1 frame counts, comma separated (default 100000,1000000)")
+    p.add_argument("--fit-sizes", default=None, help="part 2 frame counts (default 100000,1000000)")
+    p.add_argument("--fit-ms-1m", default="500", help="part 2's m at N = 1M (default %(default)s: m = 1000 there "
+                   "takes most of an hour on the shared machine, its whole fit is in part 3)")
+    p.add_argument("--fit-1m", default="", help="part 3: whole fits at N = 1M for these m, comma separated "
+                   "(e.g. 500,1000; m = 1000 needs about 7 GB)")
+    p.add_argument("--dtype", default="float64", help="part 3's dtype")
+    p.add_argument("--write", action="store_true", help="write the results file even with --quick")
+    p.add_argument("--one-fit", nargs=3, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.one_fit:
+        one_fit(int(a.one_fit[0]), int(a.one_fit[1]), a.one_fit[2])
+        return 0
+    ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
+    sizes = ints(a.sizes) if a.sizes else [30_000] if a.quick else [100_000, 1_000_000]
+    fit_sizes = ints(a.fit_sizes) if a.fit_sizes else [30_000] if a.quick else [100_000, 1_000_000]
+    ms = [300] if a.quick else [500, 1000]
     repeat = 2 if a.quick else 3
     GEMM_N = 2000 if a.quick else 4000
-    lines = []
 
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    def say(text=""):
+        print(text, flush=True)
 
     t0 = time.perf_counter()
     out = [f"# Nyström GDML iteration benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
            f"{os.cpu_count()} cores{', quick' if a.quick else ''})", "",
-           f"Load average (1/5/15 min) at start: {load_str()} on a shared machine: compare within a row, whose "
-           "dgemm rate is measured right before and after it.", ""]
+           f"Load average (1/5/15 min) at start: {load_str()} on a shared machine: compare within a row (part 1 "
+           "measures its dgemm rate right before and after each row).", ""]
     frames = {}
-    for n in sorted(set(sizes) | {n_fit}):
+    for n in sorted(set(sizes) | set(fit_sizes)):
         t = time.perf_counter()
         frames[n] = make_frames(n)
         say(f"frames N={n:,}: {time.perf_counter() - t:.0f} s")
     say("Part 1: per-iteration cost")
     rows = per_iteration({n: frames[n] for n in sizes}, ms, repeat, say)
     t_iter = {(r["n"], r["m"], r["impl"].split(" (")[0]): r["t"] for r in rows}
-    t_iter.update({(r["n"], r["m"], "before"): r["t"] for r in rows if r["impl"].startswith("before")})
     say("Part 2: iterations to tol 1e-4")
-    fit_rows = iterations(frames[n_fit], fit_ms, t_iter, say, cache={})
-    full_rows = []
-    if a.fit_1m or a.fit_1m_1000:
-        big = frames.get(1_000_000) or make_frames(1_000_000)
-        for m in ([500] if a.fit_1m else []) + ([1000] if a.fit_1m_1000 else []):
-            full_rows.append(full_fit(big, m, np.float64, say))
+    warm = NormalEquations(frames[fit_sizes[0]], np.arange(20), SIGMA, 1.0)  # compile before timing setups
+    SampledPreconditioner(SampledPreconditioner.factor(warm, np.arange(40)), 1.0)
+    fit_rows = []
+    for n in fit_sizes:
+        fit_rows += iterations(frames[n], ms if n < 1_000_000 else ints(a.fit_ms_1m), t_iter, say,
+                               converged=n <= 100_000)
+    frames.clear()
+    full_rows = [full_fit(1_000_000, m, a.dtype, say) for m in ints(a.fit_1m)]
 
+    nd = 18
     out += ["## 1. One CG iteration (the normal-equation product)", "",
             "| frames N | inducing m | implementation | s per iteration | GFLOP per iteration | GFLOP/s | "
             "dgemm GFLOP/s (same run) | fraction of dgemm | speed-up | max rel. diff vs before | load |",
@@ -254,30 +294,37 @@ def main(argv=None):
         out.append(f"| {r['n']:,} | {r['m']} | {r['impl']} | {r['t']:.3f} | {r['flops'] / 1e9:.1f} | "
                    f"{r['gflops']:.1f} | {r['dgemm']:.0f} | {r['gflops'] / r['dgemm']:.2f} | {r['speedup']:.2f}x | "
                    f"{r['err']:.1e} | {r['load']} |")
-    out += ["", f"GFLOP = 12 N m n_desc / 1e9 (n_desc = {frames[sizes[0]].D.shape[1]}), the same nominal count for "
-            f"every row; fraction = GFLOP/s over the dgemm rate ({GEMM_N}^3, all cores, best of the measurements before "
-            "and after the row). sgemm rates of the same run: " +
-            ", ".join(sorted({f"{r['sgemm']:.0f}" for r in rows})) + " GFLOP/s.", "",
-            f"## 2. Iterations to tol 1e-4 (N = {n_fit:,}, sigma {SIGMA:g}, lam {LAM:g})", "",
+    out += ["", f"GFLOP = 12 N m n_desc / 1e9 (n_desc = {nd}), the same nominal count for every row (the two-pass "
+            "code executes 1.44x as many flops, the fused pass 1.25x); fraction = GFLOP/s over the dgemm rate "
+            f"({GEMM_N}^3, all cores, the better of the measurements right before and after the row). sgemm rates "
+            "in the same run: " + ", ".join(f"{r['sgemm']:.0f}" for r in rows[::3]) + " GFLOP/s.", "",
+            f"## 2. Iterations to tol 1e-4 (sigma {SIGMA:g}, lam {LAM:g})", "",
             "| frames N | inducing m | fit | preconditioner frames s | setup (s) | CG iterations | CG (s) | "
-            "s per iteration (part 1) | setup + iterations x part-1 time (s) | force diff vs after-float64: rel. RMS "
-            "/ max | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "s per iteration (part 1) | setup + iterations x part-1 time (s) | forces vs after-float64: rel. RMS / "
+            "max | forces vs converged: rel. RMS / max | load |", "|---" * 12 + "|"]
+    pair = lambda v: "-" if v is None else f"{v[0]:.1e} / {v[1]:.1e}"  # noqa: E731
     for r in fit_rows:
-        diff = f"{r['rms']:.1e} / {r['mx']:.1e}" if "rms" in r else "-"
+        per = r["per"] if r["per"] is not None else r["cg"] / max(r["k"], 1)
         out.append(f"| {r['n']:,} | {r['m']} | {r['impl']} | {r['s']} | {r['setup']:.1f} | {r['k']} | {r['cg']:.1f} | "
-                   f"{r['per']:.3f} | {r['setup'] + r['k'] * r['per']:.1f} | {diff} | {r['load']} |")
-    out += ["", "Before: the previous preconditioner (s = 2m sampled frames) and the two-pass product; after: "
-            "s = default_precond_frames(N, m) and the fused pass. Per-iteration times are taken from part 1 where "
-            "it has the same N (so the before row costs its iterations at the previous speed); otherwise the CG time "
-            "over the iterations. Force differences: the model's forces on 2000 other tiled frames against the "
-            "float64 fit with the same inducing frames, relative RMS and max |diff| / max |F|."]
+                   f"{per:.3f} | {r['setup'] + r['k'] * per:.0f} | {pair(r['vs64'])} | {pair(r['vs_exact'])} | "
+                   f"{r['load']} |")
+    out += ["", "Before: the previous preconditioner (s = 2m sampled frames) and the previous product, whose iterates "
+            "are the fused pass's to 1e-14, so the CG runs with the fused pass and its iterations are costed at "
+            "part 1's two-pass time; after: s = default_precond_frames(N, m). float32: float32 CG, then float64 "
+            "refinement (the iteration count includes its inner iterations, plus one float64 product per step). "
+            "The estimate column is setup + iterations x part-1 time, so rows compare at the same machine load. "
+            "Forces: the fitted model on 2000 other tiled frames against the float64 fit, and against that fit "
+            "continued to tol 1e-8 (N <= 100k only), relative RMS and max |diff| / max |F|."]
     if full_rows:
-        out += ["", "## 3. Whole fits (NystromGDML.fit, descriptors built beforehand)", "",
-                "| frames N | inducing m | dtype | wall (s) | setup (s) | CG iterations | CG (s) | peak RSS (GB) | "
-                "load |", "|---|---|---|---|---|---|---|---|---|"]
+        out += ["", "## 3. Whole fits at 1M frames (NystromGDML.fit in its own process)", "",
+                "| frames N | inducing m | dtype | s | descriptors (s) | fit (s) | setup (s) | CG iterations | CG (s) "
+                "| descriptors + fit (min) | peak RSS (GB) | load |", "|---" * 12 + "|"]
         for r in full_rows:
-            out.append(f"| {r['n']:,} | {r['m']} | {r['dtype']} | {r['wall']:.0f} | {r['setup']:.0f} | {r['k']} | "
-                       f"{r['cg']:.0f} | {r['rss']:.2f} | {r['load']} |")
+            out.append(f"| {r['n']:,} | {r['m']} | {r['dtype']} | {r['s']} | {r['frames_s']:.0f} | {r['fit_s']:.0f} | "
+                       f"{r['setup_s']:.0f} | {r['k']} | {r['cg_s']:.0f} | {(r['frames_s'] + r['fit_s']) / 60:.1f} | "
+                       f"{r['rss']:.2f} | {r['load']} |")
+        out += ["", "Descriptors: tiling the shipped data and building the reduced frames (what the command line "
+                "does after loading); fit: setup, CG and the model."]
     out += ["", f"Total benchmark time {(time.perf_counter() - t0) / 60:.1f} min; load at end {load_str()}."]
     print("\n".join(out))
     if not a.quick or a.write:
