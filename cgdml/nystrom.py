@@ -357,6 +357,7 @@ class NystromGDML(BaseEstimator):
                 cache.clear()  # one sigma at a time: each entry holds 2 (m r)^2 floats
                 cache[key] = base
         precond = SampledPreconditioner(base, self.lam_)
+        del base  # (G, K_mm): 2 (m r)^2 doubles that CG does not need (a ``cache`` keeps its own reference)
         b = system.rhs()
         self.timings_["setup_s"] = time.perf_counter() - t
         ckpt = self._checkpoint_path(frames, idx)
