@@ -114,6 +114,17 @@ def assemble(D, W, sigma, Dc=None, Wc=None, out=None):
     return out
 
 
+@nb.njit(cache=True, parallel=True)
+def mirror_lower(A):
+    """A[j, i] = A[i, j] for all i < j, in place: the upper triangle copied onto the lower one (of the array's
+    index space, whatever its memory order). No index arrays, so no memory beyond A itself."""
+    n = A.shape[0]
+    for b in nb.prange((n + 63) // 64):
+        for j in range(b * 64, min(n, b * 64 + 64)):
+            for i in range(j):
+                A[j, i] = A[i, j]
+
+
 # ------------------------------------------------------------------------------------------------ BLAS form
 class TrainTables:
     """Training-side matrices for batched prediction with GEMMs (built once per fitted model).
@@ -224,6 +235,255 @@ def hessian_apply(Dx, tab, energy=False, chunk=256, n_threads=None):
     g = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     E = (np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]) if energy else None
     return g, E
+
+
+# ------------------------------------------------------------------------- fused normal-equation pass
+# exp(x) for x <= 0 as 2^k p(f), x = k ln2 + f, |f| <= ln2/2, p the degree-12 Taylor polynomial (truncation
+# error below 2e-16): unlike numba's scalar libm call it vectorises, so the pair coefficients cost one pass.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # Cody-Waite split of ln 2
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@nb.njit(cache=True, inline="always")
+def _exp_taylor(f):
+    p = 1.0 / 479001600.0
+    p = p * f + 1.0 / 39916800.0
+    p = p * f + 1.0 / 3628800.0
+    p = p * f + 1.0 / 362880.0
+    p = p * f + 1.0 / 40320.0
+    p = p * f + 1.0 / 5040.0
+    p = p * f + 1.0 / 720.0
+    p = p * f + 1.0 / 120.0
+    p = p * f + 1.0 / 24.0
+    p = p * f + 1.0 / 6.0
+    p = p * f + 0.5
+    p = p * f + 1.0
+    return p * f + 1.0
+
+
+_FAST = {"nnan", "ninf", "nsz", "contract"}  # no reassociation: it would undo the Cody-Waite reduction
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _scale_rows(L, E, j, scale, kc1, kc2, one, forward):
+    """Second half of the pair coefficients of row j: e = E scale, then c1' (row 2j), t (row 2j+1) and c2' (E),
+    constants in L's precision. One array per loop: loops that mix rows of L with E do not vectorise (the
+    compiler cannot rule out aliasing)."""
+    a, b, e = L[2 * j], L[2 * j + 1], E[j]
+    for i in range(e.size):
+        e[i] *= scale[i]
+    for i in range(e.size):
+        a[i] = kc1 * (one + a[i]) * e[i]
+    if forward:
+        for i in range(e.size):
+            b[i] *= kc2 * e[i]
+    for i in range(e.size):
+        e[i] *= kc2
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FAST)
+def _pair_coeffs(L, E, kc1, kc2, bits, forward):
+    """Matérn pair coefficients of a tile, in place.
+
+    L (2m, B): row 2j holds a^2 r_ji^2 and becomes c1' = kc1 (1 + a r) e; row 2j+1 holds d.v and becomes
+    t = c2' (d.v) when ``forward``. E (m, B) <- c2' = kc2 e, with e = exp(-a r). ``bits`` (B,) int64 scratch.
+    L and E are float64.
+    """
+    m, B = E.shape
+    scale = bits.view(np.float64)
+    for j in range(m):
+        for i in range(B):
+            ar = np.sqrt(max(L[2 * j, i], 0.0))
+            x = max(-ar, -700.0)
+            k = np.floor(x * _LOG2E + 0.5)
+            E[j, i] = _exp_taylor((x - k * _LN2_HI) - k * _LN2_LO)
+            bits[i] = (np.int64(k) + 1023) << 52  # 2^k
+            L[2 * j, i] = ar
+        _scale_rows(L, E, j, scale, kc1, kc2, 1.0, forward)
+
+
+# float32 variant: degree-7 Taylor polynomial (truncation error 5e-9, below float32 rounding), 2^k from int32 bits,
+# every constant float32 so that the loops run 16 lanes wide.
+_F = np.float32
+_F_LOG2E, _F_LN2_HI, _F_LN2_LO = _F(1.4426950408889634), _F(0.693359375), _F(-2.12194440e-4)
+_F_XMIN, _F_HALF, _F_ONE, _F_ZERO = _F(-87.0), _F(0.5), _F(1.0), _F(0.0)
+_F_C = (_F(1 / 5040), _F(1 / 720), _F(1 / 120), _F(1 / 24), _F(1 / 6))
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FAST)
+def _pair_coeffs32(L, E, kc1, kc2, bits, forward):
+    """:func:`_pair_coeffs` in float32 arithmetic (L, E float32; ``bits`` (B,) int32 scratch)."""
+    m, B = E.shape
+    scale = bits.view(np.float32)
+    c1, c2 = _F(kc1), _F(kc2)
+    p7, p6, p5, p4, p3 = _F_C
+    for j in range(m):
+        for i in range(B):
+            ar = np.sqrt(max(L[2 * j, i], _F_ZERO))
+            x = max(-ar, _F_XMIN)
+            k = np.floor(x * _F_LOG2E + _F_HALF)
+            f = (x - k * _F_LN2_HI) - k * _F_LN2_LO
+            p = ((((((p7 * f + p6) * f + p5) * f + p4) * f + p3) * f + _F_HALF) * f + _F_ONE) * f + _F_ONE
+            E[j, i] = p
+            bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)  # 2^k
+            L[2 * j, i] = ar
+        _scale_rows(L, E, j, scale, c1, c2, _F_ONE, forward)
+
+
+@nb.njit(cache=True, nogil=True)
+def _augment(X, c, XA):
+    """XA[i] = [x_i - c, 1, |x_i - c|^2] (centred descriptors keep |x|^2 + |D|^2 - 2 x.D accurate)."""
+    B, nd = X.shape
+    for i in range(B):
+        s = 0.0
+        for t in range(nd):
+            xt = X[i, t] - c[t]
+            XA[i, t] = xt
+            s += xt * xt
+        XA[i, nd] = 1.0
+        XA[i, nd + 1] = s
+
+
+@nb.njit(cache=True, nogil=True)
+def _project(GT, Y, XA, W, R, forward):
+    """Each frame's descriptor vector q_i = W_i u_i, with u_i = W_i^T g_i (g_i = GT[:nd, i] - x_i GT[nd, i]) when
+    ``forward``, else u_i = Y[i]. Fills R (2B, nd+1): rows i = [q_i, x_i.q_i], rows B+i = [-x_i, -1]."""
+    B, nd, r = W.shape
+    g = np.empty(nd)
+    u = np.empty(r)
+    for i in range(B):
+        if forward:
+            s = np.float64(GT[nd, i])
+            for t in range(nd):
+                g[t] = GT[t, i] - XA[i, t] * s
+            for k in range(r):
+                acc = 0.0
+                for t in range(nd):
+                    acc += W[i, t, k] * g[t]
+                u[k] = acc
+        else:
+            for k in range(r):
+                u[k] = Y[i, k]
+        xq = 0.0
+        for t in range(nd):
+            acc = 0.0
+            for k in range(r):
+                acc += W[i, t, k] * u[k]
+            R[i, t] = acc
+            xq += acc * XA[i, t]
+            R[B + i, t] = -XA[i, t]
+        R[i, nd] = xq
+        R[B + i, nd] = -1.0
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _adjoint_coeffs(L, S, E, R):
+    """L[2j+1, i] <- u = c2' (d_ij . q_i) = E * S; then R[i, nd] <- 0 (R[:B] becomes [q_i, 0])."""
+    m, B = E.shape
+    for j in range(m):
+        for i in range(B):
+            L[2 * j + 1, i] = E[j, i] * S[j, i]
+    for i in range(B):
+        R[i, R.shape[1] - 1] = 0.0
+
+
+class InducingTables:
+    """Inducing-side matrices of :func:`normal_pass` for descriptors Dm (m, nd) and coefficients V (m, nd).
+
+    Rows 2j and 2j+1 of ``Z`` (2m, nd+2) give a^2 r^2 and d.v against the augmented frames [x - c, 1, |x - c|^2]
+    (c the centre of Dm); columns 2j, 2j+1 of ``VDT`` (nd+1, 2m) are [v_j, 0] and [D_j - c, 1], and ``DA``
+    (m, nd+1) = [-(D_j - c), 1]. ``dtype`` is that of the GEMMs (float64, or float32 for the fast approximate pass).
+    """
+
+    def __init__(self, Dm, V, sigma, dtype=np.float64):
+        Dm = np.asarray(Dm, dtype=np.float64)
+        m, nd = Dm.shape
+        self.center = Dm.mean(axis=0)
+        Dc = Dm - self.center
+        a2 = 5.0 / sigma ** 2
+        Z = np.zeros((m, 2, nd + 2))
+        Z[:, 0, :nd] = -2.0 * a2 * Dc
+        Z[:, 0, nd] = a2 * np.einsum("md,md->m", Dc, Dc)
+        Z[:, 0, nd + 1] = a2
+        VD = np.zeros((m, 2, nd + 1))
+        VD[:, 1, :nd] = Dc
+        VD[:, 1, nd] = 1.0
+        if V is not None:
+            V = np.asarray(V, dtype=np.float64)
+            Z[:, 1, :nd] = V
+            Z[:, 1, nd] = -np.einsum("md,md->m", Dc, V)
+            VD[:, 0, :nd] = V
+        self.Z = np.ascontiguousarray(Z.reshape(2 * m, nd + 2), dtype=dtype)
+        self.VDT = np.ascontiguousarray(VD.reshape(2 * m, nd + 1).T, dtype=dtype)
+        self.DA = np.ascontiguousarray(np.column_stack([-Dc, np.ones(m)]), dtype=dtype)
+        self.Dc = Dc
+        k = 5.0 / (3.0 * sigma ** 4)
+        self.kc1, self.kc2 = k * sigma * sigma, 5.0 * k
+        self.m, self.nd, self.dtype, self.forward = m, nd, np.dtype(dtype), V is not None
+
+
+def _normal_range(D, W, Y, tab, b0, b1, block):
+    """sum_{i in [b0, b1)} Hc(D_i - D_j) q_i for all j, tile by tile: (m, nd+1) before the last correction."""
+    m, nd, dt = tab.m, tab.nd, tab.dtype
+    XA = np.empty((block, nd + 2), dtype=dt)
+    Lbuf = np.empty(2 * m * block, dtype=dt)
+    Ebuf = np.empty(m * block, dtype=dt)
+    Sbuf = np.empty(m * block, dtype=dt)
+    Gbuf = np.empty((nd + 1) * block, dtype=dt)
+    Rbuf = np.empty(2 * block * (nd + 1), dtype=dt)
+    out = np.empty((m, nd + 1), dtype=dt)
+    f32 = dt == np.float32
+    coeffs = _pair_coeffs32 if f32 else _pair_coeffs
+    bits = np.empty(block, dtype=np.int32 if f32 else np.int64)
+    no_labels = np.empty((block, W.shape[2]))
+    h = np.zeros((m, nd + 1))
+    for c0 in range(b0, b1, block):
+        c1 = min(c0 + block, b1)
+        B = c1 - c0
+        xa = XA[:B]
+        _augment(D[c0:c1], tab.center, xa)
+        L = Lbuf[:2 * m * B].reshape(2 * m, B)
+        E = Ebuf[:m * B].reshape(m, B)
+        R = Rbuf[:2 * B * (nd + 1)].reshape(2 * B, nd + 1)
+        np.matmul(tab.Z, xa.T, out=L)                       # a^2 r^2 and d.v, interleaved rows
+        coeffs(L, E, tab.kc1, tab.kc2, bits[:B], tab.forward)
+        GT = Gbuf[:(nd + 1) * B].reshape(nd + 1, B)
+        if tab.forward:
+            np.matmul(tab.VDT, L, out=GT)                   # sum_j [c1' v_j + t D_j, t], transposed
+        _project(GT, no_labels[:B] if tab.forward else Y[c0:c1], xa, W[c0:c1], R, tab.forward)
+        S = Sbuf[:m * B].reshape(m, B)
+        np.matmul(tab.DA, R[:B].T, out=S)                    # d_ij . q_i = x_i.q_i - D_j.q_i
+        _adjoint_coeffs(L, S, E, R)
+        np.matmul(L.reshape(m, 2 * B), R, out=out)           # [c1'^T | u^T] [[q, 0], [-x, -1]]
+        h += out
+    return h
+
+
+def normal_pass(D, W, tab, Y=None, block=None, n_threads=None, task=16384):
+    """h_j = sum_i Hc(D_i - D_j) q_i (m, nd) over all frames i, streamed in tiles: one pass for K_mN K_Nm v.
+
+    D (N, nd) and W (N, nd, r) are the frames' descriptors and reduced Jacobians, ``tab`` an
+    :class:`InducingTables`. With coefficients in ``tab`` (the forward pass), q_i = W_i W_i^T g_i with
+    g_i = sum_j Hc(D_i - D_j) v_j, frame i's prediction: ``K_mN K_Nm a`` in descriptor space. Without them,
+    q_i = W_i Y_i for labels Y (N, r): ``K_mN y``. Each pair's kernel coefficients (one exp) serve both
+    directions, and every product is a GEMM on a tile of ``block`` frames that stays in cache. Tiles run in
+    tasks of ``task`` frames on ``n_threads`` threads (single-threaded BLAS each); the sum over frames is
+    accumulated in float64 whatever the GEMM dtype.
+    """
+    N = D.shape[0]
+    n_threads = nb.get_num_threads() if n_threads is None else int(n_threads)
+    task = max(1, min(int(task), -(-N // max(1, n_threads))))
+    if block is None:
+        block = max(32, min(128, 65536 // tab.m))  # a tile's coefficients (3 m x block) stay in L2
+    block = min(int(block), task)
+    bounds = [(b, min(b + task, N)) for b in range(0, N, task)]
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        run = lambda b: _normal_range(D, W, Y, tab, b[0], b[1], block)
+        parts = [run(b) for b in bounds] if n_threads <= 1 or len(bounds) == 1 else \
+            list(_executor(n_threads).map(run, bounds))
+    h = np.sum(parts, axis=0) if len(parts) > 1 else parts[0]
+    return h[:, :tab.nd] - tab.Dc * h[:, tab.nd:]
 
 
 @nb.njit(cache=True, parallel=True)

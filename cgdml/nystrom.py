@@ -11,15 +11,18 @@ The coefficients are the least-squares fit to all N frames, regularised by the R
 
 with y_i = V_i^T F_i the force of frame i in its reduced (internal) basis and K_im the reduced kernel blocks of
 :mod:`cgdml.gdml`. With m = N and K invertible this is GDML's (K + lam I) a = y, so ``lam`` means the same.
-Preconditioned conjugate gradients solve it; every product streams over the frames in chunks through the
-batched Hessian kernel (two passes of O(N m n_desc)), so neither K_Nm nor the N x N kernel is ever stored.
+Preconditioned conjugate gradients solve it; every product is one pass over the frames in cache-sized tiles
+(:func:`cgdml.kernels.normal_pass`: each frame-inducing pair's kernel coefficients are computed once and serve
+K_Nm and K_mN, four GEMMs of O(m n_desc) per frame), so neither K_Nm nor the N x N kernel is ever stored.
 Only the frames' descriptors, reduced Jacobians W_i (n_desc x r) and labels are kept: 8 N n_desc (r + 1) bytes.
+Optionally (``dtype="float32"``) the GEMMs run in single precision, with float64 residuals (:func:`refine`).
 
-Preconditioner: P = (N/s) K_mS K_Sm + lam K_mm with S a uniform random sample of s = 2m frames, an unbiased
+Preconditioner: P = (N/s) K_mS K_Sm + lam K_mm with S a uniform random sample of s frames, an unbiased
 estimate of the normal matrix in the spirit of Falkon (Rudi, Carratino and Rosasco, NeurIPS 2017), which takes
 S = the inducing points. On 100k frames of the 6-bead data (m = 500, lam 0.3) Falkon's choice with stratified
 inducing points left the residual at 1e-3 after 60 iterations; s = 2m converged to 1e-4 in 37, with a cheaper
-setup. Each lambda costs one Cholesky factorisation of size m r.
+setup. Larger s cuts the iterations further at a setup cost that does not grow with N, so the default s
+(:func:`default_precond_frames`) grows with N / m. Each lambda costs one Cholesky factorisation of size m r.
 
 Units: nm, kJ/mol/nm; sigma in descriptor units (nm^-1); lam relative to mean(diag K) as in GDML.
 """
@@ -46,6 +49,7 @@ from .model import CGModel, GDMLModel, fit_record
 from .sampling import make_strata, stratified_batch
 
 INDUCING = ("stratified", "random")
+DTYPES = ("float64", "float32")
 log = logging.getLogger(__name__)
 
 
@@ -100,12 +104,20 @@ def choose_inducing(n_frames, m, strata=None, method="stratified", seed=0):
 class NormalEquations:
     """The Nyström system (K_mN K_Nm + lam K_mm) a = K_mN y over ``frames`` (a :class:`ReducedFrames`).
 
-    ``matvec`` and ``rhs`` stream over the frames in chunks of ``chunk``; memory beyond the frames' arrays is
-    O(chunk m + m nd). ``sigma`` is the kernel length scale and ``lam`` the absolute lambda.
+    ``matvec`` and ``rhs`` stream over the frames in one fused pass (:func:`cgdml.kernels.normal_pass`): each
+    pair's kernel coefficients are computed once and serve both K_Nm and K_mN, in tiles that stay in cache;
+    memory beyond the frames' arrays is O(m nd) plus O(m) per tile frame and thread. ``sigma`` is the kernel
+    length scale and ``lam`` the absolute lambda; ``chunk`` frames make one threaded task. ``dtype`` float32
+    runs the pass's GEMMs in single precision (sums over frames stay float64): about twice as fast, with
+    products accurate to ~1e-7 relative on random vectors (instead of ~1e-14) but only to ~1e-4 near the
+    solution, where the coefficients cancel: solve with float64 residuals (:func:`refine`).
     """
 
-    def __init__(self, frames, inducing, sigma, lam, chunk=8192):
+    def __init__(self, frames, inducing, sigma, lam, chunk=8192, dtype=np.float64):
         self.frames, self.sigma, self.lam, self.chunk = frames, float(sigma), float(lam), int(chunk)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float64, np.float32):
+            raise CgdmlError(f"dtype must be float64 or float32, got {dtype!r}")
         self.idx = np.asarray(inducing)
         self.Dm = np.ascontiguousarray(frames.D[self.idx])
         self.Wm = np.ascontiguousarray(frames.W[self.idx])
@@ -119,14 +131,9 @@ class NormalEquations:
     def _back(self, h):
         return np.matmul(h[:, None, :], self.Wm)[:, 0, :].ravel()  # W_j^T h_j
 
-    def _adjoint(self, q_of_chunk):
-        """K_mN applied to per-frame descriptor vectors q_i = W_i u_i, given chunk by chunk."""
-        h = np.zeros((self.m, self.Dm.shape[1]))
-        for c0 in range(0, self.frames.n_frames, self.chunk):
-            sl = slice(c0, c0 + self.chunk)
-            tab = kernels.TrainTables(self.frames.D[sl], q_of_chunk(sl), self.sigma)
-            h += kernels.hessian_apply(self.Dm, tab)[0]
-        return self._back(h)
+    def _pass(self, V=None, y=None):
+        tab = kernels.InducingTables(self.Dm, V, self.sigma, self.dtype)
+        return self._back(kernels.normal_pass(self.frames.D, self.frames.W, tab, y, task=self.chunk))
 
     def kmm_matvec(self, a):
         """K_mm a (m r,), exactly, in O(m^2 nd)."""
@@ -134,25 +141,30 @@ class NormalEquations:
         return self._back(kernels.hessian_apply(self.Dm, tab)[0])
 
     def matvec(self, a):
-        tab = kernels.TrainTables(self.Dm, self.coefficients(a), self.sigma)
-        W = self.frames.W
-
-        def q_of_chunk(sl):
-            g = kernels.hessian_apply(self.frames.D[sl], tab)[0]
-            p = np.matmul(g[:, None, :], W[sl])                     # W_i^T g_i: frame i's reduced prediction
-            return np.matmul(W[sl], p.transpose(0, 2, 1))[:, :, 0]  # W_i p_i
-        return self._adjoint(q_of_chunk) + self.lam * self.kmm_matvec(a)
+        """(K_mN K_Nm + lam K_mm) a for a (m r,): one pass over the frames."""
+        return self._pass(V=self.coefficients(a)) + self.lam * self.kmm_matvec(a)
 
     def rhs(self):
-        W, y = self.frames.W, self.frames.y
-        return self._adjoint(lambda sl: np.matmul(W[sl], y[sl][:, :, None])[:, :, 0])
+        """K_mN y (m r,)."""
+        return self._pass(y=self.frames.y)
 
     def kmm(self):
         """Dense symmetric K_mm (m r, m r)."""
-        K = kernels.assemble(self.Dm, self.Wm, self.sigma)
-        il = np.tril_indices(self.size, -1)
-        K[il[1], il[0]] = K[il]
+        K = kernels.assemble(self.Dm, self.Wm, self.sigma)  # lower block triangle
+        kernels.mirror_lower(K.T)
         return K
+
+
+def default_precond_frames(n_frames, m, n_desc, r, products=24):
+    """Sampled frames s of the :class:`SampledPreconditioner`: as many as make its setup (s r (m r)^2 flops of
+    syrk) cost the flops of ``products`` normal-equation products (2 N m (7 n_desc + 9) each), at least 2 m and at
+    most N. More frames cut the CG iterations (100k 6-bead frames, m = 500, lam 0.03: 52, 24, 16, 10 iterations
+    with s = 1000, 2000, 4000, 8000), and syrk runs at about three times the flop rate of the streamed product, so
+    the setup then costs about as much time as the iterations it leaves: s = 7500 for N = 1M, m = 500; 2m
+    (the Falkon-like minimum) for N = 100k.
+    """
+    s = products * 2.0 * n_frames * m * (7 * n_desc + 9) / (r * (m * r) ** 2)
+    return int(min(n_frames, max(2 * m, round(s))))
 
 
 class SampledPreconditioner:
@@ -168,7 +180,9 @@ class SampledPreconditioner:
         n = G.shape[0]
         scale = float(np.mean(np.diag(Kmm)))
         for jitter in (0.0, 1e-10, 1e-8, 1e-6):
-            A = G + lam * Kmm
+            A = np.multiply(Kmm, lam)
+            A += G
+            A = A.T  # symmetric: the Fortran-ordered view is the same matrix, factorised in place (no copy)
             A.flat[:: n + 1] += jitter * lam * scale
             try:
                 self.c = (cholesky_upper(A), False)
@@ -186,11 +200,11 @@ class SampledPreconditioner:
             rows = sample[c0:c0 + chunk]
             KSm = kernels.assemble(fr.D[rows], fr.W[rows], system.sigma, system.Dm, system.Wm)
             syrk, = scipy.linalg.get_blas_funcs(("syrk",), (KSm,))
-            G = syrk(fr.n_frames / len(sample), KSm, beta=1.0, c=G, trans=1, overwrite_c=True)  # upper triangle
+            # KSm.T is Fortran-ordered: syrk(trans=0) reads it in place (trans=1 on KSm would copy it)
+            G = syrk(fr.n_frames / len(sample), KSm.T, beta=1.0, c=G, trans=0, overwrite_c=True)  # upper triangle
         del KSm
-        il = np.tril_indices(G.shape[0], -1)
-        G[il] = G.T[il]
-        return np.ascontiguousarray(G), system.kmm()
+        kernels.mirror_lower(G)
+        return G.T, system.kmm()  # symmetric: the C-ordered view, no copy
 
     def __call__(self, x):
         return scipy.linalg.cho_solve(self.c, x, check_finite=False)
@@ -233,23 +247,48 @@ def pcg(matvec, b, precond, x0=None, tol=1e-5, maxiter=500, callback=None, state
     return x, k, res
 
 
+def refine(matvec, inner_matvec, b, precond, x, tol, maxiter=500, steps=4):
+    """Iterative refinement of x for A x = b: each step computes the residual r = b - A x with the exact
+    ``matvec`` and adds the PCG solution of A d = r on the cheaper ``inner_matvec`` (the float32 products), to the
+    relative tolerance that brings |r| to half of ``tol`` |b|. The float32 operator is accurate to ~1e-7 relative
+    on random vectors but only to ~1e-4 near the solution, whose coefficients cancel strongly; one step usually
+    restores the float64 residual. Returns x, the inner iterations, the exact relative residual and the steps.
+    """
+    bnorm = np.linalg.norm(b) or 1.0
+    k_total = n = 0
+    while True:
+        r = b - matvec(x)
+        res = np.linalg.norm(r) / bnorm
+        if res <= tol or n == steps or k_total >= maxiter:
+            return x, k_total, res, n
+        d, k, _ = pcg(inner_matvec, r, precond, tol=min(0.5, 0.5 * tol / res), maxiter=maxiter - k_total)
+        x = x + d
+        k_total += k
+        n += 1
+
+
 class NystromGDML(BaseEstimator):
     """Inducing-point GDML fitted by least squares on every frame (see the module docstring).
 
     Parameters: ``n_inducing`` m; ``sigma`` (nm^-1); ``lam`` relative to mean(diag K); ``chiral``,
     ``dihedrals``, ``chiral_scale`` as in :class:`cgdml.gdml.GDML`; ``inducing`` "stratified" (needs ``strata``
     in fit) or "random"; ``tol``/``maxiter`` for CG; ``chunk`` frames per streamed block; ``precond_frames`` the
-    sampled frames s of the preconditioner (default 2 m); ``workdir`` keeps the CG iterate (every
-    ``checkpoint_s`` seconds) so that an interrupted fit resumes; ``seed`` picks the inducing frames;
-    ``progress`` shows a CG progress bar.
+    sampled frames s of the preconditioner (default :func:`default_precond_frames`: 2 m up to ~100k frames, more
+    for larger sets); ``dtype`` "float64" or "float32", the precision of the streamed products' GEMMs: float32
+    iterations are about twice as fast, and a float64 residual with :func:`refine` (usually one step, a few more
+    iterations) brings the solution to the float64 tolerance, so that the forces agree with a float64 fit to
+    the CG tolerance (1e-5 relative at tol 1e-6, see the tests); ``workdir``
+    keeps the CG iterate (every ``checkpoint_s`` seconds) so that an interrupted fit resumes; ``seed`` picks the
+    inducing frames; ``progress`` shows a CG progress bar.
 
     Learned: ``model_`` (a :class:`cgdml.model.GDMLModel` on the inducing frames, which predicts and saves),
-    ``inducing_index_`` (m,), ``lam_`` (absolute), ``cg_iterations_``, ``residual_``, ``timings_``.
+    ``inducing_index_`` (m,), ``lam_`` (absolute), ``cg_iterations_``, ``residual_`` (relative, of the float64
+    system), ``cg_refinements_`` (float64 refinement steps of a float32 fit), ``timings_``.
     """
 
     def __init__(self, n_inducing=1000, sigma=4.0, lam=1.0, chiral=True, dihedrals=None, chiral_scale=1.0,
-                 inducing="stratified", tol=1e-4, maxiter=500, chunk=8192, precond_frames=None, seed=0, workdir=None,
-                 checkpoint_s=30.0, progress=False):
+                 inducing="stratified", tol=1e-4, maxiter=500, chunk=8192, precond_frames=None, dtype="float64",
+                 seed=0, workdir=None, checkpoint_s=30.0, progress=False):
         self.n_inducing = n_inducing
         self.sigma = sigma
         self.lam = lam
@@ -261,6 +300,7 @@ class NystromGDML(BaseEstimator):
         self.maxiter = maxiter
         self.chunk = chunk
         self.precond_frames = precond_frames
+        self.dtype = dtype
         self.seed = seed
         self.workdir = workdir
         self.checkpoint_s = checkpoint_s
@@ -276,6 +316,12 @@ class NystromGDML(BaseEstimator):
                 raise CgdmlError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.inducing not in INDUCING:
             raise CgdmlError(f"inducing must be {' or '.join(INDUCING)}, got {self.inducing!r}")
+        try:
+            dtype_ok = np.dtype(self.dtype).name in DTYPES
+        except TypeError:
+            dtype_ok = False
+        if not dtype_ok:
+            raise CgdmlError(f"dtype must be {' or '.join(DTYPES)}, got {self.dtype!r}")
 
     def fit(self, R, F, strata=None, frames=None, x0=None, cache=None):
         """Fit forces F (N, n_beads, 3) kJ/mol/nm at R (N, n_beads, 3) nm; ``strata`` (N,) for stratified picks.
@@ -296,11 +342,14 @@ class NystromGDML(BaseEstimator):
         idx = choose_inducing(frames.n_frames, self.n_inducing, strata, self.inducing, self.seed)
         self.lam_ = float(self.lam) * frames.mean_diag(self.sigma)
         system = NormalEquations(frames, idx, self.sigma, self.lam_, self.chunk)
+        fast = NormalEquations(frames, idx, self.sigma, self.lam_, self.chunk, np.float32) \
+            if np.dtype(self.dtype) == np.float32 else system  # float32 iterations, float64 residuals
         t = time.perf_counter()
         key = ("precond", float(self.sigma), self.n_inducing, self.inducing, self.seed)
         base = cache.get(key) if cache is not None else None
         if base is None:
-            n_sample = min(frames.n_frames, int(self.precond_frames or 2 * system.m))
+            n_sample = min(frames.n_frames, int(self.precond_frames or default_precond_frames(
+                frames.n_frames, system.m, frames.D.shape[1], frames.r)))
             sample = np.sort(np.random.default_rng([self.seed, 0x9C]).choice(frames.n_frames, n_sample,
                                                                               replace=False))
             base = SampledPreconditioner.factor(system, sample)
@@ -308,6 +357,7 @@ class NystromGDML(BaseEstimator):
                 cache.clear()  # one sigma at a time: each entry holds 2 (m r)^2 floats
                 cache[key] = base
         precond = SampledPreconditioner(base, self.lam_)
+        del base  # (G, K_mm): 2 (m r)^2 doubles that CG does not need (a ``cache`` keeps its own reference)
         b = system.rhs()
         self.timings_["setup_s"] = time.perf_counter() - t
         ckpt = self._checkpoint_path(frames, idx)
@@ -329,9 +379,14 @@ class NystromGDML(BaseEstimator):
                 last_save[0] = time.perf_counter()
 
         t = time.perf_counter()
-        a, self.cg_iterations_, self.residual_ = pcg(system.matvec, b, precond, x0=x0, tol=self.tol,
+        a, self.cg_iterations_, self.residual_ = pcg(fast.matvec, b, precond, x0=x0, tol=self.tol,
                                                      maxiter=int(self.maxiter), callback=checkpoint, state=state,
                                                      progress=self.progress)
+        self.cg_refinements_ = 0
+        if fast is not system:
+            a, k, self.residual_, self.cg_refinements_ = refine(
+                system.matvec, fast.matvec, b, precond, a, self.tol, max(1, int(self.maxiter) - self.cg_iterations_))
+            self.cg_iterations_ += k
         self.timings_["cg_s"] = time.perf_counter() - t
         if self.residual_ > self.tol:
             warnings.warn(f"Nyström CG stopped after {self.cg_iterations_} iterations at relative residual "
@@ -341,8 +396,9 @@ class NystromGDML(BaseEstimator):
         self.model_ = GDMLModel(system.Dm, system.coefficients(a), self.sigma, frames.quads, frames.chiral_scale,
                                 0.0, frames.n_beads)
         self.timings_["total_s"] = time.perf_counter() - t0
-        log.info("Nyström GDML: %d frames, m=%d, %d CG iterations, residual %.1e, timings %s", frames.n_frames,
-                 system.m, self.cg_iterations_, self.residual_, json.dumps(self.timings_, default=float))
+        log.info("Nyström GDML: %d frames, m=%d, %d CG iterations (%s, %d refinements), residual %.1e, timings %s",
+                 frames.n_frames, system.m, self.cg_iterations_, np.dtype(self.dtype).name, self.cg_refinements_,
+                 self.residual_, json.dumps(self.timings_, default=float))
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
         return self
@@ -353,7 +409,10 @@ class NystromGDML(BaseEstimator):
         h = hashlib.sha256()
         for arr in (frames.D[idx], frames.y[:: max(1, frames.n_frames // 1000)]):
             h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
-        h.update(json.dumps([frames.n_frames, self.sigma, self.lam, frames.quads.tolist(), frames.chiral_scale]).encode())
+        key = [frames.n_frames, self.sigma, self.lam, frames.quads.tolist(), frames.chiral_scale]
+        if np.dtype(self.dtype) != np.float64:  # float64 keeps the key of earlier versions
+            key.append(np.dtype(self.dtype).name)
+        h.update(json.dumps(key).encode())
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         return Path(self.workdir) / f"nystrom_cg_{h.hexdigest()[:16]}.npz"
 
@@ -371,14 +430,15 @@ class NystromGDML(BaseEstimator):
 def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), inducing="stratified",
                 strata="auto", grid_bins=12, n_strata=50, holdout=0.1, select_frames=100_000, select_inducing=500,
                 chiral=True,
-                prior_repulsion=True, tol=1e-4, seed=0, workdir=None, progress=False):
+                prior_repulsion=True, tol=1e-4, seed=0, workdir=None, progress=False, dtype="float64"):
     """Prior + inducing-point GDML on every frame of ``dataset``, as a :class:`cgdml.model.CGModel`.
 
     With several (sigma, lam) candidates, each is fitted with min(n_inducing, ``select_inducing``) inducing
     points on up to ``select_frames`` frames outside a random hold-out of ``holdout`` (at most 20,000 frames)
     and scored by the mean squared error of the held-out forces (kJ/mol/nm)^2; the winner is refitted with
     ``n_inducing`` points on all frames. The preconditioner costs O((m r)^3), so the smaller selection models
-    make the grid cheap; lambdas of one sigma share it and warm-start CG from each other.
+    make the grid cheap; lambdas of one sigma share it and warm-start CG from each other. ``dtype`` is the
+    precision of the streamed products (see :class:`NystromGDML`).
     """
     from .prior import HarmonicPrior
 
@@ -396,7 +456,7 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
     labels_strata, strata_method = make_strata(dataset, strata, grid_bins, n_strata, seed) \
         if inducing == "stratified" else (None, "none")
     params = dict(n_inducing=n_inducing, inducing=inducing, chiral=chiral, dihedrals=quads, tol=tol, seed=seed,
-                  progress=progress)
+                  progress=progress, dtype=dtype)
     timings, scores = {"prior_and_strata_s": time.perf_counter() - t0}, []
     best = (float(sigmas[0]), float(lams[0]))
     if len(sigmas) * len(lams) > 1:
@@ -441,7 +501,7 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
     info = fit_record("Nystrom GDML",
                       dict(n_inducing=n_inducing, sigma=sigmas.tolist(), lam=lams.tolist(), inducing=inducing,
                            holdout=holdout, select_frames=select_frames, select_inducing=select_inducing,
-                           chiral=chiral, prior_repulsion=prior_repulsion, tol=tol, seed=seed),
+                           chiral=chiral, prior_repulsion=prior_repulsion, tol=tol, seed=seed, dtype=dtype),
                       dict(sigma=best[0], lam=best[1], lam_absolute=est.lam_, n_inducing=len(est.inducing_index_),
                            cg_iterations=est.cg_iterations_, residual=est.residual_),
                       dataset, timings, selection_scores=scores, strata=dict(method=strata_method))

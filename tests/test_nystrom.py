@@ -6,7 +6,7 @@ from cgdml import kernels
 from cgdml.ensemble import fit_single
 from cgdml.gdml import GDML
 from cgdml.nystrom import (NormalEquations, NystromGDML, ReducedFrames, SampledPreconditioner, choose_inducing,
-                           fit_nystrom, pcg)
+                           default_precond_frames, fit_nystrom, pcg)
 
 
 def test_streamed_products_match_dense_normal_equations(noisy_toy):
@@ -24,6 +24,86 @@ def test_streamed_products_match_dense_normal_equations(noisy_toy):
     np.testing.assert_allclose(system.matvec(a), dense, rtol=1e-10, atol=1e-10 * np.abs(dense).max())
     np.testing.assert_allclose(system.rhs(), Knm.T @ frames.y.ravel(), rtol=1e-10,
                                atol=1e-10 * np.abs(Knm.T @ frames.y.ravel()).max())
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_fused_pass_matches_the_dense_kernel_in_any_tiling(noisy_toy, n_threads):
+    # The fused pass (one set of pair coefficients for K_Nm and K_mN, in tiles) against dense K_Nm, with tiles and
+    # threaded tasks that do not divide the frames; float32 GEMMs to single precision.
+    data, _ = noisy_toy
+    frames = ReducedFrames(data.coords[:257], data.forces[:257])
+    idx = choose_inducing(257, 31, method="random", seed=3)
+    Dm, Wm = frames.D[idx], frames.W[idx]
+    Knm = kernels.assemble(frames.D, frames.W, 1.3, Dm, Wm)
+    a = np.random.default_rng(2).standard_normal(31 * frames.r)
+    V = np.einsum("mdr,mr->md", Wm, a.reshape(31, frames.r))
+    back = lambda h: np.einsum("md,mdr->mr", h, Wm).ravel()  # noqa: E731
+    want_mv, want_rhs = Knm.T @ (Knm @ a), Knm.T @ frames.y.ravel()
+    for dtype, rtol in ((np.float64, 1e-11), (np.float32, 2e-5)):
+        for block, task in ((7, 50), (64, 300), (None, 16384)):
+            tab = kernels.InducingTables(Dm, V, 1.3, dtype)
+            got = back(kernels.normal_pass(frames.D, frames.W, tab, block=block, n_threads=n_threads, task=task))
+            np.testing.assert_allclose(got, want_mv, rtol=0, atol=rtol * np.abs(want_mv).max())
+            tab = kernels.InducingTables(Dm, None, 1.3, dtype)
+            got = back(kernels.normal_pass(frames.D, frames.W, tab, frames.y, block=block, n_threads=n_threads,
+                                           task=task))
+            np.testing.assert_allclose(got, want_rhs, rtol=0, atol=rtol * np.abs(want_rhs).max())
+
+
+def test_pair_coefficients_use_an_exact_exponential():
+    # The vectorised exp(-a r) of the fused pass against numpy over the whole range (underflow included).
+    ar = np.concatenate([[0.0, 1e-300, 1e-8, 0.5 * np.log(2)], np.geomspace(1e-6, 800.0, 5000)])
+    m = len(ar)
+    L = np.stack([ar ** 2, np.linspace(-3, 3, m)], axis=1).reshape(2 * m, 1)
+    dv = L[1::2, 0].copy()
+    ar = np.sqrt(L[0::2, 0])  # what the kernel sees (exp(-a r) is only as exact as a r itself)
+    E = np.empty((m, 1))
+    kernels._pair_coeffs(L, E, 0.7, 1.9, np.empty(1, dtype=np.int64), True)
+    e = np.exp(-ar)
+    np.testing.assert_allclose(E[:, 0], 1.9 * e, rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(L[0::2, 0], 0.7 * (1 + ar) * e, rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(L[1::2, 0], 1.9 * e * dv, rtol=1e-14, atol=1e-300)
+    # float32: a few ulps, times the condition number a r of exp(-a r) (the float32 sqrt rounds a r)
+    L32 = np.stack([np.linspace(0, 30, m) ** 2, np.linspace(-3, 3, m)], axis=1).reshape(2 * m, 1).astype(np.float32)
+    ar, dv = np.sqrt(L32[0::2, 0].astype(np.float64)), L32[1::2, 0].astype(np.float64)
+    E32 = np.empty((m, 1), dtype=np.float32)
+    kernels._pair_coeffs32(L32, E32, 0.7, 1.9, np.empty(1, dtype=np.int32), True)
+    e = np.exp(-ar)
+    for got, want in ((E32[:, 0], 1.9 * e), (L32[0::2, 0], 0.7 * (1 + ar) * e), (L32[1::2, 0], 1.9 * e * dv)):
+        assert np.all(np.abs(got - want) <= 4e-7 * (1 + ar) * np.abs(want) + 1e-37)
+
+
+def test_float32_products_give_the_float64_model(noisy_toy):
+    # Single-precision GEMMs in the streamed products, float64 residuals (refinement): the fit meets the float64
+    # tolerance, its forces agree with the float64 fit to the CG tolerance, and at the default tol it is as close
+    # to the converged solution as the float64 fit.
+    data, _ = noisy_toy
+    R, F = data.coords[:3000], data.forces[:3000]
+    X = data.coords[3000:]
+    kw = dict(n_inducing=150, sigma=1.0, lam=0.03, inducing="random")
+    exact = NystromGDML(tol=1e-10, maxiter=2000, **kw).fit(R, F).predict_forces(X)
+    rel = lambda f, ref: (np.sqrt(np.mean((f - ref) ** 2) / np.mean(ref ** 2)),  # noqa: E731
+                          np.abs(f - ref).max() / np.abs(ref).max())
+    for tol in (1e-6, 1e-4):
+        f64 = NystromGDML(tol=tol, **kw).fit(R, F)
+        f32 = NystromGDML(dtype="float32", tol=tol, **kw).fit(R, F)
+        assert f32.residual_ <= tol and f64.cg_refinements_ == 0 and f32.cg_refinements_ <= 2
+        F64, F32 = f64.predict_forces(X), f32.predict_forces(X)
+        print(f"tol {tol:g}: float32 vs float64 forces rel. RMS {rel(F32, F64)[0]:.1e}, max {rel(F32, F64)[1]:.1e}; "
+              f"vs converged: float32 {rel(F32, exact)[0]:.1e}, float64 {rel(F64, exact)[0]:.1e}; iterations "
+              f"{f32.cg_iterations_} ({f32.cg_refinements_} refinements) and {f64.cg_iterations_}")
+        if tol == 1e-6:
+            assert max(rel(F32, F64)) < 1e-4
+        else:
+            assert rel(F32, exact)[0] < 2 * rel(F64, exact)[0] + 1e-6
+
+
+def test_default_preconditioner_frames_grow_with_the_data():
+    assert default_precond_frames(5_000, 500, 18, 12) == 1000  # 2 m
+    assert default_precond_frames(600, 500, 18, 12) == 600  # at most N
+    assert default_precond_frames(100_000, 500, 18, 12) == 1000
+    big = default_precond_frames(1_000_000, 500, 18, 12)
+    assert 10 * 500 < big < 20 * 500 and default_precond_frames(1_000_000, 1000, 18, 12) < big
 
 
 @pytest.mark.parametrize("lam", [1e-3, 1.0])
@@ -117,6 +197,8 @@ def test_bad_parameters_name_the_problem(noisy_toy):
         NystromGDML(n_inducing=0).fit(data.coords[:50], data.forces[:50])
     with pytest.raises(CgdmlError, match="inducing"):
         NystromGDML(inducing="leverage").fit(data.coords[:50], data.forces[:50])
+    with pytest.raises(CgdmlError, match="dtype"):
+        NystromGDML(dtype="float16").fit(data.coords[:50], data.forces[:50])
     with pytest.raises(CgdmlError, match="lam"):
         fit_nystrom(data.subset(np.arange(100)), lam=[-1.0])
 
