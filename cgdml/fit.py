@@ -1,4 +1,4 @@
-"""``python -m cgdml.fit``: fit a CG force field (prior + two-layer GDML) and write MODEL.npz + MODEL.json.
+"""``python -m cgdml.fit``: fit a CG force field (prior + inducing-point or two-layer GDML), write MODEL.npz + .json.
 
 After the fit, dihedral basins that the training frames leave disconnected get the populations the frames
 give them (:mod:`cgdml.basins`; ``--no-balance-basins`` turns this off).
@@ -118,9 +118,9 @@ def build_parser():
     p = ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
     add_dataset_arguments(p)
     p.add_argument("--config", help="TOML file with fit options (command-line options override it)")
-    p.add_argument("--method", choices=["two-layer", "single", "nystrom"], default="two-layer",
-                   help="two-layer ensemble (default), the single-GDML baseline, or inducing-point GDML fitted "
-                   "to every frame (nystrom; --sigma1/--lam1 are its grid, default 2 4 8 / 0.3 1 3)")
+    p.add_argument("--method", choices=["nystrom", "two-layer", "single"], default="nystrom",
+                   help="inducing-point GDML fitted to every frame (nystrom, the default: --sigma1/--lam1 are its "
+                   "hold-out grid, default 2 4 8 / 0.3 1 3), the two-layer ensemble, or the single-GDML baseline")
     p.add_argument("--n-frames", type=positive_int, default=3000, help="frames for --method single (default 3000)")
     p.add_argument("--inducing", type=positive_int, default=1000, help="inducing configurations for --method nystrom "
                    "(default 1000; memory about 24 (m (3 beads - 6))^2 bytes)")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._io import CgdmlError
 
-METHODS = ("two-layer", "nystrom", "single")
+METHODS = ("nystrom", "two-layer", "single")
 MIN_FIT_FRAMES = 10   # distinct frames: below this the Boltzmann-inverted prior alone is noise (k = kT / var)
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def distinct_frames(coords):
     return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()))
 
 
-def check_fit_frames(dataset, method="two-layer", params=None):
+def check_fit_frames(dataset, method="nystrom", params=None):
     """Refuse (one line naming the counts) a dataset with fewer distinct frames than a ``method`` fit needs:
     at least MIN_FIT_FRAMES, and for a cross-validated two-layer fit two per fold."""
     params = params or {}
@@ -41,16 +41,17 @@ def check_fit_frames(dataset, method="two-layer", params=None):
     return n
 
 
-def fit_cg_model(dataset, method="two-layer", *, balance_basins=True, seed=0, progress=False, workdir=None,
+def fit_cg_model(dataset, method="nystrom", *, balance_basins=True, seed=0, progress=False, workdir=None,
                  n_jobs=1, scheduler=None, **params):
     """Fit a CG force field to a :class:`cgdml.data.CGDataset`; returns a :class:`cgdml.model.CGModel`.
 
     ``method``:
 
+    - ``"nystrom"`` (the default): inducing-point GDML on every frame, :func:`cgdml.nystrom.fit_nystrom`
+      (``n_inducing``, ``sigma``, ``lam``, ...); chosen as the default by landscape accuracy across maps and
+      molecules (benchmarks/results/bench_maps.md);
     - ``"two-layer"``: :class:`cgdml.ensemble.TwoLayerGDML` (``params`` are its hyperparameters, e.g.
       ``sigma1=(2, 4)``, ``n_models=12``);
-    - ``"nystrom"``: inducing-point GDML on every frame, :func:`cgdml.nystrom.fit_nystrom` (``n_inducing``,
-      ``sigma``, ``lam``, ...);
     - ``"single"``: one GDML on ``n_frames`` stratified frames, :func:`cgdml.ensemble.fit_single` (a baseline).
 
     ``balance_basins``: afterwards give dihedral arcs that the training frames leave disconnected their

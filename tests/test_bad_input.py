@@ -25,7 +25,8 @@ from cgdml._io import CgdmlError
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "data" / "ala2_implicit_300K"
 T = 300.0
-FIT_SMALL = ["--n-models", "2", "--batch-size", "20", "--mean-set-size", "20", "--sigma1", "2", "--lam1", "1",
+FIT_SMALL = ["--method", "two-layer", "--n-models", "2", "--batch-size", "20", "--mean-set-size", "20", "--sigma1", "2",
+             "--lam1", "1",
              "--sigma2", "2", "--lam2", "0.01", "--folds", "2", "--cv-models", "1", "--quiet"]
 SIM_SMALL = ["--replicas", "2", "--steps", "20", "--save-every", "10", "--burn-in", "0", "--no-progress"]
 SIM_CKPT = [*SIM_SMALL, "--checkpoint-every", "5"]
@@ -571,7 +572,8 @@ def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
     from cgdml.ensemble import TwoLayerGDML
     from cgdml.model import CGModel
 
-    args = [fit_data, "--n-models", 4, "--batch-size", 120, "--mean-set-size", 100, "--sigma1", 2, "--lam1", 1, 10,
+    args = [fit_data, "--method", "two-layer", "--n-models", 4, "--batch-size", 120, "--mean-set-size", 100,
+            "--sigma1", 2, "--lam1", 1, 10,
             "--sigma2", 2, "--lam2", 0.01, 0.1, "--folds", 2, "--cv-models", 1, "--seed", 3]
     # the uninterrupted fit, in this process (the command line is a thin shell over it)
     work_clean = tmp_path / "clean.work"

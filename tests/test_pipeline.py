@@ -26,7 +26,7 @@ def small_dataset(tmp_path_factory):
 def test_python_and_command_line_give_the_same_model(small_dataset, tmp_path, method):
     ds, path = small_dataset
     if method == "two-layer":
-        params, flags = SMALL, []
+        params, flags = SMALL, ["--method", "two-layer"]
         for key, value in SMALL.items():
             flags += [f"--{key.replace('_', '-')}", *map(str, np.atleast_1d(value))]
     else:
