@@ -107,7 +107,8 @@ def method_params(method, params, args):
         return params
     if method == "nystrom":
         keep = ("chiral", "prior_repulsion", "strata", "grid_bins", "n_strata")
-        return dict({k: v for k, v in params.items() if k in keep}, n_inducing=args.inducing,
+        return dict({k: v for k, v in params.items() if k in keep},
+                    n_inducing="auto" if args.inducing is None else args.inducing,
                     sigma=params.get("sigma1", (2.0, 4.0, 8.0)), lam=params.get("lam1", (0.3, 1.0, 3.0)))
     keep = ("chiral", "prior_repulsion", "strata", "grid_bins")
     return dict({k: v for k, v in params.items() if k in keep}, n_frames=args.n_frames,
@@ -122,8 +123,9 @@ def build_parser():
                    help="inducing-point GDML fitted to every frame (nystrom, the default: --sigma1/--lam1 are its "
                    "hold-out grid, default 2 4 8 / 0.3 1 3), the two-layer ensemble, or the single-GDML baseline")
     p.add_argument("--n-frames", type=positive_int, default=3000, help="frames for --method single (default 3000)")
-    p.add_argument("--inducing", type=positive_int, default=1000, help="inducing configurations for --method nystrom "
-                   "(default 1000; memory about 24 (m (3 beads - 6))^2 bytes)")
+    p.add_argument("--inducing", type=positive_int, default=None, help="inducing configurations for --method nystrom "
+                   "(default 1000, fewer for large molecules so that m (3 beads - 6) <= 12000: 444 for 11 beads, "
+                   "333 for 14; memory about 24 (m (3 beads - 6))^2 bytes)")
     for name, (kind, is_list, text) in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:

@@ -427,7 +427,19 @@ class NystromGDML(BaseEstimator):
         return self.model_.predict_forces(R)
 
 
-def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), inducing="stratified",
+MAX_REDUCED_SIZE = 12_000  # m r of the default inducing count: the preconditioner holds ~3 (m r)^2 doubles (3.5 GB)
+
+
+def default_inducing(n_beads, n_frames=None, cap=1000):
+    """Default inducing count m: ``cap`` (1000), or fewer for large molecules so that the reduced size m (3N - 6)
+    stays within MAX_REDUCED_SIZE (the preconditioner's memory and O((m r)^3) setup), and never more than the
+    frames. 5 and 6 beads keep 1000; 11 beads get 444, 14 beads 333, 20 beads 222."""
+    r = max(1, 3 * n_beads - 6)
+    m = min(cap, MAX_REDUCED_SIZE // r)
+    return int(m if n_frames is None else min(m, n_frames))
+
+
+def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), inducing="stratified",
                 strata="auto", grid_bins=12, n_strata=50, holdout=0.1, select_frames=100_000, select_inducing=500,
                 chiral=True,
                 prior_repulsion=True, tol=1e-4, seed=0, workdir=None, progress=False, dtype="float64"):
@@ -436,12 +448,15 @@ def fit_nystrom(dataset, n_inducing=1000, sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 
     With several (sigma, lam) candidates, each is fitted with min(n_inducing, ``select_inducing``) inducing
     points on up to ``select_frames`` frames outside a random hold-out of ``holdout`` (at most 20,000 frames)
     and scored by the mean squared error of the held-out forces (kJ/mol/nm)^2; the winner is refitted with
-    ``n_inducing`` points on all frames. The preconditioner costs O((m r)^3), so the smaller selection models
+    ``n_inducing`` points on all frames (``"auto"``: :func:`default_inducing`). The preconditioner costs
+    O((m r)^3), so the smaller selection models
     make the grid cheap; lambdas of one sigma share it and warm-start CG from each other. ``dtype`` is the
     precision of the streamed products (see :class:`NystromGDML`).
     """
     from .prior import HarmonicPrior
 
+    if n_inducing == "auto":
+        n_inducing = default_inducing(dataset.n_beads, dataset.n_frames)
     t0 = time.perf_counter()
     sigmas, lams = np.atleast_1d(sigma).astype(float), np.atleast_1d(lam).astype(float)
     for name, values in (("sigma", sigmas), ("lam", lams)):
