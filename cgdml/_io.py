@@ -320,7 +320,7 @@ _TEMP_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.(tmp.*|probe)"
 
 def remove_stale_temps(path):
     """Remove the temporary files that :func:`atomic_path` and :func:`check_output` make next to ``path``
-    (``.NAME.XXXXXXXX.tmp*``, ``.NAME.XXXXXXXX.probe``), left by a run that was killed while writing.
+    (``.NAME.<random>.tmp*``, ``.NAME.<random>.probe``), left by a run that was killed while writing.
 
     For a directory (a fit's work directory, a reference run) the temporary files inside it go too. Call it
     only while holding the output's :class:`OutputLock`: a concurrent run's temp file is not stale. Returns the
