@@ -475,7 +475,7 @@ def normal_pass(D, W, tab, Y=None, block=None, n_threads=None, task=16384):
     n_threads = nb.get_num_threads() if n_threads is None else int(n_threads)
     task = max(1, min(int(task), -(-N // max(1, n_threads))))
     if block is None:
-        block = max(32, min(128, 65536 // tab.m))  # a tile's coefficients (3 m x block) stay in L2
+        block = max(32, min(128, 65536 // tab.m // 32 * 32))  # 3 m x block coefficients stay in L2
     block = min(int(block), task)
     bounds = [(b, min(b + task, N)) for b in range(0, N, task)]
     with _blas_controller().limit(limits=1, user_api="blas"):
