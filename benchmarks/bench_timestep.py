@@ -5,8 +5,8 @@ then ``python -m cgdml.fit`` defaults; fitted here once into ``--workdir`` unles
 setting runs ``python -m cgdml.simulate`` with the same replicas, seed, simulated time per replica and burn-in
 (in ps), one after another in this process with one thread. Settings: BAOAB at dt = 2 ... 6 fs, and MTS-BAOAB
 (``--slow-every K``: the GDML force every K steps as a k dt / 2 half kick at both ends of an outer step, the
-prior and basin offsets at every inner step of dt), plus a second 2 fs run with another seed (the control: what
-two runs of the reference setting differ by).
+prior and basin offsets at every inner step of dt), two MTS settings at 5x the friction, and a second 2 fs run
+with another seed (the control: what two runs of the reference setting differ by).
 
 For each run:
 
@@ -27,7 +27,7 @@ A setting passes when its js is within (or below) the 2 fs run's bootstrap inter
 and width is unchanged (|z| <= Z_MAX, i.e. not distinguishable from the 2 fs run, or the change is below
 MEAN_TOL of the width / STD_TOL of the width: negligible), and nothing blew up.
 
-Run: ``python benchmarks/bench_timestep.py [--quick]`` (full: about an hour on 2 busy cores). Writes
+Run: ``python benchmarks/bench_timestep.py [--quick]`` (full: 13-23 minutes on the 2 shared cores). Writes
 benchmarks/results/bench_timestep.md (``--quick``: bench_timestep_quick.md).
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +52,11 @@ Z_MAX = 3.0         # larger changes pass when within Z_MAX bootstrap standard e
 N_BOOT = 1000
 FRAME_PS = 0.24     # frame interval: a whole number of outer steps for every setting below
 
-# (dt fs, slow_every K): plain BAOAB, then MTS-BAOAB; the first is the reference setting
-FULL = [(2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (2, 2), (2, 3), (2, 4), (3, 2), (3, 3), (4, 2), (4, 3), (5, 2)]
-QUICK = [(2, 1), (4, 1), (2, 3), (4, 2)]
+# (dt fs, slow_every K, friction 1/ps): plain BAOAB, then MTS-BAOAB; the first is the reference setting. The last
+# two rows ask whether 5x the friction damps the resonance of the bond vibration with the outer step.
+FULL = [(2, 1, 1.0), (3, 1, 1.0), (4, 1, 1.0), (5, 1, 1.0), (6, 1, 1.0), (2, 2, 1.0), (2, 3, 1.0), (2, 4, 1.0),
+        (2, 6, 1.0), (3, 2, 1.0), (4, 2, 1.0), (4, 3, 1.0), (5, 2, 1.0), (2, 4, 5.0), (4, 2, 5.0)]
+QUICK = [(2, 1, 1.0), (4, 1, 1.0), (2, 3, 1.0), (4, 2, 1.0)]
 
 
 def fit_model(workdir, log):
@@ -81,8 +82,9 @@ def steps_of(ps, dt_fs, what):
     return int(round(n))
 
 
-def label(dt, k):
-    return f"BAOAB {dt} fs" if k == 1 else f"MTS {dt} fs x {k}"
+def label(setting):
+    dt, k, gamma = setting
+    return (f"BAOAB {dt} fs" if k == 1 else f"MTS {dt} fs x {k}") + ("" if gamma == 1.0 else f", friction {gamma:g}/ps")
 
 
 def internal_coordinates(xyz, model):
@@ -139,7 +141,7 @@ def describe_change(d):
             f"{d['ratio'].min():.3f}-{d['ratio'].max():.3f} (z {z_width.max():.1f})")
 
 
-def timing_pass(model, dts_ks, n_rep, n_steps, rounds, log):
+def timing_pass(model, settings, n_rep, n_steps, rounds, log):
     """Best-of-``rounds`` replica-ns per wall second of each setting, interleaved, 1 thread, no I/O."""
     import numba
     from threadpoolctl import threadpool_limits
@@ -147,40 +149,41 @@ def timing_pass(model, dts_ks, n_rep, n_steps, rounds, log):
     from cgdml.simulate import simulate, start_configurations
 
     x0 = start_configurations(model, n_rep, 0)
-    best = {s: 0.0 for s in dts_ks}
+    best = {s: 0.0 for s in settings}
     old = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
             for r in range(rounds):
-                for dt, k in dts_ks:
+                for st in settings:
+                    dt, k, gamma = st
                     forces = (model.fast_forces, model.slow_forces) if k > 1 else model.forces
                     res = simulate(forces, x0, masses=model.masses, temperature=model.temperature, dt=dt / 1000,
-                                   n_steps=n_steps, save_every=n_steps, integrator="langevin", friction=1.0,
+                                   n_steps=n_steps, save_every=n_steps, integrator="langevin", friction=gamma,
                                    seed=r, progress=False, slow_every=k)
-                    rate = n_rep * n_steps * dt * 1e-6 / res.timings["wall_s"]
-                    best[(dt, k)] = max(best[(dt, k)], rate)
-                log(f"timing round {r + 1}/{rounds}: " + ", ".join(f"{label(*s)} {best[s]:.3f}" for s in dts_ks))
+                    best[st] = max(best[st], n_rep * n_steps * dt * 1e-6 / res.timings["wall_s"])
+                log(f"timing round {r + 1}/{rounds}: " + ", ".join(f"{label(st)} {best[st]:.3f}" for st in settings))
     finally:
         numba.set_num_threads(old)
     return best
 
 
-def run_setting(model_path, data_path, workdir, dt, k, seed, n_rep, total_ps, burn_ps):
+def run_setting(model_path, data_path, workdir, setting, seed, n_rep, total_ps, burn_ps):
     """One simulate CLI run and its fes comparison; returns the sidecar, the fes JSON and the trajectory."""
     import mdtraj as md
 
     from cgdml.fes.__main__ import main as fes_main
     from cgdml.simulate.__main__ import main as sim_main
 
-    name = f"dt{dt}_k{k}_s{seed}"
+    dt, k, gamma = setting
+    name = f"dt{dt}_k{k}_g{gamma:g}_s{seed}"
     traj = workdir / f"{name}.h5"
-    for suffix in (".h5", ".json", ".pdb", ".fes.json", ".fes.png"):
+    for suffix in (".h5", ".json", ".pdb", ".fes.json", ".fes.png", ".h5.ckpt.npz"):   # a fresh, fully timed run
         (workdir / f"{name}{suffix}").unlink(missing_ok=True)
     args = [str(model_path), "-o", str(traj), "--replicas", str(n_rep), "--dt", str(dt / 1000),
             "--steps", str(steps_of(total_ps, dt, "run")), "--burn-in", str(steps_of(burn_ps, dt, "burn-in")),
             "--save-every", str(steps_of(FRAME_PS, dt, "frame interval")), "--slow-every", str(k),
-            "--seed", str(seed), "--threads", "1", "--no-progress", "--quiet"]
+            "--friction", str(gamma), "--seed", str(seed), "--threads", "1", "--no-progress", "--quiet"]
     sim_main(args)
     fes_json = workdir / f"{name}.fes.json"
     fes_main([str(traj), "--reference", str(data_path), "-o", str(workdir / f"{name}.fes.png"),
@@ -198,7 +201,8 @@ def main(argv=None):
     p.add_argument("--replicas", type=int, default=None, help="replicas per run (default 100; quick 20)")
     p.add_argument("--ps", type=float, default=None, help="simulated ps per replica (default 120; quick 24)")
     p.add_argument("--burn-in-ps", type=float, default=None, help="burn-in ps (default 24; quick 4.8)")
-    p.add_argument("--settings", default=None, help="DT:K,DT:K,... (fs, slow_every); the first is the reference")
+    p.add_argument("--settings", default=None, help="DT:K[:FRICTION],... (fs, slow_every, 1/ps, default 1); the "
+                   "first is the reference")
     p.add_argument("-o", "--output", default=None, help="results markdown file")
     a = p.parse_args(argv)
     log = elapsed_log()
@@ -212,7 +216,8 @@ def main(argv=None):
         data_path, model_path = fit_model(workdir, log)
     settings = QUICK if a.quick else FULL
     if a.settings:
-        settings = [tuple(int(v) for v in s.split(":")) for s in a.settings.split(",")]
+        settings = [(int(s.split(":")[0]), int(s.split(":")[1]), float((s.split(":") + ["1"])[2]))
+                    for s in a.settings.split(",")]
     n_rep = a.replicas or (20 if a.quick else 100)
     total_ps = a.ps or (24.0 if a.quick else 120.0)
     burn_ps = a.burn_in_ps if a.burn_in_ps is not None else (4.8 if a.quick else 24.0)
@@ -221,7 +226,7 @@ def main(argv=None):
     from cgdml.model import CGModel
 
     model = CGModel.load(model_path)
-    ref_dt, ref_k = settings[0]
+    ref_set = settings[0]
     say = Report()
     say("# Time step: BAOAB at larger dt and multiple-time-step BAOAB (issue 18, item 3)")
     say()
@@ -233,7 +238,7 @@ def main(argv=None):
         f"basin offsets: {'yes' if model.offsets is not None else 'no'}); reference `{data_path}`. "
         f"Every run: `python -m cgdml.simulate` with {n_rep} replicas, {total_ps:g} ps per replica "
         f"({n_rep * total_ps / 1000:g} replica-ns), burn-in {burn_ps:g} ps, a frame every {FRAME_PS} ps, friction "
-        "1/ps, seed 0, 1 thread; `MTS dt x K` = `--dt dt --slow-every K` (GDML every K steps, outer step K dt).")
+        "1/ps unless given, seed 0, 1 thread; `MTS dt x K` = `--dt dt --slow-every K` (GDML every K steps, outer step K dt).")
     say()
 
     # ---------------------------------------------------------------- timing pass (interleaved, best of 3)
@@ -243,32 +248,33 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- full runs
     rows = {}
-    runs = [(dt, k, 0) for dt, k in settings] + [(ref_dt, ref_k, 1)]
-    for dt, k, seed in runs:
-        log(f"run {label(dt, k)} seed {seed}")
-        side, fes, xyz = run_setting(model_path, data_path, workdir, dt, k, seed, n_rep, total_ps, burn_ps)
+    runs = [(st, 0) for st in settings] + [(ref_set, 1)]
+    for st, seed in runs:
+        log(f"run {label(st)} seed {seed}")
+        side, fes, xyz = run_setting(model_path, data_path, workdir, st, seed, n_rep, total_ps, burn_ps)
         from cgdml.fes import phi_psi
 
         bonds, angles = internal_coordinates(xyz, model)
-        rows[(dt, k, seed)] = dict(side=side, fes=fes, bonds=bonds, angles=angles,
+        rows[(st, seed)] = dict(side=side, fes=fes, bonds=bonds, angles=angles,
                                    counts=side["frames_per_replica"], phipsi=phi_psi(xyz, model.cg_topology))
         t = side["timings"]
         log(f"  wall {t['wall_s']:.0f} s, js {fes['metrics']['js']:.4f} "
             f"[{fes['bootstrap']['js']['lo']:.4f}, {fes['bootstrap']['js']['hi']:.4f}], "
             f"blow-ups {side['n_blown_up']}")
 
-    ref = rows[(ref_dt, ref_k, 0)]
+    ref = rows[(ref_set, 0)]
     js_hi = ref["fes"]["bootstrap"]["js"]["hi"]
-    ref_rate = speed[(ref_dt, ref_k)]
+    ref_rate = speed[ref_set]
     ref_wall_rate = None
     from cgdml.fes import compare_fes
 
     say("| setting | outer step (fs) | wall (s) | replica-ns/s (run) | replica-ns/s (timing) | speed-up | js [95%] | "
-        f"fes_rmse (kT) [95%] | js vs {label(ref_dt, ref_k)} | bond mean shift (sigma) | bond width | "
+        f"fes_rmse (kT) [95%] | js vs {label(ref_set)} | bond mean shift (sigma) | bond width | "
         "angle mean shift (sigma) | angle width | blow-ups | passes |")
     say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = {}
-    for (dt, k, seed), r in rows.items():
+    for (st, seed), r in rows.items():
+        dt, k, _ = st
         side, fes, t = r["side"], r["fes"], r["side"]["timings"]
         wall_rate = n_rep * side["settings"]["steps"] * dt * 1e-6 / t["wall_s"]
         if ref_wall_rate is None:
@@ -278,9 +284,9 @@ def main(argv=None):
         m, bs = fes["metrics"], fes["bootstrap"]
         js_self = compare_fes(r["phipsi"], ref["phipsi"])["js"]
         ok = m["js"] <= js_hi and unchanged(db) and unchanged(da) and side["n_blown_up"] == 0
-        verdicts[(dt, k, seed)] = ok
-        name = label(dt, k) + (f" (seed {seed}, control)" if seed else "")
-        rate = speed[(dt, k)]
+        verdicts[(st, seed)] = ok
+        name = label(st) + (f" (seed {seed}, control)" if seed else "")
+        rate = speed[st]
         say(f"| {name} | {dt * k} | {t['wall_s']:.0f} | {wall_rate:.3f} ({wall_rate / ref_wall_rate:.2f}x) | "
             f"{rate:.3f} | {rate / ref_rate:.2f}x | {m['js']:.4f} [{bs['js']['lo']:.4f}, {bs['js']['hi']:.4f}] | "
             f"{m['fes_rmse']:.3f} [{bs['fes_rmse']['lo']:.3f}, {bs['fes_rmse']['hi']:.3f}] | {js_self:.4f} | "
@@ -289,28 +295,28 @@ def main(argv=None):
     say()
     t_ref = ref["side"]["timings"]
     slow_share = {}
-    for (dt, k, seed), r in rows.items():
+    for (st, seed), r in rows.items():
         t = r["side"]["timings"]
-        slow_share[(dt, k, seed)] = (t.get("slow_force_s"), t["force_s"], t["wall_s"])
-    say(f"Pass: js at most the {label(ref_dt, ref_k)} run's bootstrap upper bound ({js_hi:.4f}); every bond and "
-        f"angle unchanged: its mean shift (in {label(ref_dt, ref_k)} standard deviations; the worst term shown) and "
-        f"its width (std / std at {label(ref_dt, ref_k)}, min-max over terms) within {Z_MAX:g} bootstrap standard "
+        slow_share[(st, seed)] = (t.get("slow_force_s"), t["force_s"], t["wall_s"])
+    say(f"Pass: js at most the {label(ref_set)} run's bootstrap upper bound ({js_hi:.4f}); every bond and "
+        f"angle unchanged: its mean shift (in {label(ref_set)} standard deviations; the worst term shown) and "
+        f"its width (std / std at {label(ref_set)}, min-max over terms) within {Z_MAX:g} bootstrap standard "
         f"errors over replicas (z: the largest over terms), or below {MEAN_TOL} sigma / {STD_TOL:.0%}; "
         f"no blow-ups. {len(model.prior.bond_pairs_)} bonds, {len(model.prior.angle_triples_)} angles. "
-        f"Speed-up = timing-pass replica-ns/s over {label(ref_dt, ref_k)}'s (100 replicas x {timing_steps} steps, "
+        f"Speed-up = timing-pass replica-ns/s over {label(ref_set)}'s (100 replicas x {timing_steps} steps, "
         "best of 3 interleaved rounds); the run column's ratio is over the full runs, one after another.")
     say()
-    say(f"Where the time goes ({label(ref_dt, ref_k)} run): force calls {t_ref['force_s']:.0f} of "
+    say(f"Where the time goes ({label(ref_set)} run): force calls {t_ref['force_s']:.0f} of "
         f"{t_ref['wall_s']:.0f} s. MTS runs (slow = GDML force calls, of all force calls, of wall): " + "; ".join(
-            f"{label(dt, k)} {s:.0f} / {f:.0f} / {w:.0f} s" for (dt, k, seed), (s, f, w) in slow_share.items()
+            f"{label(st)} {s:.0f} / {f:.0f} / {w:.0f} s" for (st, seed), (s, f, w) in slow_share.items()
             if s is not None and seed == 0))
     say()
-    passing = [(speed[(dt, k)] / ref_rate, dt, k) for (dt, k, seed), ok in verdicts.items() if ok and seed == 0
-               and (dt, k) != (ref_dt, ref_k)]
+    passing = [(speed[st] / ref_rate, st) for (st, seed), ok in verdicts.items() if ok and seed == 0
+               and st != ref_set]
     if passing:
         best = max(passing)
-        say(f"Fastest passing setting: {label(best[1], best[2])}, {best[0]:.2f}x the simulated time per wall second "
-            f"of {label(ref_dt, ref_k)}.")
+        say(f"Fastest passing setting: {label(best[1])}, {best[0]:.2f}x the simulated time per wall second "
+            f"of {label(ref_set)}.")
     else:
         say("No setting other than the reference passes.")
     say()

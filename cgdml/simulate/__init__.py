@@ -53,7 +53,12 @@ CHECKPOINT_VERSION = 1
 # 50 ps each, so 100 ps per replica (10 ns in all) converges the (phi, psi) landscape. Overdamped Euler-Maruyama only depends on dt/gamma; 2 fs with gamma = 1000/ps keeps the
 # per-step bond relaxation k dt (1/m1 + 1/m2) / gamma near 0.1: on ala2 its bond widths match BAOAB's within
 # 1%, but it crosses between (phi, psi) basins ~5x less often than BAOAB at 1/ps, so it needs ~5x more steps.
-# slow_every: the GDML force every k steps, the prior every step (multiple-time-step BAOAB, see above).
+# slow_every: the GDML force every K steps, the prior every step (multiple-time-step BAOAB, see above). Both stay
+# at 2 fs and K = 1 (benchmarks/results/bench_timestep.md, ala2 5 beads, 100 replicas x 120 ps): BAOAB keeps the
+# landscape and the bond and angle distributions up to dt = 5 fs (2.5x the simulated time per wall second; at
+# 6 fs the stiffest bond widens 5%), MTS up to an outer step of 6 fs (3 fs x 2: 2.8x, bond widths +2%); at an
+# 8 fs outer step the landscape holds but bonds widen 5-6% (impulse resonance with the ~25 fs bond vibration;
+# friction 5/ps cuts that to 2%), at 12 fs they double. None reaches 3x at equal accuracy.
 DEFAULTS = {"replicas": 100, "steps": 50000, "save_every": 100, "burn_in": 10000,
             "langevin": {"dt": 0.002, "friction": 1.0, "slow_every": 1},
             "overdamped": {"dt": 0.002, "friction": 1000.0, "slow_every": 1}}
