@@ -226,6 +226,16 @@ class CGModel:
         F = self.prior.forces(R) + self.gdml.predict_forces(R)
         return F if self.offsets is None else F + self.offsets.forces(R)
 
+    def fast_forces(self, R):
+        """The cheap part of :meth:`forces`: prior plus basin offsets (multiple-time-step simulation)."""
+        R = self._check(R)
+        F = self.prior.forces(R)
+        return F if self.offsets is None else F + self.offsets.forces(R)
+
+    def slow_forces(self, R):
+        """The expensive part of :meth:`forces`: the GDML term (fast_forces + slow_forces = forces)."""
+        return self.gdml.predict_forces(self._check(R))
+
     def energy_forces(self, R):
         """Energies (n,) in kJ/mol (up to a constant) and forces (n, n_beads, 3) in kJ/mol/nm."""
         R = self._check(R)

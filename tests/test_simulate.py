@@ -116,6 +116,100 @@ def test_baoab_zero_friction_conserves_energy():
     assert drift.max() < 1e-3                                          # no secular drift over ~225 periods
 
 
+# ------------------------------------------------------------------------------- multiple time steps (r-RESPA)
+def dw_fast(R):
+    """The confining part of the double well: H x^4 + KY (y^2 + z^2) / 2 (plus H, a constant)."""
+    F = -KY * R
+    F[..., 0] = -4.0 * H * R[..., 0] ** 3
+    return F
+
+
+def dw_slow(R):
+    """The barrier: -2 H x^2; dw_fast + dw_slow = double_well_forces."""
+    F = np.zeros_like(R)
+    F[..., 0] = 4.0 * H * R[..., 0]
+    return F
+
+
+def test_split_double_well_sums_to_the_whole():
+    R = sample_start(10, 2)
+    assert np.allclose(dw_fast(R) + dw_slow(R), double_well_forces(R))
+
+
+def test_mts_baoab_samples_boltzmann_double_well():
+    x0 = sample_start(2000, 2)
+    calls = {"fast": 0, "slow": 0}
+
+    def fast(R):
+        calls["fast"] += 1
+        return dw_fast(R)
+
+    def slow(R):
+        calls["slow"] += 1
+        return dw_slow(R)
+
+    res = simulate((fast, slow), x0, masses=MASSES, temperature=T, n_steps=3000, save_every=21, seed=3,
+                   integrator="langevin", friction=5.0, dt=0.01, slow_every=3, save_velocities=True, progress=False)
+    assert calls == {"fast": 3001, "slow": 1001}                       # slow once per outer step (+ the start)
+    assert res.alive.all() and res.timings["slow_force_s"] > 0
+    frames = res.frames[len(res.frames) // 3:].astype(np.float64)
+    v = res.velocity_frames[len(res.frames) // 3:].astype(np.float64)
+    edges = np.linspace(0.0, 2.2, 23)
+    for bead, m in enumerate(MASSES):
+        x = np.abs(frames[:, :, bead, 0].ravel())
+        tv = total_variation(x, KT, edges)
+        assert tv < 0.012, (bead, tv)                                  # as plain BAOAB (wrong T: > 0.03)
+        assert total_variation(x, 0.8 * KT, edges) > 0.03
+        assert np.mean(frames[:, :, bead, 1:] ** 2) == pytest.approx(KT / KY, rel=0.03), bead
+        assert m * np.mean(v[:, :, bead] ** 2) / KT == pytest.approx(1.0, abs=0.02), bead
+
+
+def test_mts_slow_every_1_is_baoab():
+    """A pair with slow_every = 1 is BAOAB with the summed force (up to the order of the additions)."""
+    x0 = sample_start(6, 2, seed=2)
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=200, save_every=10, integrator="langevin",
+              friction=1.0, seed=4, progress=False)
+    a = simulate(double_well_forces, x0, **kw)
+    b = simulate((dw_fast, dw_slow), x0, **kw)
+    assert np.allclose(a.frames, b.frames, atol=1e-5)
+
+
+def test_mts_baoab_zero_friction_conserves_energy():
+    """r-RESPA is symplectic: a stiff fast spring (omega dt = 0.1) and a soft anharmonic slow force, k = 5."""
+    kf, ks, m, dt = 200.0, 4.0, 2.0, 0.01                                # omega_fast = 10/ps, outer step 0.05 ps
+
+    def slow(R):
+        return -ks * R - 4.0 * R**3
+
+    x0 = np.random.default_rng(0).normal(0, 0.2, size=(50, 1, 3))
+    res = simulate((lambda R: -kf * R, slow), x0, masses=[m], temperature=T, dt=dt, n_steps=20000, save_every=10,
+                   integrator="langevin", friction=0.0, save_velocities=True, progress=False, slow_every=5)
+    x = res.frames.astype(np.float64)
+    v = res.velocity_frames.astype(np.float64)
+    E = (0.5 * m * np.sum(v**2, axis=(2, 3)) + 0.5 * (kf + ks) * np.sum(x**2, axis=(2, 3))
+         + np.sum(x**4, axis=(2, 3)))
+    rel = np.abs(E - E[0]) / E[0]
+    assert rel.max() < 0.02
+    drift = np.abs(E[-200:].mean(axis=0) - E[:200].mean(axis=0)) / E[0]
+    assert drift.max() < 1e-3                                          # no secular drift over ~300 periods
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(slow_every=0), "slow_every"), (dict(slow_every=2.0), "slow_every"),
+    (dict(n_steps=301), "multiples of slow_every"), (dict(save_every=5), "multiples of slow_every"),
+    (dict(integrator="overdamped"), "needs integrator='langevin'"),
+])
+def test_mts_bad_settings(bad, match):
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=300, save_every=6, integrator="langevin",
+              friction=1.0, progress=False, slow_every=3)
+    with pytest.raises(CgdmlError, match=match):
+        simulate((dw_fast, dw_slow), np.zeros((2, 2, 3)), **{**kw, **bad})
+    with pytest.raises(CgdmlError, match="needs force_fn as a pair"):
+        simulate(double_well_forces, np.zeros((2, 2, 3)), **kw)
+    with pytest.raises(CgdmlError, match="pair"):
+        simulate((dw_fast, dw_slow, dw_slow), np.zeros((2, 2, 3)), **kw)
+
+
 class Interrupt(Exception):
     pass
 
@@ -155,6 +249,54 @@ def test_resume_is_bit_for_bit(tmp_path, integrator):
     ckpt.write_bytes(b"not a zip")
     with pytest.raises(CgdmlError, match="run.ckpt.npz"):
         simulate(double_well_forces, x0, checkpoint=ckpt, **kw)
+
+
+def test_mts_resume_is_bit_for_bit(tmp_path):
+    """Checkpoints inside an outer step (every 50 steps, k = 3) carry the slow forces: the resumed run is
+    identical to an uninterrupted one."""
+    x0 = sample_start(8, 2, seed=5)
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=300, save_every=6, integrator="langevin",
+              friction=5.0, seed=11, progress=False, save_velocities=True, slow_every=3)
+    ref = simulate((dw_fast, dw_slow), x0, **kw)
+    ckpt = tmp_path / "run.ckpt.npz"
+    with pytest.raises(Interrupt):
+        simulate((interrupting(dw_fast, 130), dw_slow), x0, checkpoint=ckpt, checkpoint_every=50, **kw)
+    res = simulate((dw_fast, dw_slow), x0, checkpoint=ckpt, checkpoint_every=50, **kw)
+    assert res.timings["resumed_from_step"] == 100 and 100 % 3 != 0
+    assert np.array_equal(res.frames, ref.frames)
+    assert np.array_equal(res.velocity_frames, ref.velocity_frames)
+    assert np.array_equal(res.positions, ref.positions) and np.array_equal(res.velocities, ref.velocities)
+    with pytest.raises(CgdmlError, match="different settings.*slow_every"):
+        simulate((dw_fast, dw_slow), x0, checkpoint=ckpt, **{**kw, "slow_every": 2})
+    with pytest.raises(CgdmlError, match="different settings.*slow_every"):   # nor a plain run
+        simulate(double_well_forces, x0, checkpoint=ckpt, **{**kw, "slow_every": 1})
+
+
+def test_mts_groups_and_blowups():
+    """Replica groups give the same result with a pair; a replica blowing up inside an outer step is frozen."""
+    x0 = sample_start(8, 2, seed=5)
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=60, save_every=6, integrator="langevin",
+              friction=5.0, seed=11, progress=False, slow_every=3)
+    a = simulate((dw_fast, dw_slow), x0, n_groups=2, **kw)
+    b = simulate((dw_fast, dw_slow), x0, n_groups=2, n_jobs=2, **kw)
+    assert np.array_equal(a.frames, b.frames) and a.alive.all() and "slow_force_s" in a.timings
+
+    calls, sizes = {"n": 0}, []
+
+    def slow_bomb(R):                                                  # replica 2 explodes at the 4th call
+        calls["n"] += 1
+        sizes.append(len(R))
+        F = dw_slow(R)
+        if calls["n"] == 4:
+            F[2] = np.nan
+        return F
+
+    with pytest.warns(UserWarning, match="replica.*2 blew up at step 9"):
+        res = simulate((dw_fast, slow_bomb), x0, **kw)
+    assert res.alive.tolist() == [True, True, False] + [True] * 5 and res.stopped_at[2] == 9
+    assert res.n_valid_frames().tolist() == [10, 10, 1] + [10] * 5
+    assert np.isfinite(res.frames[:, [0, 1, 3, 4, 5, 6, 7]]).all() and np.isfinite(res.frames[0, 2]).all()
+    assert sizes[:4] == [8] * 4 and set(sizes[4:]) == {7}                 # then left out of the slow calls too
 
 
 def test_seeded_runs_reproduce():
@@ -380,7 +522,53 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
         main([str(model_file), "-o", str(other), "--dt", "0.001"] + args)
 
 
+def test_cli_multiple_time_steps(model_file, tmp_path, monkeypatch):
+    """--slow-every K: the GDML part every K steps (CGModel.slow_forces), the prior every step; resumes."""
+    import json
+
+    import mdtraj as md
+
+    from cgdml.model import CGModel
+    from cgdml.simulate.__main__ import main
+
+    model = CGModel.load(model_file)
+    R = model.train_coords_sample[:3]
+    assert np.allclose(model.fast_forces(R) + model.slow_forces(R), model.forces(R))
+    args = ["--replicas", "4", "--steps", "200", "--save-every", "10", "--checkpoint-every", "50",
+            "--burn-in", "0", "--no-progress", "--slow-every", "2"]
+    clean = tmp_path / "mts.h5"
+    real = {name: getattr(CGModel, name) for name in ("fast_forces", "slow_forces")}
+    calls, stop = {"fast_forces": 0, "slow_forces": 0}, {"at": None}
+
+    def counting(name):
+        def f(self, R):
+            calls[name] += 1
+            if name == "fast_forces" and calls[name] == stop["at"]:
+                raise KeyboardInterrupt
+            return real[name](self, R)
+        return f
+
+    for name in calls:
+        monkeypatch.setattr(CGModel, name, counting(name))
+    assert main([str(model_file), "-o", str(clean)] + args) == 0
+    assert calls == {"fast_forces": 201, "slow_forces": 101}
+    side = json.loads(clean.with_suffix(".json").read_text())
+    assert side["settings"]["slow_every"] == 2 and side["timings"]["slow_force_s"] > 0
+    traj = md.load(str(clean))
+    assert traj.n_frames == 4 * 20 and np.isfinite(traj.xyz).all()
+
+    calls["fast_forces"], stop["at"] = 0, 70                            # interrupt at step 69, inside an outer step
+    out = tmp_path / "mts2.h5"
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_file), "-o", str(out)] + args)
+    assert main([str(model_file), "-o", str(out)] + args) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["timings"]["resumed_from_step"] == 50
+    assert np.array_equal(md.load(str(out)).xyz, traj.xyz)
+
+
 @pytest.mark.parametrize("extra, match", [
+    (["--slow-every", "0"], "--slow-every"), (["--steps", "200", "--slow-every", "3"], "multiples of --slow-every"),
+    (["--integrator", "overdamped", "--slow-every", "2"], "needs --integrator langevin"),
     (["--steps", "0"], "--steps"), (["--dt", "-1"], "--dt"), (["--friction", "0"], "--friction"),
     (["--replicas", "0"], "--replicas"), (["--steps", "100", "--save-every", "500"], "larger than --steps"),
     (["--steps", "100", "--burn-in", "100"], "--burn-in"), (["--steps", "100", "--burn-in", "95"], "no frame"),

@@ -8,6 +8,14 @@
 - ``"langevin"``: underdamped BAOAB (Leimkuhler-Matthews) with bead masses and friction gamma (1/ps);
   friction 0 gives velocity Verlet (NVE).
 
+Multiple time steps (impulse r-RESPA, ``"langevin"`` only): with ``force_fn`` a pair ``(fast, slow)`` and
+``slow_every`` = k, one outer step of k dt is a half kick of k dt / 2 with the slow force, k BAOAB steps of dt
+with the fast force, and another slow half kick, i.e. B_slow(k dt/2) [B A O A B]_fast^k B_slow(k dt/2). The
+slow force (for a CG model the GDML term, the expensive part) is evaluated once per k steps, the fast one
+(prior and basin offsets, cheap) every step; at friction 0 the scheme is symplectic. Steps, ``dt`` and
+``save_every`` stay in inner steps (simulated time = n_steps dt); n_steps and save_every must be multiples of
+k, so frames and velocities are taken at outer-step boundaries.
+
 The noise is one standard normal array (n_replicas, n_beads, 3) per step from one seeded numpy Generator,
 drawn whether or not a replica is alive, so a run resumed from a checkpoint is bit-for-bit identical to an
 uninterrupted one. A replica that blows up (NaN/inf, |coordinate| > 1e6 nm, or ``blowup(R)`` true) is frozen at its last good
@@ -53,8 +61,15 @@ CHECKPOINT_VERSION = 1
 # 50 ps each, so 100 ps per replica (10 ns in all) converges the (phi, psi) landscape. Overdamped Euler-Maruyama only depends on dt/gamma; 2 fs with gamma = 1000/ps keeps the
 # per-step bond relaxation k dt (1/m1 + 1/m2) / gamma near 0.1: on ala2 its bond widths match BAOAB's within
 # 1%, but it crosses between (phi, psi) basins ~5x less often than BAOAB at 1/ps, so it needs ~5x more steps.
+# slow_every: the GDML force every K steps, the prior every step (multiple-time-step BAOAB, see above). Both stay
+# at 2 fs and K = 1 (benchmarks/results/bench_timestep.md, ala2 5 beads, 100 replicas x 120 ps): BAOAB keeps the
+# landscape and the bond and angle distributions up to dt = 5 fs (2.5x the simulated time per wall second; at
+# 6 fs the stiffest bond widens 5%), MTS up to an outer step of 6 fs (3 fs x 2: 2.8x, bond widths +2%); at an
+# 8 fs outer step the landscape holds but bonds widen 5-6% (impulse resonance with the ~25 fs bond vibration;
+# friction 5/ps cuts that to 2%), at 12 fs they double. None reaches 3x at equal accuracy.
 DEFAULTS = {"replicas": 100, "steps": 50000, "save_every": 100, "burn_in": 10000,
-            "langevin": {"dt": 0.002, "friction": 1.0}, "overdamped": {"dt": 0.002, "friction": 1000.0}}
+            "langevin": {"dt": 0.002, "friction": 1.0, "slow_every": 1},
+            "overdamped": {"dt": 0.002, "friction": 1000.0, "slow_every": 1}}
 
 
 @dataclass
@@ -98,6 +113,24 @@ def bond_blowup(bond_pairs, threshold):
         return (np.einsum("nbk,nbk->nb", d, d) > threshold**2).any(axis=1)
 
     return test
+
+
+class _ForcePair:
+    """The (fast, slow) forces of a multiple-time-step run, as one object (shared once with workers)."""
+
+    def __init__(self, fast, slow):
+        if not (callable(fast) and callable(slow)):
+            raise CgdmlError("force_fn must be a callable or a pair (fast, slow) of callables")
+        self.fast, self.slow = fast, slow
+
+
+def _force_pair(force_fn):
+    """``force_fn`` as a :class:`_ForcePair` when it is a (fast, slow) pair, else unchanged."""
+    if isinstance(force_fn, (tuple, list)):
+        if len(force_fn) != 2:
+            raise CgdmlError(f"force_fn must be a callable or a pair (fast, slow), got {len(force_fn)} items")
+        return _ForcePair(*force_fn)
+    return force_fn
 
 
 def _fingerprint(**settings):
@@ -168,37 +201,46 @@ def _rng_state(value):
 
 def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, integrator="overdamped",
              friction=None, seed=0, checkpoint=None, checkpoint_every=None, blowup=None, progress=True,
-             save_velocities=False, checkpoint_tag=None, n_groups=1, n_jobs=1, scheduler=None, indexed_forces=False):
+             save_velocities=False, checkpoint_tag=None, n_groups=1, n_jobs=1, scheduler=None, indexed_forces=False,
+             slow_every=1):
     """Run ``n_steps`` of Langevin dynamics for all replicas in ``x0`` (n_replicas, n_beads, 3) nm.
 
     masses (n_beads,) amu; temperature K; dt ps; friction gamma 1/ps (default 1 for langevin, 1000 for
     overdamped, see ``DEFAULTS``); ``force_fn(R) -> F`` batched,
-    kJ/mol/nm. ``checkpoint``: path of an ``.npz`` written every ``checkpoint_every`` steps (default
+    kJ/mol/nm, or a pair ``(fast, slow)`` of such functions whose sum is the force: multiple-time-step BAOAB
+    with the slow one every ``slow_every`` steps (see the module docstring; langevin only). ``checkpoint``: path of an ``.npz`` written every ``checkpoint_every`` steps (default
     n_steps // 20); if it exists and was written with the same settings (``checkpoint_tag`` adds e.g. a
     model hash), the run resumes from it. ``blowup(R) -> bool (n,)`` flags replicas to stop besides NaN/inf.
     ``n_groups``: independent replica groups (see the module docstring), each checkpointed to its own file
     (:func:`group_checkpoints`); ``n_jobs`` local processes for them, or ``scheduler`` (a Dask address,
     scheduler file or Client; group checkpoints then need a file system the workers share).
     ``indexed_forces``: call ``force_fn(R, replicas)`` with the replica indices (n,) of R's rows, for forces
-    that differ between replicas (umbrella windows); one group only.
+    that differ between replicas (umbrella windows); one group only (with a pair, both get the indices).
     Returns a :class:`SimulationResult`; raises :class:`CgdmlError` if every replica blows up.
     """
     kwargs = dict(masses=masses, temperature=temperature, dt=dt, n_steps=n_steps, save_every=save_every,
                   integrator=integrator, friction=friction, checkpoint_every=checkpoint_every, blowup=blowup,
-                  save_velocities=save_velocities)
+                  save_velocities=save_velocities, slow_every=slow_every)
     try:
+        force_fn = _force_pair(force_fn)
         if indexed_forces:
             if n_groups != 1 or scheduler is not None:
                 raise CgdmlError("indexed_forces needs a single replica group")
             rows = np.arange(len(x0))
-            return _simulate_one(lambda R, idx=slice(None): force_fn(R, rows[idx]), x0, seed=seed,
+
+            def indexed(fn):
+                return lambda R, idx=slice(None): fn(R, rows[idx])
+
+            fn = _ForcePair(indexed(force_fn.fast), indexed(force_fn.slow)) if isinstance(force_fn, _ForcePair) \
+                else indexed(force_fn)
+            return _simulate_one(fn, x0, seed=seed,
                                  checkpoint=checkpoint, progress=progress, checkpoint_tag=checkpoint_tag,
                                  indexed=True, **kwargs)
         if n_groups == 1 and scheduler is None:
             return _simulate_one(force_fn, x0, seed=seed, checkpoint=checkpoint, progress=progress,
                                  checkpoint_tag=checkpoint_tag, **kwargs)
-        return _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs,
-                                scheduler, kwargs)
+        return _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n_groups, n_jobs, scheduler,
+                                kwargs)
     except AllBlownUp as exc:
         # a checkpoint of a run that ended in total blow-up is of no use, and would block the advised rerun
         # with a smaller time step ("different settings"): discard it
@@ -237,7 +279,8 @@ def _simulate_groups(force_fn, x0, seed, checkpoint, checkpoint_tag, progress, n
         raise CgdmlError(f"n_groups must be between 1 and the number of replicas ({n_rep}), got {n_groups}")
     n_groups = int(n_groups)
     _check_settings(x0.shape[1], **{k: kwargs[k] for k in ("masses", "integrator", "n_steps", "save_every", "dt",
-                                                           "friction", "checkpoint_every")})
+                                                           "friction", "checkpoint_every", "slow_every")},
+                    pair=isinstance(force_fn, _ForcePair))
     parts = np.array_split(x0, n_groups)
     seeds = [int(seed)] if n_groups == 1 else np.random.SeedSequence(int(seed)).spawn(n_groups)
     ckpts = [None] * n_groups if checkpoint is None else [p.resolve() for p in group_checkpoints(checkpoint, n_groups)]
@@ -282,6 +325,8 @@ def _merge_groups(results, wall):
     steps = max(r.timings["steps"] for r in results)
     resumed = [r.timings["resumed_from_step"] for r in results if r.timings["resumed_from_step"] is not None]
     timings = {"wall_s": wall, "force_s": sum(r.timings["force_s"] for r in results), "steps": steps,
+               **({"slow_force_s": sum(r.timings["slow_force_s"] for r in results)}
+                  if "slow_force_s" in results[0].timings else {}),
                "resumed_from_step": min(resumed) if resumed else None,
                "steps_per_s": steps / wall if wall > 0 else float("nan"),
                "replica_steps_per_s": sum(r.timings["steps"] * n for r, n in zip(results, sizes)) / wall
@@ -303,8 +348,10 @@ def _check_start(x0):
     return x0
 
 
-def _check_settings(n_beads, masses, integrator, n_steps, save_every, dt, friction, checkpoint_every):
-    """Validated (masses, n_steps, save_every, dt, friction, checkpoint_every); one-line errors."""
+def _check_settings(n_beads, masses, integrator, n_steps, save_every, dt, friction, checkpoint_every, slow_every=1,
+                    pair=False):
+    """Validated (masses, n_steps, save_every, dt, friction, checkpoint_every, slow_every); one-line errors.
+    ``pair``: the forces are a (fast, slow) pair (multiple time steps)."""
     masses = np.asarray(masses, dtype=np.float64).reshape(-1)
     if masses.shape != (n_beads,) or not (masses > 0).all():
         raise CgdmlError(f"masses must be {n_beads} positive numbers (amu), got {masses}")
@@ -323,21 +370,36 @@ def _check_settings(n_beads, masses, integrator, n_steps, save_every, dt, fricti
     checkpoint_every = max(1, n_steps // 20) if checkpoint_every is None else int(checkpoint_every)
     if checkpoint_every < 1:
         raise CgdmlError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    return masses, n_steps, save_every, dt, friction, checkpoint_every
+    if not (isinstance(slow_every, (int, np.integer)) and slow_every >= 1):
+        raise CgdmlError(f"slow_every must be an integer >= 1, got {slow_every!r}")
+    slow_every = int(slow_every)
+    if pair and integrator != "langevin":
+        raise CgdmlError("a (fast, slow) force pair (multiple time steps) needs integrator='langevin'")
+    if slow_every > 1:
+        if not pair:
+            raise CgdmlError(f"slow_every={slow_every} needs force_fn as a pair (fast, slow)")
+        if n_steps % slow_every or save_every % slow_every:
+            raise CgdmlError(f"n_steps ({n_steps}) and save_every ({save_every}) must be multiples of "
+                             f"slow_every ({slow_every})")
+    return masses, n_steps, save_every, dt, friction, checkpoint_every, slow_every
 
 
 def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every, integrator, friction, seed,
                   checkpoint, checkpoint_every, blowup, progress, save_velocities, checkpoint_tag, desc=None,
-                  all_may_blow_up=False, indexed=False):
+                  all_may_blow_up=False, indexed=False, slow_every=1):
     """:func:`simulate` for one group of replicas with one random stream (``seed``: int or SeedSequence).
 
     ``all_may_blow_up``: return (all replicas stopped) instead of raising when every replica blows up.
     ``indexed``: call ``force_fn(R, idx)`` with the rows' replica selection (see ``indexed_forces``).
+    ``force_fn`` may be a :class:`_ForcePair` (or a (fast, slow) pair): multiple time steps, see the module.
     """
     x0 = _check_start(x0)
     n_rep, n_beads, _ = x0.shape
-    masses, n_steps, save_every, dt, friction, checkpoint_every = _check_settings(
-        n_beads, masses, integrator, n_steps, save_every, dt, friction, checkpoint_every)
+    force_fn = _force_pair(force_fn)
+    mts = isinstance(force_fn, _ForcePair)
+    masses, n_steps, save_every, dt, friction, checkpoint_every, slow_every = _check_settings(
+        n_beads, masses, integrator, n_steps, save_every, dt, friction, checkpoint_every, slow_every, mts)
+    fast_fn, slow_fn = (force_fn.fast, force_fn.slow) if mts else (force_fn, None)
     kt = thermal_energy(temperature)
 
     m = masses[None, :, None]
@@ -345,13 +407,15 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
     fingerprint = _fingerprint(integrator=integrator, dt=dt, friction=friction, temperature=float(temperature),
                                n_steps=n_steps, save_every=save_every, seed=_seed_key(seed),
                                masses=masses.tolist(), shape=list(x0.shape), save_velocities=bool(save_velocities),
-                               x0_sha256=hashlib.sha256(x0.tobytes()).hexdigest(), tag=checkpoint_tag)
+                               x0_sha256=hashlib.sha256(x0.tobytes()).hexdigest(), tag=checkpoint_tag,
+                               **({"slow_every": slow_every} if mts else {}))
     rng = np.random.default_rng(seed)
     frames = np.full((n_save, n_rep, n_beads, 3), np.nan, dtype=np.float32)
     vframes = np.full_like(frames, np.nan) if save_velocities else None
     alive = np.ones(n_rep, dtype=bool)
     stopped_at = np.full(n_rep, -1, dtype=np.int64)
-    t_force = 0.0
+    t_force = t_slow = 0.0
+    Fs = None                                           # the slow forces (multiple time steps)
     t_start = time.perf_counter()
 
     z = None
@@ -359,6 +423,8 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
         z = _load_checkpoint(checkpoint, fingerprint, x0.shape, n_save, save_velocities, n_steps, save_every)
     if z is not None:
         x, v, F = z["positions"].copy(), z["velocities"].copy(), z["forces"].copy()
+        if mts:
+            Fs = z["slow_forces"].copy()
         step = int(z["step"])
         rng.bit_generator.state = z["rng_state"]
         alive[:], stopped_at[:] = z["alive"], z["stopped_at"]
@@ -375,17 +441,26 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
         else:
             v = np.zeros_like(x)
         tf = time.perf_counter()
-        F = np.array(force_fn(x), dtype=np.float64)
+        F = np.array(fast_fn(x), dtype=np.float64)
         t_force += time.perf_counter() - tf
         if F.shape != x.shape:
             raise CgdmlError(f"force function returned shape {F.shape}, expected {x.shape}")
         bad = ~np.isfinite(F).reshape(n_rep, -1).all(axis=1)
+        if mts:
+            tf = time.perf_counter()
+            Fs = np.array(slow_fn(x), dtype=np.float64)
+            t_slow += time.perf_counter() - tf
+            if Fs.shape != x.shape:
+                raise CgdmlError(f"slow force function returned shape {Fs.shape}, expected {x.shape}")
+            bad |= ~np.isfinite(Fs).reshape(n_rep, -1).all(axis=1)
         if blowup is not None:
             bad |= np.asarray(blowup(x), dtype=bool)
         if bad.all() and not all_may_blow_up:
             raise AllBlownUp("every start configuration gives non-finite forces or fails the blow-up test")
         alive[bad], stopped_at[bad] = False, 0
         F[bad] = 0.0
+        if mts:
+            Fs[bad] = 0.0
 
     if integrator == "overdamped":
         mobility = dt / (m * friction)                  # (D / kT) dt
@@ -394,6 +469,7 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
         half_dt_over_m = 0.5 * dt / m
         c1 = np.exp(-friction * dt)
         noise_scale = np.sqrt((1.0 - c1 * c1) * kt / m)
+        half_outer_over_m = 0.5 * slow_every * dt / m   # the slow half kick (multiple time steps)
 
     blowups = [{"replica": int(i), "step": int(stopped_at[i])} for i in np.flatnonzero(~alive)]
     bar = None
@@ -413,15 +489,23 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
                 xn = xa + mobility * Fa + noise_scale * xia
                 vn = va
             else:
+                if mts and (step - 1) % slow_every == 0:
+                    va = va + half_outer_over_m * Fs[idx]                   # B slow: opens an outer step
                 vn = va + half_dt_over_m * Fa                               # B
                 xn = xa + 0.5 * dt * vn                                     # A
                 vn = c1 * vn + noise_scale * xia                            # O
                 xn = xn + 0.5 * dt * vn                                     # A
             tf = time.perf_counter()
-            Fn = np.asarray(force_fn(xn, idx) if indexed else force_fn(xn), dtype=np.float64)
+            Fn = np.asarray(fast_fn(xn, idx) if indexed else fast_fn(xn), dtype=np.float64)
             t_force += time.perf_counter() - tf
             if integrator == "langevin":
                 vn = vn + half_dt_over_m * Fn                               # B
+            Fsn = None
+            if mts and step % slow_every == 0:
+                tf = time.perf_counter()
+                Fsn = np.asarray(slow_fn(xn, idx) if indexed else slow_fn(xn), dtype=np.float64)
+                t_slow += time.perf_counter() - tf
+                vn = vn + half_outer_over_m * Fsn                           # B slow: closes it (NaN shows in vn)
             # one reduction per array: NaN fails the comparison, any inf/NaN makes the sums non-finite
             bad = ~((np.abs(xn).max(axis=(1, 2)) < MAX_COORD) & np.isfinite(Fn.sum(axis=(1, 2)) + vn.sum(axis=(1, 2))))
             if blowup is not None:
@@ -431,6 +515,8 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
                 good = ~bad
                 keep = np.arange(n_rep)[idx][good]
                 x[keep], v[keep], F[keep] = xn[good], vn[good], Fn[good]
+                if Fsn is not None:
+                    Fs[keep] = Fsn[good]
                 alive[ids], stopped_at[ids] = False, step
                 for i in ids:
                     blowups.append({"replica": int(i), "step": int(step)})
@@ -441,8 +527,12 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
                                      "or check the model")
             elif isinstance(idx, slice):
                 x, v, F = xn, vn, Fn
+                if Fsn is not None:
+                    Fs = Fsn
             else:
                 x[idx], v[idx], F[idx] = xn, vn, Fn
+                if Fsn is not None:
+                    Fs[idx] = Fsn
             if step % save_every == 0:
                 k = step // save_every - 1
                 frames[k, alive] = x[alive]
@@ -451,6 +541,8 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
             if checkpoint is not None and (step % checkpoint_every == 0):
                 k = step // save_every
                 extra = {"velocity_frames": vframes[:k]} if save_velocities else {}
+                if mts:
+                    extra["slow_forces"] = Fs
                 save_npz(checkpoint, positions=x, velocities=v, forces=F, step=np.int64(step),
                          rng_state=np.array(json.dumps(rng.bit_generator.state)), alive=alive,
                          stopped_at=stopped_at, frames=frames[:k], settings_json=np.array(fingerprint),
@@ -465,7 +557,8 @@ def _simulate_one(force_fn, x0, *, masses, temperature, dt, n_steps, save_every,
             bar.close()
     wall = time.perf_counter() - t_start
     done = step - start_step
-    timings = {"wall_s": wall, "force_s": t_force, "steps": done, "resumed_from_step": resumed_from,
+    timings = {"wall_s": wall, "force_s": t_force + t_slow, **({"slow_force_s": t_slow} if mts else {}),
+               "steps": done, "resumed_from_step": resumed_from,
                "steps_per_s": done / wall if wall > 0 else float("nan"),
                "replica_steps_per_s": done * n_rep / wall if wall > 0 else float("nan")}
     return SimulationResult(frames, alive, stopped_at, x, v, save_every, timings, vframes, blowups)

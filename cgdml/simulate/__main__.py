@@ -55,6 +55,10 @@ def build_parser():
                    help=f"save a frame every N steps (default {DEFAULTS['save_every']})")
     p.add_argument("--integrator", choices=INTEGRATORS, default="langevin",
                    help="langevin (BAOAB, default) or overdamped (Euler-Maruyama)")
+    p.add_argument("--slow-every", type=int, default=None, metavar="K",
+                   help="multiple time steps (langevin): the GDML force every K steps, the prior (and basin "
+                   f"offsets) every step (default {DEFAULTS['langevin']['slow_every']}; 1 = plain BAOAB); "
+                   "--steps and --save-every must be multiples of K")
     p.add_argument("--friction", type=float, default=None,
                    help="friction gamma in 1/ps (default 1 for langevin, 1000 for overdamped)")
     p.add_argument("--temperature", type=float, default=None, help="K (default: the model's temperature)")
@@ -101,6 +105,7 @@ def _simulate(a, out, pdb, side, ckpt):
         raise CgdmlError(f"--temperature must be > 0 K, got {a.temperature:g}")
     dt = DEFAULTS[a.integrator]["dt"] if a.dt is None else a.dt
     friction = DEFAULTS[a.integrator]["friction"] if a.friction is None else a.friction
+    slow_every = DEFAULTS[a.integrator]["slow_every"] if a.slow_every is None else a.slow_every
     for name, val in (("--replicas", a.replicas), ("--steps", a.steps), ("--save-every", a.save_every)):
         if val < 1:
             raise CgdmlError(f"{name} must be >= 1, got {val}")
@@ -110,6 +115,13 @@ def _simulate(a, out, pdb, side, ckpt):
         raise CgdmlError(f"--dt must be > 0 ps, got {dt}")
     if not friction > 0:
         raise CgdmlError(f"--friction must be > 0 /ps, got {friction}")
+    if slow_every < 1:
+        raise CgdmlError(f"--slow-every must be >= 1, got {slow_every}")
+    if slow_every > 1 and a.integrator != "langevin":
+        raise CgdmlError("--slow-every > 1 (multiple time steps) needs --integrator langevin")
+    if a.steps % slow_every or a.save_every % slow_every:
+        raise CgdmlError(f"--steps ({a.steps}) and --save-every ({a.save_every}) must be multiples of "
+                         f"--slow-every ({slow_every})")
     if a.save_every > a.steps:
         raise CgdmlError(f"--save-every {a.save_every} is larger than --steps {a.steps}: nothing would be saved")
     burn_in = a.burn_in
@@ -149,7 +161,8 @@ def _simulate(a, out, pdb, side, ckpt):
     settings = {"model": str(a.model), "replicas": a.replicas, "steps": a.steps, "dt_ps": dt,
                 "save_every": a.save_every, "integrator": a.integrator, "friction_per_ps": friction,
                 "temperature_K": float(temperature), "seed": a.seed, "start": a.start, "burn_in_steps": burn_in,
-                "blowup_bond_nm": a.blowup_factor * model.max_bond_length, "tasks": a.tasks}
+                "blowup_bond_nm": a.blowup_factor * model.max_bond_length, "tasks": a.tasks,
+                "slow_every": slow_every}
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -158,13 +171,14 @@ def _simulate(a, out, pdb, side, ckpt):
     try:
         with warnings.catch_warnings(), threadpool_limits(limits=a.threads):
             warnings.simplefilter("default")
-            result = simulate(model.forces, x0, masses=model.masses, temperature=temperature, dt=dt,
+            forces = (model.fast_forces, model.slow_forces) if slow_every > 1 else model.forces
+            result = simulate(forces, x0, masses=model.masses, temperature=temperature, dt=dt,
                               n_steps=a.steps, save_every=a.save_every, integrator=a.integrator, friction=friction,
                               seed=a.seed, checkpoint=ckpt, checkpoint_every=a.checkpoint_every, blowup=blowup,
                               progress=not (a.no_progress or a.quiet),
                               checkpoint_tag={"model_sha256": _file_sha256(a.model),
                                               "blowup": settings["blowup_bond_nm"]},
-                              n_groups=a.tasks, n_jobs=a.jobs, scheduler=a.scheduler)
+                              n_groups=a.tasks, n_jobs=a.jobs, scheduler=a.scheduler, slow_every=slow_every)
     finally:
         numba.set_num_threads(numba_threads)                   # main() may run inside a notebook or test
     model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
