@@ -176,7 +176,8 @@ def _load_checkpoint(path, fingerprint, shape, n_save, save_velocities, n_steps,
         state["step"] = step = f.get("step", as_int)
         if not 0 <= step <= n_steps:
             raise CgdmlError(f"damaged field 'step' ({step}, not in 0..{n_steps})")
-        for name in ("positions", "velocities", "forces"):
+        names = ("positions", "velocities", "forces") + (("slow_forces",) if "slow_every" in new else ())
+        for name in names:                              # slow forces: multiple-time-step runs only
             state[name] = f.get(name, lambda v: as_array(v, "f", shape=shape))
         state["stopped_at"] = f.get("stopped_at", lambda v: as_array(v, "i", shape=(n_rep,)))
         k = step // save_every
