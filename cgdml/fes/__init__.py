@@ -1,6 +1,7 @@
 """Free energy: histograms of collective variables, (phi, psi), and the project's FES comparison metric.
 
-F = -kT ln p on a histogram of CVs (radians for dihedrals). :func:`compare_fes` implements docs/method.md §3:
+F = -kT ln p on a histogram of CVs (radians for dihedrals; the histograms and metrics are in
+:mod:`cgdml.fes.histograms`, re-exported here). :func:`compare_fes` implements docs/method.md §3:
 
 - ``fes_rmse`` (kT): over the bins the reference visits, weighted by reference population, after removing the
   optimal constant offset (the weighted mean difference); a bin the model never visits counts as 0.5 samples;
@@ -24,197 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.special import rel_entr
 
 from .._io import CgdmlError, atomic_path
-
-PERIODIC = (-np.pi, np.pi)
-
-
-# ------------------------------------------------------------------------------------------------ histograms
-
-def _as_cv(cv):
-    cv = np.asarray(cv, dtype=np.float64)
-    if cv.ndim == 1:
-        cv = cv[:, None]
-    if cv.ndim != 2 or cv.shape[1] not in (1, 2):
-        raise CgdmlError(f"collective variables must have shape (n,) or (n, 1 or 2), got {cv.shape}")
-    if len(cv) == 0:
-        raise CgdmlError("no collective-variable samples")
-    return cv
-
-
-def _ranges(range_, dim):
-    if range_ is None:
-        return [PERIODIC] * dim
-    r = np.asarray(range_, dtype=np.float64)
-    if r.shape == (2,) and dim == 1:
-        return [tuple(r)]
-    if r.shape != (dim, 2):
-        raise CgdmlError(f"range must give (low, high) for each of the {dim} CV dimension(s), got {range_}")
-    return [tuple(x) for x in r]
-
-
-def _edges(bins, range_, dim):
-    return [np.linspace(lo, hi, int(bins) + 1) for lo, hi in _ranges(range_, dim)]
-
-
-def _bin_index(cv, edges):
-    """Flat bin index of each sample (n,), -1 outside the range. Bins are [lo, hi) except the last, closed."""
-    flat = np.zeros(len(cv), dtype=np.int64)
-    inside = np.ones(len(cv), dtype=bool)
-    for d, e in enumerate(edges):
-        nb = len(e) - 1
-        i = np.searchsorted(e, cv[:, d], side="right") - 1
-        i[cv[:, d] == e[-1]] = nb - 1
-        inside &= (i >= 0) & (i < nb) & np.isfinite(cv[:, d])
-        flat = flat * nb + np.clip(i, 0, nb - 1)
-    return np.where(inside, flat, -1)
-
-
-def _counts(cv, edges, weights=None):
-    n_bins = int(np.prod([len(e) - 1 for e in edges]))
-    idx = _bin_index(cv, edges)
-    keep = idx >= 0
-    w = None if weights is None else np.asarray(weights, dtype=np.float64)[keep]
-    return np.bincount(idx[keep], weights=w, minlength=n_bins).astype(np.float64)
-
-
-def histogram_fes(cv, bins=36, range=None, kT=1.0, weights=None):
-    """Free energy F = -kT ln p of 1D or 2D CV samples ``cv`` (n,) or (n, d).
-
-    ``range`` per dimension defaults to [-pi, pi) (dihedrals). Returns (F, edges, counts): F and counts shaped
-    (bins,) or (bins, bins), F in units of ``kT`` (kT by default), minimum 0, +inf in empty bins; edges an
-    array (1D) or a list of two arrays (2D).
-    """
-    cv = _as_cv(cv)
-    dim = cv.shape[1]
-    edges = _edges(bins, range, dim)
-    if weights is not None and np.shape(weights) != (len(cv),):
-        raise CgdmlError(f"weights must have shape ({len(cv)},), got {np.shape(weights)}")
-    counts = _counts(cv, edges, weights).reshape([len(e) - 1 for e in edges])
-    if counts.sum() <= 0:
-        raise CgdmlError("no samples fall inside the histogram range")
-    with np.errstate(divide="ignore"):
-        F = -float(kT) * np.log(counts / counts.sum())
-    F -= F[np.isfinite(F)].min()
-    return F, (edges[0] if dim == 1 else edges), counts
-
-
-# ------------------------------------------------------------------------------------------------ metrics
-
-def _metrics_from_counts(h_model, h_ref):
-    n_model, n_ref = h_model.sum(), h_ref.sum()
-    if n_model <= 0 or n_ref <= 0:
-        raise CgdmlError("a histogram for the FES comparison is empty (no samples inside the CV range)")
-    visited = h_ref > 0
-    w = h_ref[visited] / n_ref                                    # reference population of visited bins
-    f_ref = -np.log(w)
-    f_model = -np.log(np.maximum(h_model[visited], 0.5) / n_model)   # never-visited bin: half a sample
-    diff = f_model - f_ref
-    offset = np.dot(w, diff)                                     # optimal constant under these weights
-    rmse = float(np.sqrt(np.dot(w, (diff - offset) ** 2)))
-    p, q = h_ref / n_ref, h_model / n_model
-    m = 0.5 * (p + q)
-    js = float(0.5 * rel_entr(p, m).sum() + 0.5 * rel_entr(q, m).sum())
-    return {"fes_rmse": rmse, "js": js, "offset": float(offset), "n_model": int(round(n_model)),
-            "n_ref": int(round(n_ref)), "bins_ref_visited": int(visited.sum()),
-            "bins_missed_by_model": int((visited & (h_model == 0)).sum())}
-
-
-def compare_fes(cv_model, cv_ref, bins=36, range=None):
-    """FES comparison of model CV samples against reference ones (docs/method.md §3): dict with ``fes_rmse`` (kT),
-    ``js`` (nats), the removed ``offset`` (kT), sample and bin counts."""
-    cv_model, cv_ref = _as_cv(cv_model), _as_cv(cv_ref)
-    if cv_model.shape[1] != cv_ref.shape[1]:
-        raise CgdmlError(f"model CVs have {cv_model.shape[1]} dimension(s), reference {cv_ref.shape[1]}")
-    edges = _edges(bins, range, cv_ref.shape[1])
-    return _metrics_from_counts(_counts(cv_model, edges), _counts(cv_ref, edges))
-
-
-def split_half_floor(cv_ref, bins=36, range=None):
-    """Noise floor: :func:`compare_fes` of the reference's second half (as model) against its first half."""
-    cv_ref = _as_cv(cv_ref)
-    half = len(cv_ref) // 2
-    if half < 1:
-        raise CgdmlError("the reference needs at least 2 frames for a split-half noise floor")
-    return compare_fes(cv_ref[half:], cv_ref[:half], bins, range)
-
-
-def _block_resamples(n, n_boot, block, seed):
-    """Frame indices of ``n_boot`` block-bootstrap resamples of ``n`` time-ordered frames (generator)."""
-    rng = np.random.default_rng(seed)
-    n_blocks = -(-n // block)
-    for _ in np.arange(int(n_boot)):
-        starts = rng.integers(0, n - block + 1, size=n_blocks)
-        yield (starts[:, None] + np.arange(block)).ravel()[:n]
-
-
-def _check_bootstrap(n, n_boot, block):
-    block = max(1, n // 50) if block is None else int(block)
-    if block < 1 or block > n:
-        raise CgdmlError(f"bootstrap block must be between 1 and the {n} model frames, got {block}")
-    if int(n_boot) < 2:
-        raise CgdmlError(f"n_boot must be >= 2, got {n_boot}")
-    return block
-
-
-def bootstrap_undefined(n, block):
-    """Why a block bootstrap of ``n`` frames in blocks of ``block`` has no interval (fewer than 2 blocks: every
-    resample is the same frames, a zero-width interval that would claim certainty), else None."""
-    block = max(1, n // 50) if block is None else int(block)
-    if n // max(block, 1) < 2:
-        return (f"{n} model frame(s) in blocks of {block} make fewer than 2 blocks, so every resample is the same "
-                "frames")
-    return None
-
-
-def _summary(point, samples):
-    v = np.asarray(samples, dtype=np.float64)
-    std = float(v.std(ddof=1))
-    # resamples repeat frames, so they visit fewer bins and come out biased upwards: the interval is
-    # centred on the estimate from all frames, with the bootstrap standard error
-    return {"point": float(point), "std": std, "lo": max(0.0, point - 1.96 * std), "hi": point + 1.96 * std,
-            "bias": float(v.mean() - point)}
-
-
-def _bootstrap_draws(idx_models, h_refs, n_boot, block, seed):
-    """Per panel {metric: array (n_boot,)} over shared block resamples of the model frames (the same
-    resamples for every panel, so that the mean over panels can be bootstrapped too)."""
-    n = len(idx_models[0])
-    samples = [{"fes_rmse": [], "js": []} for _ in idx_models]
-    for take in _block_resamples(n, n_boot, block, seed):
-        for s, idx, h_ref in zip(samples, idx_models, h_refs):
-            sel = idx[take]
-            m = _metrics_from_counts(np.bincount(sel[sel >= 0], minlength=len(h_ref)).astype(np.float64), h_ref)
-            for k in s:
-                s[k].append(m[k])
-    return [{k: np.asarray(v) for k, v in s.items()} for s in samples]
-
-
-def bootstrap_metrics(cv_model, cv_ref, n_boot=200, block=None, bins=36, range=None, seed=0):
-    """Block-bootstrap error bars of :func:`compare_fes` over the model frames (time-ordered).
-
-    Each resample concatenates random contiguous blocks of ``block`` frames (default n // 50, at least 1)
-    up to the original length; blocks should be longer than the correlation time. Returns
-    {metric: {"point", "std", "lo", "hi", "bias"}}: the estimate from all frames, the bootstrap standard error,
-    point -+ 1.96 std (lo clipped at 0), and the resamples' mean minus the point (repeated frames bias it up).
-    """
-    cv_model, cv_ref = _as_cv(cv_model), _as_cv(cv_ref)
-    block = _check_bootstrap(len(cv_model), n_boot, block)
-    why = bootstrap_undefined(len(cv_model), block)
-    if why:
-        raise CgdmlError(f"no bootstrap interval: {why}")
-    edges = _edges(bins, range, cv_ref.shape[1])
-    h_ref = _counts(cv_ref, edges)
-    idx_model = _bin_index(cv_model, edges)
-    samples = _bootstrap_draws([idx_model], [h_ref], n_boot, block, seed)[0]
-    point = _metrics_from_counts(np.bincount(idx_model[idx_model >= 0], minlength=len(h_ref)).astype(np.float64),
-                                 h_ref)
-    out = {k: _summary(point[k], v) for k, v in samples.items()}
-    out["n_boot"], out["block"] = int(n_boot), block
-    return out
-
+from .histograms import (PERIODIC, as_cv_array, bin_counts, bin_edges, bin_index,  # noqa: F401 (re-exported)
+                         bootstrap_draws, bootstrap_metrics, bootstrap_summary, bootstrap_undefined, check_bootstrap,
+                         compare_fes, histogram_fes, histogram_ranges, metrics_from_counts, split_half_floor)
 
 # ------------------------------------------------------------------------------------------------ CVs
 
@@ -441,7 +256,7 @@ class Panel:
     """
 
     def __init__(self, label, model, reference, range, names, axes, degrees, periodic, residue=None):
-        self.label, self.model, self.reference = label, _as_cv(model), None if reference is None else _as_cv(reference)
+        self.label, self.model, self.reference = label, as_cv_array(model), None if reference is None else as_cv_array(reference)
         self.range = [tuple(map(float, r)) for r in range]
         self.names, self.axes = list(names), list(axes)
         self.degrees, self.periodic = list(degrees), list(periodic)
@@ -580,7 +395,7 @@ def landscape_panels(model, topology, reference=None, cvs=None, lagtime=None):
 # ------------------------------------------------------------------------------------------------ scores
 
 def _bins_of(panel, bins):
-    return _edges(bins, panel.range, panel.dim)
+    return bin_edges(bins, panel.range, panel.dim)
 
 
 def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
@@ -604,13 +419,13 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
         if p.reference is None:
             continue
         edges = _bins_of(p, bins)
-        idx = _bin_index(p.model, edges)
+        idx = bin_index(p.model, edges)
         e["model_outside_range"] = float(np.mean(idx < 0))
         if (idx < 0).all():
             raise CgdmlError(f"landscape {p.label}: no model frame falls inside the reference's range "
                              f"{', '.join(f'[{lo:.4g}, {hi:.4g}]' for lo, hi in p.range)}")
-        h_ref = _counts(p.reference, edges)
-        e["metrics"] = _metrics_from_counts(np.bincount(idx[idx >= 0], minlength=len(h_ref)).astype(np.float64),
+        h_ref = bin_counts(p.reference, edges)
+        e["metrics"] = metrics_from_counts(np.bincount(idx[idx >= 0], minlength=len(h_ref)).astype(np.float64),
                                             h_ref)
         e["noise_floor"] = split_half_floor(p.reference, bins, p.range)
         if p.residue:
@@ -625,17 +440,17 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
     mean["noise_floor"] = {k: float(np.mean([e["noise_floor"][k] for e in scored])) for k in ("fes_rmse", "js")}
     mean["n_panels"] = len(scored)
     if n_boot:
-        block = _check_bootstrap(len(idx_models[0]), n_boot, block)
+        block = check_bootstrap(len(idx_models[0]), n_boot, block)
     why = bootstrap_undefined(len(idx_models[0]), block) if n_boot else None
     if why:        # reported as undefined, not as a zero-width interval
         for e in scored + [mean]:
             e["bootstrap_undefined"] = why
     elif n_boot:
-        draws = _bootstrap_draws(idx_models, h_refs, n_boot, block, seed)
+        draws = bootstrap_draws(idx_models, h_refs, n_boot, block, seed)
         for e, d in zip(scored, draws):
-            e["bootstrap"] = {k: _summary(e["metrics"][k], v) for k, v in d.items()}
+            e["bootstrap"] = {k: bootstrap_summary(e["metrics"][k], v) for k, v in d.items()}
             e["bootstrap"]["n_boot"], e["bootstrap"]["block"] = int(n_boot), block
-        mean["bootstrap"] = {k: _summary(mean[k], np.mean([d[k] for d in draws], axis=0)) for k in ("fes_rmse", "js")}
+        mean["bootstrap"] = {k: bootstrap_summary(mean[k], np.mean([d[k] for d in draws], axis=0)) for k in ("fes_rmse", "js")}
         mean["bootstrap"]["n_boot"], mean["bootstrap"]["block"] = int(n_boot), block
     return {"panels": entries, "mean": mean}
 
@@ -716,8 +531,8 @@ def plot_fes(F, edges, ax=None, vmax=8.0, title="", labels=None, degrees=None):
 def _difference(panel, bins, offset):
     edges = _bins_of(panel, bins)
     shape = [len(e) - 1 for e in edges]
-    c_m = _counts(panel.model, edges).reshape(shape)
-    c_r = _counts(panel.reference, edges).reshape(shape)
+    c_m = bin_counts(panel.model, edges).reshape(shape)
+    c_r = bin_counts(panel.reference, edges).reshape(shape)
     f_m = -np.log(np.maximum(c_m, 0.5) / max(c_m.sum(), 1.0))
     with np.errstate(divide="ignore"):
         f_r = -np.log(c_r / c_r.sum())
@@ -743,7 +558,7 @@ def _draw_panel_row(fig, gs, row, panel, bins, entry, vmax, ncols):
     prefix = f"{panel.label}: " if panel.label and len(panel.label) <= 12 else ""
     n_m = len(panel.model)
     edges = _bins_of(panel, bins)
-    inside = (_bin_index(panel.model, edges) >= 0).any()
+    inside = (bin_index(panel.model, edges) >= 0).any()
     F_m = histogram_fes(panel.model, bins, panel.range)[0] if inside else None
     F_r = None if not has_ref else histogram_fes(panel.reference, bins, panel.range)[0]
     title_m = f"{prefix}CG model ({n_m} frames)"
@@ -887,9 +702,9 @@ def plot_comparison(path, cv_model, cv_ref=None, bins=36, range=None, metrics=No
     Ramachandran map, drawn in degrees). ``distributions`` = [(label, model_values, ref_values), ...] adds 1D
     histograms. For several residues or CV sets see :func:`plot_landscapes`. The figure is built without
     pyplot, so the caller's matplotlib backend is left alone (in Jupyter, display the returned figure)."""
-    cv_model = _as_cv(cv_model)
+    cv_model = as_cv_array(cv_model)
     dim = cv_model.shape[1]
-    ranges = _ranges(range, dim)
+    ranges = histogram_ranges(range, dim)
     periodic = [np.isclose(lo, -np.pi) and np.isclose(hi, np.pi) for lo, hi in ranges]
     if range is None and dim == 2:
         axes = [r"$\phi$ (deg)", r"$\psi$ (deg)"]
