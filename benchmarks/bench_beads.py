@@ -15,7 +15,7 @@ For each map and both fit methods (``two-layer`` and ``nystrom``, command-line d
 to N frames to time fits of a larger dataset than the reference holds (said so in the table).
 
 Run: ``python benchmarks/bench_beads.py [--tetra DIR] [--maps 5 6 10 11 14 20] [--frames 40000]``; writes
-benchmarks/results/bench_beads.md.
+benchmarks/results/bench_beads.md with every finished row in ``--workdir`` (rows are reused when rerun).
 """
 from __future__ import annotations
 
@@ -113,7 +113,6 @@ def main(argv=None):
     t0 = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", flush=True)  # noqa: E731
     py = sys.executable
-    rows = []
     for n in args.maps:
         work = Path(args.workdir) / f"b{n}"
         work.mkdir(parents=True, exist_ok=True)
@@ -133,7 +132,6 @@ def main(argv=None):
         for method in args.methods:
             row_file = work / f"row_{method}_{n_frames}.json"
             if row_file.exists():
-                rows.append(json.loads(row_file.read_text()))
                 continue
             model = work / f"model_{method}_{n_frames}.npz"
             fit_s, peak_gb, _ = run([py, "-c", PEAK, "cgdml.fit", data, "--method", method, "--quiet", "-o", model],
@@ -149,7 +147,9 @@ def main(argv=None):
                        peak_gb=peak_gb, speeds=speeds, load=load_str(),
                        model_size=info["chosen"].get("n_inducing") or info["chosen"].get("n_layer1_models"))
             row_file.write_text(json.dumps(row))
-            rows.append(row)
+    # the table holds every finished row in the work directory, so that runs with and without --frames add up
+    rows = sorted((json.loads(f.read_text()) for f in Path(args.workdir).glob("b*/row_*.json")),
+                  key=lambda r: (r["beads"], r["frames"], r["method"]))
     say = Report()
     say("# Scale in beads: default fits and simulation throughput")
     say()

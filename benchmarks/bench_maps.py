@@ -8,7 +8,9 @@ Cases (``--cases``, default all whose data exist):
 - ``ala2-5-shuffled``: the 5-bead map with the beads listed out of residue order (C N CA N C);
 - ``cgnet``: the cgnet explicit-solvent alanine dipeptide (../shared/data/cgnet-ala2, pre-mapped, 5 beads);
 - ``tetra-11`` / ``tetra-14``: ACE-AAA-NME from ``python -m cgdml.reference --sequence AAA`` (``--tetra DIR``),
-  backbone beads (11) or backbone + CB (14), aggregate force map; landscapes per residue.
+  backbone beads (11) or backbone + CB (14), aggregate force map; landscapes per residue;
+- ``ala2-6-long``: the CB map on a fresh, longer alanine dipeptide run (``--long DIR``, from ``python -m
+  cgdml.reference -o DIR --ns 50 --save-every-ps 2 --gb native``), aggregate force map.
 
 Each case writes its files to ``--workdir``/CASE and reuses finished steps when rerun. Prints a markdown table
 and writes it to benchmarks/results/bench_maps.md. Run: ``python benchmarks/bench_maps.py [--cases ...]
@@ -86,6 +88,12 @@ def map_case(case, work, args):
             return None
         return ["--coords", CGNET / "ala2_coordinates.npy", "--cg-forces", CGNET / "ala2_forces.npy",
                 "--length-unit", "angstrom", "--energy-unit", "kcal/mol", "--beads", "ala2-5", "--temperature", "300"]
+    if case == "ala2-6-long":
+        pdbs = sorted(Path(args.long).glob("ala2_*.pdb")) if args.long else []
+        if not pdbs or not pdbs[0].with_suffix(".npz").exists():
+            return None
+        npz = pdbs[0].with_suffix(".npz")
+        return ["--top", pdbs[0], "--traj", npz, "--forces", npz, "--force-map", "aggregate", "--map", "ala2-6"]
     if case.startswith("tetra"):
         tetra = Path(args.tetra)
         pdbs = sorted(tetra.glob("*.pdb"))
@@ -141,9 +149,11 @@ def bench_case(case, args, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["ala2-5", "ala2-6", "ala2-5-shuffled", "cgnet", "tetra-11",
-                                                   "tetra-14"])
-    p.add_argument("--method", choices=["two-layer", "nystrom"], default="two-layer")
+                                                   "tetra-14", "ala2-6-long"])
+    p.add_argument("--method", choices=["two-layer", "nystrom"], default="nystrom",
+                   help="fit method (default nystrom, the pipeline's default)")
     p.add_argument("--tetra", default=str(ROOT / "data"), help="directory with the tetrapeptide reference (.pdb+.npz)")
+    p.add_argument("--long", default=None, help="directory of a longer alanine dipeptide reference run (ala2-6-long)")
     p.add_argument("--workdir", default="/tmp/cgdml-bench-maps")
     p.add_argument("--quick", action="store_true", help="small fits and 20 ps runs (a smoke test)")
     p.add_argument("--output", default=str(RESULTS / "bench_maps.md"))
