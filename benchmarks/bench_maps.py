@@ -75,7 +75,7 @@ def run(cmd, log, cwd=ROOT):
 def map_case(case, work, args):
     """The ``python -m cgdml.map`` arguments of a case (None: its data are missing)."""
     shipped = ["--top", ROOT / "data/ala2_implicit_300K.pdb", "--traj", ROOT / "data/ala2_implicit_300K.npz",
-               "--forces", ROOT / "data/ala2_implicit_300K.npz", "--force-map", "aggregate"]
+               "--forces", ROOT / "data/ala2_implicit_300K.npz", "--force-map", args.force_map]
     if case == "ala2-5":
         return shipped + ["--map", "ala2-5"]
     if case == "ala2-6":
@@ -93,7 +93,7 @@ def map_case(case, work, args):
         if not pdbs or not pdbs[0].with_suffix(".npz").exists():
             return None
         npz = pdbs[0].with_suffix(".npz")
-        return ["--top", pdbs[0], "--traj", npz, "--forces", npz, "--force-map", "aggregate", "--map", "ala2-6"]
+        return ["--top", pdbs[0], "--traj", npz, "--forces", npz, "--force-map", args.force_map, "--map", "ala2-6"]
     if case.startswith("tetra"):
         tetra = Path(args.tetra)
         pdbs = sorted(tetra.glob("*.pdb"))
@@ -101,17 +101,18 @@ def map_case(case, work, args):
         if not npzs:
             return None
         (work / "map.toml").write_text(peptide_map(3, case == "tetra-14"))
-        return ["--top", pdbs[0], "--traj", npzs[0], "--forces", npzs[0], "--force-map", "aggregate",
+        return ["--top", pdbs[0], "--traj", npzs[0], "--forces", npzs[0], "--force-map", args.force_map,
                 "--map", work / "map.toml"]
     raise SystemExit(f"unknown case {case}")
 
 
 def bench_case(case, args, log):
-    work = Path(args.workdir) / f"{case}-{args.method}{'-quick' if args.quick else ''}"
+    fmap = "" if args.force_map == "aggregate" else f"-{args.force_map}"
+    work = Path(args.workdir) / f"{case}-{args.method}{fmap}{'-quick' if args.quick else ''}"
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     row = {"case": case, "method": args.method}
-    data, model, traj, fes = work / "cg.npz", work / "model.npz", work / "cg.h5", work / "fes.json"
+    data, model, traj, fes = work / "cg.npz", work / "model.npz", work / "traj.h5", work / "fes.json"
     map_args = map_case(case, work, args)
     if map_args is None:
         log(f"{case}: data not found, skipped")
@@ -135,6 +136,9 @@ def bench_case(case, args, log):
     summary = json.loads(model.with_suffix(".json").read_text())
     panels = report.get("panels") or report.get("per_residue") or [
         dict(label="phi/psi", metrics=report["metrics"], noise_floor=report["noise_floor"])]
+    sim = json.loads(traj.with_suffix(".json").read_text())["settings"]
+    row.update(force_map=args.force_map if case != "cgnet" else "pre-mapped", dt_fs=1000 * sim["dt_ps"],
+               slow_every=sim.get("slow_every", 1))
     row.update(beads=summary["data"]["n_beads"], frames=summary["data"]["n_frames"],
                chosen=summary["chosen"], strata=summary.get("strata", {}).get("method"),
                fit_wall_s=summary.get("wall_time_s"), panels=[
@@ -153,6 +157,8 @@ def main(argv=None):
     p.add_argument("--method", choices=["two-layer", "nystrom"], default="nystrom",
                    help="fit method (default nystrom, the pipeline's default)")
     p.add_argument("--tetra", default=str(ROOT / "data"), help="directory with the tetrapeptide reference (.pdb+.npz)")
+    p.add_argument("--force-map", default="aggregate", choices=["aggregate", "optimal"],
+                   help="force map of the all-atom cases (default aggregate, the map command's default)")
     p.add_argument("--long", default=None, help="directory of a longer alanine dipeptide reference run (ala2-6-long)")
     p.add_argument("--workdir", default="/tmp/cgdml-bench-maps")
     p.add_argument("--quick", action="store_true", help="small fits and 20 ps runs (a smoke test)")
@@ -165,21 +171,24 @@ def main(argv=None):
     say(f"# Default pipeline on maps and molecules ({args.method}{', --quick' if args.quick else ''})")
     say()
     say(f"{time.strftime('%Y-%m-%d')}, load {load_str()}; map -> fit -> simulate -> fes with command-line "
-        "defaults (100 replicas x 100 ps BAOAB); js and fes_rmse against each reference's split-half floor.")
+        "defaults (100 replicas x ~100 ps; step: BAOAB dt x GDML every K steps); js and fes_rmse against each "
+        "reference's split-half floor.")
     say()
-    say("| case | beads | frames | strata | chosen | panel | js | floor js | js / floor | fes_rmse (kT) | floor (kT) |")
-    say("|---|---|---|---|---|---|---|---|---|---|---|")
+    say("| case | force map | beads | frames | strata | chosen | step | panel | js | floor js | js / floor "
+        "| fes_rmse (kT) | floor (kT) |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         chosen = ", ".join(f"{k} {v:g}" for k, v in r["chosen"].items()
                            if k.startswith(("sigma", "lam")) and not k.endswith("absolute"))
         for k, pnl in enumerate(r["panels"]):
-            head = f"| {r['case']} | {r['beads']} | {r['frames']} | {r['strata']} | {chosen} |" if k == 0 else \
-                "| | | | | |"
+            step = f"{r['dt_fs']:g} fs" + (f" x {r['slow_every']}" if r["slow_every"] > 1 else "")
+            head = f"| {r['case']} | {r['force_map']} | {r['beads']} | {r['frames']} | {r['strata']} | {chosen} " \
+                f"| {step} |" if k == 0 else "| | | | | | | |"
             say(f"{head} {pnl['label']} | {pnl['js']:.4f} | {pnl['floor_js']:.4f} | {pnl['js'] / pnl['floor_js']:.2f} "
                 f"| {pnl['fes_rmse']:.3f} | {pnl['floor_rmse']:.3f} |")
         if len(r["panels"]) > 1:
             mean = lambda key: sum(p[key] for p in r["panels"]) / len(r["panels"])  # noqa: E731
-            say(f"| | | | | | mean | {mean('js'):.4f} | {mean('floor_js'):.4f} | {mean('js') / mean('floor_js'):.2f} "
+            say(f"| | | | | | | | mean | {mean('js'):.4f} | {mean('floor_js'):.4f} | {mean('js') / mean('floor_js'):.2f} "
                 f"| {mean('fes_rmse'):.3f} | {mean('floor_rmse'):.3f} |")
     say()
     for r in rows:

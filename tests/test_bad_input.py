@@ -29,7 +29,7 @@ FIT_SMALL = ["--method", "two-layer", "--n-models", "2", "--batch-size", "20", "
              "--lam1", "1",
              "--sigma2", "2", "--lam2", "0.01", "--folds", "2", "--cv-models", "1", "--quiet"]
 SIM_SMALL = ["--replicas", "2", "--steps", "20", "--save-every", "10", "--burn-in", "0", "--no-progress"]
-SIM_CKPT = [*SIM_SMALL, "--checkpoint-every", "5"]
+SIM_CKPT = [*SIM_SMALL, "--checkpoint-every", "5", "--slow-every", "1"]   # plain BAOAB: one force call per step
 GARBAGE = np.random.default_rng(7).bytes(3000)
 
 
@@ -406,9 +406,9 @@ CASES = {
                              ["badmanifest.npz.work/manifest.json", "missing field 'fingerprint'"]),
     "fit-damaged-checkpoint": ("fit", _fit(out="D/badckpt.npz"),
                                ["l1_s2_l1_f-1_m0.npz", "missing field 'final'", "delete it"]),
-    "sim-checkpoint-bad-rng-state": ("simulate", _sim("D/model.npz", "--checkpoint-every", "5", out="D/ck_rng.h5"),
+    "sim-checkpoint-bad-rng-state": ("simulate", _sim("D/model.npz", *SIM_CKPT[-4:], out="D/ck_rng.h5"),
                                      ["ck_rng.h5.ckpt.npz", "'rng_state'"]),
-    "sim-checkpoint-missing-key": ("simulate", _sim("D/model.npz", "--checkpoint-every", "5", out="D/ck_novel.h5"),
+    "sim-checkpoint-missing-key": ("simulate", _sim("D/model.npz", *SIM_CKPT[-4:], out="D/ck_novel.h5"),
                                    ["ck_novel.h5.ckpt.npz", "missing field 'velocities'"]),
     "fes-reference-bead-order": ("fes", ["D/cg.h5", "--reference", "D/cg_reversed.npz", "-o", "O/fes.png"],
                                  ["cg_reversed.npz", "bead order"]),

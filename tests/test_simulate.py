@@ -472,7 +472,8 @@ def test_cli_writes_trajectory_sidecar_and_resumes(model_file, tmp_path, monkeyp
     from cgdml.model import CGModel
     from cgdml.simulate.__main__ import main
 
-    args = ["--replicas", "6", "--steps", "200", "--save-every", "10", "--checkpoint-every", "50",
+    # plain BAOAB (--slow-every 1): one CGModel.forces call per step, which the interruption below counts
+    args = ["--replicas", "6", "--steps", "200", "--save-every", "10", "--checkpoint-every", "50", "--slow-every", "1",
             "--burn-in", "0", "--no-progress"]
     clean = tmp_path / "clean.h5"
     assert main([str(model_file), "-o", str(clean)] + args) == 0

@@ -54,21 +54,24 @@ INTEGRATORS = ("overdamped", "langevin")
 MAX_COORD = 1e6  # nm; a coordinate beyond this (or NaN) is a blow-up: trajectories are stored as float32
 CHECKPOINT_VERSION = 1
 
-# Command-line defaults (documented in --help). Langevin BAOAB at 2 fs is stable for the stiffest CG bonds
-# (k ~ 4e5 kJ/mol/nm^2, masses 12-14 amu: omega dt ~ 0.5) and crosses ala2's (phi, psi) basins quickly at
-# friction 1/ps: on the ala2 5-bead model, 100 replicas started from training frames relax to the model's own
-# basin populations within ~20 ps (the burn-in, not written) and then make ~5 beta <-> alpha transitions per
-# 50 ps each, so 100 ps per replica (10 ns in all) converges the (phi, psi) landscape. Overdamped Euler-Maruyama only depends on dt/gamma; 2 fs with gamma = 1000/ps keeps the
-# per-step bond relaxation k dt (1/m1 + 1/m2) / gamma near 0.1: on ala2 its bond widths match BAOAB's within
-# 1%, but it crosses between (phi, psi) basins ~5x less often than BAOAB at 1/ps, so it needs ~5x more steps.
-# slow_every: the GDML force every K steps, the prior every step (multiple-time-step BAOAB, see above). Both stay
-# at 2 fs and K = 1 (benchmarks/results/bench_timestep.md, ala2 5 beads, 100 replicas x 120 ps): BAOAB keeps the
-# landscape and the bond and angle distributions up to dt = 5 fs (2.5x the simulated time per wall second; at
-# 6 fs the stiffest bond widens 5%), MTS up to an outer step of 6 fs (3 fs x 2: 2.8x, bond widths +2%); at an
-# 8 fs outer step the landscape holds but bonds widen 5-6% (impulse resonance with the ~25 fs bond vibration;
-# friction 5/ps cuts that to 2%), at 12 fs they double. None reaches 3x at equal accuracy.
-DEFAULTS = {"replicas": 100, "steps": 50000, "save_every": 100, "burn_in": 10000,
-            "langevin": {"dt": 0.002, "friction": 1.0, "slow_every": 1},
+# Command-line defaults (documented in --help). Langevin at friction 1/ps crosses ala2's (phi, psi) basins quickly:
+# on the ala2 5-bead model, 100 replicas started from training frames relax to the model's own basin populations
+# within ~20 ps (the burn-in, not written) and then make ~5 beta <-> alpha transitions per 50 ps each, so ~100 ps
+# per replica (10 ns in all) converges the (phi, psi) landscape.
+# The Langevin default is multiple-time-step BAOAB, 3 fs inner steps (the prior and basin offsets) with the GDML
+# force every 2 steps (a 6 fs outer step): the fastest setting that kept the landscape (js within the 2 fs run's
+# bootstrap interval) and every bond and angle distribution (mean and width within 3 bootstrap standard errors,
+# or below 0.02 sigma / 1 %) on two maps, benchmarks/results/bench_timestep.md (ala2 5 beads: 2.8x the simulated
+# time per wall second of BAOAB at 2 fs) and bench_timestep_ala2-6.md (the CB map: 3.0x). Inner steps of 3 fs are
+# stable for the stiffest CG bonds (k ~ 4e5 kJ/mol/nm^2, reduced mass ~7 amu: omega dt ~ 0.75). Larger outer steps
+# fail: at 8 fs the bonds widen 5-6 % (impulse resonance with the ~25 fs bond vibration), at 12 fs they double;
+# plain BAOAB holds up to 5 fs (2.5x) and widens the stiffest bond 5 % at 6 fs. A user's --dt alone means plain
+# BAOAB at that step (slow_every 1), see cgdml.simulate.__main__.
+# Overdamped Euler-Maruyama only depends on dt/gamma; 2 fs with gamma = 1000/ps keeps the per-step bond relaxation
+# k dt (1/m1 + 1/m2) / gamma near 0.1: on ala2 its bond widths match BAOAB's within 1 %, but it crosses between
+# (phi, psi) basins ~5x less often than BAOAB at 1/ps, so it needs ~5x more steps.
+DEFAULTS = {"replicas": 100, "steps": 34000, "save_every": 100, "burn_in": 6800,
+            "langevin": {"dt": 0.003, "friction": 1.0, "slow_every": 2},
             "overdamped": {"dt": 0.002, "friction": 1000.0, "slow_every": 1}}
 
 

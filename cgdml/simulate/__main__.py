@@ -46,18 +46,22 @@ def build_parser():
     p.add_argument("--replicas", type=int, default=DEFAULTS["replicas"],
                    help=f"replicas run together (default {DEFAULTS['replicas']})")
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
-                   help=f"steps per replica (default {DEFAULTS['steps']}: 100 ps per replica at 2 fs)")
+                   help=f"steps per replica (default {DEFAULTS['steps']}: "
+                   f"{DEFAULTS['steps'] * DEFAULTS['langevin']['dt']:g} ps per replica at the default langevin step)")
     p.add_argument("--burn-in", type=int, default=None, help=f"leading steps not written to the trajectory "
                    f"(default {DEFAULTS['burn_in']}, or steps/5 for runs shorter than twice that)")
     p.add_argument("--dt", type=float, default=None,
-                   help="time step in ps (default 0.002 for both integrators)")
+                   help=f"time step in ps (default {DEFAULTS['langevin']['dt']:g} for langevin, with --slow-every "
+                   f"{DEFAULTS['langevin']['slow_every']}; {DEFAULTS['overdamped']['dt']:g} for overdamped); "
+                   "--dt without --slow-every runs plain BAOAB at that step")
     p.add_argument("--save-every", type=int, default=DEFAULTS["save_every"],
                    help=f"save a frame every N steps (default {DEFAULTS['save_every']})")
     p.add_argument("--integrator", choices=INTEGRATORS, default="langevin",
                    help="langevin (BAOAB, default) or overdamped (Euler-Maruyama)")
     p.add_argument("--slow-every", type=int, default=None, metavar="K",
                    help="multiple time steps (langevin): the GDML force every K steps, the prior (and basin "
-                   f"offsets) every step (default {DEFAULTS['langevin']['slow_every']}; 1 = plain BAOAB); "
+                   f"offsets) every step (default {DEFAULTS['langevin']['slow_every']} with the default --dt, 1 with a given "
+                   "--dt; 1 = plain BAOAB); "
                    "--steps and --save-every must be multiples of K")
     p.add_argument("--friction", type=float, default=None,
                    help="friction gamma in 1/ps (default 1 for langevin, 1000 for overdamped)")
@@ -105,7 +109,9 @@ def _simulate(a, out, pdb, side, ckpt):
         raise CgdmlError(f"--temperature must be > 0 K, got {a.temperature:g}")
     dt = DEFAULTS[a.integrator]["dt"] if a.dt is None else a.dt
     friction = DEFAULTS[a.integrator]["friction"] if a.friction is None else a.friction
-    slow_every = DEFAULTS[a.integrator]["slow_every"] if a.slow_every is None else a.slow_every
+    # the default step is a (dt, slow_every) pair: a --dt of one's own alone means plain BAOAB at that step
+    slow_every = a.slow_every if a.slow_every is not None else \
+        DEFAULTS[a.integrator]["slow_every"] if a.dt is None else 1
     for name, val in (("--replicas", a.replicas), ("--steps", a.steps), ("--save-every", a.save_every)):
         if val < 1:
             raise CgdmlError(f"{name} must be >= 1, got {val}")
@@ -120,8 +126,9 @@ def _simulate(a, out, pdb, side, ckpt):
     if slow_every > 1 and a.integrator != "langevin":
         raise CgdmlError("--slow-every > 1 (multiple time steps) needs --integrator langevin")
     if a.steps % slow_every or a.save_every % slow_every:
+        default = " (the default with the default --dt; --slow-every 1 runs plain BAOAB)" if a.slow_every is None else ""
         raise CgdmlError(f"--steps ({a.steps}) and --save-every ({a.save_every}) must be multiples of "
-                         f"--slow-every ({slow_every})")
+                         f"--slow-every ({slow_every}{default})")
     if a.save_every > a.steps:
         raise CgdmlError(f"--save-every {a.save_every} is larger than --steps {a.steps}: nothing would be saved")
     burn_in = a.burn_in
