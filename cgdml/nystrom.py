@@ -167,6 +167,23 @@ def default_precond_frames(n_frames, m, n_desc, r, products=24):
     return int(min(n_frames, max(2 * m, round(s))))
 
 
+def syrk_upper(alpha, a, c, block=8192):
+    """c += alpha a a^T on the upper triangle, in place: a (n, k) and c (n, n) Fortran-ordered float64.
+
+    BLAS syrk on blocks of at most ``block`` rows, gemm between blocks (the same flops as one syrk): the
+    OpenBLAS 0.3.30 that scipy's wheels ship segfaults in one dsyrk call with n >~ 18,500 and k >= 300 (n = m r
+    = 18,900 for 700 inducing points of an 11-bead molecule); 8192 is well inside what it handles.
+    """
+    syrk, gemm = scipy.linalg.get_blas_funcs(("syrk", "gemm"), (a,))
+    n = a.shape[0]
+    for j0 in range(0, n, block):
+        j1 = min(n, j0 + block)
+        c[j0:j1, j0:j1] = syrk(alpha, a[j0:j1], beta=1.0, c=c[j0:j1, j0:j1], trans=0)
+        if j0:
+            c[:j0, j0:j1] = gemm(alpha, a[:j0], a[j0:j1], beta=1.0, c=c[:j0, j0:j1], trans_b=1)
+    return c
+
+
 class SampledPreconditioner:
     """P^-1 for P = (N / s) K_mS K_Sm + lam K_mm, with S a uniform random sample of s frames.
 
@@ -199,9 +216,8 @@ class SampledPreconditioner:
         for c0 in range(0, len(sample), chunk):
             rows = sample[c0:c0 + chunk]
             KSm = kernels.assemble(fr.D[rows], fr.W[rows], system.sigma, system.Dm, system.Wm)
-            syrk, = scipy.linalg.get_blas_funcs(("syrk",), (KSm,))
             # KSm.T is Fortran-ordered: syrk(trans=0) reads it in place (trans=1 on KSm would copy it)
-            G = syrk(fr.n_frames / len(sample), KSm.T, beta=1.0, c=G, trans=0, overwrite_c=True)  # upper triangle
+            syrk_upper(fr.n_frames / len(sample), KSm.T, G)
         del KSm
         kernels.mirror_lower(G)
         return G.T, system.kmm()  # symmetric: the C-ordered view, no copy
