@@ -154,7 +154,8 @@ def main(argv=None):
     say("# Scale in beads: default fits and simulation throughput")
     say()
     say(f"{time.strftime('%Y-%m-%d')}, this 2-core machine; fit = `python -m cgdml.fit DATA --method M` with defaults "
-        "(child process; peak RSS of it and its children); simulate = 100 replicas x 2000 BAOAB steps.")
+        "(child process; peak RSS of it and its children); simulate = `python -m cgdml.simulate` with 100 "
+        "replicas x 2000 steps at its default step (replica-steps count inner steps).")
     say()
     say("| beads | frames | method | fit (min) | peak memory (GB) | replica-steps/s, 1 thread | 2 processes | load |")
     say("|---|---|---|---|---|---|---|---|")

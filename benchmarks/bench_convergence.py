@@ -7,7 +7,7 @@ reference's split-half floor.
 - All-atom: an independent OpenMM run of the same system (``python -m cgdml.reference --sequence A --gb native``,
   ``--aa DIR`` holding its chunk files), mapped to the same beads; its cost per simulated ns is measured in this
   run by timing a short stretch of the same OpenMM system on one thread.
-- CG: the fitted model (``--model``) simulated with 100 replicas (BAOAB, command-line defaults) in blocks; js is
+- CG: the fitted model (``--model``) simulated with 100 replicas (the command line's default step) in blocks; js is
   computed over every frame saved so far after the burn-in, against the wall time of the simulation.
 
 Run: ``python benchmarks/bench_convergence.py --model MODEL.npz --aa DIR``; writes
@@ -107,16 +107,17 @@ def main(argv=None):
     numba.set_num_threads(1)
     model = CGModel.load(args.model)
     x = start_configurations(model, args.replicas, seed=0)
-    dt, save = DEFAULTS["langevin"]["dt"], DEFAULTS["save_every"]
+    dt, save, k_slow = DEFAULTS["langevin"]["dt"], DEFAULTS["save_every"], DEFAULTS["langevin"]["slow_every"]
+    forces = (model.fast_forces, model.slow_forces) if k_slow > 1 else model.forces   # as the command line does
     burn = 10
     cg_rows, frames, wall = [], [], 0.0
     state = None
     with threadpool_limits(1):
         for b in range(args.blocks):
             t0 = time.perf_counter()
-            res = simulate(model.forces, x, masses=model.masses, temperature=model.temperature, dt=dt,
+            res = simulate(forces, x, masses=model.masses, temperature=model.temperature, dt=dt,
                            n_steps=args.block_steps, save_every=save, integrator="langevin", seed=1000 + b,
-                           progress=False)
+                           progress=False, slow_every=k_slow)
             wall += time.perf_counter() - t0
             x = res.positions
             frames.append(res.frames)
@@ -141,7 +142,9 @@ def main(argv=None):
     for n, j in zip(aa_ns, aa_js):
         say(f"| {n:.2f} | {j:.4f} | {n * s_per_ns:.0f} |")
     say()
-    say(f"CG ({args.model}, {args.replicas} replicas, BAOAB {dt * 1000:g} fs, one thread, burn-in {burn} frames):")
+    step = f"BAOAB {dt * 1000:g} fs" + (f", GDML every {k_slow} steps" if k_slow > 1 else "")
+    say(f"CG ({args.model}, {args.replicas} replicas, {step} (the command-line default), one thread, "
+        f"burn-in {burn} frames):")
     say()
     say("| wall (s) | CG ns (all replicas) | js |")
     say("|---|---|---|")

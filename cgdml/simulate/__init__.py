@@ -212,7 +212,8 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     masses (n_beads,) amu; temperature K; dt ps; friction gamma 1/ps (default 1 for langevin, 1000 for
     overdamped, see ``DEFAULTS``); ``force_fn(R) -> F`` batched,
     kJ/mol/nm, or a pair ``(fast, slow)`` of such functions whose sum is the force: multiple-time-step BAOAB
-    with the slow one every ``slow_every`` steps (see the module docstring; langevin only). ``checkpoint``: path of an ``.npz`` written every ``checkpoint_every`` steps (default
+    with the slow one every ``slow_every`` steps (see the module docstring; langevin only). ``checkpoint``: path
+    of an ``.npz`` written every ``checkpoint_every`` steps (default
     n_steps // 20); if it exists and was written with the same settings (``checkpoint_tag`` adds e.g. a
     model hash), the run resumes from it. ``blowup(R) -> bool (n,)`` flags replicas to stop besides NaN/inf.
     ``n_groups``: independent replica groups (see the module docstring), each checkpointed to its own file

@@ -60,8 +60,8 @@ def build_parser():
                    help="langevin (BAOAB, default) or overdamped (Euler-Maruyama)")
     p.add_argument("--slow-every", type=int, default=None, metavar="K",
                    help="multiple time steps (langevin): the GDML force every K steps, the prior (and basin "
-                   f"offsets) every step (default {DEFAULTS['langevin']['slow_every']} with the default --dt, 1 with a given "
-                   "--dt; 1 = plain BAOAB); "
+                   f"offsets) every step (default {DEFAULTS['langevin']['slow_every']} with the default --dt, "
+                   "1 with a given --dt; 1 = plain BAOAB); "
                    "--steps and --save-every must be multiples of K")
     p.add_argument("--friction", type=float, default=None,
                    help="friction gamma in 1/ps (default 1 for langevin, 1000 for overdamped)")
@@ -126,7 +126,8 @@ def _simulate(a, out, pdb, side, ckpt):
     if slow_every > 1 and a.integrator != "langevin":
         raise CgdmlError("--slow-every > 1 (multiple time steps) needs --integrator langevin")
     if a.steps % slow_every or a.save_every % slow_every:
-        default = " (the default with the default --dt; --slow-every 1 runs plain BAOAB)" if a.slow_every is None else ""
+        default = " (the default with the default --dt; --slow-every 1 runs plain BAOAB)" \
+            if a.slow_every is None else ""
         raise CgdmlError(f"--steps ({a.steps}) and --save-every ({a.save_every}) must be multiples of "
                          f"--slow-every ({slow_every}{default})")
     if a.save_every > a.steps:
