@@ -38,7 +38,7 @@ from sklearn.base import BaseEstimator
 from ._io import CgdmlError, WorkCache
 from .distributed import TaskRunner
 from .gdml import GDML
-from .geometry import dihedral_force_projection
+from .geometry import dihedral_projection, project_forces
 from .model import CGModel, fit_record
 from .prior import HarmonicPrior
 from .sampling import make_strata, stratified_batch, stratified_folds
@@ -55,22 +55,6 @@ def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, quads, t
         warnings.simplefilter("ignore")  # an automatic lambda increase is recorded in lam_, not shouted
         model.fit(coords[train_idx], labels[train_idx] if train_labels is None else train_labels)
     return [model.predict_forces(coords[idx]).astype(np.float32) for idx in predict_on]
-
-
-def dihedral_projection(coords, quads):
-    """Projectors of forces on the dihedrals ``quads`` (n_quads, 4) at coords (n_frames, n_beads, 3) nm.
-
-    Returns (quads, b (n_frames, n_quads, 4, 3) in nm/rad) with b = grad(phi) / |grad(phi)|^2 over the
-    dihedral's four beads, so that b . F = -dU/dphi (kJ/mol/rad) for any force F = -(dU/dphi) grad(phi).
-    """
-    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
-    return quads, dihedral_force_projection(coords, quads)
-
-
-def project_forces(forces, projection):
-    """Forces (..., n_frames, n_beads, 3) -> their dihedral components (..., n_frames, n_quads)."""
-    quads, b = projection
-    return np.einsum("...nqax,nqax->...nq", np.asarray(forces, dtype=np.float64)[..., quads, :], b)
 
 
 def _mse(pred, target, projection=None):
@@ -155,7 +139,8 @@ class TwoLayerGDML(BaseEstimator):
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
                  cv_mean_set_size=600, cv_holdout=4000, strata="auto", grid_bins=12, n_strata=50, cv_score="auto",
-                 chiral=True, prior_repulsion=True, n_jobs=1, seed=0, workdir=None, progress=True, scheduler=None):
+                 chiral=True, prior_repulsion=True, prior_dihedrals=True, n_jobs=1, seed=0, workdir=None, progress=True,
+                 scheduler=None):
         self.n_models = n_models
         self.batch_size = batch_size
         self.mean_set_size = mean_set_size
@@ -173,6 +158,7 @@ class TwoLayerGDML(BaseEstimator):
         self.cv_score = cv_score
         self.chiral = chiral
         self.prior_repulsion = prior_repulsion
+        self.prior_dihedrals = prior_dihedrals
         self.n_jobs = n_jobs
         self.seed = seed
         self.workdir = workdir
@@ -319,8 +305,8 @@ class TwoLayerGDML(BaseEstimator):
         t0 = time.perf_counter()
         timings = {}
         coords = dataset.coords
-        self.prior_ = HarmonicPrior(repulsion=self.prior_repulsion).fit(coords, dataset.temperature,
-                                                                       dataset.cg_topology)
+        self.prior_ = HarmonicPrior(repulsion=self.prior_repulsion, dihedrals=self.prior_dihedrals).fit(
+            coords, dataset.temperature, dataset.cg_topology)
         labels = self.prior_.residual_forces(coords, dataset.forces)
         self.strata_, self.strata_method_ = make_strata(dataset, self.strata, self.grid_bins, self.n_strata, self.seed)
         folds = stratified_folds(self.strata_, self.n_folds, self._rng(0))
@@ -393,10 +379,12 @@ class TwoLayerGDML(BaseEstimator):
 
 
 def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="auto", grid_bins=12,
-               chiral=True, prior_repulsion=True, seed=0):
+               chiral=True, prior_repulsion=True, prior_dihedrals=True, seed=0):
     """Baseline: one GDML on ``n_frames`` frames (stratified or uniformly random). Returns a CGModel."""
     t0 = time.perf_counter()
-    prior = HarmonicPrior(repulsion=prior_repulsion).fit(dataset.coords, dataset.temperature, dataset.cg_topology)
+    prior = HarmonicPrior(repulsion=prior_repulsion, dihedrals=prior_dihedrals).fit(dataset.coords,
+                                                                                   dataset.temperature,
+                                                                                   dataset.cg_topology)
     rng = np.random.default_rng([seed, 5])
     n_frames = min(n_frames, dataset.n_frames)
     if stratified:
@@ -409,7 +397,8 @@ def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="a
                 dihedrals=dataset.cg_topology.chirality_quads).fit(dataset.coords[idx], labels)
     info = fit_record("single GDML", dict(n_frames=n_frames, sigma=sigma, lam=lam, stratified=stratified,
                                           strata=strata, grid_bins=grid_bins, chiral=chiral,
-                                          prior_repulsion=prior_repulsion, seed=seed),
+                                          prior_repulsion=prior_repulsion, prior_dihedrals=prior_dihedrals,
+                                          seed=seed),
                       dict(sigma=sigma, lam=lam, lam_absolute=float(gdml.lam_), solver=gdml.solver_,
                            cg_iterations=int(gdml.cg_iterations_)), dataset,
                       dict(total_s=time.perf_counter() - t0))

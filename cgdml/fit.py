@@ -37,12 +37,15 @@ OPTIONS = {
     "strata": (str, False, "stratification: auto (default), phi-psi, backbone-kmeans or kmeans"),
     "grid_bins": (int, False, "bins per angle of the phi-psi strata grid (default 12)"),
     "n_strata": (int, False, "k-means strata (default 50)"),
-    "cv_score": (str, False, "cross-validation score: auto (default: dihedral when the topology has one), "
-                             "dihedral (held-out forces projected on the dihedrals) or force (plain force error)"),
+    "cv_score": (str, False, "cross-validation (two-layer) or hold-out (nystrom) score: auto (default: dihedral "
+                             "when the topology has one), dihedral (held-out forces projected on the soft "
+                             "dihedrals) or force (plain force error)"),
     "chiral": (bool, False, "add the sines of the topology's dihedrals and impropers to the descriptor "
                             "(default on; tells mirror images apart)"),
     "prior_repulsion": (bool, False, "short-range repulsion between beads far apart in the bead graph in the "
                                      "prior (default on)"),
+    "prior_dihedrals": (bool, False, "Boltzmann-inverted free-energy profiles of the soft dihedrals (backbone phi "
+                                     "and psi, or the proper dihedrals) in the prior (default on)"),
     "jobs": (int, False, "local processes for the layer-1 trainings (default 1; negative: all cores but |n| - 1)"),
     "seed": (int, False, "random seed, >= 0 (default 0)"),
 }
@@ -106,11 +109,11 @@ def method_params(method, params, args):
     if method == "two-layer":
         return params
     if method == "nystrom":
-        keep = ("chiral", "prior_repulsion", "strata", "grid_bins", "n_strata")
+        keep = ("chiral", "prior_repulsion", "prior_dihedrals", "strata", "grid_bins", "n_strata", "cv_score")
         return dict({k: v for k, v in params.items() if k in keep},
                     n_inducing="auto" if args.inducing is None else args.inducing,
                     sigma=params.get("sigma1", (2.0, 4.0, 8.0)), lam=params.get("lam1", (0.3, 1.0, 3.0)))
-    keep = ("chiral", "prior_repulsion", "strata", "grid_bins")
+    keep = ("chiral", "prior_repulsion", "prior_dihedrals", "strata", "grid_bins")
     return dict({k: v for k, v in params.items() if k in keep}, n_frames=args.n_frames,
                 sigma=params.get("sigma1", [4.0])[0], lam=params.get("lam1", [3.0])[0])
 

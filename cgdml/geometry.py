@@ -99,3 +99,19 @@ def dihedral_force_projection(R, quads):
     """
     _, grad = dihedrals(R, quads)
     return grad / (grad ** 2).sum(axis=(2, 3))[:, :, None, None]
+
+
+def dihedral_projection(coords, quads):
+    """Projectors of forces on the dihedrals ``quads`` (n_quads, 4) at coords (n_frames, n_beads, 3) nm.
+
+    Returns (quads, b (n_frames, n_quads, 4, 3) in nm/rad) with b = grad(phi) / |grad(phi)|^2 over the
+    dihedral's four beads, so that b . F = -dU/dphi (kJ/mol/rad) for any force F = -(dU/dphi) grad(phi).
+    """
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    return quads, dihedral_force_projection(coords, quads)
+
+
+def project_forces(forces, projection):
+    """Forces (..., n_frames, n_beads, 3) -> their dihedral components (..., n_frames, n_quads)."""
+    quads, b = projection
+    return np.einsum("...nqax,nqax->...nq", np.asarray(forces, dtype=np.float64)[..., quads, :], b)

@@ -45,6 +45,7 @@ from . import kernels
 from ._io import CgdmlError, Fields, WorkCache, as_array, as_float, as_int, load_npz, save_npz
 from .data import check_coords_forces
 from .gdml import cholesky_upper, dihedral_quads, mean_kernel_diagonal, reduce_frames
+from .geometry import dihedral_projection, project_forces
 from .model import CGModel, GDMLModel, fit_record
 from .sampling import make_strata, stratified_batch
 
@@ -457,13 +458,16 @@ def default_inducing(n_beads, n_frames=None, cap=1000):
 
 def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), inducing="stratified",
                 strata="auto", grid_bins=12, n_strata=50, holdout=0.1, select_frames=100_000, select_inducing=500,
-                chiral=True,
-                prior_repulsion=True, tol=1e-4, seed=0, workdir=None, progress=False, dtype="float64"):
+                cv_score="auto", chiral=True,
+                prior_repulsion=True, prior_dihedrals=True, tol=1e-4, seed=0, workdir=None, progress=False, dtype="float64"):
     """Prior + inducing-point GDML on every frame of ``dataset``, as a :class:`cgdml.model.CGModel`.
 
     With several (sigma, lam) candidates, each is fitted with min(n_inducing, ``select_inducing``) inducing
     points on up to ``select_frames`` frames outside a random hold-out of ``holdout`` (at most 20,000 frames)
-    and scored by the mean squared error of the held-out forces (kJ/mol/nm)^2; the winner is refitted with
+    and scored by the mean squared error of the held-out forces: by default (``cv_score="auto"``, "dihedral" when
+    the CG topology has a soft dihedral) of their components along the soft dihedrals (kJ/mol/rad)^2, as the
+    two-layer cross-validation (:mod:`cgdml.ensemble`), else (``"force"``) of the forces (kJ/mol/nm)^2; both are
+    recorded. The winner is refitted with
     ``n_inducing`` points on all frames (``"auto"``: :func:`default_inducing`). The preconditioner costs
     O((m r)^3), so the smaller selection models
     make the grid cheap; lambdas of one sigma share it and warm-start CG from each other. ``dtype`` is the
@@ -480,8 +484,15 @@ def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0
             raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
     if not 0 < holdout < 1:
         raise CgdmlError(f"holdout must be between 0 and 1, got {holdout}")
+    if cv_score not in ("auto", "dihedral", "force"):
+        raise CgdmlError(f"cv_score must be auto, dihedral or force, got {cv_score!r}")
+    soft = dataset.cg_topology.soft_dihedrals()
+    if cv_score == "dihedral" and not len(soft):
+        raise CgdmlError(f"cv_score 'dihedral' needs a dihedral in the CG topology ({dataset.cg_topology.describe()})")
+    score_by = ("dihedral" if len(soft) else "force") if cv_score == "auto" else cv_score
     coords = dataset.coords
-    prior = HarmonicPrior(repulsion=prior_repulsion).fit(coords, dataset.temperature, dataset.cg_topology)
+    prior = HarmonicPrior(repulsion=prior_repulsion, dihedrals=prior_dihedrals).fit(coords, dataset.temperature,
+                                                                                   dataset.cg_topology)
     labels = prior.residual_forces(coords, dataset.forces)
     quads = dihedral_quads(dataset.n_beads, chiral, dataset.cg_topology.chirality_quads)
     labels_strata, strata_method = make_strata(dataset, strata, grid_bins, n_strata, seed) \
@@ -499,11 +510,13 @@ def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0
         if len(train) < 2:
             raise CgdmlError(f"{dataset.n_frames} frames are too few for a hold-out selection")
         frames = ReducedFrames(coords[train], labels[train], quads, 1.0)
+        projection = dihedral_projection(coords[val], soft) if len(soft) else None
         sub_strata = labels_strata[train] if labels_strata is not None else None
         cache = {}
         fingerprint = hashlib.sha256(np.ascontiguousarray(labels[:: max(1, len(labels) // 5000)], np.float32))
         fingerprint.update(json.dumps([dataset.n_frames, n_inducing, select_inducing, select_frames, holdout,
-                                       inducing, strata, chiral, prior_repulsion, tol, seed]).encode())
+                                       inducing, strata, chiral, prior_repulsion, prior_dihedrals, tol,
+                                       seed, score_by]).encode())
         work = WorkCache(workdir, fingerprint.hexdigest()[:16])
         for s in sigmas:
             x0 = None
@@ -515,10 +528,15 @@ def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0
                 est = NystromGDML(sigma=s, lam=lm, **dict(params, n_inducing=min(n_inducing, select_inducing)))
                 est.fit(None, None, sub_strata, frames=frames, x0=x0, cache=cache)
                 x0 = est.coef_
-                mse = float(np.mean((est.predict_forces(coords[val]) - labels[val]) ** 2))
-                scores.append(dict(sigma=float(s), lam=float(lm), mse=mse, cg_iterations=est.cg_iterations_,
+                err = est.predict_forces(coords[val]) - labels[val]
+                mse_force = float(np.mean(err ** 2))
+                mse_dihedral = float(np.mean(project_forces(err, projection) ** 2)) if projection else float("nan")
+                scores.append(dict(sigma=float(s), lam=float(lm),
+                                   mse=mse_dihedral if score_by == "dihedral" else mse_force, mse_force=mse_force,
+                                   mse_dihedral=mse_dihedral, cg_iterations=est.cg_iterations_,
                                    fit_s=est.timings_["total_s"]))
-                log.info("Nyström selection: sigma %g lam %g: held-out MSE %.6g", s, lm, mse)
+                log.info("Nyström selection: sigma %g lam %g: held-out MSE %.6g (kJ/mol/nm)^2, along the dihedrals "
+                         "%.6g (kJ/mol/rad)^2", s, lm, mse_force, mse_dihedral)
                 work.put(key, **{k: np.array(v) for k, v in scores[-1].items()})
         del frames, cache
         best_score = min(scores, key=lambda d: d["mse"])
@@ -532,7 +550,8 @@ def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0
     info = fit_record("Nystrom GDML",
                       dict(n_inducing=n_inducing, sigma=sigmas.tolist(), lam=lams.tolist(), inducing=inducing,
                            holdout=holdout, select_frames=select_frames, select_inducing=select_inducing,
-                           chiral=chiral, prior_repulsion=prior_repulsion, tol=tol, seed=seed, dtype=dtype),
+                           cv_score=score_by, chiral=chiral, prior_repulsion=prior_repulsion, prior_dihedrals=prior_dihedrals, tol=tol,
+                           seed=seed, dtype=dtype),
                       dict(sigma=best[0], lam=best[1], lam_absolute=est.lam_, n_inducing=len(est.inducing_index_),
                            cg_iterations=est.cg_iterations_, residual=est.residual_),
                       dataset, timings, selection_scores=scores, strata=dict(method=strata_method))

@@ -5,7 +5,8 @@ The System has one particle per bead (mass ``model.masses``, amu), no constraint
 
 - force group 0, the harmonic prior as native forces: ``HarmonicBondForce`` (k/2 (r - r0)^2),
   ``HarmonicAngleForce`` (k/2 (theta - theta0)^2) and a ``CustomBondForce`` ``eps*(rmin/r)^12`` with per-pair
-  parameters for the repulsion pairs;
+  parameters for the repulsion pairs, and one four-particle ``CustomCompoundBondForce`` per dihedral profile of
+  the prior (``prior.dihedral_profile`` tabulated at 3600 points as a periodic ``Continuous1DFunction``);
 - force group 1, the GDML term as an ``openmm.PythonForce`` that calls ``model.gdml.predict`` once per force
   evaluation (energies include the model's constant offset, so the System's energy is ``model.energy_forces``'s
   exactly, not up to a constant);
@@ -121,8 +122,16 @@ def _topology(model, app):
     return bonded
 
 
-def _prior_forces(prior, openmm):
-    """The harmonic prior as native OpenMM forces (group 0)."""
+def _periodic_table_force(openmm, name, values, quad):
+    """``f(dihedral(p1, p2, p3, p4))`` with f the periodic spline through ``values`` on [-pi, pi] (first = last)."""
+    force = openmm.CustomCompoundBondForce(4, f"{name}(dihedral(p1, p2, p3, p4))")
+    force.addTabulatedFunction(name, openmm.Continuous1DFunction(list(map(float, values)), -np.pi, np.pi, True))
+    force.addBond([int(b) for b in quad], [])
+    return force
+
+
+def _prior_forces(prior, openmm, n_table=None):
+    """The prior as OpenMM forces (group 0): native bonds and angles, custom repulsion and dihedral profiles."""
     bonds = openmm.HarmonicBondForce()
     for (i, j), r0, k in zip(prior.bond_pairs_, prior.bond_r0_, prior.bond_k_):
         bonds.addBond(int(i), int(j), float(r0), float(k))
@@ -137,6 +146,12 @@ def _prior_forces(prior, openmm):
         for (i, j), rmin in zip(prior.repulsion_pairs_, prior.repulsion_rmin_):
             rep.addBond(int(i), int(j), [float(prior.repulsion_eps_), float(rmin)])
         forces.append(("cgdml prior repulsion", rep))
+    grid = np.linspace(-np.pi, np.pi, (n_table or N_TABLE) + 1)
+    for t, quad in enumerate(prior.dihedral_quads_):
+        values = prior.dihedral_profile(t, grid)
+        values[-1] = values[0]
+        forces.append((f"cgdml prior dihedral {t} (beads {' '.join(map(str, quad))})",
+                       _periodic_table_force(openmm, "profile", values, quad)))
     return forces
 
 
@@ -189,9 +204,7 @@ def _offset_forces(offsets, openmm, n_table):
             force.addTorsion(*(int(b) for b in quad), [])
         else:
             values[-1] = values[0]  # periodic: the ends are the same angle
-            force = openmm.CustomCompoundBondForce(4, "offset(dihedral(p1, p2, p3, p4))")
-            force.addTabulatedFunction("offset", openmm.Continuous1DFunction(values.tolist(), -np.pi, np.pi, True))
-            force.addBond([int(b) for b in quad], [])
+            force = _periodic_table_force(openmm, "offset", values, quad)
         forces.append((name, force))
     return forces
 
@@ -214,7 +227,7 @@ def to_openmm(model, n_table=None):
     system = openmm.System()
     for mass in model.masses:
         system.addParticle(float(mass))
-    forces = [(name, f, PRIOR_GROUP) for name, f in _prior_forces(model.prior, openmm)]
+    forces = [(name, f, PRIOR_GROUP) for name, f in _prior_forces(model.prior, openmm, n_table)]
     gdml = openmm.PythonForce(GDMLComputation(model.gdml))
     forces.append(("cgdml GDML", gdml, GDML_GROUP))
     if model.offsets is not None:
@@ -231,7 +244,7 @@ OpenMM files of a cgdml coarse-grained model ({n_beads} beads at {temperature:g}
 
 topology.pdb  the CG topology (one atom per bead) with a start configuration (a training frame)
 system.xml    the openmm.System (XmlSerializer): bead masses, no constraints, no periodic box;
-              force group 0 the harmonic prior (bonds, angles, repulsion),
+              force group 0 the prior (bonds, angles, repulsion, dihedral profiles),
               force group 1 the GDML term (an openmm.PythonForce),
               force group 2 the dihedral offsets (CustomTorsionForce; none if the model has none)
 {gdml_note}

@@ -1,4 +1,5 @@
-"""Prior potential: harmonic bonds and angles from Boltzmann inversion, plus optional short-range repulsion.
+"""Prior potential: harmonic bonds and angles from Boltzmann inversion, optional dihedral free-energy profiles
+and an optional short-range repulsion.
 
 The prior keeps CG simulations inside physical space, where the learned kernel model falls to zero
 (docs/method.md §2.5). Its forces are subtracted from the labels before learning and added back when simulating.
@@ -10,43 +11,89 @@ import numba
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from scipy.interpolate import CubicSpline
+from scipy.ndimage import gaussian_filter1d
+
 from ._io import CgdmlError, Fields, as_array, as_float, as_int
-from .geometry import bond_angles, bond_lengths
+from .geometry import bond_angles, bond_lengths, dihedral_angle_grad, dihedrals
 from .units import kT as thermal_energy
+
+PROFILE_NODES = 72                    # spline nodes of a dihedral profile (5 degrees apart)
+PROFILE_SMOOTHING = np.radians(7.5)   # Gaussian smoothing of the dihedral histogram (rad)
+PROFILE_CAP_KT = 10.0                 # a profile rises at most this many kT above its minimum
+
+
+def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHING, cap_kT=PROFILE_CAP_KT):
+    """Periodic cubic splines of the free energy -kT ln p(phi) of each column of ``angles`` (n_frames, n) in rad.
+
+    p is the histogram on 1-degree bins smoothed by a wrapped Gaussian of width ``smoothing`` (rad); the profile
+    is capped ``cap_kT`` above its minimum (unsampled arcs become a flat barrier, not an infinite one) and shifted
+    to zero mean. Returns the spline coefficients (n, nodes, 4): on node interval k, starting at
+    phi_k = -pi + k 2 pi / nodes, U = ((c0 x + c1) x + c2) x + c3 with x = phi - phi_k (kJ/mol).
+    """
+    angles = np.asarray(angles, dtype=np.float64).reshape(len(angles), -1)
+    fine = 360
+    width = 2 * np.pi / fine
+    out = np.zeros((angles.shape[1], nodes, 4))
+    grid = -np.pi + np.arange(nodes + 1) * (2 * np.pi / nodes)
+    for d in range(angles.shape[1]):
+        counts = np.histogram(angles[:, d], bins=fine, range=(-np.pi, np.pi))[0].astype(float)
+        p = gaussian_filter1d(counts, smoothing / width, mode="wrap")
+        p /= p.sum()
+        # values at the nodes (bin centres are -pi + (i + 0.5) width): interpolate periodically
+        centres = -np.pi + (np.arange(fine) + 0.5) * width
+        p_nodes = np.interp(grid[:-1], centres, p, period=2 * np.pi)
+        F = -kT * np.log(np.maximum(p_nodes, p_nodes.max() * np.exp(-cap_kT)))
+        F -= F.mean()
+        spline = CubicSpline(grid, np.append(F, F[0]), bc_type="periodic")
+        out[d] = spline.c.T
+    return out
 
 
 class HarmonicPrior(BaseEstimator):
-    """Harmonic bonds and angles fitted by Boltzmann inversion, plus a short-range repulsion (an estimator).
+    """Harmonic bonds and angles fitted by Boltzmann inversion, dihedral profiles and a short-range repulsion
+    (an estimator).
 
-    U = sum_b k_b/2 (r - r0)^2 + sum_a k_a/2 (theta - theta0)^2 + sum_p kT (r_min,p / r)^12 (if repulsion),
-    with k = kT / variance and x0 = mean of the training distribution. The repulsion acts on bead pairs at
-    least three bonds apart in the bead graph; r_min,p is the smallest distance that pair reaches in the
-    training data, so the repulsion costs about kT there and rises steeply below it.
+    U = sum_b k_b/2 (r - r0)^2 + sum_a k_a/2 (theta - theta0)^2 [+ sum_d U_d(phi_d)] [+ sum_p kT (r_min,p / r)^12],
+    with k = kT / variance and x0 = mean of the training distribution. With ``dihedrals``, U_d is the
+    Boltzmann-inverted free energy -kT ln p(phi_d) of each soft dihedral (the backbone phi and psi of every
+    residue, or every proper dihedral of a molecule without a backbone), smoothed and capped
+    (:func:`dihedral_profiles`): the learned model then fits what the independent dihedral profiles miss (their
+    coupling), and where it has no data it falls back to them rather than to bonds and angles alone. The
+    repulsion acts on bead pairs at least three bonds apart in the bead graph; r_min,p is the smallest distance
+    that pair reaches in the training data, so the repulsion costs about kT there and rises steeply below it.
 
     The terms come from the CG topology passed to :meth:`fit` (its bonds, bonded triples and graph
     distances), or from ``bonds`` / ``angles`` / ``repulsion_pairs`` given here; with neither, from a chain in
     bead order (consecutive pairs and triples, pairs three apart), for bare arrays without a topology.
     """
 
-    def __init__(self, repulsion=True, bonds=None, angles=None, repulsion_pairs=None):
+    def __init__(self, repulsion=True, dihedrals=False, bonds=None, angles=None, repulsion_pairs=None,
+                 dihedral_quads=None):
         self.repulsion = repulsion
+        self.dihedrals = dihedrals
         self.bonds = bonds
         self.angles = angles
         self.repulsion_pairs = repulsion_pairs
+        self.dihedral_quads = dihedral_quads
 
     def _terms(self, n_beads, topology):
-        """(bonds (n, 2), angles (n, 3), repulsion pairs (n, 2)) from the topology, the parameters or a chain."""
+        """(bonds (n, 2), angles (n, 3), repulsion pairs (n, 2), soft dihedrals (n, 4)) from the topology, the
+        parameters or a chain."""
         if topology is not None:
             bonds, angles, pairs = topology.bonds, topology.angles, topology.pairs_apart(3)
+            quads = topology.soft_dihedrals()
         else:
             bonds = [(i, i + 1) for i in range(n_beads - 1)]
             angles = [(i, i + 1, i + 2) for i in range(n_beads - 2)]
             pairs = [(i, j) for i in range(n_beads) for j in range(i + 3, n_beads)]
+            quads = [(i, i + 1, i + 2, i + 3) for i in range(n_beads - 3)]
         bonds = bonds if self.bonds is None else self.bonds
         angles = angles if self.angles is None else self.angles
         pairs = pairs if self.repulsion_pairs is None else self.repulsion_pairs
+        quads = quads if self.dihedral_quads is None else self.dihedral_quads
         return (np.array(bonds, dtype=np.int64).reshape(-1, 2), np.array(angles, dtype=np.int64).reshape(-1, 3),
-                np.array(pairs, dtype=np.int64).reshape(-1, 2))
+                np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(quads, dtype=np.int64).reshape(-1, 4))
 
     def fit(self, R, temperature, topology=None):
         """Fit to coordinates R (n_frames, n_beads, 3) in nm sampled at ``temperature`` K; ``topology`` (a
@@ -57,7 +104,7 @@ class HarmonicPrior(BaseEstimator):
             raise CgdmlError("a prior needs at least two beads")
         kT = thermal_energy(temperature)
         self.temperature_ = float(temperature)
-        self.bond_pairs_, self.angle_triples_, pairs = self._terms(n_beads, topology)
+        self.bond_pairs_, self.angle_triples_, pairs, quads = self._terms(n_beads, topology)
         r = bond_lengths(R, self.bond_pairs_)
         self.bond_r0_ = r.mean(0)
         self.bond_k_ = kT / np.maximum(r.var(0), 1e-12)
@@ -71,6 +118,12 @@ class HarmonicPrior(BaseEstimator):
             self.repulsion_pairs_ = np.zeros((0, 2), dtype=np.int64)
             self.repulsion_rmin_ = np.zeros(0)
         self.repulsion_eps_ = kT
+        if self.dihedrals and len(quads):
+            self.dihedral_quads_ = quads
+            self.dihedral_splines_ = dihedral_profiles(dihedrals(R, quads)[0], kT)
+        else:
+            self.dihedral_quads_ = np.zeros((0, 4), dtype=np.int64)
+            self.dihedral_splines_ = np.zeros((0, PROFILE_NODES, 4))
         self.max_bond_length_ = float(r.max()) if r.size else 0.0
         return self
 
@@ -79,7 +132,17 @@ class HarmonicPrior(BaseEstimator):
         R = np.ascontiguousarray(R, dtype=np.float64)
         return _prior_energy_forces(R, self.bond_pairs_, self.bond_r0_, self.bond_k_, self.angle_triples_,
                                     self.angle_theta0_, self.angle_k_, self.repulsion_pairs_,
-                                    self.repulsion_rmin_, float(self.repulsion_eps_))
+                                    self.repulsion_rmin_, float(self.repulsion_eps_), self.dihedral_quads_,
+                                    np.ascontiguousarray(self.dihedral_splines_, dtype=np.float64))
+
+    def dihedral_profile(self, term, angles):
+        """The fitted profile U_d (kJ/mol) of dihedral term ``term`` at ``angles`` (rad)."""
+        c = self.dihedral_splines_[term]
+        h = 2 * np.pi / c.shape[0]
+        t = np.mod(np.asarray(angles, dtype=np.float64) + np.pi, 2 * np.pi)
+        k = np.minimum((t // h).astype(int), c.shape[0] - 1)
+        x = t - k * h
+        return ((c[k, 0] * x + c[k, 1]) * x + c[k, 2]) * x + c[k, 3]
 
     def forces(self, R):
         """Forces (n, n_beads, 3) in kJ/mol/nm."""
@@ -94,7 +157,8 @@ class HarmonicPrior(BaseEstimator):
         return out
 
     _ARRAYS = ("bond_pairs_", "bond_r0_", "bond_k_", "angle_triples_", "angle_theta0_", "angle_k_",
-               "repulsion_pairs_", "repulsion_rmin_")
+               "repulsion_pairs_", "repulsion_rmin_", "dihedral_quads_", "dihedral_splines_")
+    _OPTIONAL = {"dihedral_quads_": (0, 4), "dihedral_splines_": (0, PROFILE_NODES, 4)}  # absent in older files
 
     def to_arrays(self):
         """Learned state as a dict of arrays (for embedding in a model file)."""
@@ -110,9 +174,14 @@ class HarmonicPrior(BaseEstimator):
         f = Fields(arrays, prefix)
         prior = cls(repulsion=f.get("repulsion", as_int) != 0)
         for name in cls._ARRAYS:
-            index = name.endswith(("pairs_", "triples_"))
+            index = name.endswith(("pairs_", "triples_", "quads_"))
+            empty = cls._OPTIONAL.get(name)
+            if empty is not None and name not in f:
+                setattr(prior, name, np.zeros(empty, dtype=np.int64 if index else np.float64))
+                continue
             setattr(prior, name, np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(
                 v, "i" if index else "f"))))
+        prior.dihedrals = len(prior.dihedral_quads_) > 0
         prior.temperature_ = f.get("temperature_", lambda v: as_float(v, positive=True))
         prior.repulsion_eps_ = f.get("repulsion_eps_", as_float)
         prior.max_bond_length_ = f.get("max_bond_length_", lambda v: as_float(v, positive=True))
@@ -122,10 +191,11 @@ class HarmonicPrior(BaseEstimator):
         """Raise :class:`CgdmlError` unless the learned arrays are consistent and index ``n_beads`` beads; the
         message names the fields (as stored in a model file, ``prior/...``)."""
         shapes = [("bond_pairs_", 2, ("bond_r0_", "bond_k_")), ("angle_triples_", 3, ("angle_theta0_", "angle_k_")),
-                  ("repulsion_pairs_", 2, ("repulsion_rmin_",))]
+                  ("repulsion_pairs_", 2, ("repulsion_rmin_",)), ("dihedral_quads_", 4, ("dihedral_splines_",))]
         for index_name, width, param_names in shapes:
             index, params = getattr(self, index_name), [getattr(self, p) for p in param_names]
-            if index.ndim != 2 or index.shape[1] != width or any(p.shape != (len(index),) for p in params):
+            if index.ndim != 2 or index.shape[1] != width or any(
+                    p.shape[:1] != (len(index),) or (p.ndim != 1 and p.shape[2:] != (4,)) for p in params):
                 raise CgdmlError(f"damaged prior: field 'prior/{index_name}' shaped {index.shape} with "
                                  f"{', '.join(repr('prior/' + p) for p in param_names)} shaped "
                                  f"{[p.shape for p in params]}")
@@ -138,12 +208,26 @@ class HarmonicPrior(BaseEstimator):
 
 
 @numba.njit(parallel=True, cache=True)
-def _prior_energy_forces(R, bonds, r0, kb, angles, theta0, ka, rep_pairs, rmin, eps):
+def _prior_energy_forces(R, bonds, r0, kb, angles, theta0, ka, rep_pairs, rmin, eps, quads, splines):
     n, n_beads = R.shape[0], R.shape[1]
     E = np.zeros(n)
     F = np.zeros((n, n_beads, 3))
+    n_nodes = splines.shape[1]
+    h = 2 * np.pi / n_nodes
     for f in numba.prange(n):
         e = 0.0
+        grad = np.empty((4, 3))
+        for q in range(quads.shape[0]):
+            phi = dihedral_angle_grad(R[f], quads[q, 0], quads[q, 1], quads[q, 2], quads[q, 3], grad)
+            t = (phi + np.pi) % (2 * np.pi)
+            k = min(int(t // h), n_nodes - 1)
+            x = t - k * h
+            c = splines[q, k]
+            e += ((c[0] * x + c[1]) * x + c[2]) * x + c[3]
+            dudphi = (3.0 * c[0] * x + 2.0 * c[1]) * x + c[2]
+            for a in range(4):
+                for d in range(3):
+                    F[f, quads[q, a], d] -= dudphi * grad[a, d]
         for b in range(bonds.shape[0]):
             i, j = bonds[b, 0], bonds[b, 1]
             d = R[f, j] - R[f, i]

@@ -67,7 +67,8 @@ def test_batch_larger_than_the_data_is_lowered_with_a_warning(noisy_toy):
 def test_dihedral_projection_gives_the_generalised_force(numerical_forces):
     # U = k (1 - cos phi) of the first dihedral of a random 5-bead chain: with F from central differences
     # of U, its projection on that dihedral is the generalised force -dU/dphi = -k sin(phi).
-    from cgdml.ensemble import _mse, dihedral_projection, project_forces
+    from cgdml.ensemble import _mse
+    from cgdml.geometry import dihedral_projection, project_forces
     from cgdml.features import chain_quads
     from cgdml.geometry import dihedral as iupac_dihedral  # checked against mdtraj in test_basins
 

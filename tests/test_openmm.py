@@ -69,13 +69,13 @@ def zigzag():
 @pytest.fixture(scope="module")
 def toy():
     """(CGModel, CGDataset) of the toy chain: 3000 equilibrium frames (20 replicas, 10 ps burn-in, 30 ps),
-    GDML on 300 of them, one dihedral offset term."""
+    a prior with dihedral profiles, GDML on 300 of them, one dihedral offset term."""
     res = simulate(truth_forces, np.repeat(zigzag()[None], 20, axis=0), masses=np.full(N_BEADS, 12.011),
                    temperature=T, dt=DT, n_steps=10000, save_every=50, integrator="langevin", seed=1,
                    progress=False)
     R = res.frames[50:].reshape(-1, N_BEADS, 3).astype(np.float64)
     ds = CGDataset(R, truth_forces(R), [f"C{i + 1}" for i in range(N_BEADS)], T)
-    prior = HarmonicPrior(repulsion=True).fit(ds.coords, T)
+    prior = HarmonicPrior(repulsion=True, dihedrals=True).fit(ds.coords, T)
     pick = np.random.default_rng(0).choice(ds.n_frames, size=300, replace=False)
     gdml = GDML(sigma=4.0, lam=1e-3, relative_lam=True).fit(
         ds.coords[pick], prior.residual_forces(ds.coords[pick], ds.forces[pick])).model_
@@ -135,7 +135,8 @@ def test_offsets_force_matches_and_uses_the_same_dihedral_sign(toy):
     assert np.abs(F_mm - F).max() < 1e-9 * np.abs(F).max()
     # tabulated: a periodic spline through 3600 samples of the profile, off only near the ends of the ramps
     table, _ = to_openmm(model, n_table=3600)
-    assert sum(isinstance(f, openmm.CustomCompoundBondForce) for f in table.getForces()) == 1
+    assert sum(isinstance(f, openmm.CustomCompoundBondForce) and f.getForceGroup() == OFFSETS_GROUP
+               for f in table.getForces()) == 1
     E_mm, F_mm = openmm_energy_forces(table, R, groups={OFFSETS_GROUP})
     assert np.abs(E_mm - E).max() < 1e-6 * max(OFFSET_DELTAS)
     assert np.abs(F_mm - F).max() < 1e-3 * np.abs(F).max()

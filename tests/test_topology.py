@@ -48,8 +48,9 @@ def toy_frames(top, n=400, seed=0):
 def test_prior_features_and_descriptor_follow_the_graph(numerical_forces):
     top = branched()
     R = toy_frames(top)
-    prior = HarmonicPrior().fit(R, 300.0, top)
+    prior = HarmonicPrior(dihedrals=True).fit(R, 300.0, top)
     assert prior.bond_pairs_.tolist() == top.bonds.tolist()           # CA-C bonded, CB-C not
+    assert prior.dihedral_quads_.tolist() == top.soft_dihedrals().tolist()  # phi and psi, not index quadruples
     assert [3, 4] not in prior.bond_pairs_.tolist()
     assert prior.repulsion_pairs_.tolist() == top.pairs_apart(3).tolist()
     F = prior.energy_forces(R[:5])[1]
