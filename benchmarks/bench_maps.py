@@ -139,6 +139,8 @@ def bench_case(case, args, log):
     sim = json.loads(traj.with_suffix(".json").read_text())["settings"]
     row.update(force_map=args.force_map if case != "cgnet" else "pre-mapped", dt_fs=1000 * sim["dt_ps"],
                slow_every=sim.get("slow_every", 1))
+    row.update(fit_method=summary.get("fit_method", args.method),
+               prior_dihedrals=summary.get("prior_dihedral_profiles"))
     row.update(beads=summary["data"]["n_beads"], frames=summary["data"]["n_frames"],
                chosen=summary["chosen"], strata=summary.get("strata", {}).get("method"),
                fit_wall_s=summary.get("wall_time_s"), panels=[
@@ -154,8 +156,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["ala2-5", "ala2-6", "ala2-5-shuffled", "cgnet", "tetra-11",
                                                    "tetra-14", "ala2-6-long"])
-    p.add_argument("--method", choices=["two-layer", "nystrom"], default="nystrom",
-                   help="fit method (default nystrom, the pipeline's default)")
+    p.add_argument("--method", choices=["auto", "two-layer", "nystrom"], default="auto",
+                   help="fit method (default auto, the pipeline's default: two-layer for peptides of two or more "
+                   "residues, nystrom otherwise)")
     p.add_argument("--tetra", default=str(ROOT / "data"), help="directory with the tetrapeptide reference (.pdb+.npz)")
     p.add_argument("--force-map", default="aggregate", choices=["aggregate", "optimal"],
                    help="force map of the all-atom cases (default aggregate, the map command's default)")
@@ -174,21 +177,22 @@ def main(argv=None):
         "defaults (100 replicas x ~100 ps; step: BAOAB dt x GDML every K steps); js and fes_rmse against each "
         "reference's split-half floor.")
     say()
-    say("| case | force map | beads | frames | strata | chosen | step | panel | js | floor js | js / floor "
+    say("| case | force map | beads | frames | fit | strata | chosen | step | panel | js | floor js | js / floor "
         "| fes_rmse (kT) | floor (kT) |")
-    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         chosen = ", ".join(f"{k} {v:g}" for k, v in r["chosen"].items()
                            if k.startswith(("sigma", "lam")) and not k.endswith("absolute"))
         for k, pnl in enumerate(r["panels"]):
             step = f"{r['dt_fs']:g} fs" + (f" x {r['slow_every']}" if r["slow_every"] > 1 else "")
-            head = f"| {r['case']} | {r['force_map']} | {r['beads']} | {r['frames']} | {r['strata']} | {chosen} " \
-                f"| {step} |" if k == 0 else "| | | | | | | |"
+            fit = r.get("fit_method", r["method"]) + (" + dihedral profiles" if r.get("prior_dihedrals") else "")
+            head = f"| {r['case']} | {r['force_map']} | {r['beads']} | {r['frames']} | {fit} | {r['strata']} " \
+                f"| {chosen} | {step} |" if k == 0 else "| | | | | | | | |"
             say(f"{head} {pnl['label']} | {pnl['js']:.4f} | {pnl['floor_js']:.4f} | {pnl['js'] / pnl['floor_js']:.2f} "
                 f"| {pnl['fes_rmse']:.3f} | {pnl['floor_rmse']:.3f} |")
         if len(r["panels"]) > 1:
             mean = lambda key: sum(p[key] for p in r["panels"]) / len(r["panels"])  # noqa: E731
-            say(f"| | | | | | | | mean | {mean('js'):.4f} | {mean('floor_js'):.4f} | {mean('js') / mean('floor_js'):.2f} "
+            say(f"| | | | | | | | | mean | {mean('js'):.4f} | {mean('floor_js'):.4f} | {mean('js') / mean('floor_js'):.2f} "
                 f"| {mean('fes_rmse'):.3f} | {mean('floor_rmse'):.3f} |")
     say()
     for r in rows:

@@ -139,8 +139,8 @@ class TwoLayerGDML(BaseEstimator):
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
                  cv_mean_set_size=600, cv_holdout=4000, strata="auto", grid_bins=12, n_strata=50, cv_score="auto",
-                 chiral=True, prior_repulsion=True, prior_dihedrals=True, n_jobs=1, seed=0, workdir=None, progress=True,
-                 scheduler=None):
+                 chiral=True, prior_repulsion=True, prior_dihedrals="auto", n_jobs=1, seed=0, workdir=None,
+                 progress=True, scheduler=None):
         self.n_models = n_models
         self.batch_size = batch_size
         self.mean_set_size = mean_set_size
@@ -379,7 +379,7 @@ class TwoLayerGDML(BaseEstimator):
 
 
 def fit_single(dataset, n_frames, sigma=4.0, lam=3.0, stratified=True, strata="auto", grid_bins=12,
-               chiral=True, prior_repulsion=True, prior_dihedrals=True, seed=0):
+               chiral=True, prior_repulsion=True, prior_dihedrals="auto", seed=0):
     """Baseline: one GDML on ``n_frames`` frames (stratified or uniformly random). Returns a CGModel."""
     t0 = time.perf_counter()
     prior = HarmonicPrior(repulsion=prior_repulsion, dihedrals=prior_dihedrals).fit(dataset.coords,

@@ -44,8 +44,9 @@ OPTIONS = {
                             "(default on; tells mirror images apart)"),
     "prior_repulsion": (bool, False, "short-range repulsion between beads far apart in the bead graph in the "
                                      "prior (default on)"),
-    "prior_dihedrals": (bool, False, "Boltzmann-inverted free-energy profiles of the soft dihedrals (backbone phi "
-                                     "and psi, or the proper dihedrals) in the prior (default on)"),
+    "prior_dihedrals": (bool, False, "Boltzmann-inverted free-energy profiles of the backbone phi and psi (or the "
+                                     "proper dihedrals) in the prior (default: on for peptides of two or more "
+                                     "residues, off otherwise)"),
     "jobs": (int, False, "local processes for the layer-1 trainings (default 1; negative: all cores but |n| - 1)"),
     "seed": (int, False, "random seed, >= 0 (default 0)"),
 }
@@ -122,9 +123,10 @@ def build_parser():
     p = ArgumentParser(prog="python -m cgdml.fit", description=__doc__.splitlines()[0])
     add_dataset_arguments(p)
     p.add_argument("--config", help="TOML file with fit options (command-line options override it)")
-    p.add_argument("--method", choices=["nystrom", "two-layer", "single"], default="nystrom",
-                   help="inducing-point GDML fitted to every frame (nystrom, the default: --sigma1/--lam1 are its "
-                   "hold-out grid, default 2 4 8 / 0.3 1 3), the two-layer ensemble, or the single-GDML baseline")
+    p.add_argument("--method", choices=["auto", "nystrom", "two-layer", "single"], default="auto",
+                   help="auto (the default): two-layer for peptides of two or more residues, nystrom otherwise; "
+                   "nystrom: inducing-point GDML fitted to every frame (--sigma1/--lam1 are its hold-out grid, "
+                   "default 2 4 8 / 0.3 1 3); two-layer: the two-layer ensemble; single: the single-GDML baseline")
     p.add_argument("--n-frames", type=positive_int, default=3000, help="frames for --method single (default 3000)")
     p.add_argument("--inducing", type=positive_int, default=None, help="inducing configurations for --method nystrom "
                    "(default 1000, fewer for large molecules so that m (3 beads - 6) <= 12000: 444 for 11 beads, "
@@ -179,20 +181,23 @@ def _fit(args, output, summary, workdir):
     dataset = dataset_from_args(args)
     params = {PARAM_NAME.get(k, k): v for k, v in options.items()}
     seed = params.pop("seed", 0)
-    from .pipeline import check_fit_frames, fit_cg_model
+    from .pipeline import check_fit_frames, default_method, fit_cg_model
 
-    fit_params = method_params(args.method, params, args)
+    method = default_method(dataset) if args.method == "auto" else args.method
+    fit_params = method_params(method, params, args)
     try:
-        check_fit_frames(dataset, args.method, fit_params)
+        check_fit_frames(dataset, method, fit_params)
     except CgdmlError as exc:
         raise CgdmlError(f"{_dataset_source(args)}: {exc}") from None
     cached = [f for f in workdir.glob("*.npz") if not f.name.startswith(".")] if workdir.is_dir() else []
     if cached:
         print(f"resuming from {len(cached)} checkpoint file(s) in {workdir}")
-    model = fit_cg_model(dataset, args.method, balance_basins=args.balance_basins, seed=seed,
+    model = fit_cg_model(dataset, method, balance_basins=args.balance_basins, seed=seed,
                          progress=not args.quiet, workdir=workdir, scheduler=args.scheduler, **fit_params)
     chosen = model.info["chosen"]
     strata = model.info.get("strata", {})
+    print(f"fit method: {method}{' (auto)' if args.method == 'auto' else ''}; prior dihedral profiles: "
+          f"{model.info['prior_dihedral_profiles']}")
     print(f"CG topology: {dataset.cg_topology.describe()}; strata: {strata.get('method', 'none')}"
           + (f" ({strata['n_occupied']} occupied)" if "n_occupied" in strata else ""))
     print("chosen " + " ".join(f"{k}={v:g}" for k, v in chosen.items() if k.startswith(("sigma", "lam")) and

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._io import CgdmlError
 
-METHODS = ("nystrom", "two-layer", "single")
+METHODS = ("auto", "nystrom", "two-layer", "single")
 MIN_FIT_FRAMES = 10   # distinct frames: below this the Boltzmann-inverted prior alone is noise (k = kT / var)
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,18 @@ def distinct_frames(coords):
     """The number of distinct configurations in coords (n, n_beads, 3)."""
     flat = np.ascontiguousarray(np.asarray(coords, dtype=np.float64).reshape(len(coords), -1))
     return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()))
+
+
+def default_method(dataset):
+    """The fit method ``"auto"`` picks for ``dataset``: ``"two-layer"`` for a peptide of two or more residues (the
+    CG topology's backbone), ``"nystrom"`` otherwise.
+
+    Chosen by landscape accuracy (benchmarks/results/bench_maps.md, js over the split-half floor): on
+    ACE-AAA-NME the two-layer ensemble with the prior's dihedral profiles reaches 1.2x the floor against the
+    inducing-point fit's 3.0x; on alanine dipeptide (5- and 6-bead maps, the cgnet data) the inducing-point fit
+    is at 1.2-1.3x where the two-layer one is at 2-7x.
+    """
+    return "two-layer" if len(dataset.cg_topology.backbone()) >= 2 else "nystrom"
 
 
 def check_fit_frames(dataset, method="nystrom", params=None):
@@ -41,15 +53,16 @@ def check_fit_frames(dataset, method="nystrom", params=None):
     return n
 
 
-def fit_cg_model(dataset, method="nystrom", *, balance_basins=True, seed=0, progress=False, workdir=None,
+def fit_cg_model(dataset, method="auto", *, balance_basins=True, seed=0, progress=False, workdir=None,
                  n_jobs=1, scheduler=None, **params):
     """Fit a CG force field to a :class:`cgdml.data.CGDataset`; returns a :class:`cgdml.model.CGModel`.
 
     ``method``:
 
-    - ``"nystrom"`` (the default): inducing-point GDML on every frame, :func:`cgdml.nystrom.fit_nystrom`
-      (``n_inducing``, ``sigma``, ``lam``, ...); chosen as the default by landscape accuracy across maps and
-      molecules (benchmarks/results/bench_maps.md);
+    - ``"auto"`` (the default): :func:`default_method`, two-layer for peptides of two or more residues,
+      inducing-point otherwise (chosen by landscape accuracy across maps and molecules);
+    - ``"nystrom"``: inducing-point GDML on every frame, :func:`cgdml.nystrom.fit_nystrom`
+      (``n_inducing``, ``sigma``, ``lam``, ...);
     - ``"two-layer"``: :class:`cgdml.ensemble.TwoLayerGDML` (``params`` are its hyperparameters, e.g.
       ``sigma1=(2, 4)``, ``n_models=12``);
     - ``"single"``: one GDML on ``n_frames`` stratified frames, :func:`cgdml.ensemble.fit_single` (a baseline).
@@ -61,6 +74,10 @@ def fit_cg_model(dataset, method="nystrom", *, balance_basins=True, seed=0, prog
     """
     if method not in METHODS:
         raise CgdmlError(f"unknown fit method {method!r} (choose {', '.join(METHODS)})")
+    if method == "auto":
+        method = default_method(dataset)
+        log.info("fit method: %s (auto: %d residue(s) with backbone dihedrals)", method,
+                 len(dataset.cg_topology.backbone()))
     check_fit_frames(dataset, method, params)
     t0 = time.perf_counter()
     if method == "two-layer":
@@ -90,5 +107,7 @@ def fit_cg_model(dataset, method="nystrom", *, balance_basins=True, seed=0, prog
             raise CgdmlError(f"basin balancing failed ({exc}); rerun with --no-balance-basins (balance_basins=False) "
                              "to skip it (the GDML fit resumes from its checkpoints)") from None
         model.info["basin_balance"] = report
+    model.info["fit_method"] = method
+    model.info["prior_dihedral_profiles"] = int(len(model.prior.dihedral_quads_))
     model.info["wall_time_s"] = time.perf_counter() - t0
     return model

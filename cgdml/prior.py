@@ -50,6 +50,22 @@ def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHI
     return out
 
 
+def uses_dihedral_profiles(setting, topology=None):
+    """Whether a prior with ``dihedrals=setting`` (True, False or "auto") fits dihedral profiles.
+
+    "auto": yes for a peptide of two or more residues with backbone dihedrals in ``topology``, no otherwise.
+    Measured (benchmarks/results/bench_maps.md): on ACE-AAA-NME the profiles cut the mean per-residue js of the
+    two-layer fit from 0.119 to 0.074, where the global descriptor spreads the frames over every combination of
+    residue states; on alanine dipeptide's 5-bead map, where the kernel sees the whole (phi, psi) landscape,
+    the product of one-dimensional profiles adds a coupling error the kernel must undo (js 0.014 -> 0.023).
+    """
+    if setting == "auto":
+        return topology is not None and len(topology.backbone()) >= 2
+    if not isinstance(setting, (bool, np.bool_)):
+        raise CgdmlError(f"prior dihedrals must be True, False or 'auto', got {setting!r}")
+    return bool(setting)
+
+
 class HarmonicPrior(BaseEstimator):
     """Harmonic bonds and angles fitted by Boltzmann inversion, dihedral profiles and a short-range repulsion
     (an estimator).
@@ -59,16 +75,18 @@ class HarmonicPrior(BaseEstimator):
     Boltzmann-inverted free energy -kT ln p(phi_d) of each soft dihedral (the backbone phi and psi of every
     residue, or every proper dihedral of a molecule without a backbone), smoothed and capped
     (:func:`dihedral_profiles`): the learned model then fits what the independent dihedral profiles miss (their
-    coupling), and where it has no data it falls back to them rather than to bonds and angles alone. The
-    repulsion acts on bead pairs at least three bonds apart in the bead graph; r_min,p is the smallest distance
-    that pair reaches in the training data, so the repulsion costs about kT there and rises steeply below it.
+    coupling), and where it has no data it falls back to them rather than to bonds and angles alone.
+    ``dihedrals="auto"`` turns them on for peptides of two or more residues (the topology's backbone; see
+    :func:`uses_dihedral_profiles`) and off otherwise. The repulsion acts on bead pairs at least three bonds
+    apart in the bead graph; r_min,p is the smallest distance that pair reaches in the training data, so the
+    repulsion costs about kT there and rises steeply below it.
 
     The terms come from the CG topology passed to :meth:`fit` (its bonds, bonded triples and graph
     distances), or from ``bonds`` / ``angles`` / ``repulsion_pairs`` given here; with neither, from a chain in
     bead order (consecutive pairs and triples, pairs three apart), for bare arrays without a topology.
     """
 
-    def __init__(self, repulsion=True, dihedrals=False, bonds=None, angles=None, repulsion_pairs=None,
+    def __init__(self, repulsion=True, dihedrals="auto", bonds=None, angles=None, repulsion_pairs=None,
                  dihedral_quads=None):
         self.repulsion = repulsion
         self.dihedrals = dihedrals
@@ -104,6 +122,7 @@ class HarmonicPrior(BaseEstimator):
             raise CgdmlError("a prior needs at least two beads")
         kT = thermal_energy(temperature)
         self.temperature_ = float(temperature)
+        self.dihedrals_ = uses_dihedral_profiles(self.dihedrals, topology)
         self.bond_pairs_, self.angle_triples_, pairs, quads = self._terms(n_beads, topology)
         r = bond_lengths(R, self.bond_pairs_)
         self.bond_r0_ = r.mean(0)
@@ -118,7 +137,7 @@ class HarmonicPrior(BaseEstimator):
             self.repulsion_pairs_ = np.zeros((0, 2), dtype=np.int64)
             self.repulsion_rmin_ = np.zeros(0)
         self.repulsion_eps_ = kT
-        if self.dihedrals and len(quads):
+        if self.dihedrals_ and len(quads):
             self.dihedral_quads_ = quads
             self.dihedral_splines_ = dihedral_profiles(dihedrals(R, quads)[0], kT)
         else:
@@ -181,7 +200,7 @@ class HarmonicPrior(BaseEstimator):
                 continue
             setattr(prior, name, np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(
                 v, "i" if index else "f"))))
-        prior.dihedrals = len(prior.dihedral_quads_) > 0
+        prior.dihedrals = prior.dihedrals_ = len(prior.dihedral_quads_) > 0
         prior.temperature_ = f.get("temperature_", lambda v: as_float(v, positive=True))
         prior.repulsion_eps_ = f.get("repulsion_eps_", as_float)
         prior.max_bond_length_ = f.get("max_bond_length_", lambda v: as_float(v, positive=True))

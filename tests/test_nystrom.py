@@ -153,7 +153,12 @@ def test_learning_from_every_frame_beats_a_subset_of_the_same_size(noisy_toy):
     print(f"mean-force MSE: Nystrom {err(nys):.1f} (chosen lam {nys.info['chosen']['lam']:g}), best single "
           f"{single:.1f}")
     assert err(nys) < 0.5 * single
-    assert len(nys.info["selection_scores"]) == 3
+    scores = nys.info["selection_scores"]
+    assert len(scores) == 3
+    # scored on the plain force error by default, the error along the chain's dihedral recorded too
+    assert nys.info["params"]["cv_score"] == "force"
+    assert all(s["mse"] == s["mse_force"] and np.isfinite(s["mse_dihedral"]) for s in scores)
+    assert nys.info["chosen"]["lam"] == min(scores, key=lambda s: s["mse_force"])["lam"]
 
 
 def test_interrupted_fit_resumes_from_its_checkpoint(noisy_toy, tmp_path):
@@ -201,6 +206,8 @@ def test_bad_parameters_name_the_problem(noisy_toy):
         NystromGDML(dtype="float16").fit(data.coords[:50], data.forces[:50])
     with pytest.raises(CgdmlError, match="lam"):
         fit_nystrom(data.subset(np.arange(100)), lam=[-1.0])
+    with pytest.raises(CgdmlError, match="cv_score"):
+        fit_nystrom(data.subset(np.arange(100)), cv_score="energy")
 
 
 def test_fit_command_line_nystrom_writes_a_model_that_simulates(noisy_toy, tmp_path):

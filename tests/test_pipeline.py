@@ -58,3 +58,41 @@ def test_shipped_data_is_package_data():
 
     assert shipped_data_dir().name == "_data"
     assert all(p.exists() for p in default_dataset_paths())
+
+
+def peptide_topology(n_residues):
+    """Backbone beads C N CA C ... N of ACE-(ALA)n-NME, bonded in chain order."""
+    from cgdml.topology import CGTopology
+
+    names = ["C"] + ["N", "CA", "C"] * n_residues + ["N"]
+    resid = [0] + [r + 1 for r in range(n_residues) for _ in range(3)] + [n_residues + 1]
+    resname = ["ACE"] + ["ALA"] * (3 * n_residues) + ["NME"]
+    return CGTopology(names, [(i, i + 1) for i in range(len(names) - 1)], residue_ids=resid, residue_names=resname)
+
+
+def test_auto_defaults_follow_the_number_of_residues():
+    """Two or more residues: the two-layer fit with the prior's dihedral profiles; one: inducing-point, none."""
+    from types import SimpleNamespace
+
+    from cgdml.pipeline import default_method
+    from cgdml.prior import uses_dihedral_profiles
+
+    for n_residues, method, profiles in ((1, "nystrom", False), (3, "two-layer", True)):
+        top = peptide_topology(n_residues)
+        assert len(top.backbone()) == n_residues
+        assert default_method(SimpleNamespace(cg_topology=top)) == method
+        assert uses_dihedral_profiles("auto", top) is profiles
+    assert uses_dihedral_profiles("auto", None) is False and uses_dihedral_profiles(True, None) is True
+    with pytest.raises(CgdmlError, match="prior dihedrals"):
+        uses_dihedral_profiles("yes", None)
+
+
+def test_auto_prior_fits_every_residues_phi_and_psi():
+    from cgdml.prior import HarmonicPrior
+
+    top = peptide_topology(3)
+    rng = np.random.default_rng(0)
+    R = np.cumsum(np.full((200, top.n_beads, 3), 0.08) + rng.normal(scale=0.05, size=(200, top.n_beads, 3)), axis=1)
+    prior = HarmonicPrior().fit(R, 300.0, top)
+    assert prior.dihedral_quads_.tolist() == top.backbone_quads().tolist() and len(prior.dihedral_quads_) == 6
+    assert len(HarmonicPrior().fit(R[:, :5], 300.0, peptide_topology(1)).dihedral_quads_) == 0
