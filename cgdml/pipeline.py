@@ -30,9 +30,9 @@ def default_method(dataset):
     Chosen by landscape accuracy (benchmarks/results/bench_maps.md, js over the split-half floor): on
     ACE-AAA-NME the two-layer ensemble with the prior's dihedral profiles reaches 1.2x the floor against the
     inducing-point fit's 3.0x; on alanine dipeptide (5- and 6-bead maps, the cgnet data) the inducing-point fit
-    is at 1.2-1.3x where the two-layer one is at 2-7x.
+    is at 0.8-1.5x where the two-layer one is at 2-7x.
     """
-    return "two-layer" if len(dataset.cg_topology.backbone()) >= 2 else "nystrom"
+    return "two-layer" if dataset.cg_topology.is_polypeptide else "nystrom"
 
 
 def check_fit_frames(dataset, method="nystrom", params=None):

@@ -60,7 +60,7 @@ def uses_dihedral_profiles(setting, topology=None):
     the product of one-dimensional profiles adds a coupling error the kernel must undo (js 0.014 -> 0.023).
     """
     if setting == "auto":
-        return topology is not None and len(topology.backbone()) >= 2
+        return topology is not None and topology.is_polypeptide
     if not isinstance(setting, (bool, np.bool_)):
         raise CgdmlError(f"prior dihedrals must be True, False or 'auto', got {setting!r}")
     return bool(setting)

@@ -199,6 +199,12 @@ class CGTopology:
                 found.append((int(self.residue_ids[ca]), ca, label, (prev[0], n, ca, c), (n, ca, c, nxt[0])))
         return [(label, np.array(phi), np.array(psi)) for _, _, label, phi, psi in sorted(found)]
 
+    @property
+    def is_polypeptide(self):
+        """True for a peptide of two or more residues with backbone phi and psi (:meth:`backbone`): what the fit
+        defaults key on (:func:`cgdml.pipeline.default_method`, :func:`cgdml.prior.uses_dihedral_profiles`)."""
+        return len(self.backbone()) >= 2
+
     def backbone_quads(self):
         """All backbone dihedrals (2 n_residues, 4): phi_1, psi_1, phi_2, psi_2, ..."""
         return np.array([q for _, phi, psi in self.backbone() for q in (phi, psi)], dtype=np.int64).reshape(-1, 4)

@@ -79,7 +79,7 @@ def test_auto_defaults_follow_the_number_of_residues():
 
     for n_residues, method, profiles in ((1, "nystrom", False), (3, "two-layer", True)):
         top = peptide_topology(n_residues)
-        assert len(top.backbone()) == n_residues
+        assert len(top.backbone()) == n_residues and top.is_polypeptide is (n_residues >= 2)
         assert default_method(SimpleNamespace(cg_topology=top)) == method
         assert uses_dihedral_profiles("auto", top) is profiles
     assert uses_dihedral_profiles("auto", None) is False and uses_dihedral_profiles(True, None) is True
