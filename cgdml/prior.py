@@ -36,12 +36,12 @@ def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHI
     width = 2 * np.pi / fine
     out = np.zeros((angles.shape[1], nodes, 4))
     grid = -np.pi + np.arange(nodes + 1) * (2 * np.pi / nodes)
+    centres = -np.pi + (np.arange(fine) + 0.5) * width   # of the fine bins
     for d in range(angles.shape[1]):
         counts = np.histogram(angles[:, d], bins=fine, range=(-np.pi, np.pi))[0].astype(float)
         p = gaussian_filter1d(counts, smoothing / width, mode="wrap")
         p /= p.sum()
-        # values at the nodes (bin centres are -pi + (i + 0.5) width): interpolate periodically
-        centres = -np.pi + (np.arange(fine) + 0.5) * width
+        # values at the nodes, interpolated periodically between the bin centres
         p_nodes = np.interp(grid[:-1], centres, p, period=2 * np.pi)
         F = -kT * np.log(np.maximum(p_nodes, p_nodes.max() * np.exp(-cap_kT)))
         F -= F.mean()
