@@ -452,14 +452,11 @@ def _position_chunks(path, topology, stride, chunk, atom_indices, length_unit):
     import mdtraj as md
 
     if path.suffix.lower() in RAW_SUFFIXES:
+        from .formats import reader_chunks
+
         reader = _ArrayReader(path, _POSITION_KEYS, "positions", length_factor(length_unit))
-        if reader.n_atoms != topology.n_atoms:
-            raise CgdmlError(f"{path}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
-        while True:
-            xyz = reader.read(chunk, stride, atom_indices)
-            if not len(xyz):
-                return
-            yield xyz
+        yield from reader_chunks(reader, path, topology, chunk, stride, atom_indices)
+        return
     if not path.exists():
         raise CgdmlError(f"{path}: no such trajectory file")
     try:
@@ -491,16 +488,12 @@ def _same_mda_file(tpath, reader):
 def _chunk_pairs(tpath, reader, topology, stride, chunk, atom_indices, units):
     """Yield (positions, forces) chunks of one trajectory and its forces reader; positions come from the forces
     file itself when it is the trajectory (MDAnalysis formats), else chunk by chunk from the trajectory."""
-    from .formats import MDA_ONLY_TRAJECTORIES, position_chunks
+    from .formats import MDA_ONLY_TRAJECTORIES, position_chunks, reader_chunks
 
     if _same_mda_file(tpath, reader):
-        if reader.n_atoms != topology.n_atoms:
-            raise CgdmlError(f"{tpath}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
-        while True:
-            f = reader.read(chunk, stride, atom_indices)
-            if not len(f):
-                return
+        for f in reader_chunks(reader, tpath, topology, chunk, stride, atom_indices):
             yield reader.last_positions, f
+        return
     if tpath.suffix.lower() in MDA_ONLY_TRAJECTORIES:
         chunks = position_chunks(tpath, topology, stride, chunk, atom_indices, **units)
     else:

@@ -38,7 +38,7 @@ from sklearn.base import BaseEstimator
 from ._io import CgdmlError, WorkCache
 from .distributed import TaskRunner
 from .gdml import GDML
-from .geometry import dihedral_projection, project_forces
+from .geometry import dihedral_projection, project_forces, resolve_cv_score
 from .model import CGModel, fit_record
 from .prior import HarmonicPrior
 from .sampling import make_strata, stratified_batch, stratified_folds
@@ -187,13 +187,8 @@ class TwoLayerGDML(BaseEstimator):
         if self.batch_size_ < self.batch_size:
             warnings.warn(f"batch size {self.batch_size} lowered to {self.batch_size_}, half of the {pool} frames a "
                           "sub-model can draw from, so that the sub-models differ", stacklevel=3)
-        if self.cv_score not in ("auto", "dihedral", "force"):
-            raise CgdmlError(f"cv_score must be auto, dihedral or force, got {self.cv_score!r}")
         topo = dataset.cg_topology
-        self.cv_quads_ = topo.soft_dihedrals()
-        if self.cv_score == "dihedral" and not len(self.cv_quads_):
-            raise CgdmlError(f"cv_score 'dihedral' needs a dihedral in the CG topology ({topo.describe()})")
-        self.cv_score_ = ("dihedral" if len(self.cv_quads_) else "force") if self.cv_score == "auto" else self.cv_score
+        self.cv_score_, self.cv_quads_ = resolve_cv_score(self.cv_score, topo)
         self.quads_ = topo.chirality_quads if self.chiral else np.zeros((0, 4), dtype=np.int64)
         for name in ("sigma1", "lam1", "sigma2", "lam2"):
             values = np.atleast_1d(getattr(self, name))

@@ -90,8 +90,10 @@ def _check_options(options, config=None):
         where = f" (option {flag} or key {name!r} in {config})" if config else ""
         kind, is_list, _ = OPTIONS[name]
         if name == "cv_score":
-            if value not in ("auto", "dihedral", "force"):
-                raise CgdmlError(f"{flag} must be auto, dihedral or force, got {value!r}{where}")
+            from .geometry import CV_SCORES
+
+            if value not in CV_SCORES:
+                raise CgdmlError(f"{flag} must be {', '.join(CV_SCORES[:-1])} or {CV_SCORES[-1]}, got {value!r}{where}")
         elif name == "jobs":
             if value == 0:
                 raise CgdmlError(f"{flag} must be >= 1 (or negative: all cores but |n| - 1), got 0{where}")

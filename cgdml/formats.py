@@ -163,16 +163,20 @@ class MDAReader:
         self._reader.close()
 
 
+def reader_chunks(reader, path, topology, chunk, stride=1, atom_indices=None):
+    """Yield ``reader.read(chunk, stride, atom_indices)`` until it comes back empty, once the reader's atom count
+    is checked against ``topology``'s (a :class:`MDAReader` or cgdml.data's NumPy/TRR reader)."""
+    if reader.n_atoms != topology.n_atoms:
+        raise CgdmlError(f"{path}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
+    while len(block := reader.read(chunk, stride, atom_indices)):
+        yield block
+
+
 def position_chunks(path, topology, stride, chunk, atom_indices, **units):
     """Yield position chunks (nm, float32) of a trajectory MDAnalysis reads (H5MD, LAMMPS dump)."""
     reader = MDAReader(path, need_forces=False, **units)
     try:
-        if reader.n_atoms != topology.n_atoms:
-            raise CgdmlError(f"{path}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
-        while True:
-            reader.read(chunk, stride, atom_indices)
-            if not len(reader.last_positions):
-                return
+        for _ in reader_chunks(reader, path, topology, chunk, stride, atom_indices):
             yield reader.last_positions
     finally:
         reader.close()

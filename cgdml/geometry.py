@@ -111,6 +111,27 @@ def dihedral_projection(coords, quads):
     return quads, dihedral_force_projection(coords, quads)
 
 
+CV_SCORES = ("auto", "dihedral", "force")
+
+
+def resolve_cv_score(setting, topology):
+    """The hold-out / cross-validation score a fit uses, and the dihedrals it projects on.
+
+    ``setting`` is one of :data:`CV_SCORES`: "dihedral" scores the error of the forces projected on the soft
+    dihedrals of ``topology`` (a :class:`cgdml.topology.CGTopology`), "force" the error of the bead forces, "auto"
+    the first when the topology has a soft dihedral. Returns (score, quads (n_quads, 4)); raises CgdmlError for an
+    unknown setting or "dihedral" on a topology without dihedrals.
+    """
+    from ._io import CgdmlError
+
+    if setting not in CV_SCORES:
+        raise CgdmlError(f"cv_score must be {', '.join(CV_SCORES[:-1])} or {CV_SCORES[-1]}, got {setting!r}")
+    quads = topology.soft_dihedrals()
+    if setting == "dihedral" and not len(quads):
+        raise CgdmlError(f"cv_score 'dihedral' needs a dihedral in the CG topology ({topology.describe()})")
+    return ("dihedral" if len(quads) else "force") if setting == "auto" else setting, quads
+
+
 def project_forces(forces, projection):
     """Forces (..., n_frames, n_beads, 3) -> their dihedral components (..., n_frames, n_quads)."""
     quads, b = projection

@@ -45,7 +45,7 @@ from . import kernels
 from ._io import CgdmlError, Fields, WorkCache, as_array, as_float, as_int, load_npz, save_npz
 from .data import check_coords_forces
 from .gdml import cholesky_upper, dihedral_quads, mean_kernel_diagonal, reduce_frames
-from .geometry import dihedral_projection, project_forces
+from .geometry import dihedral_projection, project_forces, resolve_cv_score
 from .model import CGModel, GDMLModel, fit_record
 from .sampling import make_strata, stratified_batch
 
@@ -486,12 +486,7 @@ def fit_nystrom(dataset, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0
             raise CgdmlError(f"{name} must be one or more positive numbers, got {list(values)}")
     if not 0 < holdout < 1:
         raise CgdmlError(f"holdout must be between 0 and 1, got {holdout}")
-    if cv_score not in ("auto", "dihedral", "force"):
-        raise CgdmlError(f"cv_score must be auto, dihedral or force, got {cv_score!r}")
-    soft = dataset.cg_topology.soft_dihedrals()
-    if cv_score == "dihedral" and not len(soft):
-        raise CgdmlError(f"cv_score 'dihedral' needs a dihedral in the CG topology ({dataset.cg_topology.describe()})")
-    score_by = ("dihedral" if len(soft) else "force") if cv_score == "auto" else cv_score
+    score_by, soft = resolve_cv_score(cv_score, dataset.cg_topology)
     coords = dataset.coords
     prior = HarmonicPrior(repulsion=prior_repulsion, dihedrals=prior_dihedrals).fit(coords, dataset.temperature,
                                                                                    dataset.cg_topology)
