@@ -9,6 +9,8 @@ Cases (``--cases``, default all whose data exist):
 - ``cgnet``: the cgnet explicit-solvent alanine dipeptide (../shared/data/cgnet-ala2, pre-mapped, 5 beads);
 - ``tetra-11`` / ``tetra-14``: ACE-AAA-NME from ``python -m cgdml.reference --sequence AAA`` (``--tetra DIR``),
   backbone beads (11) or backbone + CB (14), aggregate force map; landscapes per residue;
+- ``aga-11``: ACE-ALA-GLY-ALA-NME from ``python -m cgdml.reference --sequence AGA`` (``--aga DIR``), 11 backbone
+  beads, aggregate force map (a second peptide, not tuned on);
 - ``ala2-6-long``: the CB map on a fresh, longer alanine dipeptide run (``--long DIR``, from ``python -m
   cgdml.reference -o DIR --ns 50 --save-every-ps 2 --gb native``), aggregate force map.
 
@@ -48,6 +50,12 @@ select = "resid 2 and name N"
 name = "C"
 select = "resid 1 and name C"
 """
+
+
+# peptide case -> (argument naming its reference directory, file-name start, residues, CB beads): the reference
+# is DIR/NAME*.pdb and .npz, as python -m cgdml.reference names them
+PEPTIDES = {"tetra-11": ("tetra", "ace-aaa-nme", 3, False), "tetra-14": ("tetra", "ace-aaa-nme", 3, True),
+            "aga-11": ("aga", "ace-aga-nme", 3, False)}
 
 
 def peptide_map(n_residues, with_cb):
@@ -94,15 +102,15 @@ def map_case(case, work, args):
             return None
         npz = pdbs[0].with_suffix(".npz")
         return ["--top", pdbs[0], "--traj", npz, "--forces", npz, "--force-map", args.force_map, "--map", "ala2-6"]
-    if case.startswith("tetra"):
-        tetra = Path(args.tetra)
-        pdbs = sorted(tetra.glob("*.pdb"))
+    if case in PEPTIDES:
+        folder, name, n_residues, with_cb = PEPTIDES[case]
+        pdbs = sorted(Path(getattr(args, folder) or "/nonexistent").glob(f"{name}*.pdb"))
         npzs = [p.with_suffix(".npz") for p in pdbs if p.with_suffix(".npz").exists()]
         if not npzs:
             return None
-        (work / "map.toml").write_text(peptide_map(3, case == "tetra-14"))
-        return ["--top", pdbs[0], "--traj", npzs[0], "--forces", npzs[0], "--force-map", args.force_map,
-                "--map", work / "map.toml"]
+        (work / "map.toml").write_text(peptide_map(n_residues, with_cb))
+        return ["--top", npzs[0].with_suffix(".pdb"), "--traj", npzs[0], "--forces", npzs[0], "--force-map",
+                args.force_map, "--map", work / "map.toml"]
     raise SystemExit(f"unknown case {case}")
 
 
@@ -155,11 +163,12 @@ def bench_case(case, args, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["ala2-5", "ala2-6", "ala2-5-shuffled", "cgnet", "tetra-11",
-                                                   "tetra-14", "ala2-6-long"])
+                                                   "tetra-14", "aga-11", "ala2-6-long"])
     p.add_argument("--method", choices=["auto", "two-layer", "nystrom"], default="auto",
                    help="fit method (default auto, the pipeline's default: two-layer for peptides of two or more "
                    "residues, nystrom otherwise)")
     p.add_argument("--tetra", default=str(ROOT / "data"), help="directory with the tetrapeptide reference (.pdb+.npz)")
+    p.add_argument("--aga", default=None, help="directory with the ACE-AGA-NME reference (.pdb+.npz)")
     p.add_argument("--force-map", default="aggregate", choices=["aggregate", "optimal"],
                    help="force map of the all-atom cases (default aggregate, the map command's default)")
     p.add_argument("--long", default=None, help="directory of a longer alanine dipeptide reference run (ala2-6-long)")
