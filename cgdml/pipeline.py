@@ -28,9 +28,11 @@ def default_method(dataset):
     CG topology's backbone), ``"nystrom"`` otherwise.
 
     Chosen by landscape accuracy (benchmarks/results/bench_maps.md, js over the split-half floor): on
-    ACE-AAA-NME the two-layer ensemble with the prior's dihedral profiles reaches 1.2x the floor against the
-    inducing-point fit's 3.0x; on alanine dipeptide (5- and 6-bead maps, the cgnet data) the inducing-point fit
-    is at 0.8-1.5x where the two-layer one is at 2-7x.
+    ACE-AAA-NME the two-layer ensemble with the prior's dihedral profiles reaches 1.2x the floor against 1.6x for
+    the inducing-point fit with them (3.7x without); on alanine dipeptide (5- and 6-bead maps, the cgnet data)
+    the inducing-point fit is at 0.8-1.5x where the two-layer one is at 2-7x. On a second peptide, ACE-AGA-NME,
+    the two-layer fit reaches 2.1x against the inducing-point fit's 1.5x, so which of the two suits peptides
+    best is not settled (one run each).
     """
     return "two-layer" if dataset.cg_topology.is_polypeptide else "nystrom"
 
