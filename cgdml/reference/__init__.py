@@ -127,6 +127,7 @@ def build_peptide(sequence=DIPEPTIDE, *, phi=-120.0, psi=140.0):
     except ImportError:
         raise CgdmlError(f"building --sequence {seq} needs PeptideBuilder and Biopython: "
                          "pip install 'cgdml[peptides]'") from None
+    import openmm
     from openmm import Vec3, app, unit
 
     n = len(seq) + 2
@@ -152,8 +153,10 @@ def build_peptide(sequence=DIPEPTIDE, *, phi=-120.0, psi=140.0):
     topology.createDisulfideBonds(xyz * unit.nanometer)
     modeller = app.Modeller(topology, xyz * unit.nanometer)
     ff = app.ForceField(FORCE_FIELDS["implicit"][0])
-    with _seeded_python_random():  # the same structure every call
-        modeller.addHydrogens(ff)
+    # the same structure every call: seeded placement, and the hydrogens' short minimisation on the Reference
+    # platform (the default, multi-threaded CPU platform sums forces in a varying order: ~1e-6 nm differences)
+    with _seeded_python_random():
+        modeller.addHydrogens(ff, platform=openmm.Platform.getPlatformByName("Reference"))
     try:
         ff.createSystem(modeller.topology)  # every residue matches an ff14SB template
     except ValueError as exc:
