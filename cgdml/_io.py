@@ -22,8 +22,11 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI
     import tomli as tomllib  # noqa: F401 (re-exported)
 
 
-class CgdmlError(Exception):
-    """A user mistake (bad file, bad option, bad data). The message is one line, shown as is."""
+class CgdmlError(ValueError):
+    """A user mistake (bad file, bad option, bad data). The message is one line, shown as is.
+
+    A subclass of :class:`ValueError`, as scikit-learn's parameter errors are, so that ``except ValueError``
+    in user code catches it."""
 
 
 def one_line(text, limit=600):
