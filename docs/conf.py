@@ -104,10 +104,12 @@ COMMAND_MODULES = {"cgdml.map", "cgdml.fit", "cgdml.export", "cgdml.cvplot"}
 
 
 def _module_exists(name):
+    """Whether this checkout has module ``name`` (an editable install of another tree does not count)."""
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(name)
     except ModuleNotFoundError:
         return False
+    return spec is not None and spec.origin is not None and Path(spec.origin).resolve().is_relative_to(ROOT)
 
 
 _pending_now = [m for m in PENDING_API_PAGES if not _module_exists(m)]
