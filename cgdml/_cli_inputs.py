@@ -1,5 +1,5 @@
 """Command-line options of ``python -m cgdml.map`` for inputs from other tools: LAMMPS unit styles, mlcg HDF5
-datasets and --force-map taking a .npy matrix (see :mod:`cgdml.formats`, :mod:`cgdml.mlcg`). Only command
+datasets and --force-map taking a .npy matrix (see :mod:`cgdml.io.formats`, :mod:`cgdml.io.mlcg`). Only command
 modules import this module, as :mod:`cgdml._cli`.
 """
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._io import CgdmlError
-from .formats import LAMMPS_UNITS
+from .io.formats import LAMMPS_UNITS
 from .mapping import FORCE_MAPS, available_presets, preset_map
-from .mlcg import load_mlcg
+from .io.mlcg import load_mlcg
 from .topology import parse_bonds
 
 def add_format_arguments(parser):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cgdml._io import CgdmlError
-from cgdml.data import CGDataset, default_dataset_paths, load_allatom
+from cgdml.data import CGDataset
+from cgdml.io import ala2_pdb_path, default_dataset_paths, load_allatom
 from cgdml.mapping import load_default_cg_dataset
 from cgdml.mapping import ala2_topology
 
@@ -29,10 +30,8 @@ def system(tmp_path_factory):
 
 
 def _ala2_pdb(d):
-    from cgdml.reference import ALA2_PDB
-
     path = Path(d) / "ala2.pdb"
-    path.write_text(ALA2_PDB)
+    path.write_text(ala2_pdb_path().read_text())
     return path
 
 
