@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ._io import CgdmlError, OutputLock, numpy_file_kind, one_line, remove_stale_temps
-from .data import CGDataset, check_finite
-from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset, preset_map
-from .topology import parse_bonds
+from .data import CGDataset
+from .io.arrays import load_cg_arrays
+from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -356,26 +356,6 @@ def add_dataset_arguments(parser, positional=True):
     return parser
 
 
-def _load_array(path, what):
-    path = Path(path)
-    if not path.exists():
-        raise CgdmlError(f"{path}: no such {what} file")
-    if path.is_file() and numpy_file_kind(path) is None:
-        raise CgdmlError(f"{path}: not a readable {what} array (neither .npy nor .npz content)")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if isinstance(z, np.ndarray):
-            return z
-        with z:
-            if len(z.files) != 1:
-                raise CgdmlError(f"{path}: expected one array, found {', '.join(z.files) or 'none'}")
-            return z[z.files[0]]
-    except CgdmlError:
-        raise
-    except Exception as exc:
-        raise CgdmlError(f"{path}: not a readable {what} array ({type(exc).__name__}: {exc})") from None
-
-
 def stride_option(args):
     if args.stride < 1:
         raise CgdmlError(f"--stride must be >= 1, got {args.stride}")
@@ -402,37 +382,9 @@ def dataset_from_args(args):
     if args.coords or args.cg_forces:
         if not (args.coords and args.cg_forces):
             raise CgdmlError("--coords and --cg-forces go together")
-        from .units import energy_factor, length_factor
-
-        length_factor(args.length_unit)
-        energy_factor(args.energy_unit, 300.0 if args.temperature is None else args.temperature)
-        coords = _load_array(args.coords, "coordinates")
-        forces = _load_array(args.cg_forces, "forces")
-        for path, array, what in ((args.coords, coords, "coordinates"), (args.cg_forces, forces, "forces")):
-            if array.ndim != 3 or array.shape[2] != 3:
-                raise CgdmlError(f"{path}: {what} must have shape (n_frames, n_beads, 3), got {array.shape}")
-        if forces.shape != coords.shape:
-            raise CgdmlError(f"{args.cg_forces}: forces shaped {forces.shape} do not match the coordinates "
-                             f"{args.coords} shaped {coords.shape}")
-        check_finite(coords, "coordinates", str(args.coords))
-        check_finite(forces, "forces", str(args.cg_forces))
-        coords, forces = coords[::stride], forces[::stride]
-        topology = masses = names = None
-        if args.beads in available_presets():
-            cgmap = preset_map(args.beads)
-            topology, masses = cgmap.cg_topology_.to_mdtraj(), cgmap.masses_
-            if coords.ndim == 3 and coords.shape[1] != cgmap.n_beads:
-                raise CgdmlError(f"{args.coords}: {coords.shape[1]} beads but preset {args.beads} has {cgmap.n_beads}")
-        elif args.beads:
-            names = [b.strip() for b in args.beads.split(",")]
-        info = {"source": {"coords": str(args.coords), "forces": str(args.cg_forces)}, "beads": args.beads}
-        try:
-            return CGDataset.from_arrays(coords, forces, length_unit=args.length_unit, energy_unit=args.energy_unit,
-                                         temperature=300.0 if args.temperature is None else args.temperature,
-                                         bead_names=names, topology=topology, info=info, masses=masses,
-                                         bonds=parse_bonds(args.bonds) if args.bonds else None)
-        except CgdmlError as exc:
-            raise CgdmlError(f"{args.coords}: {exc}") from None
+        return load_cg_arrays(args.coords, args.cg_forces, beads=args.beads, bonds=args.bonds,
+                              length_unit=args.length_unit, energy_unit=args.energy_unit,
+                              temperature=300.0 if args.temperature is None else args.temperature, stride=stride)
     ds = load_default_cg_dataset(map=args.map or "ala2-5", force_map=args.force_map, stride=stride)
     if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
         raise CgdmlError(f"the shipped reference is at {ds.temperature:g} K, not {args.temperature:g} K")

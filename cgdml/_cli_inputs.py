@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._io import CgdmlError
+from .io.arrays import resolve_beads
 from .io.formats import LAMMPS_UNITS
-from .mapping import FORCE_MAPS, available_presets, preset_map
 from .io.mlcg import load_mlcg
+from .mapping import FORCE_MAPS
 from .topology import parse_bonds
+
 
 def add_format_arguments(parser):
     """The ``python -m cgdml.map`` options of this module: --lammps-units, --mlcg/--molecule/--mlcg-forces, and
@@ -53,12 +55,7 @@ def mlcg_dataset_from_args(args):
     """The :class:`CGDataset` of ``--mlcg`` (with --molecule, --beads, --bonds, units, --temperature, --stride)."""
     if args.stride < 1:
         raise CgdmlError(f"--stride must be >= 1, got {args.stride}")
-    topology = masses = names = None
-    if args.beads in available_presets():
-        cgmap = preset_map(args.beads)
-        topology, masses = cgmap.cg_topology_.to_mdtraj(), cgmap.masses_
-    elif args.beads:
-        names = [b.strip() for b in args.beads.split(",")]
+    names, topology, masses = resolve_beads(args.beads)
     ds = load_mlcg(args.mlcg, args.molecule, forces_key=args.mlcg_forces, length_unit=args.length_unit,
                    energy_unit=args.energy_unit, temperature=300.0 if args.temperature is None else args.temperature,
                    bead_names=names, topology=topology, bonds=parse_bonds(args.bonds) if args.bonds else None,

@@ -1,4 +1,6 @@
 """All-atom loading (formats, units, chunking, errors), the shipped dataset and the map command line."""
+import json
+import re
 import subprocess
 import sys
 import warnings
@@ -216,6 +218,67 @@ def test_map_cli_errors_are_one_line_and_write_nothing(system, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error:") and "f.npy" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.npz*"))
+
+
+def test_python_and_command_line_map_the_same_dataset(system, tmp_path):
+    """The map command is a shell over map_allatom and load_cg_arrays: the same arrays, system and info; the CG PDB
+    beside the dataset reads back as its system."""
+    from cgdml.io import load_cg_arrays
+    from cgdml.mapping import map_allatom
+    from cgdml.system import CGSystem
+
+    d, top, x, f = system
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "f.npy", f)
+    r = run_map("--top", _ala2_pdb(d), "--traj", tmp_path / "x.npy", "--forces", tmp_path / "f.npy", "--map",
+                "ala2-6", "--force-map", "optimal", "--stride", "2", "--temperature", "310", "-o", tmp_path / "aa.npz")
+    assert r.returncode == 0, r.stderr
+    py = map_allatom(_ala2_pdb(d), tmp_path / "x.npy", tmp_path / "f.npy", "ala2-6", force_map="optimal", stride=2,
+                     temperature=310)
+    cmd = CGDataset.load(tmp_path / "aa.npz")
+    np.testing.assert_array_equal(cmd.coords, py.coords.astype(np.float32))
+    np.testing.assert_array_equal(cmd.forces, py.forces.astype(np.float32))
+    assert cmd.system == py.system and cmd.info == json.loads(json.dumps(py.info))
+    assert CGSystem.from_pdb_file(tmp_path / "aa.pdb", masses=py.masses, temperature=310) == py.system
+
+    cg = py.coords * 10.0, py.forces / KCAL_PER_A
+    np.save(tmp_path / "c.npy", cg[0])
+    np.save(tmp_path / "g.npy", cg[1])
+    for beads, bonds in (("ala2-6", None), ("C,N,CA,CB,C,N", "0-1,1-2,2-3,2-4,4-5")):
+        args = ["--coords", tmp_path / "c.npy", "--cg-forces", tmp_path / "g.npy", "--length-unit", "angstrom",
+                "--energy-unit", "kcal/mol", "--beads", beads, "--stride", "3", "--temperature", "310"]
+        r = run_map(*args, *(["--bonds", bonds] if bonds else []), "-o", tmp_path / "arrays.npz")
+        assert r.returncode == 0, r.stderr
+        cmd = CGDataset.load(tmp_path / "arrays.npz")
+        py_arrays = load_cg_arrays(tmp_path / "c.npy", tmp_path / "g.npy", beads=beads, bonds=bonds,
+                                   length_unit="angstrom", energy_unit="kcal/mol", temperature=310, stride=3)
+        np.testing.assert_array_equal(cmd.coords, py_arrays.coords.astype(np.float32))
+        np.testing.assert_array_equal(cmd.forces, py_arrays.forces.astype(np.float32))
+        assert cmd.system == py_arrays.system and cmd.info == py_arrays.info
+        np.testing.assert_allclose(py_arrays.coords, py.coords[::3], rtol=1e-12)
+        assert py_arrays.bonds.tolist() == py.bonds.tolist()
+    assert py_arrays.masses.tolist() != py.masses.tolist()         # bead names only: element masses
+    in_memory = load_cg_arrays(cg[0], cg[1], beads="ala2-6", length_unit="angstrom", energy_unit="kcal/mol")
+    assert in_memory.system == CGSystem(py.cg_topology, py.masses, 300.0)
+    assert in_memory.info["source"] == {"coords": "(array)", "forces": "(array)"}
+
+
+def test_load_cg_arrays_errors_name_the_file(tmp_path):
+    from cgdml.io import load_cg_arrays
+
+    R = 0.15 * np.cumsum(np.ones((10, 5, 3)), axis=1)
+    np.save(tmp_path / "c.npy", R)
+    np.save(tmp_path / "g4.npy", np.zeros((10, 4, 3)))
+    np.save(tmp_path / "g.npy", np.zeros((10, 5, 3)))
+    cases = [(dict(forces=tmp_path / "g4.npy"), "g4.npy: forces shaped (10, 4, 3) do not match"),
+             (dict(beads="ala2-6"), "c.npy: 5 beads but preset ala2-6 has 6"),
+             (dict(length_unit="furlong"), "unknown length unit 'furlong'"),
+             (dict(forces=tmp_path / "nope.npy"), "nope.npy: no such forces file"),
+             (dict(beads="A,B"), "c.npy: 2 bead names for 5 beads"),
+             (dict(stride=0), "stride must be >= 1")]
+    for kwargs, message in cases:
+        with pytest.raises(CgdmlError, match=re.escape(message)):
+            load_cg_arrays(**{"coords": tmp_path / "c.npy", "forces": tmp_path / "g.npy", "beads": "ala2-5", **kwargs})
 
 
 def test_dataset_arguments_shared_with_fit(system, tmp_path):

@@ -4,6 +4,7 @@
   :func:`count_frames`, :func:`load_topology`);
 - :mod:`cgdml.io.formats`: forces (and positions) of other MD engines through MDAnalysis;
 - :mod:`cgdml.io.mlcg`: mlcg-style HDF5 datasets (:func:`load_mlcg`);
+- :mod:`cgdml.io.arrays`: pre-mapped CG arrays (:func:`load_cg_arrays`);
 - :mod:`cgdml.io.shipped`: the data shipped with cgdml (:func:`default_dataset_paths`, :func:`ala2_pdb_path`).
 
 The all-atom data are mapped to CG datasets by :mod:`cgdml.mapping`; the dataset container is
@@ -11,7 +12,7 @@ The all-atom data are mapped to CG datasets by :mod:`cgdml.mapping`; the dataset
 load_allatom``), so that importing one reader does not import them all.
 """
 _LAZY = {"load_allatom": "allatom", "count_frames": "allatom", "load_topology": "allatom",
-         "load_mlcg": "mlcg", "ala2_pdb_path": "shipped",
+         "load_cg_arrays": "arrays", "load_mlcg": "mlcg", "ala2_pdb_path": "shipped",
          "default_dataset_paths": "shipped", "shipped_data_dir": "shipped"}
 __all__ = sorted(_LAZY)
 
