@@ -85,26 +85,22 @@ def plain_text(text):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text.
 
-    Every ``type=float`` option takes finite numbers only (``inf`` and ``nan`` are refused, naming the option),
-    the --help text is shown without reST markup, and every command has ``--version``.
+    Every ``type=float`` option takes finite numbers only (``inf`` and ``nan`` are refused, naming the option:
+    argparse's type registry maps ``float`` to :func:`finite_float`), the --help text is shown without reST
+    markup, and every command has ``--version``.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from . import __version__
 
+        self.register("type", float, finite_float)
         self.add_argument("--version", action="version", version=f"%(prog)s (cgdml {__version__})")
 
     def error(self, message):
         # "argument -o/--output: must be ..." (from the type functions above) reads "--output must be ..."
         message = re.sub(r"^argument (?:-\w/)?(\S+): (must be .*)", r"\1 \2", message)
         raise CgdmlError(f"{message} (see {self.prog} --help)")
-
-    def parse_known_args(self, args=None, namespace=None):
-        for action in self._actions:          # the rule for every float on every command line
-            if action.type is float:
-                action.type = finite_float
-        return super().parse_known_args(args, namespace)
 
     def format_help(self):
         return plain_text(super().format_help())
@@ -313,10 +309,19 @@ def claim_outputs(command, outputs, *, inputs=(), sidecars=None, reserved=None, 
 
 
 def add_verbosity_arguments(parser):
-    """-v/--verbose (debug messages) and --quiet (warnings only, no progress bars)."""
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages of the cgdml logger")
-    parser.add_argument("--quiet", action="store_true", help="show warnings and errors only, no progress bars")
+    """The flags every command has: -v/--verbose (debug messages), -q/--quiet (warnings and errors only, no
+    progress bars) and --no-progress (no progress bars). Read them with :func:`configure_logging` and
+    :func:`show_progress`."""
+    g = parser.add_argument_group("messages")
+    g.add_argument("-v", "--verbose", action="store_true", help="show debug messages of the cgdml logger")
+    g.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only, no progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def show_progress(args):
+    """Whether a command shows progress bars: not with --quiet or --no-progress."""
+    return not (getattr(args, "quiet", False) or getattr(args, "no_progress", False))
 
 
 def configure_logging(args):
@@ -331,10 +336,12 @@ def configure_logging(args):
         logger.addHandler(handler)
 
 
-def add_dataset_arguments(parser, positional=True):
-    """Add the options that name a CG dataset: a saved DATASET.npz (positional, optional), pre-mapped
-    arrays (--coords, --cg-forces, --beads), their units and temperature, and --map/--force-map/--stride
-    for the shipped reference used when nothing else is given."""
+def add_dataset_arguments(parser, positional=True, map_options=True):
+    """Add the options that name a CG dataset, read by :func:`dataset_from_args`: a saved DATASET.npz
+    (positional, optional), pre-mapped arrays (--coords, --cg-forces, --beads, --bonds), the units,
+    temperature and --stride of every input, and --map/--force-map for the shipped reference used when no
+    dataset is given. ``map_options=False`` leaves --map and --force-map to the command (``python -m cgdml.map``
+    has them in its all-atom input group)."""
     if positional:
         parser.add_argument("dataset", nargs="?", default=None,
                             help="CG dataset .npz (from python -m cgdml.map); default: the shipped reference")
@@ -346,13 +353,16 @@ def add_dataset_arguments(parser, positional=True):
                         "or comma-separated bead names")
     g.add_argument("--bonds", default=None, help="CG bonds of the arrays as bead index pairs, e.g. 0-1,1-2,2-3 "
                    "(default: the preset's bonds, else a chain in bead order, with a warning)")
+    g = parser.add_argument_group("input units, temperature and frames")
     g.add_argument("--length-unit", default="nm", help="length unit of the inputs: nm (default), angstrom, pm")
     g.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the inputs: kJ/mol (default), kcal/mol, eV, kT")
     g.add_argument("--temperature", type=float, default=None, help="K (default: from the data, else 300)")
-    g.add_argument("--map", default=None,
-                   help=f"map: TOML file or preset ({', '.join(available_presets())}); default ala2-5")
-    g.add_argument("--force-map", choices=FORCE_MAPS, default="aggregate", help="force map (default aggregate)")
     g.add_argument("--stride", type=int, default=1, help="keep every N-th frame (default 1)")
+    if map_options:
+        g = parser.add_argument_group("shipped reference (when no dataset or arrays are given)")
+        g.add_argument("--map", default=None,
+                       help=f"map: TOML file or preset ({', '.join(available_presets())}); default ala2-5")
+        g.add_argument("--force-map", choices=FORCE_MAPS, default="aggregate", help="force map (default aggregate)")
     return parser
 
 
@@ -394,7 +404,7 @@ def dataset_from_args(args):
 def dataset_summary(dataset):
     """One line: frames, beads, force map and mapped mean squared force per bead ((kJ/mol/nm)^2)."""
     msf = (dataset.forces ** 2).mean(axis=(0, 2))
-    per_bead = " ".join(f"{n}:{v:.4g}" for n, v in zip(dataset.bead_names, msf))
+    per_bead = " ".join(f"{n}:{v:.3g}" for n, v in zip(dataset.bead_names, msf))
     fm = dataset.info.get("force_map", "pre-mapped")
     return (f"{dataset.n_frames} frames, {dataset.n_beads} beads, {dataset.temperature:g} K, force map {fm}; "
-            f"mean squared force per bead (kJ/mol/nm)^2: {per_bead} (mean {msf.mean():.4g})")
+            f"mean squared force per bead (kJ/mol/nm)^2: {per_bead} (mean {msf.mean():.3g})")

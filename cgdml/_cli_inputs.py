@@ -14,15 +14,16 @@ from .mapping import FORCE_MAPS
 from .topology import parse_bonds
 
 
+def add_force_map_argument(group):
+    """--force-map of ``python -m cgdml.map``: slice, aggregate or optimal, or a .npy matrix (checked by
+    :func:`check_format_options`)."""
+    group.add_argument("--force-map", default="aggregate", metavar="{" + ",".join(FORCE_MAPS) + "} | FILE.npy",
+                       help=f"force map: {', '.join(FORCE_MAPS)} (default aggregate), or a .npy matrix (n_beads, "
+                            "n_atoms), e.g. from aggforce, checked for consistency with the map")
+
+
 def add_format_arguments(parser):
-    """The ``python -m cgdml.map`` options of this module: --lammps-units, --mlcg/--molecule/--mlcg-forces, and
-    --force-map taking a .npy matrix besides slice | aggregate | optimal."""
-    for action in parser._actions:  # --force-map comes from cgdml._cli.add_dataset_arguments
-        if "--force-map" in action.option_strings:
-            action.choices = None
-            action.metavar = "{" + ",".join(FORCE_MAPS) + "} | FILE.npy"
-            action.help = (f"force map: {', '.join(FORCE_MAPS)} (default aggregate), or a .npy matrix "
-                           "(n_beads, n_atoms), e.g. from aggforce, checked for consistency with the map")
+    """The ``python -m cgdml.map`` options of this module: --lammps-units and --mlcg/--molecule/--mlcg-forces."""
     g = parser.add_argument_group("other formats")
     g.add_argument("--lammps-units", choices=tuple(LAMMPS_UNITS), default="real",
                    help="LAMMPS unit style of LAMMPS dump forces: real (Å, kcal/mol/Å; default) or metal (Å, eV/Å)")
@@ -35,8 +36,8 @@ def add_format_arguments(parser):
 
 
 def check_format_options(args):
-    """One-line errors, before any work, for the options of :func:`add_format_arguments`: a --force-map that is
-    neither a built-in map nor a .npy file; --mlcg with other inputs; --molecule or --mlcg-forces without --mlcg."""
+    """One-line errors, before any work, for the options of this module: a --force-map that is neither a built-in
+    map nor a .npy file; --mlcg with other inputs; --molecule or --mlcg-forces without --mlcg."""
     value = args.force_map
     if value not in FORCE_MAPS and Path(value).suffix.lower() != ".npy":
         raise CgdmlError(f"--force-map must be {', '.join(FORCE_MAPS)} or a .npy matrix file, got {value!r}")

@@ -220,6 +220,28 @@ def test_map_cli_errors_are_one_line_and_write_nothing(system, tmp_path, case):
     assert not out.exists() and not list(tmp_path.glob(".out.npz*"))
 
 
+def _help_sections(parser):
+    """{section title: its text} of a parser's --help."""
+    sections = {}
+    for block in parser.format_help().split("\n\n"):
+        title, _, body = block.partition("\n")
+        sections[title.rstrip(":")] = body
+    return sections
+
+
+def test_map_help_tells_where_each_option_applies():
+    from cgdml.map import build_parser
+
+    sections = _help_sections(build_parser())
+    arrays, aa = sections["pre-mapped arrays"], sections["all-atom input"]
+    for flag in ("--stride", "--map", "--force-map", "--length-unit", "--temperature"):
+        assert flag not in arrays, flag
+    assert "--map" in aa and "--force-map" in aa and "FILE.npy" in aa
+    assert "--stride" in sections["input units, temperature and frames"]
+    map_help = " ".join(aa[aa.index("--map"):aa.index("--force-map")].split())
+    assert "required with all-atom input" in map_help and "default" not in map_help
+
+
 def test_python_and_command_line_map_the_same_dataset(system, tmp_path):
     """The map command is a shell over map_allatom and load_cg_arrays: the same arrays, system and info; the CG PDB
     beside the dataset reads back as its system."""
