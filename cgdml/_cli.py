@@ -384,6 +384,11 @@ def dataset_from_args(args):
     dataset_path = getattr(args, "dataset", None)
     if dataset_path and (args.coords or args.cg_forces):
         raise CgdmlError("give either a dataset file or --coords/--cg-forces, not both")
+    if dataset_path and (args.beads or args.bonds):
+        raise CgdmlError("--beads and --bonds describe pre-mapped arrays (--coords); a dataset file has its own")
+    if (dataset_path or args.coords or args.cg_forces) and getattr(args, "map", None):
+        raise CgdmlError("--map maps all-atom data (the shipped reference when nothing else is given), not a "
+                         "dataset file or pre-mapped arrays")
     if dataset_path:
         ds = CGDataset.load(dataset_path)
         if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:

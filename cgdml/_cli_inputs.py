@@ -46,6 +46,8 @@ def check_format_options(args):
                                 ("--coords", args.coords), ("--cg-forces", args.cg_forces)) if v]
         if other:
             raise CgdmlError(f"give either --mlcg or {', '.join(other)}, not both")
+        if args.map:
+            raise CgdmlError("--map maps all-atom data, not the pre-mapped arrays of --mlcg (which take --beads)")
     else:
         given = [f for f, v in (("--molecule", args.molecule), ("--mlcg-forces", args.mlcg_forces)) if v]
         if given:

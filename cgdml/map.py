@@ -86,6 +86,9 @@ def main(argv=None):
                 if a.coords or a.cg_forces:
                     raise CgdmlError("give either all-atom input (--top ...) or pre-mapped arrays (--coords ...), "
                                      "not both")
+                if a.beads or a.bonds:
+                    raise CgdmlError("--beads and --bonds describe pre-mapped arrays; with all-atom input the map "
+                                     "(--map) gives the beads and bonds")
                 ds = map_allatom(a.top, a.traj, a.forces, a.map, force_map=a.force_map,
                                  temperature=300.0 if a.temperature is None else a.temperature,
                                  length_unit=a.length_unit, energy_unit=a.energy_unit, stride=stride_option(a),

@@ -303,6 +303,25 @@ def test_load_cg_arrays_errors_name_the_file(tmp_path):
             load_cg_arrays(**{"coords": tmp_path / "c.npy", "forces": tmp_path / "g.npy", "beads": "ala2-5", **kwargs})
 
 
+def test_options_that_cannot_apply_are_refused(system, tmp_path):
+    from cgdml.map import main
+
+    d, top, x, f = system
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "f.npy", f)
+    np.save(tmp_path / "c.npy", x[:, [4, 6, 8, 14, 16]])
+    all_atom = ["--top", str(_ala2_pdb(d)), "--traj", str(tmp_path / "x.npy"), "--forces", str(tmp_path / "f.npy"),
+                "--map", "ala2-5"]
+    arrays = ["--coords", str(tmp_path / "c.npy"), "--cg-forces", str(tmp_path / "c.npy")]
+    for argv, message in [(all_atom + ["--beads", "ala2-5"], "--beads and --bonds describe pre-mapped arrays"),
+                          (all_atom + ["--bonds", "0-1"], "--beads and --bonds describe pre-mapped arrays"),
+                          (arrays + ["--map", "ala2-6"], "--map maps all-atom data"),
+                          (["--mlcg", "x.h5", "--map", "ala2-6"], "--map maps all-atom data")]:
+        with pytest.raises(CgdmlError, match=message):
+            main(argv + ["-o", str(tmp_path / "out.npz")])
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_dataset_arguments_shared_with_fit(system, tmp_path):
     import argparse
 
@@ -321,5 +340,8 @@ def test_dataset_arguments_shared_with_fit(system, tmp_path):
         dataset_from_args(parser.parse_args(["--coords", "c.npy"]))
     with pytest.raises(CgdmlError, match="310 K"):
         dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), "--temperature", "310"]))
+    for extra, message in [(["--map", "ala2-6"], "--map maps all-atom data"), (["--beads", "ala2-5"], "--beads")]:
+        with pytest.raises(CgdmlError, match=message):
+            dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), *extra]))
     ds = dataset_from_args(parser.parse_args(["--map", "ala2-6", "--stride", "50"]))  # the shipped reference
     assert ds.n_beads == 6 and ds.n_frames == 400
