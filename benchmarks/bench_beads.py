@@ -97,8 +97,7 @@ def tile(data, n_frames, out, seed=0):
     coords = np.concatenate([ds.coords] * reps)[:n_frames]
     coords = coords + rng.normal(scale=0.001, size=coords.shape) * (np.arange(len(coords)) >= ds.n_frames)[:, None, None]
     forces = np.concatenate([ds.forces] * reps)[:n_frames]
-    CGDataset(coords, forces, ds.bead_names, ds.temperature, ds.topology_pdb, dict(ds.info, tiled=n_frames),
-              ds.masses, ds.bonds).save(out)
+    CGDataset(coords, forces, ds.system, dict(ds.info, tiled=n_frames)).save(out)
 
 
 def main(argv=None):

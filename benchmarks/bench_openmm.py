@@ -70,13 +70,13 @@ def toy_model(n_train, seed=0):
     R = res.frames[50:].reshape(-1, n, 3).astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the toy's topology is a chain in bead order
-        ds = CGDataset(R, truth(R), [f"C{i + 1}" for i in range(n)], T)
+        ds = CGDataset.from_arrays(R, truth(R), bead_names=[f"C{i + 1}" for i in range(n)], temperature=T)
     prior = HarmonicPrior(repulsion=True).fit(ds.coords, T)
     pick = np.random.default_rng(seed).choice(ds.n_frames, size=min(n_train, ds.n_frames), replace=False)
     gdml = GDML(sigma=4.0, lam=1e-3, relative_lam=True).fit(
         ds.coords[pick], prior.residual_forces(ds.coords[pick], ds.forces[pick])).model_
     offsets = DihedralOffsets.from_terms([((1, 2, 3, 4), [(-2.5, 2.0), (0.5, 2.0)], [0.0, 2.5])])
-    return CGModel(gdml, prior, T, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[::100], offsets=offsets)
+    return CGModel(gdml, prior, ds.system, ds.coords[::100], offsets=offsets)
 
 
 def best(fn, repeat=3):

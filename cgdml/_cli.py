@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ._io import CgdmlError, OutputLock, numpy_file_kind, one_line, remove_stale_temps
-from .data import CGDataset, check_finite
-from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset, preset_map
-from .topology import parse_bonds
+from .data import CGDataset
+from .io.arrays import load_cg_arrays
+from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -85,26 +85,22 @@ def plain_text(text):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with usage errors raised as :class:`CgdmlError` (one line on stderr, exit 2) instead of usage text.
 
-    Every ``type=float`` option takes finite numbers only (``inf`` and ``nan`` are refused, naming the option),
-    the --help text is shown without reST markup, and every command has ``--version``.
+    Every ``type=float`` option takes finite numbers only (``inf`` and ``nan`` are refused, naming the option:
+    argparse's type registry maps ``float`` to :func:`finite_float`), the --help text is shown without reST
+    markup, and every command has ``--version``.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from . import __version__
 
+        self.register("type", float, finite_float)
         self.add_argument("--version", action="version", version=f"%(prog)s (cgdml {__version__})")
 
     def error(self, message):
         # "argument -o/--output: must be ..." (from the type functions above) reads "--output must be ..."
         message = re.sub(r"^argument (?:-\w/)?(\S+): (must be .*)", r"\1 \2", message)
         raise CgdmlError(f"{message} (see {self.prog} --help)")
-
-    def parse_known_args(self, args=None, namespace=None):
-        for action in self._actions:          # the rule for every float on every command line
-            if action.type is float:
-                action.type = finite_float
-        return super().parse_known_args(args, namespace)
 
     def format_help(self):
         return plain_text(super().format_help())
@@ -313,10 +309,19 @@ def claim_outputs(command, outputs, *, inputs=(), sidecars=None, reserved=None, 
 
 
 def add_verbosity_arguments(parser):
-    """-v/--verbose (debug messages) and --quiet (warnings only, no progress bars)."""
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages of the cgdml logger")
-    parser.add_argument("--quiet", action="store_true", help="show warnings and errors only, no progress bars")
+    """The flags every command has: -v/--verbose (debug messages), -q/--quiet (warnings and errors only, no
+    progress bars) and --no-progress (no progress bars). Read them with :func:`configure_logging` and
+    :func:`show_progress`."""
+    g = parser.add_argument_group("messages")
+    g.add_argument("-v", "--verbose", action="store_true", help="show debug messages of the cgdml logger")
+    g.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only, no progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def show_progress(args):
+    """Whether a command shows progress bars: not with --quiet or --no-progress."""
+    return not (getattr(args, "quiet", False) or getattr(args, "no_progress", False))
 
 
 def configure_logging(args):
@@ -331,10 +336,12 @@ def configure_logging(args):
         logger.addHandler(handler)
 
 
-def add_dataset_arguments(parser, positional=True):
-    """Add the options that name a CG dataset: a saved DATASET.npz (positional, optional), pre-mapped
-    arrays (--coords, --cg-forces, --beads), their units and temperature, and --map/--force-map/--stride
-    for the shipped reference used when nothing else is given."""
+def add_dataset_arguments(parser, positional=True, map_options=True):
+    """Add the options that name a CG dataset, read by :func:`dataset_from_args`: a saved DATASET.npz
+    (positional, optional), pre-mapped arrays (--coords, --cg-forces, --beads, --bonds), the units,
+    temperature and --stride of every input, and --map/--force-map for the shipped reference used when no
+    dataset is given. ``map_options=False`` leaves --map and --force-map to the command (``python -m cgdml.map``
+    has them in its all-atom input group)."""
     if positional:
         parser.add_argument("dataset", nargs="?", default=None,
                             help="CG dataset .npz (from python -m cgdml.map); default: the shipped reference")
@@ -346,34 +353,17 @@ def add_dataset_arguments(parser, positional=True):
                         "or comma-separated bead names")
     g.add_argument("--bonds", default=None, help="CG bonds of the arrays as bead index pairs, e.g. 0-1,1-2,2-3 "
                    "(default: the preset's bonds, else a chain in bead order, with a warning)")
+    g = parser.add_argument_group("input units, temperature and frames")
     g.add_argument("--length-unit", default="nm", help="length unit of the inputs: nm (default), angstrom, pm")
     g.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the inputs: kJ/mol (default), kcal/mol, eV, kT")
     g.add_argument("--temperature", type=float, default=None, help="K (default: from the data, else 300)")
-    g.add_argument("--map", default=None,
-                   help=f"map: TOML file or preset ({', '.join(available_presets())}); default ala2-5")
-    g.add_argument("--force-map", choices=FORCE_MAPS, default="aggregate", help="force map (default aggregate)")
     g.add_argument("--stride", type=int, default=1, help="keep every N-th frame (default 1)")
+    if map_options:
+        g = parser.add_argument_group("shipped reference (when no dataset or arrays are given)")
+        g.add_argument("--map", default=None,
+                       help=f"map: TOML file or preset ({', '.join(available_presets())}); default ala2-5")
+        g.add_argument("--force-map", choices=FORCE_MAPS, default="aggregate", help="force map (default aggregate)")
     return parser
-
-
-def _load_array(path, what):
-    path = Path(path)
-    if not path.exists():
-        raise CgdmlError(f"{path}: no such {what} file")
-    if path.is_file() and numpy_file_kind(path) is None:
-        raise CgdmlError(f"{path}: not a readable {what} array (neither .npy nor .npz content)")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if isinstance(z, np.ndarray):
-            return z
-        with z:
-            if len(z.files) != 1:
-                raise CgdmlError(f"{path}: expected one array, found {', '.join(z.files) or 'none'}")
-            return z[z.files[0]]
-    except CgdmlError:
-        raise
-    except Exception as exc:
-        raise CgdmlError(f"{path}: not a readable {what} array ({type(exc).__name__}: {exc})") from None
 
 
 def stride_option(args):
@@ -394,6 +384,11 @@ def dataset_from_args(args):
     dataset_path = getattr(args, "dataset", None)
     if dataset_path and (args.coords or args.cg_forces):
         raise CgdmlError("give either a dataset file or --coords/--cg-forces, not both")
+    if dataset_path and (args.beads or args.bonds):
+        raise CgdmlError("--beads and --bonds describe pre-mapped arrays (--coords); a dataset file has its own")
+    if (dataset_path or args.coords or args.cg_forces) and getattr(args, "map", None):
+        raise CgdmlError("--map maps all-atom data (the shipped reference when nothing else is given), not a "
+                         "dataset file or pre-mapped arrays")
     if dataset_path:
         ds = CGDataset.load(dataset_path)
         if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
@@ -402,37 +397,9 @@ def dataset_from_args(args):
     if args.coords or args.cg_forces:
         if not (args.coords and args.cg_forces):
             raise CgdmlError("--coords and --cg-forces go together")
-        from .units import energy_factor, length_factor
-
-        length_factor(args.length_unit)
-        energy_factor(args.energy_unit, 300.0 if args.temperature is None else args.temperature)
-        coords = _load_array(args.coords, "coordinates")
-        forces = _load_array(args.cg_forces, "forces")
-        for path, array, what in ((args.coords, coords, "coordinates"), (args.cg_forces, forces, "forces")):
-            if array.ndim != 3 or array.shape[2] != 3:
-                raise CgdmlError(f"{path}: {what} must have shape (n_frames, n_beads, 3), got {array.shape}")
-        if forces.shape != coords.shape:
-            raise CgdmlError(f"{args.cg_forces}: forces shaped {forces.shape} do not match the coordinates "
-                             f"{args.coords} shaped {coords.shape}")
-        check_finite(coords, "coordinates", str(args.coords))
-        check_finite(forces, "forces", str(args.cg_forces))
-        coords, forces = coords[::stride], forces[::stride]
-        topology = masses = names = None
-        if args.beads in available_presets():
-            cgmap = preset_map(args.beads)
-            topology, masses = cgmap.cg_topology_.to_mdtraj(), cgmap.masses_
-            if coords.ndim == 3 and coords.shape[1] != cgmap.n_beads:
-                raise CgdmlError(f"{args.coords}: {coords.shape[1]} beads but preset {args.beads} has {cgmap.n_beads}")
-        elif args.beads:
-            names = [b.strip() for b in args.beads.split(",")]
-        info = {"source": {"coords": str(args.coords), "forces": str(args.cg_forces)}, "beads": args.beads}
-        try:
-            return CGDataset.from_arrays(coords, forces, length_unit=args.length_unit, energy_unit=args.energy_unit,
-                                         temperature=300.0 if args.temperature is None else args.temperature,
-                                         bead_names=names, topology=topology, info=info, masses=masses,
-                                         bonds=parse_bonds(args.bonds) if args.bonds else None)
-        except CgdmlError as exc:
-            raise CgdmlError(f"{args.coords}: {exc}") from None
+        return load_cg_arrays(args.coords, args.cg_forces, beads=args.beads, bonds=args.bonds,
+                              length_unit=args.length_unit, energy_unit=args.energy_unit,
+                              temperature=300.0 if args.temperature is None else args.temperature, stride=stride)
     ds = load_default_cg_dataset(map=args.map or "ala2-5", force_map=args.force_map, stride=stride)
     if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
         raise CgdmlError(f"the shipped reference is at {ds.temperature:g} K, not {args.temperature:g} K")
@@ -442,7 +409,7 @@ def dataset_from_args(args):
 def dataset_summary(dataset):
     """One line: frames, beads, force map and mapped mean squared force per bead ((kJ/mol/nm)^2)."""
     msf = (dataset.forces ** 2).mean(axis=(0, 2))
-    per_bead = " ".join(f"{n}:{v:.4g}" for n, v in zip(dataset.bead_names, msf))
+    per_bead = " ".join(f"{n}:{v:.3g}" for n, v in zip(dataset.bead_names, msf))
     fm = dataset.info.get("force_map", "pre-mapped")
     return (f"{dataset.n_frames} frames, {dataset.n_beads} beads, {dataset.temperature:g} K, force map {fm}; "
-            f"mean squared force per bead (kJ/mol/nm)^2: {per_bead} (mean {msf.mean():.4g})")
+            f"mean squared force per bead (kJ/mol/nm)^2: {per_bead} (mean {msf.mean():.3g})")

@@ -1,5 +1,5 @@
 """Command-line options of ``python -m cgdml.map`` for inputs from other tools: LAMMPS unit styles, mlcg HDF5
-datasets and --force-map taking a .npy matrix (see :mod:`cgdml.formats`, :mod:`cgdml.mlcg`). Only command
+datasets and --force-map taking a .npy matrix (see :mod:`cgdml.io.formats`, :mod:`cgdml.io.mlcg`). Only command
 modules import this module, as :mod:`cgdml._cli`.
 """
 from __future__ import annotations
@@ -7,20 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._io import CgdmlError
-from .formats import LAMMPS_UNITS
-from .mapping import FORCE_MAPS, available_presets, preset_map
-from .mlcg import load_mlcg
+from .io.arrays import resolve_beads
+from .io.formats import LAMMPS_UNITS
+from .io.mlcg import load_mlcg
+from .mapping import FORCE_MAPS
 from .topology import parse_bonds
 
+
+def add_force_map_argument(group):
+    """--force-map of ``python -m cgdml.map``: slice, aggregate or optimal, or a .npy matrix (checked by
+    :func:`check_format_options`)."""
+    group.add_argument("--force-map", default="aggregate", metavar="{" + ",".join(FORCE_MAPS) + "} | FILE.npy",
+                       help=f"force map: {', '.join(FORCE_MAPS)} (default aggregate), or a .npy matrix (n_beads, "
+                            "n_atoms), e.g. from aggforce, checked for consistency with the map")
+
+
 def add_format_arguments(parser):
-    """The ``python -m cgdml.map`` options of this module: --lammps-units, --mlcg/--molecule/--mlcg-forces, and
-    --force-map taking a .npy matrix besides slice | aggregate | optimal."""
-    for action in parser._actions:  # --force-map comes from cgdml._cli.add_dataset_arguments
-        if "--force-map" in action.option_strings:
-            action.choices = None
-            action.metavar = "{" + ",".join(FORCE_MAPS) + "} | FILE.npy"
-            action.help = (f"force map: {', '.join(FORCE_MAPS)} (default aggregate), or a .npy matrix "
-                           "(n_beads, n_atoms), e.g. from aggforce, checked for consistency with the map")
+    """The ``python -m cgdml.map`` options of this module: --lammps-units and --mlcg/--molecule/--mlcg-forces."""
     g = parser.add_argument_group("other formats")
     g.add_argument("--lammps-units", choices=tuple(LAMMPS_UNITS), default="real",
                    help="LAMMPS unit style of LAMMPS dump forces: real (Å, kcal/mol/Å; default) or metal (Å, eV/Å)")
@@ -33,8 +36,8 @@ def add_format_arguments(parser):
 
 
 def check_format_options(args):
-    """One-line errors, before any work, for the options of :func:`add_format_arguments`: a --force-map that is
-    neither a built-in map nor a .npy file; --mlcg with other inputs; --molecule or --mlcg-forces without --mlcg."""
+    """One-line errors, before any work, for the options of this module: a --force-map that is neither a built-in
+    map nor a .npy file; --mlcg with other inputs; --molecule or --mlcg-forces without --mlcg."""
     value = args.force_map
     if value not in FORCE_MAPS and Path(value).suffix.lower() != ".npy":
         raise CgdmlError(f"--force-map must be {', '.join(FORCE_MAPS)} or a .npy matrix file, got {value!r}")
@@ -43,6 +46,8 @@ def check_format_options(args):
                                 ("--coords", args.coords), ("--cg-forces", args.cg_forces)) if v]
         if other:
             raise CgdmlError(f"give either --mlcg or {', '.join(other)}, not both")
+        if args.map:
+            raise CgdmlError("--map maps all-atom data, not the pre-mapped arrays of --mlcg (which take --beads)")
     else:
         given = [f for f, v in (("--molecule", args.molecule), ("--mlcg-forces", args.mlcg_forces)) if v]
         if given:
@@ -53,12 +58,7 @@ def mlcg_dataset_from_args(args):
     """The :class:`CGDataset` of ``--mlcg`` (with --molecule, --beads, --bonds, units, --temperature, --stride)."""
     if args.stride < 1:
         raise CgdmlError(f"--stride must be >= 1, got {args.stride}")
-    topology = masses = names = None
-    if args.beads in available_presets():
-        cgmap = preset_map(args.beads)
-        topology, masses = cgmap.cg_topology_.to_mdtraj(), cgmap.masses_
-    elif args.beads:
-        names = [b.strip() for b in args.beads.split(",")]
+    names, topology, masses = resolve_beads(args.beads)
     ds = load_mlcg(args.mlcg, args.molecule, forces_key=args.mlcg_forces, length_unit=args.length_unit,
                    energy_unit=args.energy_unit, temperature=300.0 if args.temperature is None else args.temperature,
                    bead_names=names, topology=topology, bonds=parse_bonds(args.bonds) if args.bonds else None,

@@ -11,16 +11,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli import ArgumentParser, refuse_to_overwrite, run_cli
+from ._cli import ArgumentParser, add_verbosity_arguments, configure_logging, refuse_to_overwrite, run_cli
 from ._io import CgdmlError, check_output
 
 
-def main(argv=None):
+def build_parser():
     p = ArgumentParser(prog="python -m cgdml.cvplot", description=__doc__.splitlines()[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="MODEL.json (or MODEL.npz) from python -m cgdml.fit")
     p.add_argument("-o", "--output", required=True, help="figure to write (.png, .pdf, .svg)")
-    a = p.parse_args(argv)
+    add_verbosity_arguments(p)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    configure_logging(a)
     out = Path(a.output)
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise CgdmlError(f"{out}: the figure must end in .png, .pdf, .svg or .jpg")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli import ArgumentParser, claim_outputs, run_cli
+from ._cli import ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, run_cli
 from ._io import CgdmlError
 
 COMMAND = "cgdml.export"
@@ -22,11 +22,13 @@ def build_parser():
     p.add_argument("model", help="model file (.npz, from python -m cgdml.fit)")
     p.add_argument("-o", "--output", required=True, help="directory to write the OpenMM files into "
                    f"({', '.join(FILES)})")
+    add_verbosity_arguments(p)
     return p
 
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    configure_logging(a)
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise CgdmlError(f"{out}: exists and is not a directory; give a directory for the OpenMM files")

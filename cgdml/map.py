@@ -10,11 +10,11 @@
 
 Forces from other engines (AMBER NetCDF .nc, H5MD .h5md, LAMMPS dump .lammpsdump; the extra
 cgdml[mdanalysis]) are read through MDAnalysis: give the file as --forces, and as --traj too to take its
-positions (see cgdml.formats). --force-map also takes a .npy matrix (n_beads, n_atoms), e.g. from aggforce.
+positions (see cgdml.io.formats). --force-map also takes a .npy matrix (n_beads, n_atoms), e.g. from aggforce.
 
-With no input at all, the shipped alanine-dipeptide reference (data/) is mapped. Trajectories are read
-chunk by chunk, so their size is not limited by memory. The dataset options live in
-:mod:`cgdml._cli`, shared with ``python -m cgdml.fit``.
+With no input at all, the shipped alanine-dipeptide reference (data/) is mapped, with --map or the ala2-5
+preset. Trajectories are read chunk by chunk, so their size is not limited by memory. The dataset options live
+in :mod:`cgdml._cli`, shared with ``python -m cgdml.fit``.
 """
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ import sys
 import warnings
 from pathlib import Path
 
-
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, check_temperature_option,
                    claim_outputs, configure_logging, dataset_from_args, dataset_summary, pdb_with_provenance,
-                   positive_int, run_cli, stride_option)
+                   positive_int, run_cli, show_progress, stride_option)
+from ._cli_inputs import add_force_map_argument, add_format_arguments, check_format_options, mlcg_dataset_from_args
 from ._io import CgdmlError, atomic_path, check_output
-from ._cli_inputs import add_format_arguments, check_format_options, mlcg_dataset_from_args
-from .mapping import map_allatom
+from .mapping import available_presets, map_allatom
 
 COMMAND = "cgdml.map"
 
@@ -52,10 +51,13 @@ def build_parser():
     aa.add_argument("--top", help="topology (pdb, psf, prmtop, gro, ...)")
     aa.add_argument("--traj", nargs="+", help="trajectories (dcd, xtc, trr, h5, nc, ... or .npy/.npz positions)")
     aa.add_argument("--forces", nargs="+", help="forces, one file per trajectory (.npy, .npz, GROMACS .trr)")
+    aa.add_argument("--map", help=f"CG map, required with all-atom input: a TOML file or a preset "
+                    f"({', '.join(available_presets())})")
+    add_force_map_argument(aa)
     aa.add_argument("--chunk", type=positive_int, default=1000, help="frames read at a time (default 1000)")
     aa.add_argument("--constraints", choices=("hbonds", "detect", "none"), default="hbonds",
                     help="constrained atom pairs: bonds to H (default), detected from positions, or none")
-    add_dataset_arguments(p, positional=False)
+    add_dataset_arguments(p, positional=False, map_options=False)
     add_format_arguments(p)
     p.add_argument("-o", "--output", required=True, help="CG dataset to write (.npz); its CG topology (.pdb) goes "
                    "beside it")
@@ -84,10 +86,13 @@ def main(argv=None):
                 if a.coords or a.cg_forces:
                     raise CgdmlError("give either all-atom input (--top ...) or pre-mapped arrays (--coords ...), "
                                      "not both")
+                if a.beads or a.bonds:
+                    raise CgdmlError("--beads and --bonds describe pre-mapped arrays; with all-atom input the map "
+                                     "(--map) gives the beads and bonds")
                 ds = map_allatom(a.top, a.traj, a.forces, a.map, force_map=a.force_map,
                                  temperature=300.0 if a.temperature is None else a.temperature,
                                  length_unit=a.length_unit, energy_unit=a.energy_unit, stride=stride_option(a),
-                                 chunk=a.chunk, constraints=a.constraints, progress=not a.quiet,
+                                 chunk=a.chunk, constraints=a.constraints, progress=show_progress(a),
                                  lammps_units=a.lammps_units)
             elif a.mlcg:
                 ds = mlcg_dataset_from_args(a)

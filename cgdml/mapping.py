@@ -25,7 +25,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._io import tomllib, CgdmlError, numpy_file_kind, one_line
-from .data import CGDataset, count_frames, default_dataset_paths, load_allatom, load_topology, shipped_temperature
+from .data import CGDataset
+from .io.allatom import count_frames, load_allatom, load_topology
+from .io.shipped import ala2_pdb_path, default_dataset_paths, shipped_temperature
+from .system import CGSystem
 from .topology import CGTopology
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -437,14 +440,7 @@ def optimal_force_map(config_matrix, force_cov, groups, regularization=1e-6):
 # ---------------------------------------------------------------------- pipeline
 def ala2_topology():
     """The all-atom mdtraj Topology of capped alanine dipeptide (ACE-ALA-NME, 22 atoms) used by the presets."""
-    import mdtraj as md
-
-    from ._io import TempFile
-    from .reference import ALA2_PDB
-
-    with TempFile(".pdb") as tmp:
-        Path(tmp).write_text(ALA2_PDB)
-        return md.load_topology(tmp)
+    return load_topology(ala2_pdb_path())
 
 
 def preset_map(name, topology=None, **params):
@@ -455,13 +451,13 @@ def preset_map(name, topology=None, **params):
 def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temperature=300.0,
                 length_unit="nm", energy_unit="kJ/mol", stride=1, chunk=1000, constraints="hbonds",
                 regularization=1e-6, progress=False, lammps_units="real"):
-    """Map all-atom trajectories and forces (see :func:`cgdml.data.load_allatom`) to a :class:`CGDataset`.
+    """Map all-atom trajectories and forces (see :func:`cgdml.io.allatom.load_allatom`) to a :class:`CGDataset`.
 
     ``map``: preset name or TOML file. ``force_map``: slice | aggregate | optimal, or a user-given linear
     force map, a ``.npy`` path (or an array) of shape (n_beads, n_atoms), refused unless consistent with the
     map and the constraints (:meth:`CGMap.set_force_matrix`). The optimal map (and constraint detection)
     takes one extra pass over the data to accumulate the force covariance (and a positions sample).
-    ``lammps_units``: unit style of LAMMPS dump forces (:mod:`cgdml.formats`). ``progress`` shows bars over
+    ``lammps_units``: unit style of LAMMPS dump forces (:mod:`cgdml.io.formats`). ``progress`` shows bars over
     the frames for runs longer than a few seconds.
     """
     topology = load_topology(top)
@@ -519,8 +515,8 @@ def map_allatom(top, trajs, forces, map="ala2-5", *, force_map="aggregate", temp
             "map": label, "beads": beads, "force_map": force_map, "stride": int(stride),
             "source_units": {"length": length_unit, "energy": energy_unit},
             "constraints": int(len(cgmap.constraints_)), "consistency_error": cgmap.consistency_error()}
-    return CGDataset(np.concatenate(coords), np.concatenate(cg_forces), cgmap.bead_names_, temperature,
-                     cgmap.cg_topology_.to_pdb(), info, cgmap.masses_, cgmap.cg_topology_.bonds)
+    system = CGSystem(cgmap.cg_topology_, cgmap.masses_, temperature)
+    return CGDataset(np.concatenate(coords), np.concatenate(cg_forces), system, info)
 
 
 def load_default_cg_dataset(map="ala2-5", force_map="aggregate", stride=1):

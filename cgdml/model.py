@@ -17,22 +17,15 @@ import warnings
 import numpy as np
 
 from . import kernels
-from ._io import (CgdmlError, Fields, as_array, as_float, as_int, as_json, as_str, json_default, load_npz, one_line,
-                  save_npz)
-from .data import as_coordinates, as_index_pairs
+from ._io import CgdmlError, Fields, as_array, as_float, as_int, as_json, as_str, json_default, load_npz, save_npz
+from .data import as_coordinates
 from .features import as_quads, chain_quads, descriptor, descriptor_vjp, n_descriptors
+from .system import CGSystem
 
 MODEL_FORMAT_VERSION = 2
 GDML_FORMAT = "cgdml.GDMLModel"
 GDML_VERSION = 2
 _OLD_GDML_FORMAT = "cgdml.gdml"  # version 1: the estimator's own arrays (read, never written)
-
-
-def _bead_names(value):
-    a = np.asarray(value)
-    if a.dtype.kind not in "US" or a.ndim != 1 or not len(a):
-        raise CgdmlError(f"{a.dtype} {a.shape} values, not bead names")
-    return [str(b) for b in a.astype(str)]
 
 
 def fit_record(method, params, chosen, dataset, timings, **extra):
@@ -163,49 +156,56 @@ class GDMLModel:
 class CGModel:
     """U(x) = U_prior(x) + U_gdml(x) [+ U_offsets(x)]. Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm.
 
-    ``topology_pdb`` (PDB text: bead names, elements, residues) and ``bonds`` (n_bonds, 2) are the CG topology;
-    without ``bonds``, those of the PDB.
+    ``gdml`` (a :class:`GDMLModel`), ``prior`` (a :class:`cgdml.prior.HarmonicPrior`), ``system`` (the
+    :class:`cgdml.system.CGSystem`: bead graph, masses, temperature), ``train_coords_sample`` (n, n_beads, 3) nm
+    (start configurations for simulations), ``info`` (the fit record, JSON) and ``offsets`` (basin-balancing
+    dihedral terms, :class:`cgdml.basins.DihedralOffsets`, or None). The properties ``temperature``, ``masses``,
+    ``bead_names``, ``cg_topology`` and ``n_beads`` are the system's.
     """
 
-    def __init__(self, gdml, prior, temperature, bead_names, topology_pdb, masses, train_coords_sample,
-                 info=None, offsets=None, bonds=None):
+    def __init__(self, gdml, prior, system, train_coords_sample, info=None, offsets=None):
+        if not isinstance(system, CGSystem):
+            raise CgdmlError(f"a CG model needs a CGSystem, got {type(system).__name__}")
         self.gdml = gdml
         self.prior = prior
-        self.offsets = offsets
-        self.temperature = float(temperature)
-        self.bead_names = list(bead_names)
-        self.topology_pdb = topology_pdb
-        self.masses = np.asarray(masses, dtype=np.float64)
+        self.system = system
         self.train_coords_sample = np.asarray(train_coords_sample, dtype=np.float64)
         self.info = dict(info or {})
-        self.bonds = None if bonds is None else np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
-        self._cg_topology = None
-
-    @property
-    def cg_topology(self):
-        """The bead graph (:class:`cgdml.topology.CGTopology`) of the model."""
-        if self._cg_topology is None:
-            from .data import topology_from_pdb
-            from .topology import CGTopology
-
-            self._cg_topology = CGTopology.from_mdtraj(topology_from_pdb(self.topology_pdb), self.bonds)
-        return self._cg_topology
+        self.offsets = offsets
 
     @classmethod
     def from_fit(cls, gdml, prior, dataset, info, n_start=500, seed=0):
-        """A model of a fitted :class:`GDMLModel` and prior that carries the dataset's metadata.
+        """A model of a fitted :class:`GDMLModel` and prior that carries the dataset's system.
 
         It keeps ``n_start`` frames drawn at random from the (Boltzmann-distributed) dataset, not from the
         stratified training set, so that replicas started there begin near equilibrium.
         """
         rng = np.random.default_rng([seed, 6])
         sample = np.sort(rng.choice(dataset.n_frames, size=min(n_start, dataset.n_frames), replace=False))
-        return cls(gdml, prior, dataset.temperature, dataset.bead_names, dataset.topology_pdb, dataset.masses,
-                   dataset.coords[sample], info, bonds=dataset.bonds)
+        return cls(gdml, prior, dataset.system, dataset.coords[sample], info)
+
+    @property
+    def temperature(self):
+        """Temperature in K."""
+        return self.system.temperature
+
+    @property
+    def masses(self):
+        """Bead masses (n_beads,) in amu."""
+        return self.system.masses
+
+    @property
+    def bead_names(self):
+        return self.system.bead_names
+
+    @property
+    def cg_topology(self):
+        """The bead graph (:class:`cgdml.topology.CGTopology`) of the model."""
+        return self.system.topology
 
     @property
     def n_beads(self):
-        return len(self.bead_names)
+        return self.system.n_beads
 
     @property
     def bond_pairs(self):
@@ -260,9 +260,7 @@ class CGModel:
         if self.offsets is not None:
             arrays.update({f"offsets/{k}": v for k, v in self.offsets.to_arrays().items()})
         arrays.update(format_version=np.int64(MODEL_FORMAT_VERSION), kind=np.array("cgdml.CGModel"),
-                      temperature=np.float64(self.temperature), bead_names=np.array(self.bead_names),
-                      topology_pdb=np.array(self.topology_pdb), masses=self.masses,
-                      bonds=self.cg_topology.bonds, train_coords_sample=self.train_coords_sample.astype(np.float32),
+                      **self.system.to_arrays(), train_coords_sample=self.train_coords_sample.astype(np.float32),
                       info_json=np.array(json.dumps(self.info, default=json_default)))
         save_npz(path, **arrays)
 
@@ -289,19 +287,9 @@ class CGModel:
             gdml = GDMLModel.from_arrays(z, "gdml/")
             prior = HarmonicPrior.from_arrays(z, "prior/")
             offsets = DihedralOffsets.from_arrays(z, "offsets/") if Fields(z, "offsets/").keys() else None
-            names = f.get("bead_names", _bead_names)
-            model = cls(gdml, prior, f.get("temperature", lambda v: as_float(v, positive=True)), names,
-                        f.get("topology_pdb", as_str), f.get("masses", lambda v: as_array(v, ndim=1)),
-                        f.get("train_coords_sample", lambda v: as_array(v, ndim=3)),
-                        f.get("info_json", as_json),
-                        offsets, bonds=f.get("bonds", as_index_pairs, None))
-            try:
-                model.cg_topology
-            except CgdmlError as exc:
-                raise CgdmlError(f"damaged field 'topology_pdb' or 'bonds' ({exc})") from None
-            except Exception as exc:  # mdtraj's PDB parser on damaged text
-                raise CgdmlError(f"damaged field 'topology_pdb' ({type(exc).__name__}: {one_line(exc, 120)})") \
-                    from None
+            system = CGSystem.from_arrays(z, required=("topology_pdb", "masses"))
+            model = cls(gdml, prior, system, f.get("train_coords_sample", lambda v: as_array(v, ndim=3)),
+                        f.get("info_json", as_json), offsets)
             model._check_consistent()
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
@@ -310,13 +298,9 @@ class CGModel:
     def _check_consistent(self):
         """Raise CgdmlError when the parts of a loaded model disagree (a damaged or hand-edited file)."""
         n = self.n_beads
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise CgdmlError(f"damaged field 'temperature' ({self.temperature})")
         if self.gdml.n_beads != n:
             raise CgdmlError(f"damaged cgdml model file: GDML model for {self.gdml.n_beads} beads (field "
                              f"'gdml/n_beads'), {n} bead names (field 'bead_names')")
-        if self.masses.shape != (n,) or not (self.masses > 0).all():
-            raise CgdmlError(f"damaged field 'masses' (shaped {self.masses.shape}, expected ({n},) > 0)")
         if self.train_coords_sample.ndim != 3 or self.train_coords_sample.shape[1:] != (n, 3) or \
                 not len(self.train_coords_sample):
             raise CgdmlError(f"damaged field 'train_coords_sample' (shaped {self.train_coords_sample.shape}, "
@@ -324,9 +308,6 @@ class CGModel:
         if not np.isfinite(self.train_coords_sample).all():
             raise CgdmlError("damaged field 'train_coords_sample' (holds NaN or inf)")
         self.prior.check(n)
-        if self.cg_topology.n_beads != n:
-            raise CgdmlError(f"damaged field 'topology_pdb' (CG topology of {self.cg_topology.n_beads} beads, "
-                             f"{n} bead names)")
         if self.offsets is not None:
             self.offsets.check(n)
 

@@ -37,7 +37,6 @@ Units: nm, kJ/mol, kJ/mol/nm, ps, amu, radians (OpenMM's own).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -90,36 +89,25 @@ class GDMLComputation:
         self.gdml = GDMLModel.from_arrays(state["gdml"])
 
 
-def _topology(model, app):
-    """The model's CG topology as an ``openmm.app.Topology`` (one atom per bead): atoms and residues from
-    ``model.topology_pdb``, bonds from its CONECT records, or ``model.bonds`` (n_bonds, 2) where the model has them."""
-    text = model.topology_pdb
-    if not text:
-        from .data import chain_topology, topology_to_pdb
-
-        text = topology_to_pdb(chain_topology(model.bead_names))
-    try:
-        top = app.PDBFile(io.StringIO(text)).topology
-    except Exception as exc:
-        raise CgdmlError(f"the model's CG topology is not readable PDB text ({type(exc).__name__}: {exc})") from None
-    if top.getNumAtoms() != model.n_beads:
-        raise CgdmlError(f"the model's CG topology has {top.getNumAtoms()} atoms for {model.n_beads} beads")
-    bonds = getattr(model, "bonds", None)
-    if bonds is None:
-        return top
-    bonded = app.Topology()
-    atoms = []
-    for chain in top.chains():
-        new_chain = bonded.addChain(chain.id)
-        for residue in chain.residues():
-            new_residue = bonded.addResidue(residue.name, new_chain, residue.id, residue.insertionCode)
-            atoms += [bonded.addAtom(a.name, a.element, new_residue, a.id) for a in residue.atoms()]
-    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
-    if bonds.size and (bonds.min() < 0 or bonds.max() >= len(atoms)):
-        raise CgdmlError(f"the model's CG bonds name beads outside 0..{len(atoms) - 1}")
-    for i, j in bonds:
-        bonded.addBond(atoms[i], atoms[j])
-    return bonded
+def _topology(system, app):
+    """The CG topology of ``system`` (a :class:`cgdml.system.CGSystem`) as an ``openmm.app.Topology``: one atom
+    per bead, in bead order, with the beads' names, elements and residues, and the CG bonds."""
+    topo = system.topology
+    top = app.Topology()
+    chain = top.addChain("A")
+    atoms, current = [], None
+    for i, name in enumerate(topo.names):
+        key = (int(topo.residue_ids[i]), topo.residue_names[i])
+        if key != current:
+            residue, current = top.addResidue(key[1], chain, str(key[0])), key
+        try:
+            element = app.Element.getBySymbol(topo.elements[i])
+        except KeyError:
+            element = None
+        atoms.append(top.addAtom(name, element, residue, str(i + 1)))
+    for i, j in topo.bonds:
+        top.addBond(atoms[i], atoms[j])
+    return top
 
 
 def _periodic_table_force(openmm, name, values, quad):
@@ -223,7 +211,7 @@ def to_openmm(model, n_table=None):
         raise CgdmlError(f"n_table must be None or an integer >= 16 (spline points), got {n_table!r}")
     openmm = _openmm()
     model._check_consistent()
-    topology = _topology(model, openmm.app)
+    topology = _topology(model.system, openmm.app)
     system = openmm.System()
     for mass in model.masses:
         system.addParticle(float(mass))

@@ -44,6 +44,18 @@ def parse_bonds(text):
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def chain_topology(bead_names, residue_names=None, residue_of_bead=None):
+    """An mdtraj Topology of beads bonded in index order, for data that come without bonds.
+
+    ``residue_names`` (one per residue) and ``residue_of_bead`` (the 0-based residue of each bead) keep peptide
+    residues; by default all beads are in one residue "CG".
+    """
+    if residue_of_bead is None:
+        return CGTopology.chain(bead_names, warn=False).to_mdtraj()
+    return CGTopology.chain(bead_names, warn=False, residue_ids=np.asarray(residue_of_bead) + 1,
+                            residue_names=[residue_names[r] for r in residue_of_bead]).to_mdtraj()
+
+
 class CGTopology:
     """Bead graph of a CG molecule; beads are indexed in coordinate-column order.
 
@@ -89,8 +101,10 @@ class CGTopology:
     def _check_bonds(bonds, n):
         b = np.asarray(bonds if bonds is not None else [], dtype=np.float64).reshape(-1, 2) if np.size(bonds) else \
             np.zeros((0, 2))
-        if not np.all(np.isfinite(b)) or not np.all(b == np.round(b)):
-            raise CgdmlError(f"bonds must be pairs of bead indices, got {np.asarray(bonds).tolist()}")
+        bad = ~(np.isfinite(b) & (b == np.round(b))).all(axis=1)
+        if bad.any():
+            raise CgdmlError(f"bonds must be pairs of bead indices, got {b[bad][0].tolist()} "
+                             f"(bond {int(np.argmax(bad))} of {len(b)})")
         b = b.astype(np.int64)
         if b.size and (b.min() < 0 or b.max() >= n):
             bad = b[(b < 0).any(1) | (b >= n).any(1)][0].tolist()
@@ -116,12 +130,13 @@ class CGTopology:
         return cls(names, [(i, i + 1) for i in range(n - 1)], **kwargs)
 
     @classmethod
-    def from_mdtraj(cls, topology, bonds=None):
-        """From an mdtraj Topology (one atom per bead, in column order); ``bonds`` overrides its bonds."""
+    def from_mdtraj(cls, topology, bonds=None, names=None):
+        """From an mdtraj Topology (one atom per bead, in column order); ``bonds`` overrides its bonds and
+        ``names`` its atom names."""
         atoms = sorted(topology.atoms, key=lambda a: a.index)
         if bonds is None:
             bonds = [(a.index, b.index) for a, b in topology.bonds]
-        return cls([a.name for a in atoms], bonds, [a.residue.resSeq for a in atoms],
+        return cls([a.name for a in atoms] if names is None else names, bonds, [a.residue.resSeq for a in atoms],
                    [a.residue.name for a in atoms],
                    [a.element.symbol if a.element is not None and a.element.symbol else _element_symbol(a.name)
                     for a in atoms])

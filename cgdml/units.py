@@ -39,7 +39,7 @@ def check_temperature(temperature) -> float:
     except (TypeError, ValueError):
         raise CgdmlError(f"temperature must be a number in K, got {temperature!r}") from None
     if not (t > 0 and t < float("inf")):
-        raise CgdmlError(f"temperature must be > 0 K and finite, got {temperature}")
+        raise CgdmlError(f"temperature must be > 0 K and finite, got {t:g}")
     return t
 
 

@@ -68,4 +68,4 @@ def noisy_toy():
     F_true = finite_difference_forces(toy_energy, R)
     soft_rms = np.sqrt(np.mean((F_true - finite_difference_forces(toy_stiff_energy, R)) ** 2))
     noisy = F_true + rng.normal(scale=4 * soft_rms, size=R.shape)
-    return CGDataset(R, noisy, ["C1", "C2", "C3", "C4"], TOY_T), F_true
+    return CGDataset.from_arrays(R, noisy, bead_names=["C1", "C2", "C3", "C4"], temperature=TOY_T), F_true

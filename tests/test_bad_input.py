@@ -91,7 +91,7 @@ def tiny_model(ds, path, n_train=60, sigma=0.4):
     prior = HarmonicPrior().fit(ds.coords, ds.temperature)
     R = ds.coords[:n_train]
     gdml = GDML(sigma=sigma, lam=0.1, relative_lam=True).fit(R, ds.forces[:n_train] - prior.forces(R))
-    model = CGModel(gdml.model_, prior, ds.temperature, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40])
+    model = CGModel(gdml.model_, prior, ds.system, ds.coords[:40])
     model.save(path)
     return model
 
@@ -643,8 +643,7 @@ def test_simulate_warns_about_starts_far_from_training(inputs, tmp_path, capsys)
     from cgdml.simulate.__main__ import main
 
     ds, model = inputs.ds, inputs.model
-    mirror = CGDataset(ds.coords * np.array([1.0, 1.0, -1.0]), ds.forces, ds.bead_names, ds.temperature,
-                       ds.topology_pdb, masses=ds.masses)
+    mirror = CGDataset(ds.coords * np.array([1.0, 1.0, -1.0]), ds.forces, ds.system)
     assert (model.gdml.nearest_train_distance(mirror.coords[:40]) > 3 * model.gdml.sigma).mean() > 0.9
     assert not model.out_of_range(model.train_coords_sample).any()
     mirror.save(tmp_path / "mirror.npz")

@@ -141,3 +141,18 @@ def test_cvplot_errors_are_one_line(tmp_path):
 
     with pytest.raises(CgdmlError, match="give grids"):
         score_panels({"cv_scores": []})
+
+
+def test_every_command_has_the_common_flags():
+    """-v/--verbose, -q/--quiet and --no-progress on every command, read through cgdml._cli."""
+    from cgdml._cli import show_progress
+
+    for target in COMMANDS.values():
+        parser = importlib.import_module(target).build_parser()
+        help_text = parser.format_help()
+        for flag in ("-v, --verbose", "-q, --quiet", "--no-progress"):
+            assert flag in help_text, (target, flag)
+    parser = importlib.import_module("cgdml.export").build_parser()
+    for argv, shown in ((["m.npz", "-o", "d"], True), (["m.npz", "-o", "d", "-q"], False),
+                        (["m.npz", "-o", "d", "--no-progress"], False), (["m.npz", "-o", "d", "--quiet"], False)):
+        assert show_progress(parser.parse_args(argv)) is shown, argv

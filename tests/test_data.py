@@ -1,4 +1,6 @@
 """All-atom loading (formats, units, chunking, errors), the shipped dataset and the map command line."""
+import json
+import re
 import subprocess
 import sys
 import warnings
@@ -9,7 +11,8 @@ import numpy as np
 import pytest
 
 from cgdml._io import CgdmlError
-from cgdml.data import CGDataset, default_dataset_paths, load_allatom
+from cgdml.data import CGDataset
+from cgdml.io import ala2_pdb_path, default_dataset_paths, load_allatom
 from cgdml.mapping import load_default_cg_dataset
 from cgdml.mapping import ala2_topology
 
@@ -29,10 +32,8 @@ def system(tmp_path_factory):
 
 
 def _ala2_pdb(d):
-    from cgdml.reference import ALA2_PDB
-
     path = Path(d) / "ala2.pdb"
-    path.write_text(ALA2_PDB)
+    path.write_text(ala2_pdb_path().read_text())
     return path
 
 
@@ -219,6 +220,108 @@ def test_map_cli_errors_are_one_line_and_write_nothing(system, tmp_path, case):
     assert not out.exists() and not list(tmp_path.glob(".out.npz*"))
 
 
+def _help_sections(parser):
+    """{section title: its text} of a parser's --help."""
+    sections = {}
+    for block in parser.format_help().split("\n\n"):
+        title, _, body = block.partition("\n")
+        sections[title.rstrip(":")] = body
+    return sections
+
+
+def test_map_help_tells_where_each_option_applies():
+    from cgdml.map import build_parser
+
+    sections = _help_sections(build_parser())
+    arrays, aa = sections["pre-mapped arrays"], sections["all-atom input"]
+    for flag in ("--stride", "--map", "--force-map", "--length-unit", "--temperature"):
+        assert flag not in arrays, flag
+    assert "--map" in aa and "--force-map" in aa and "FILE.npy" in aa
+    assert "--stride" in sections["input units, temperature and frames"]
+    map_help = " ".join(aa[aa.index("--map"):aa.index("--force-map")].split())
+    assert "required with all-atom input" in map_help and "default" not in map_help
+
+
+def test_python_and_command_line_map_the_same_dataset(system, tmp_path):
+    """The map command is a shell over map_allatom and load_cg_arrays: the same arrays, system and info; the CG PDB
+    beside the dataset reads back as its system."""
+    from cgdml.io import load_cg_arrays
+    from cgdml.mapping import map_allatom
+    from cgdml.system import CGSystem
+
+    d, top, x, f = system
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "f.npy", f)
+    r = run_map("--top", _ala2_pdb(d), "--traj", tmp_path / "x.npy", "--forces", tmp_path / "f.npy", "--map",
+                "ala2-6", "--force-map", "optimal", "--stride", "2", "--temperature", "310", "-o", tmp_path / "aa.npz")
+    assert r.returncode == 0, r.stderr
+    py = map_allatom(_ala2_pdb(d), tmp_path / "x.npy", tmp_path / "f.npy", "ala2-6", force_map="optimal", stride=2,
+                     temperature=310)
+    cmd = CGDataset.load(tmp_path / "aa.npz")
+    np.testing.assert_array_equal(cmd.coords, py.coords.astype(np.float32))
+    np.testing.assert_array_equal(cmd.forces, py.forces.astype(np.float32))
+    assert cmd.system == py.system and cmd.info == json.loads(json.dumps(py.info))
+    assert CGSystem.from_pdb_file(tmp_path / "aa.pdb", masses=py.masses, temperature=310) == py.system
+
+    cg = py.coords * 10.0, py.forces / KCAL_PER_A
+    np.save(tmp_path / "c.npy", cg[0])
+    np.save(tmp_path / "g.npy", cg[1])
+    for beads, bonds in (("ala2-6", None), ("C,N,CA,CB,C,N", "0-1,1-2,2-3,2-4,4-5")):
+        args = ["--coords", tmp_path / "c.npy", "--cg-forces", tmp_path / "g.npy", "--length-unit", "angstrom",
+                "--energy-unit", "kcal/mol", "--beads", beads, "--stride", "3", "--temperature", "310"]
+        r = run_map(*args, *(["--bonds", bonds] if bonds else []), "-o", tmp_path / "arrays.npz")
+        assert r.returncode == 0, r.stderr
+        cmd = CGDataset.load(tmp_path / "arrays.npz")
+        py_arrays = load_cg_arrays(tmp_path / "c.npy", tmp_path / "g.npy", beads=beads, bonds=bonds,
+                                   length_unit="angstrom", energy_unit="kcal/mol", temperature=310, stride=3)
+        np.testing.assert_array_equal(cmd.coords, py_arrays.coords.astype(np.float32))
+        np.testing.assert_array_equal(cmd.forces, py_arrays.forces.astype(np.float32))
+        assert cmd.system == py_arrays.system and cmd.info == py_arrays.info
+        np.testing.assert_allclose(py_arrays.coords, py.coords[::3], rtol=1e-12)
+        assert py_arrays.bonds.tolist() == py.bonds.tolist()
+    assert py_arrays.masses.tolist() != py.masses.tolist()         # bead names only: element masses
+    in_memory = load_cg_arrays(cg[0], cg[1], beads="ala2-6", length_unit="angstrom", energy_unit="kcal/mol")
+    assert in_memory.system == CGSystem(py.cg_topology, py.masses, 300.0)
+    assert in_memory.info["source"] == {"coords": "(array)", "forces": "(array)"}
+
+
+def test_load_cg_arrays_errors_name_the_file(tmp_path):
+    from cgdml.io import load_cg_arrays
+
+    R = 0.15 * np.cumsum(np.ones((10, 5, 3)), axis=1)
+    np.save(tmp_path / "c.npy", R)
+    np.save(tmp_path / "g4.npy", np.zeros((10, 4, 3)))
+    np.save(tmp_path / "g.npy", np.zeros((10, 5, 3)))
+    cases = [(dict(forces=tmp_path / "g4.npy"), "g4.npy: forces shaped (10, 4, 3) do not match"),
+             (dict(beads="ala2-6"), "c.npy: 5 beads but preset ala2-6 has 6"),
+             (dict(length_unit="furlong"), "unknown length unit 'furlong'"),
+             (dict(forces=tmp_path / "nope.npy"), "nope.npy: no such forces file"),
+             (dict(beads="A,B"), "c.npy: 2 bead names for 5 beads"),
+             (dict(stride=0), "stride must be >= 1")]
+    for kwargs, message in cases:
+        with pytest.raises(CgdmlError, match=re.escape(message)):
+            load_cg_arrays(**{"coords": tmp_path / "c.npy", "forces": tmp_path / "g.npy", "beads": "ala2-5", **kwargs})
+
+
+def test_options_that_cannot_apply_are_refused(system, tmp_path):
+    from cgdml.map import main
+
+    d, top, x, f = system
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "f.npy", f)
+    np.save(tmp_path / "c.npy", x[:, [4, 6, 8, 14, 16]])
+    all_atom = ["--top", str(_ala2_pdb(d)), "--traj", str(tmp_path / "x.npy"), "--forces", str(tmp_path / "f.npy"),
+                "--map", "ala2-5"]
+    arrays = ["--coords", str(tmp_path / "c.npy"), "--cg-forces", str(tmp_path / "c.npy")]
+    for argv, message in [(all_atom + ["--beads", "ala2-5"], "--beads and --bonds describe pre-mapped arrays"),
+                          (all_atom + ["--bonds", "0-1"], "--beads and --bonds describe pre-mapped arrays"),
+                          (arrays + ["--map", "ala2-6"], "--map maps all-atom data"),
+                          (["--mlcg", "x.h5", "--map", "ala2-6"], "--map maps all-atom data")]:
+        with pytest.raises(CgdmlError, match=message):
+            main(argv + ["-o", str(tmp_path / "out.npz")])
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_dataset_arguments_shared_with_fit(system, tmp_path):
     import argparse
 
@@ -237,5 +340,8 @@ def test_dataset_arguments_shared_with_fit(system, tmp_path):
         dataset_from_args(parser.parse_args(["--coords", "c.npy"]))
     with pytest.raises(CgdmlError, match="310 K"):
         dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), "--temperature", "310"]))
+    for extra, message in [(["--map", "ala2-6"], "--map maps all-atom data"), (["--beads", "ala2-5"], "--beads")]:
+        with pytest.raises(CgdmlError, match=message):
+            dataset_from_args(parser.parse_args([str(tmp_path / "ds.npz"), *extra]))
     ds = dataset_from_args(parser.parse_args(["--map", "ala2-6", "--stride", "50"]))  # the shipped reference
     assert ds.n_beads == 6 and ds.n_frames == 400

@@ -103,7 +103,8 @@ def test_cv_score_is_dihedral_for_chains_and_force_otherwise(noisy_toy):
     assert auto.model_.info["cv_score"] == "dihedral" and forced.model_.info["cv_score"] == "force"
     # the same sub-models and predictions (same seed), scored in different units: every score differs
     assert all(a["mse"] != f["mse"] for a, f in zip(auto.cv_scores_, forced.cv_scores_))
-    three = CGDataset(data.coords[:600, :3], data.forces[:600, :3], ["C1", "C2", "C3"], data.temperature)
+    three = CGDataset.from_arrays(data.coords[:600, :3], data.forces[:600, :3], bead_names=["C1", "C2", "C3"],
+                                  temperature=data.temperature)
     with pytest.raises(CgdmlError, match="needs a dihedral in the CG topology"):
         TwoLayerGDML(cv_score="dihedral", **kwargs).fit(three)
     with pytest.raises(CgdmlError, match="cv_score must be"):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cgdml._io import CgdmlError
-from cgdml.data import CGDataset, chain_topology
-from cgdml.topology import CGTopology
+from cgdml.data import CGDataset
+from cgdml.topology import CGTopology, chain_topology
 from cgdml.fes.__main__ import main
 from cgdml.fes import (bonds_and_angles, bootstrap_metrics, compare_fes, histogram_fes, phi_psi,
                        split_half_floor)

@@ -1,5 +1,5 @@
-"""Inputs from other tools: forces from other engines through MDAnalysis (cgdml.formats: AMBER NetCDF, LAMMPS
-dump, H5MD), a user-given linear force map (.npy, cgdml.mapping), and mlcg-style HDF5 datasets (cgdml.mlcg).
+"""Inputs from other tools: forces from other engines through MDAnalysis (cgdml.io.formats: AMBER NetCDF, LAMMPS
+dump, H5MD), a user-given linear force map (.npy, cgdml.mapping), and mlcg-style HDF5 datasets (cgdml.io.mlcg).
 Every file is written here."""
 import subprocess
 import sys
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cgdml._io import CgdmlError
-from cgdml.data import CGDataset, default_dataset_paths, load_allatom
+from cgdml.data import CGDataset
+from cgdml.io import ala2_pdb_path, default_dataset_paths, load_allatom
 from cgdml.mapping import ala2_topology, map_allatom, preset_map
 
 mda = pytest.importorskip("MDAnalysis", reason="the mdanalysis extra: pip install 'cgdml[mdanalysis]'")
@@ -24,11 +25,9 @@ N_FRAMES = 23
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     """(dir, PDB path, topology, positions nm, forces kJ/mol/nm) of alanine dipeptide, 23 jiggled frames."""
-    from cgdml.reference import ALA2_PDB
-
     d = tmp_path_factory.mktemp("formats")
     pdb = d / "ala2.pdb"
-    pdb.write_text(ALA2_PDB)
+    pdb.write_text(ala2_pdb_path().read_text())
     top = ala2_topology()
     rng = np.random.default_rng(1)
     base = md.load_pdb(str(pdb)).xyz[0]
@@ -312,7 +311,7 @@ def test_mlcg_hdf5_molecule_in_angstrom_and_kcal(tmp_path):
     assert ds.info["mlcg_attributes"]["cg_embeds"] == [1, 2, 3, 4, 5]
     assert ds.info["mlcg_attributes"]["N_frames"] == 40
     # the bead names and bonds of a cg_pdb attribute, every 4th frame, forces key named
-    from cgdml.mlcg import load_mlcg
+    from cgdml.io.mlcg import load_mlcg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -324,7 +323,7 @@ def test_mlcg_hdf5_molecule_in_angstrom_and_kcal(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*reading cg_delta_forces", "ignore:no CG bonds given")
 def test_mlcg_full_forces_and_errors(tmp_path):
-    from cgdml.mlcg import load_mlcg
+    from cgdml.io.mlcg import load_mlcg
 
     rng = np.random.default_rng(4)
     x = np.cumsum(rng.normal(scale=0.2, size=(6, 4, 3)) + [0.38, 0, 0], axis=1)  # a 4-bead chain, nm
@@ -356,7 +355,7 @@ def test_mlcg_full_forces_and_errors(tmp_path):
 
 
 def test_missing_h5py_names_the_extra(tmp_path, monkeypatch):
-    from cgdml.mlcg import load_mlcg
+    from cgdml.io.mlcg import load_mlcg
 
     (tmp_path / "x.h5").write_bytes(b"\x89HDF")
     monkeypatch.setitem(sys.modules, "h5py", None)

@@ -78,3 +78,13 @@ def test_command_modules_are_thin():
     for name, (path, tree) in modules().items():
         if is_command(name, tree):
             assert len(path.read_text().splitlines()) < 260, f"{name} has grown into a library module"
+
+
+def test_cg_pdb_text_is_read_in_one_place_and_mapping_needs_no_reference():
+    """cgdml.system alone parses CG PDB text (datasets and models pass a CGSystem on), and the map presets read
+    their alanine-dipeptide PDB from package data, not from cgdml.reference."""
+    mods = modules()
+    readers = sorted(name for name, (path, _) in mods.items() if "load_pdb(" in path.read_text())
+    assert readers == ["cgdml.system"], readers
+    path, tree = mods["cgdml.mapping"]
+    assert "cgdml.reference" not in {t for t, _ in imports("cgdml.mapping", path, tree, mods)}

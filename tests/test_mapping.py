@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cgdml._io import CgdmlError
-from cgdml.data import default_dataset_paths
+from cgdml.io import default_dataset_paths
 from cgdml.mapping import (CGMap, available_presets, detect_constraints, force_covariance, load_map_spec,
                            map_allatom, preset_map)
 

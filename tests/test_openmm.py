@@ -74,13 +74,13 @@ def toy():
                    temperature=T, dt=DT, n_steps=10000, save_every=50, integrator="langevin", seed=1,
                    progress=False)
     R = res.frames[50:].reshape(-1, N_BEADS, 3).astype(np.float64)
-    ds = CGDataset(R, truth_forces(R), [f"C{i + 1}" for i in range(N_BEADS)], T)
+    ds = CGDataset.from_arrays(R, truth_forces(R), bead_names=[f"C{i + 1}" for i in range(N_BEADS)], temperature=T)
     prior = HarmonicPrior(repulsion=True, dihedrals=True).fit(ds.coords, T)
     pick = np.random.default_rng(0).choice(ds.n_frames, size=300, replace=False)
     gdml = GDML(sigma=4.0, lam=1e-3, relative_lam=True).fit(
         ds.coords[pick], prior.residual_forces(ds.coords[pick], ds.forces[pick])).model_
     offsets = DihedralOffsets.from_terms([(OFFSET_QUAD, OFFSET_ARCS, OFFSET_DELTAS)])
-    model = CGModel(gdml, prior, T, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[::100], offsets=offsets)
+    model = CGModel(gdml, prior, ds.system, ds.coords[::100], offsets=offsets)
     return model, ds
 
 

@@ -54,7 +54,7 @@ def test_unknown_method_is_a_clean_error(small_dataset):
 
 
 def test_shipped_data_is_package_data():
-    from cgdml.data import default_dataset_paths, shipped_data_dir
+    from cgdml.io import default_dataset_paths, shipped_data_dir
 
     assert shipped_data_dir().name == "_data"
     assert all(p.exists() for p in default_dataset_paths())

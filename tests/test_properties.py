@@ -25,10 +25,11 @@ def configurations(seed, n=4, n_beads=5, scale=0.02):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A CGModel (harmonic prior + chiral GDML) fitted once on noisy spring forces; saved for the file tests."""
-    from cgdml.data import chain_topology, topology_to_pdb
     from cgdml.gdml import GDML
     from cgdml.model import CGModel
     from cgdml.prior import HarmonicPrior
+    from cgdml.system import CGSystem
+    from cgdml.topology import CGTopology
 
     R = configurations(0, n=80)
     F = -300.0 * (R - BASE) + np.random.default_rng(1).normal(scale=20.0, size=R.shape)
@@ -36,7 +37,7 @@ def model(tmp_path_factory):
     prior = HarmonicPrior().fit(R, 300.0)
     gdml = GDML(sigma=3.0, lam=1e-3, relative_lam=True, chiral=True).fit(R, F - prior.forces(R))
     names = ["C", "N", "CA", "C", "N"]
-    m = CGModel(gdml.model_, prior, 300.0, names, topology_to_pdb(chain_topology(names)), np.full(5, 12.0), R[:10])
+    m = CGModel(gdml.model_, prior, CGSystem(CGTopology.chain(names, warn=False), np.full(5, 12.0), 300.0), R[:10])
     path = tmp_path_factory.mktemp("model") / "model.npz"
     m.save(path)
     gdml.model_.save(path.with_name("gdml.npz"))
@@ -295,7 +296,7 @@ def files(model, tmp_path_factory):
     m, path = model
     d = tmp_path_factory.mktemp("files")
     R = configurations(2, n=30)
-    CGDataset(R, -300.0 * (R - BASE), m.bead_names, 300.0, m.topology_pdb, masses=m.masses).save(d / "data.npz")
+    CGDataset(R, -300.0 * (R - BASE), m.system).save(d / "data.npz")
 
     class Stop(Exception):
         pass

@@ -439,10 +439,11 @@ NAMES = ["C", "N", "CA", "C", "N"]
 
 def tiny_model(path):
     """A small fitted CGModel (prior + GDML on 60 noisy frames of a 5-bead backbone) written to ``path``."""
-    from cgdml.data import CGDataset, chain_topology
+    from cgdml.data import CGDataset
     from cgdml.gdml import GDML
     from cgdml.model import CGModel
     from cgdml.prior import HarmonicPrior
+    from cgdml.topology import chain_topology
 
     rng = np.random.default_rng(0)
     template = np.array([[0.0, 0.0, 0.0], [0.13, 0.0, 0.0], [0.18, 0.14, 0.0], [0.33, 0.15, 0.03],
@@ -454,7 +455,7 @@ def tiny_model(path):
                                                                               [0, 1, 1, 1, 2]))
     prior = HarmonicPrior().fit(ds.coords, T)
     gdml = GDML(sigma=2.0, lam=1e-2, relative_lam=True).fit(ds.coords[:60], ds.forces[:60] - prior.forces(ds.coords[:60]))
-    CGModel(gdml.model_, prior, T, ds.bead_names, ds.topology_pdb, ds.masses, ds.coords[:40]).save(path)
+    CGModel(gdml.model_, prior, ds.system, ds.coords[:40]).save(path)
     ds.save(path.parent / "data.npz")
     return path
 

@@ -98,7 +98,7 @@ def test_bonded_distances_are_checked_frame_by_frame():
 
 
 def shipped_subset(tmp_path):
-    from cgdml.data import default_dataset_paths
+    from cgdml.io import default_dataset_paths
 
     paths = default_dataset_paths()
     with np.load(paths.trajectory) as z:

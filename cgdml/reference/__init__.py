@@ -1,16 +1,16 @@
 """All-atom reference simulations of capped peptides with OpenMM (positions and forces for CG fitting).
 
-The command line, ``python -m cgdml.reference -o DIR [--sequence AAA]``, is in :mod:`cgdml.reference.__main__`;
-it builds the capped peptide ACE-(sequence)-NME (the default, ``A``, is alanine dipeptide, from coordinates
-embedded here; other sequences are built with PeptideBuilder, the ``peptides`` extra), parametrises it with
-AMBER ff14SB (implicit solvent: OBC2 GB, as the ``implicit/obc2.xml`` CustomGBForce or the same parameters in
-OpenMM's native, faster GBSAOBCForce; explicit: TIP3P, PME), constrains bonds to hydrogen, repartitions
-hydrogen mass, minimises, equilibrates and runs Langevin dynamics (LangevinMiddleIntegrator). Every
-``save_every_ps`` it stores the peptide positions (nm) and forces (kJ/mol/nm; ``getState(getForces=True)``,
-which excludes constraint forces). Frames are written in chunk files, each written atomically and
-carrying an OpenMM checkpoint, so a killed run resumes from its last finished chunk when rerun with the
-same command. At the end the chunks are assembled into ``DIR/NAME.pdb`` (topology) and ``DIR/NAME.npz``
-(``positions``, ``forces``: float32 (n_frames, n_atoms, 3); ``time_ps``; ``temperature``; ``info_json``).
+The command line, ``python -m cgdml.reference -o DIR [--sequence AAA]``, is in :mod:`cgdml.reference.__main__`; it
+builds the capped peptide ACE-(sequence)-NME (the default, ``A``, is alanine dipeptide, from the coordinates in the
+package data file ``cgdml/presets/ala2.pdb``; other sequences are built with PeptideBuilder, the ``peptides``
+extra), parametrises it with AMBER ff14SB (implicit solvent: OBC2 GB, as the ``implicit/obc2.xml`` CustomGBForce or
+the same parameters in OpenMM's native, faster GBSAOBCForce; explicit: TIP3P, PME), constrains bonds to hydrogen,
+repartitions hydrogen mass, minimises, equilibrates and runs Langevin dynamics (LangevinMiddleIntegrator). Every
+``save_every_ps`` it stores the peptide positions (nm) and forces (kJ/mol/nm; ``getState(getForces=True)``, which
+excludes constraint forces). Frames are written in chunk files, each written atomically and carrying an OpenMM
+checkpoint, so a killed run resumes from its last finished chunk when rerun with the same command. At the end the
+chunks are assembled into ``DIR/NAME.pdb`` (topology) and ``DIR/NAME.npz`` (``positions``, ``forces``: float32
+(n_frames, n_atoms, 3); ``time_ps``; ``temperature``; ``info_json``).
 """
 from __future__ import annotations
 
@@ -24,35 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .._io import CgdmlError, OutputLock, atomic_path, load_npz, remove_stale_temps, save_json, save_npz
+from ..io.shipped import ala2_pdb_path
 from ..units import check_temperature
-
-# Capped alanine dipeptide (L-alanine, extended backbone), AMBER atom names, Angstrom.
-ALA2_PDB = """\
-ATOM      1 HH31 ACE     1       2.000   1.000  -0.000  1.00  0.00           H
-ATOM      2  CH3 ACE     1       2.000   2.090   0.000  1.00  0.00           C
-ATOM      3 HH32 ACE     1       1.486   2.454   0.890  1.00  0.00           H
-ATOM      4 HH33 ACE     1       1.486   2.454  -0.890  1.00  0.00           H
-ATOM      5  C   ACE     1       3.427   2.641  -0.000  1.00  0.00           C
-ATOM      6  O   ACE     1       4.391   1.877  -0.000  1.00  0.00           O
-ATOM      7  N   ALA     2       3.555   3.970  -0.000  1.00  0.00           N
-ATOM      8  H   ALA     2       2.733   4.556  -0.000  1.00  0.00           H
-ATOM      9  CA  ALA     2       4.853   4.614  -0.000  1.00  0.00           C
-ATOM     10  HA  ALA     2       5.408   4.316   0.890  1.00  0.00           H
-ATOM     11  CB  ALA     2       5.661   4.221  -1.232  1.00  0.00           C
-ATOM     12  HB1 ALA     2       5.123   4.521  -2.131  1.00  0.00           H
-ATOM     13  HB2 ALA     2       6.630   4.719  -1.206  1.00  0.00           H
-ATOM     14  HB3 ALA     2       5.809   3.141  -1.241  1.00  0.00           H
-ATOM     15  C   ALA     2       4.713   6.129   0.000  1.00  0.00           C
-ATOM     16  O   ALA     2       3.601   6.653   0.000  1.00  0.00           O
-ATOM     17  N   NME     3       5.846   6.835   0.000  1.00  0.00           N
-ATOM     18  H   NME     3       6.737   6.359  -0.000  1.00  0.00           H
-ATOM     19  CH3 NME     3       5.846   8.284   0.000  1.00  0.00           C
-ATOM     20 HH31 NME     3       4.819   8.648   0.000  1.00  0.00           H
-ATOM     21 HH32 NME     3       6.360   8.648   0.890  1.00  0.00           H
-ATOM     22 HH33 NME     3       6.360   8.648  -0.890  1.00  0.00           H
-TER      23      NME     3
-END
-"""
 
 FORCE_FIELDS = {"implicit": ("amber14/protein.ff14SB.xml", "implicit/obc2.xml"),
                 "explicit": ("amber14/protein.ff14SB.xml", "amber14/tip3p.xml")}
@@ -74,7 +47,7 @@ def build_alanine_dipeptide():
     """OpenMM (topology, positions) of capped alanine dipeptide in vacuum (22 atoms)."""
     from openmm import app
 
-    pdb = app.PDBFile(io.StringIO(ALA2_PDB))
+    pdb = app.PDBFile(str(ala2_pdb_path()))
     return pdb.topology, pdb.positions
 
 
@@ -113,7 +86,7 @@ def build_peptide(sequence=DIPEPTIDE, *, phi=-120.0, psi=140.0):
     """OpenMM (topology, positions) of ACE-(sequence)-NME with hydrogens, in vacuum.
 
     ``sequence`` is one-letter codes of standard amino acids (``"AAA"``: ACE-ALA-ALA-ALA-NME, 42 atoms). ``"A"``
-    is the embedded alanine dipeptide (:func:`build_alanine_dipeptide`, the shipped data's structure). Others
+    is the shipped alanine dipeptide (:func:`build_alanine_dipeptide`, the shipped data's structure). Others
     are built by PeptideBuilder (standard geometry, backbone ``phi``/``psi`` in degrees, trans peptide bonds)
     as G-(sequence)-G; the end glycines become the caps (ACE: CA->CH3, C, O; NME: N, CA->C), and
     OpenMM's Modeller adds the hydrogens of the AMBER ff14SB templates (neutral pH protonation states).

@@ -2,7 +2,7 @@
 positions and forces (the library is :mod:`cgdml.reference`)."""
 from __future__ import annotations
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli, seed_int
+from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli, seed_int, show_progress
 from ..reference import GB_MODELS, run_reference
 
 
@@ -34,7 +34,6 @@ def build_parser():
                    "in ps (default 100)")
     p.add_argument("--name", default=None,
                    help="base name of the assembled files (default ala2_SOLVENT_TK for A, else ace-SEQ-nme_SOLVENT_TK)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbosity_arguments(p)
     return p
 
@@ -47,7 +46,7 @@ def main(argv=None):
                              chunk_ns=a.chunk_ns, timestep_fs=a.timestep_fs, friction_per_ps=a.friction,
                              hydrogen_mass=a.hydrogen_mass, equilibrate_ps=a.equilibrate_ps, sequence=a.sequence,
                              gb=a.gb, name=a.name,
-                             progress=not (a.no_progress or a.quiet))
+                             progress=show_progress(a))
     print(f"wrote {pdb} and {npz}")
     return 0
 

@@ -83,7 +83,6 @@ def build_parser():
                    "(default 1: one after another)")
     p.add_argument("--scheduler", default=None, help="run the --tasks groups on a Dask cluster: tcp://HOST:PORT "
                    "or a scheduler file (checkpoints need a file system the workers share)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbosity_arguments(p)
     return p
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, one_line
-from .data import CGDataset, check_finite, topology_from_pdb
+from .._io import CgdmlError, one_line
+from ..data import CGDataset, check_finite
+from ..system import parse_pdb
 from .formats import require_extra
 
 MLCG_FORCE_KEYS = ("cg_forces", "cg_delta_forces")
@@ -118,7 +119,7 @@ def load_mlcg(path, molecule=None, *, forces_key=None, length_unit="nm", energy_
             raise CgdmlError(f"{where}: attribute cg_embeds has {np.asarray(embeds).size} entries for {n_beads} beads")
         if topology is None and bead_names is None and "cg_pdb" in attrs:
             try:
-                topology = topology_from_pdb(_attr_text(attrs["cg_pdb"]))
+                topology = parse_pdb(_attr_text(attrs["cg_pdb"]))
             except Exception as exc:
                 raise CgdmlError(f"{where}: unreadable cg_pdb attribute ({type(exc).__name__}: "
                                  f"{one_line(exc, 120)})") from None

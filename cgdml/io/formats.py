@@ -14,7 +14,7 @@ LAMMPS dump            ``.lammpsdump``, ``.lammpstrj``, ``.dump``   LAMMPS ``uni
                                                                     (``--lammps-units``); columns fx fy fz needed
 =====================  ===========================================  =============================================
 
-Positions and forces come out in nm and kJ/mol/nm. The rule in :func:`cgdml.data.load_allatom` (``--traj`` /
+Positions and forces come out in nm and kJ/mol/nm. The rule in :func:`cgdml.io.allatom.load_allatom` (``--traj`` /
 ``--forces`` of ``python -m cgdml.map``): a forces file in one of these formats gives the forces; when the
 trajectory is the same file, its positions are read with the forces, frame for frame in one pass, chunk by
 chunk. A trajectory in H5MD or LAMMPS dump format with separate forces is read through MDAnalysis too. LAMMPS
@@ -22,7 +22,7 @@ atoms are ordered by their ``id`` column (MDAnalysis sorts them), and MDAnalysis
 (xlo, ylo, zlo) to 0: a translation, which a CG dataset does not see.
 
 The other inputs from other tools: user-given force maps (``.npy``, :func:`cgdml.mapping.load_force_matrix`)
-and mlcg-style HDF5 datasets (:mod:`cgdml.mlcg`).
+and mlcg-style HDF5 datasets (:mod:`cgdml.io.mlcg`).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, one_line
-from .units import force_factor, length_factor
+from .._io import CgdmlError, one_line
+from ..units import force_factor, length_factor
 
 MDA_FORMATS = {".nc": "AMBER NetCDF", ".ncdf": "AMBER NetCDF", ".netcdf": "AMBER NetCDF", ".h5md": "H5MD",
                ".lammpsdump": "LAMMPS dump", ".lammpstrj": "LAMMPS dump", ".dump": "LAMMPS dump"}
@@ -59,7 +59,7 @@ def require_extra(module, path, what):
 class MDAReader:
     """Sequential reader of positions (nm) and forces (kJ/mol/nm) from a file MDAnalysis reads.
 
-    The same interface as the forces readers of :mod:`cgdml.data`: ``n_frames``, ``n_atoms``, ``path``,
+    The same interface as the forces readers of :mod:`cgdml.io.allatom`: ``n_frames``, ``n_atoms``, ``path``,
     :meth:`read` (the next forces chunk) and :meth:`close`; :attr:`last_positions` holds the positions of the
     frames that the last :meth:`read` returned. ``need_forces=False`` opens a trajectory for positions only.
     ``length_unit``/``energy_unit`` serve only an H5MD file without unit attributes.
@@ -165,7 +165,7 @@ class MDAReader:
 
 def reader_chunks(reader, path, topology, chunk, stride=1, atom_indices=None):
     """Yield ``reader.read(chunk, stride, atom_indices)`` until it comes back empty, once the reader's atom count
-    is checked against ``topology``'s (a :class:`MDAReader` or cgdml.data's NumPy/TRR reader)."""
+    is checked against ``topology``'s (a :class:`MDAReader` or the NumPy/TRR reader of :mod:`cgdml.io.allatom`)."""
     if reader.n_atoms != topology.n_atoms:
         raise CgdmlError(f"{path}: {reader.n_atoms} atoms but the topology has {topology.n_atoms}")
     while len(block := reader.read(chunk, stride, atom_indices)):
