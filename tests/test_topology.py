@@ -187,6 +187,7 @@ def peptide_dataset(n_frames=300, seed=1):
 
 def test_longer_peptides_keep_backbone_strata_and_dihedral_scores():
     from cgdml.ensemble import TwoLayerGDML
+    from cgdml.pipeline import CGEstimator
     from cgdml.sampling import make_strata
 
     ds = peptide_dataset()
@@ -195,7 +196,6 @@ def test_longer_peptides_keep_backbone_strata_and_dihedral_scores():
     assert method == "backbone-kmeans" and labels.max() == 7
     with pytest.raises(CgdmlError, match="one residue"):
         make_strata(ds, "phi-psi")
-    est = TwoLayerGDML(n_models=2, batch_size=50, mean_set_size=40, sigma1=[2.0], lam1=[1.0], sigma2=[2.0],
-                       lam2=[0.1], strata="auto", n_strata=8, progress=False)
-    est._check(ds)
-    assert est.cv_quads_.tolist() == ds.cg_topology.backbone_quads().tolist() and len(est.cv_quads_) == 6
+    learner = CGEstimator(TwoLayerGDML(cv_score="dihedral"))._learner_for(ds)   # the topology's score dihedrals
+    assert learner.score_dihedrals.tolist() == ds.cg_topology.backbone_quads().tolist()
+    assert len(learner.score_dihedrals) == 6
