@@ -125,6 +125,8 @@ def check_fit_options(options):
     known: each must suit some method that takes it. Raises :class:`ParameterError` (the first method's reason)."""
     params = {method: method_parameters(method) for method in LEARNERS}
     for name, value in options.items():
+        if not any(name in params[m] for m in LEARNERS):
+            raise ParameterError(name, "is not a parameter of any fit method")
         one = value[0] if isinstance(value, list) and len(value) == 1 else value
         errors = []
         for constraints in [params[m][name][1] for m in LEARNERS if name in params[m]]:
@@ -286,8 +288,8 @@ class CGEstimator(BaseEstimator):
             from .basins import balance_basins
             from .distributed import limited_threads
 
-            # one thread, as the simulate CLI's default: batched replica force calls run 1.5-2x faster than with
-            # numba's threads on a shared 2-core machine (see NOTES)
+            # one thread, as the simulate CLI's default: batched replica force calls run faster than with numba's
+            # threads on a shared machine (NOTES.md, "Threads")
             try:
                 model.offsets, report = limited_threads(
                     lambda: balance_basins(model, dataset, seed=self.seed, progress=self.progress))

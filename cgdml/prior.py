@@ -54,11 +54,11 @@ def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHI
 def uses_dihedral_profiles(setting, topology=None):
     """Whether a prior with ``dihedrals=setting`` (True, False or "auto") fits dihedral profiles.
 
-    "auto": yes for a peptide of two or more residues with backbone dihedrals in ``topology``, no otherwise.
-    Measured (benchmarks/results/bench_maps.md): on ACE-AAA-NME the profiles cut the mean per-residue js of the
-    two-layer fit from 0.119 to 0.074, where the global descriptor spreads the frames over every combination of
-    residue states; on alanine dipeptide's 5-bead map, where the kernel sees the whole (phi, psi) landscape,
-    the product of one-dimensional profiles adds a coupling error the kernel must undo (js 0.014 -> 0.023).
+    "auto": yes for a peptide of two or more residues with backbone dihedrals in ``topology``, no otherwise:
+    with several residues the global descriptor spreads the frames over every combination of residue states and
+    the profiles supply each dihedral's free energy; with one, the kernel sees the whole (phi, psi) landscape and
+    the product of one-dimensional profiles adds a coupling error it must undo (docs/method.md §2.5; the
+    measurements are in NOTES.md and docs/).
     """
     if setting == "auto":
         return topology is not None and topology.is_polypeptide
