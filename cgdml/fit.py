@@ -167,7 +167,7 @@ def read_config(path):
 
 
 def _fit(args, typed, output, summary, workdir):
-    from .pipeline import TooFewFramesError, cg_estimator, check_fit_options, fit_params, resolve_method
+    from .pipeline import BalancingError, TooFewFramesError, cg_estimator, check_fit_options, fit_params, resolve_method
     from .validation import ParameterError
 
     options = read_config(args.config) if args.config else {}
@@ -197,6 +197,9 @@ def _fit(args, typed, output, summary, workdir):
         model = estimator.fit(dataset).model_
     except TooFewFramesError as exc:
         raise CgdmlError(f"{_dataset_source(args)}: {exc}") from None
+    except BalancingError as exc:
+        raise CgdmlError(f"basin balancing failed ({exc.reason}); rerun with --no-balance-basins to skip it (the GDML "
+                         "fit resumes from its checkpoints)") from None
     strata = model.info.get("strata", {})
     print(f"prior dihedral profiles: {model.info['prior_dihedral_profiles']}; strata: {strata.get('method', 'none')}"
           + (f" ({strata['n_occupied']} occupied)" if "n_occupied" in strata else ""))

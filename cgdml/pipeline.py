@@ -50,6 +50,15 @@ class TooFewFramesError(CgdmlError):
     """A dataset with fewer distinct frames than a fit needs."""
 
 
+class BalancingError(CgdmlError):
+    """Basin balancing failed after the force matching (``reason`` says why); ``balance_basins=False`` skips it."""
+
+    def __init__(self, reason):
+        super().__init__(f"basin balancing failed ({reason}); set balance_basins=False to skip it (the GDML fit "
+                         "resumes from its checkpoints)")
+        self.reason = reason
+
+
 def distinct_frames(coords):
     """The number of distinct configurations in coords (n, n_beads, 3)."""
     flat = np.ascontiguousarray(np.asarray(coords, dtype=np.float64).reshape(len(coords), -1))
@@ -294,8 +303,7 @@ class CGEstimator(BaseEstimator):
                 model.offsets, report = limited_threads(
                     lambda: balance_basins(model, dataset, seed=self.seed, progress=self.progress))
             except CgdmlError as exc:
-                raise CgdmlError(f"basin balancing failed ({exc}); fit again with balance_basins off to skip it "
-                                 "(the GDML fit resumes from its checkpoints)") from None
+                raise BalancingError(exc) from None
             model.info["basin_balance"] = report
         model.info["fit_method"] = self.method_
         model.info["prior_dihedral_profiles"] = int(len(model.prior.dihedral_quads_))
