@@ -2,8 +2,6 @@
 the single-GDML validation search and the sgdml reference (benchmark code, not library code)."""
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 import os
 import time
@@ -115,44 +113,27 @@ def mse(pred, target):
 
 
 def two_layer_defaults():
-    """TwoLayerGDML's constructor defaults, read at run time."""
-    from cgdml.ensemble import TwoLayerGDML
+    """The parameters of a two-layer fit (cgdml.pipeline.CGEstimator's and TwoLayerGDML's) and their defaults,
+    read at run time."""
+    from cgdml.pipeline import method_parameters
 
-    sig = inspect.signature(TwoLayerGDML.__init__)
-    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
-
-
-@contextlib.contextmanager
-def recorded_gdml_fits():
-    """Yield a list that collects every :class:`cgdml.gdml.GDML` estimator fitted by :mod:`cgdml.ensemble`
-    (``fit_single``) inside the block: fit_single returns only the fitted model, while the solver, the CG
-    iteration count and the absolute lambda live on the estimator."""
-    import cgdml.ensemble as ensemble
-
-    fitted, base = [], ensemble.GDML
-
-    class RecordedGDML(base):
-        def fit(self, *args, **kwargs):
-            out = super().fit(*args, **kwargs)
-            fitted.append(self)
-            return out
-
-    ensemble.GDML = RecordedGDML
-    try:
-        yield fitted
-    finally:
-        ensemble.GDML = base
+    return {name: default for name, (default, _) in method_parameters("two-layer").items()}
 
 
-def fit_single_cv(train, n_frames, sigmas, lams, seed=0, **kw):
-    """``fit_single(train, n_frames, ...)`` with (sigma, lam) chosen on a validation split of ``train``.
+def fit_single_cv(train, n_frames, sigmas, lams, seed=0, stratified=True, **kw):
+    """The single-GDML fit (``method="single"``) of ``train`` on n_frames frames with (sigma, lam) chosen on a
+    validation split of ``train``.
 
     The split holds out 25% of the frames (at most 2000); every candidate of sigmas x lams is fitted on the rest
     and scored by the MSE against the held-out instantaneous forces; the winner is refitted on all of ``train``.
-    ``kw`` goes to every fit_single call. Returns (CGModel, the final GDML estimator, dict(sigma, lam, n_cv,
-    n_val)).
+    ``stratified``: draw the frames over the strata (else uniformly); ``kw`` goes to every fit. Returns
+    (CGModel, the final GDML estimator, dict(sigma, lam, n_cv, n_val)).
     """
-    from cgdml.ensemble import fit_single
+    from cgdml.pipeline import cg_estimator
+
+    def fit(data, n, s, lam):
+        return cg_estimator("single", n_frames=n, sigma=s, lam=lam, seed=seed, balance_basins=False, progress=False,
+                            subset="stratified" if stratified else "random", **kw).fit(data)
 
     rng = np.random.default_rng([seed, 11])
     perm = rng.permutation(train.n_frames)
@@ -162,12 +143,11 @@ def fit_single_cv(train, n_frames, sigmas, lams, seed=0, **kw):
     scores = {}
     for s in sigmas:
         for lam in lams:
-            m = fit_single(fit_part, n_cv, sigma=s, lam=lam, seed=seed, **kw)
+            m = fit(fit_part, n_cv, s, lam).model_
             scores[(s, lam)] = mse(m.forces(train.coords[val]), train.forces[val])
     s, lam = min(scores, key=scores.get)
-    with recorded_gdml_fits() as fitted:
-        model = fit_single(train, n_frames, sigma=s, lam=lam, seed=seed, **kw)
-    return model, fitted[-1], dict(sigma=s, lam=lam, n_cv=n_cv, n_val=n_val)
+    est = fit(train, n_frames, s, lam)
+    return est.model_, est.learner_, dict(sigma=s, lam=lam, n_cv=n_cv, n_val=n_val)
 
 
 # ------------------------------------------------------------------------------------------------ sgdml

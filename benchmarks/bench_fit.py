@@ -5,7 +5,7 @@ implicit-solvent alanine dipeptide mapped to 5 beads with the optimal force map
 (``load_default_cg_dataset("ala2-5", "optimal")``, 20,000 frames). A fixed random 20% of the frames is the
 test set; each budget trains on the first ``budget`` frames of a fixed shuffle of the rest (nested subsets).
 
-Single model: ``fit_single`` (stratified) on min(budget, mean_set_size) frames, the size of the two-layer
+Single model: ``fit_cg_model(method="single")`` (stratified) on min(budget, mean_set_size) frames, the size of the two-layer
 model's final training set. Its (sigma, lam) are chosen on a validation split (25% of the training frames, at
 most 2000): each candidate of SINGLE_SIGMA x SINGLE_LAM is trained on the rest and scored against the held-out
 instantaneous forces; the winner is refitted on all training frames. Its wall time includes this search.
@@ -56,7 +56,7 @@ def load_toy():
 
 
 def two_layer_params(n_train, defaults, quick, toy):
-    """TwoLayerGDML parameters for ``n_train`` frames: the defaults, shrunk only where the budget forces it."""
+    """Two-layer fit parameters for ``n_train`` frames: the defaults, shrunk only where the budget forces it."""
     p = dict(defaults)
     folds = p["n_folds"]
     fold_train = n_train * (folds - 1) // folds
@@ -69,20 +69,21 @@ def two_layer_params(n_train, defaults, quick, toy):
     if quick:
         p.update(n_models=min(p["n_models"], 8), cv_models=2, sigma1=tuple(p["sigma1"])[-2:],
                  lam1=tuple(p["lam1"])[-2:], sigma2=tuple(p["sigma2"])[-2:], lam2=tuple(p["lam2"])[-1:])
-    p.update(progress=False, n_jobs=1, workdir=None)
+    p.update(progress=False, n_jobs=1, workdir=None, balance_basins=False)
     return p
 
 
 def fit_two_layer(train, params):
-    from cgdml.ensemble import TwoLayerGDML
+    """The fitted CG estimator (``.model_`` the CGModel, ``.learner_`` the TwoLayerGDML) and the seconds taken."""
+    from cgdml.pipeline import cg_estimator
 
     t0 = time.perf_counter()
-    est = TwoLayerGDML(**params).fit(train)
+    est = cg_estimator("two-layer", **params).fit(train)
     return est, time.perf_counter() - t0
 
 
 def single_cv(train, size, quick, toy, seed=0):
-    """fit_single with (sigma, lam) chosen on a validation split; returns (model, chosen, seconds)."""
+    """The single-GDML fit with (sigma, lam) chosen on a validation split; returns (model, chosen, seconds)."""
     kw = dict(strata="kmeans") if toy else {}
     sigmas, lams = (SINGLE_SIGMA[1:], SINGLE_LAM[1:3]) if quick else (SINGLE_SIGMA, SINGLE_LAM)
     t0 = time.perf_counter()
@@ -120,8 +121,9 @@ def bench_dataset(name, data, budgets, defaults, quick, log):
         diff = paired_diff(p_two, p_single, Ft)
         row = dict(data=name, budget=b, n_test=len(test), prior=prior_mse, single=e_single, two=e_two, diff=diff,
                    t_single=t_single, t_two=t_two, single_size=size, single_chosen=chosen,
-                   two_chosen=dict(sigma1=two.sigma1_, lam1=two.lam1_, sigma2=two.sigma2_, lam2=two.lam2_),
-                   two_models=two.n_layer1_models_, batch=params["batch_size"], load=os.getloadavg()[0],
+                   two_chosen=dict(sigma1=two.learner_.sigma1_, lam1=two.learner_.lam1_, sigma2=two.learner_.sigma2_,
+                                   lam2=two.learner_.lam2_),
+                   two_models=two.learner_.n_layer1_models_, batch=params["batch_size"], load=os.getloadavg()[0],
                    timings=two.timings_)
         rows.append(row)
         log(f"{name} budget {b}: prior {prior_mse:.1f}, single {e_single:.1f} ({t_single:.0f} s, {chosen}), "
@@ -147,8 +149,9 @@ def bench_toy(budgets, defaults, quick, log):
         noise = mse(data.forces[test], F_true[test])
         row = dict(budget=b, prior=prior, single=e_single, two=e_two, diff=diff, noise=noise, t_single=t_single,
                    t_two=t_two, single_size=size, single_chosen=chosen,
-                   two_chosen=dict(sigma1=two.sigma1_, lam1=two.lam1_, sigma2=two.sigma2_, lam2=two.lam2_),
-                   two_models=two.n_layer1_models_, batch=params["batch_size"], load=os.getloadavg()[0])
+                   two_chosen=dict(sigma1=two.learner_.sigma1_, lam1=two.learner_.lam1_, sigma2=two.learner_.sigma2_,
+                                   lam2=two.learner_.lam2_),
+                   two_models=two.learner_.n_layer1_models_, batch=params["batch_size"], load=os.getloadavg()[0])
         rows.append(row)
         log(f"toy budget {b}: prior {prior:.1f}, single {e_single:.1f} ({t_single:.0f} s, {chosen}), "
             f"two-layer {e_two:.1f} ({t_two:.0f} s, {row['two_chosen']}), noise {noise:.0f}")
@@ -171,7 +174,8 @@ def report(rows, toy_rows, defaults, args, load_start, wall):
               f"{N_MODELS_MAX}, batch_size <= half a CV training fold, mean_set_size and cv_mean_set_size <= the "
               "frames available; the CV grids are the defaults" + (" (trimmed for --quick)." if args.quick else "."),
               "",
-              f"Single model: `fit_single` (stratified) on the two-layer model's mean-set size; (sigma, lam) chosen "
+              "Single model: `fit_cg_model(method=\"single\")` (stratified) on the two-layer model's mean-set size; "
+              f"(sigma, lam) chosen "
               f"from sigma {list(SINGLE_SIGMA[1:] if args.quick else SINGLE_SIGMA)} x lam "
               f"{list(SINGLE_LAM[1:3] if args.quick else SINGLE_LAM)} (lam relative to mean diag K) by the MSE on a "
               "validation split of its training frames (25%, at most 2000), then refitted on all; its time "
@@ -220,7 +224,7 @@ def main(argv=None):
     defaults = two_layer_defaults()
     log = elapsed_log(t0)
 
-    log(f"load {load_start}; TwoLayerGDML defaults {defaults}")
+    log(f"load {load_start}; two-layer defaults {defaults}")
     rows, toy_rows = [], []
     with threadpool_limits(1):
         cgnet_budgets = (500, 1000) if args.quick else (1000, 3000, 8000)

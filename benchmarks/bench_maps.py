@@ -131,7 +131,7 @@ def bench_case(case, args, log):
                                               "--sigma1", "2", "4", "--lam1", "1", "--sigma2", "1", "2", "--lam2",
                                               "0.01"] if args.quick and args.method == "two-layer" else [])
     if args.quick and args.method == "nystrom":
-        fit_args += ["--inducing", "200", "--sigma1", "2", "4", "--lam1", "1"]
+        fit_args += ["--n-inducing", "200", "--sigma", "2", "4", "--lam", "1"]
     if not model.exists():
         row["fit_s"], out = run([py, "-m", "cgdml.fit", data, *fit_args, "--quiet", "-o", model], log)
         log(out.strip().splitlines()[-1])

@@ -83,8 +83,8 @@ def fit_cost(big, cases, workdir, say):
             model = workdir / f"cost_{n}_{m}.npz"
             model.unlink(missing_ok=True)
             load = load_str()
-            wall, peak = run(["cgdml.fit", str(data), "-o", str(model), "--method", "nystrom", "--inducing",
-                              str(m), "--sigma1", f"{COST_SIGMA:g}", "--lam1", f"{COST_LAM:g}", "--quiet"],
+            wall, peak = run(["cgdml.fit", str(data), "-o", str(model), "--method", "nystrom", "--n-inducing",
+                              str(m), "--sigma", f"{COST_SIGMA:g}", "--lam", f"{COST_LAM:g}", "--quiet"],
                              workdir / f"cost_{n}_{m}.log")
             info = json.loads(model.with_suffix(".json").read_text())
             t = info["timings"]
@@ -196,13 +196,13 @@ def main(argv=None):
 
     say("## 2. Landscape accuracy against the two-layer ensemble")
     say()
-    grid = ["--sigma1", *SIGMAS, "--lam1", *LAMS]
-    methods = [("two-layer", []), ("nystrom-m500", ["--method", "nystrom", "--inducing", "500", *grid]),
-               ("nystrom-m1000", ["--method", "nystrom", "--inducing", "1000", *grid])]
+    grid = ["--sigma", *SIGMAS, "--lam", *LAMS]
+    methods = [("two-layer", []), ("nystrom-m500", ["--method", "nystrom", "--n-inducing", "500", *grid]),
+               ("nystrom-m1000", ["--method", "nystrom", "--n-inducing", "1000", *grid])]
     if a.quick:
         methods = [("two-layer", ["--n-models", "4", "--batch-size", "500", "--mean-set-size", "500",
                                   "--sigma1", "4", "--lam1", "1", "--sigma2", "2", "--lam2", "0.01"]),
-                   ("nystrom-m200", ["--method", "nystrom", "--inducing", "200", "--sigma1", "4", "--lam1", "0.3"])]
+                   ("nystrom-m200", ["--method", "nystrom", "--n-inducing", "200", "--sigma", "4", "--lam", "0.3"])]
     rows = []
     if a.part in ("2", "all"):
         for dname, dfile in (("shipped", shipped_file(workdir)), ("cgnet", cgnet_file(workdir))):

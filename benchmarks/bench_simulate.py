@@ -1,6 +1,6 @@
 """Benchmark CG simulation: throughput against replica count, and free-energy accuracy against cgnet ala2.
 
-Part 1 (throughput): a single GDML (``fit_single``, 3,000 stratified frames, chiral) plus harmonic prior on the
+Part 1 (throughput): a single GDML (``method="single"``, 3,000 stratified frames, chiral) plus harmonic prior on the
 shipped alanine-dipeptide data mapped to 6 beads (``load_default_cg_dataset(map="ala2-6")``), run as a
 CGModel with BAOAB (2 fs, friction 1/ps) for a few hundred steps at 1 ... 1000 replicas, with the simulate
 CLI's thread setting (1 numba/BLAS thread) and with 2 threads. Reports aggregate replica-steps/s and the
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from cgdml._cli import run_cli
-from _common import Report, best_time, load_cgnet, load_str, recorded_gdml_fits, sgdml_predictor, sgdml_train
+from _common import Report, best_time, load_cgnet, load_str, sgdml_predictor, sgdml_train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_simulate.md"
-SIGMA, LAM = 4.0, 3.0  # fit_single defaults (sigma nm^-1, lambda relative to mean(diag K))
+SIGMA, LAM = 4.0, 3.0  # the single fit's defaults (sigma nm^-1, lambda relative to mean(diag K))
 DT, FRICTION = 0.002, 1.0  # ps, 1/ps: the simulate CLI's langevin defaults
 TARGET_STEPS = 50_000  # aggregate replica-steps/s on 2 cores
 
@@ -95,27 +95,24 @@ def rel_diff(a, b):
 # ------------------------------------------------------------------------------------------------ part 1
 def throughput(say, quick):
     from cgdml.mapping import load_default_cg_dataset
-    from cgdml.ensemble import fit_single
-    from cgdml.features import descriptor
     from cgdml.gdml import GDML
+    from cgdml.pipeline import cg_estimator
     from cgdml.simulate import start_configurations
 
     M = 1000 if quick else 3000
     replica_counts = (1, 10, 100) if quick else (1, 10, 30, 100, 300, 1000)
     d6 = load_default_cg_dataset(map="ala2-6")
     t0 = time.perf_counter()
-    with recorded_gdml_fits() as fitted:
-        model = fit_single(d6, M, sigma=SIGMA, lam=LAM)
+    fit = cg_estimator("single", n_frames=M, sigma=SIGMA, lam=LAM, balance_basins=False, progress=False).fit(d6)
     fit_s = time.perf_counter() - t0
-    g, est = model.gdml, fitted[-1]  # the GDMLModel and the estimator that fitted it (solver, lam_)
-    # the training frames fit_single chose: match their (bitwise identical) descriptors
-    keys = {row.tobytes(): i for i, row in enumerate(descriptor(d6.coords, g.quads, g.chiral_scale))}
-    idx = np.array([keys[row.tobytes()] for row in g.train_descriptors])
+    model, est, idx = fit.model_, fit.learner_, fit.train_index_  # the GDML estimator has solver_, lam_
+    g = model.gdml
     R, labels = d6.coords[idx], d6.forces[idx] - model.prior.forces(d6.coords[idx])
 
     say(f"## 1. Throughput: 6-bead ala2 (shipped data, `map=\"ala2-6\"`), single GDML, M = {M}")
     say()
-    say(f"Model: `fit_single(dataset, {M}, sigma={SIGMA}, lam={LAM})` (stratified frames, chiral descriptor "
+    say(f"Model: `fit_cg_model(dataset, \"single\", n_frames={M}, sigma={SIGMA}, lam={LAM})` (stratified frames, "
+        "chiral descriptor "
         f"{g.train_descriptors.shape[1]} features, prior + GDML as a CGModel); fit {fit_s:.1f} s ({est.solver_}, "
         f"{est.cg_iterations_} CG iterations). Integrator BAOAB, dt {DT} ps, friction {FRICTION}/ps, 300 K, "
         "start frames from the model's training sample; `simulate(..., progress=False)`, best of 2 runs; "

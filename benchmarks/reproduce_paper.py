@@ -9,10 +9,10 @@ shipped implicit-solvent alanine dipeptide mapped to 5 beads with the optimal fo
 
 Budget B = the number of distinct frames a method may use: the first B frames of one fixed shuffle of the
 dataset (nested subsets; larger budgets contain smaller ones). Budgets: cgnet 1000, 3000, 10000 (all);
-shipped 1000, 3000, 10000, 20000 (all). Methods, all with the same prior (``HarmonicPrior()``: Boltzmann-inverted
+shipped 1000, 3000, 10000, 20000 (all). Methods, all with the same prior (``CGPrior()``: Boltzmann-inverted
 bonds and angles plus repulsion, fitted on the B frames) and the same chiral descriptor:
 
-- ``single-random`` / ``single-stratified``: one GDML (``fit_single``) on min(B, 3000) frames of
+- ``single-random`` / ``single-stratified``: one GDML (``fit_cg_model(method="single")``) on min(B, 3000) frames of
   the B, drawn uniformly at random or uniformly over the occupied 12 x 12 phi/psi strata. (sigma, lam) are
   chosen on a validation split of the B frames (25%, at most 2000; candidates trained on the rest, capped
   likewise, scored by MSE against the held-out instantaneous forces, as bench_fit does) from sigma {2, 4, 8}
@@ -129,7 +129,7 @@ def pool_order(n_frames, seed=SEED):
 
 # ------------------------------------------------------------------------------------------------ fits
 def fit_single_cv(train, cfg, stratified, seed=SEED):
-    """fit_single on min(B, cap) frames with (sigma, lam) chosen on a validation split; (force_fn, info)."""
+    """The single-GDML fit on min(B, cap) frames with (sigma, lam) chosen on a validation split; (force_fn, info)."""
     model, est, chosen = _single_cv(train, cfg["single_cap"], cfg["single_sigma"], cfg["single_lam"], seed=seed,
                                     stratified=stratified)
     info = dict(sigma=chosen["sigma"], lam=chosen["lam"], n_train=int(model.gdml.n_train),
@@ -140,26 +140,27 @@ def fit_single_cv(train, cfg, stratified, seed=SEED):
 def fit_two_layer(train, cfg, uniform=False, seed=SEED):
     """TwoLayerGDML as configured; ``uniform``: one stratum (grid_bins=1), so batches, folds and the mean set
     are drawn uniformly at random instead of uniformly over the phi/psi strata."""
-    from cgdml.ensemble import TwoLayerGDML
+    from cgdml.pipeline import cg_estimator
 
-    params = dict(cfg["two_layer"], progress=False, n_jobs=1, workdir=None, seed=seed)
+    params = dict(cfg["two_layer"], progress=False, n_jobs=1, workdir=None, seed=seed, balance_basins=False)
     if uniform:
         params["grid_bins"] = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # batch-size lowering at small budgets; lambda increases
-        est = TwoLayerGDML(**params).fit(train)
+        fit = cg_estimator("two-layer", **params).fit(train)
+    est = fit.learner_
     info = dict(sigma1=est.sigma1_, lam1=est.lam1_, sigma2=est.sigma2_, lam2=est.lam2_,
-                n_train=int(est.model_.gdml.n_train), n_models=int(est.n_layer1_models_),
-                batch_size=int(est.batch_size_), timings=est.timings_)
-    return est.model_.forces, est.model_.prior, info
+                n_train=int(fit.model_.gdml.n_train), n_models=int(est.n_layer1_models_),
+                batch_size=int(est.batch_size_), timings=fit.timings_)
+    return fit.model_.forces, fit.model_.prior, info
 
 
 def fit_mlp(train, cfg, seed=SEED):
     from _mlp import MLPForceField
-    from cgdml.prior import HarmonicPrior
+    from cgdml.prior import CGPrior
     from cgdml.units import kT
 
-    prior = HarmonicPrior().fit(train.coords, train.temperature)
+    prior = CGPrior().fit(train.coords, train.temperature)
     labels = train.forces - prior.forces(train.coords)
     net = MLPForceField(seed=seed, **cfg["mlp"]).fit(train.coords, labels, kT(train.temperature))
 

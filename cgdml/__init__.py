@@ -9,7 +9,8 @@ __version__ = "0.2.0"
 _LAZY = {"GDML": ("gdml", "GDML"), "NystromGDML": ("nystrom", "NystromGDML"),
          "TwoLayerGDML": ("ensemble", "TwoLayerGDML"), "GDMLModel": ("model", "GDMLModel"),
          "CGModel": ("model", "CGModel"), "CGDataset": ("data", "CGDataset"),
-         "fit_cg_model": ("pipeline", "fit_cg_model"),
+         "fit_cg_model": ("pipeline", "fit_cg_model"), "CGEstimator": ("pipeline", "CGEstimator"),
+         "CGPrior": ("prior", "CGPrior"),
          "load_default_cg_dataset": ("mapping", "load_default_cg_dataset"),
          "CGSystem": ("system", "CGSystem"), "map_allatom": ("mapping", "map_allatom"),
          "load_cg_arrays": ("io.arrays", "load_cg_arrays")}

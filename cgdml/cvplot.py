@@ -1,4 +1,4 @@
-"""``python -m cgdml.cvplot``: plot the hyperparameter scores saved in MODEL.json (see :mod:`cgdml.cvscores`).
+"""``python -m cgdml.cvplot``: plot the hyperparameter scores saved in MODEL.json (see :mod:`cgdml.selection_report`).
 
     python -m cgdml.cvplot MODEL.json -o cv.png      # or MODEL.npz: the MODEL.json beside it
 
@@ -32,7 +32,7 @@ def main(argv=None):
         raise CgdmlError(f"{out}: the figure must end in .png, .pdf, .svg or .jpg")
     check_output(out)
     refuse_to_overwrite([out], [a.model, Path(a.model).with_suffix(".json")])
-    from .cvscores import format_table, plot_scores, read_fit_record
+    from .selection_report import format_table, plot_scores, read_fit_record
 
     info = read_fit_record(a.model)
     print(format_table(info, a.model))

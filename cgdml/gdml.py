@@ -5,9 +5,11 @@ thin SVD J_j = U_j S_j V_j^T (rank r = 3N - 6, rigid motions removed), the syste
 (K~ + lambda I) a = V^T F with blocks K~_ij = S_i U_i^T Hc(d_ij) U_j S_j, and the model keeps only the
 descriptor-space vectors v_j = J_j alpha_j = U_j S_j a_j. The null-space part of alpha (F_null / lambda) is
 annihilated by J, so predictions are identical to the full solve while the Cholesky costs (r / 3N)^3 as much.
-Large sets use matrix-free conjugate gradients with a Nyström preconditioner (never storing K). The fitted
-result is a :class:`cgdml.model.GDMLModel`, which predicts, saves and loads; the estimator holds only the
-hyperparameters and the solvers.
+Large sets use matrix-free conjugate gradients with a Nyström preconditioner (never storing K; the linear
+algebra is :mod:`cgdml.linalg`). The fitted result is a :class:`cgdml.model.GDMLModel`, which predicts, saves and
+loads; the estimator holds only the hyperparameters and the solvers. Like the other learners
+(:class:`cgdml.nystrom.NystromGDML`, :class:`cgdml.ensemble.TwoLayerGDML`) it fits arrays with ``fit(R, F)``;
+:class:`cgdml.pipeline.CGEstimator` adds the prior and the CG system around it (``method="single"``).
 
 Units: coordinates nm, forces kJ/mol/nm, energies kJ/mol; sigma is in descriptor units (nm^-1).
 """
@@ -22,13 +24,17 @@ import scipy.linalg
 import scipy.sparse.linalg
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import kernels
 from ._io import CgdmlError
 from .data import check_coords_forces
 from .features import as_quads, chain_quads, descriptor_jacobian
+from .linalg import cholesky_upper, gdml_preconditioner
 from .model import GDMLModel
+from .validation import Interval, Options, check_params
+
+POSITIVE = Interval(float, 0, None, "neither")  # a finite number > 0
 
 _MAX_LAMBDA_RETRIES = 4
 log = logging.getLogger(__name__)
@@ -53,19 +59,6 @@ def mean_kernel_diagonal(sigma, mean_sq_jacobian):
     return 5.0 / (3.0 * sigma ** 2) * mean_sq_jacobian
 
 
-def cholesky_upper(A):
-    """Upper Cholesky factor of the symmetric matrix A (its upper triangle is read; A may be overwritten),
-    Fortran-ordered for LAPACK's potrs; use it as ``scipy.linalg.cho_solve((c, False), b)``.
-
-    Large matrices go through :func:`cholesky_upper_inplace`; a C-ordered factor would make every cho_solve
-    copy it (1 s instead of 0.09 s at size 6000). Raises numpy.linalg.LinAlgError if A is not positive definite.
-    """
-    A = np.asfortranarray(A)
-    if A.shape[0] > 8192:
-        return cholesky_upper_inplace(A)
-    return scipy.linalg.cho_factor(A, lower=False, overwrite_a=True, check_finite=False)[0]
-
-
 def reduce_frames(R, F, quads=(), chiral_scale=1.0):
     """Each frame in its reduced basis: descriptors D (M, nd), W = U S (M, nd, r), forces y = V^T F (M, r)
     from the thin SVD J = U S V^T of the descriptor Jacobian, and sum |J|^2 (for mean(diag K)).
@@ -84,33 +77,6 @@ def reduce_frames(R, F, quads=(), chiral_scale=1.0):
     return D, W, y, float(np.sum(J * J))
 
 
-def cholesky_upper_inplace(A, block=2048):
-    """Upper Cholesky factor of the F-ordered symmetric matrix A (upper triangle used), in place; returns A.
-
-    Right-looking blocked algorithm: LAPACK potrf on diagonal blocks, trsm on the block row and GEMM updates of
-    the trailing matrix. Multi-threaded OpenBLAS potrf segfaults on this project's machines for n above
-    ~15000 (reproducible with a bare scipy.linalg.cho_factor), while GEMM and small potrf calls are fine.
-    Raises numpy.linalg.LinAlgError when A is not positive definite.
-    """
-    n = A.shape[0]
-    potrf, = scipy.linalg.get_lapack_funcs(("potrf",), (A,))
-    trsm, = scipy.linalg.get_blas_funcs(("trsm",), (A,))
-    for k in range(0, n, block):
-        e = min(k + block, n)
-        c, info = potrf(A[k:e, k:e], lower=0, clean=0)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"leading minor of order {k + info} is not positive definite")
-        A[k:e, k:e] = c
-        if e == n:
-            break
-        X = trsm(1.0, c, A[k:e, e:], side=0, lower=0, trans_a=1, diag=0)  # U_kk^T X = A_k,rest
-        A[k:e, e:] = X
-        for j0 in range(e, n, block):
-            j1 = min(j0 + block, n)
-            A[e:j1, j0:j1] -= X[:, : j1 - e].T @ X[:, j0 - e:j1 - e]
-    return A
-
-
 class GDML(BaseEstimator):
     """Gradient-domain machine learning of a conservative force field on bead coordinates (an estimator).
 
@@ -120,15 +86,21 @@ class GDML(BaseEstimator):
     consecutive beads when None; ``chiral_scale`` scales them; ``solver`` is "auto", "cholesky" or "cg";
     "auto" takes CG for large, well-conditioned systems (relative lam >= 1e-2) and otherwise Cholesky when the
     reduced K fits ``memory_budget_gb``, which also bounds the CG preconditioner; ``cg_tol``/``cg_maxiter``
-    control CG; ``n_inducing`` is the number of Nyström frames of the CG preconditioner (default: about
+    control CG; ``precond_frames`` is the number of Nyström frames of the CG preconditioner (default: about
     1200 / r frames, within the memory budget).
 
     Learned: ``model_`` (a :class:`cgdml.model.GDMLModel`), ``lam_`` the absolute lambda used, ``n_train_``,
-    ``solver_``, ``cg_iterations_``, ``timings_`` (seconds per fit stage).
+    ``solver_``, ``cg_iterations_``, ``timings_`` (seconds per fit stage), ``summary_`` (what a fit record keeps).
     """
 
+    _parameter_constraints = {
+        "sigma": [POSITIVE], "lam": [POSITIVE], "relative_lam": [bool], "chiral": [bool],
+        "dihedrals": [None, "array-like"], "chiral_scale": [POSITIVE], "solver": [Options(("auto", "cholesky", "cg"))],
+        "memory_budget_gb": [POSITIVE], "cg_tol": [POSITIVE], "cg_maxiter": [Interval(int, 1)],
+        "precond_frames": [None, Interval(int, 1)]}
+
     def __init__(self, sigma=2.0, lam=1e-10, relative_lam=False, chiral=True, dihedrals=None, chiral_scale=1.0,
-                 solver="auto", memory_budget_gb=4.0, cg_tol=1e-6, cg_maxiter=2000, n_inducing=None):
+                 solver="auto", memory_budget_gb=4.0, cg_tol=1e-6, cg_maxiter=2000, precond_frames=None):
         self.sigma = sigma
         self.lam = lam
         self.relative_lam = relative_lam
@@ -139,20 +111,19 @@ class GDML(BaseEstimator):
         self.memory_budget_gb = memory_budget_gb
         self.cg_tol = cg_tol
         self.cg_maxiter = cg_maxiter
-        self.n_inducing = n_inducing
+        self.precond_frames = precond_frames
 
     # ------------------------------------------------------------------------------------------------ fit
-    def _check_params(self):
-        if not (np.isfinite(self.sigma) and self.sigma > 0):
-            raise CgdmlError(f"sigma must be positive, got {self.sigma!r}")
-        if not (np.isfinite(self.lam) and self.lam > 0):
-            raise CgdmlError(f"lam must be positive, got {self.lam!r}")
-        if self.solver not in ("auto", "cholesky", "cg"):
-            raise CgdmlError(f"solver must be 'auto', 'cholesky' or 'cg', got {self.solver!r}")
+    def validate_params(self):
+        """Check every parameter (:func:`cgdml.validation.check_params`); raises ParameterError."""
+        check_params(self)
 
-    def fit(self, R, F, E=None):
-        """Fit forces F (n, n_beads, 3) kJ/mol/nm at coordinates R (n, n_beads, 3) nm; E (n,) fixes the offset."""
-        self._check_params()
+    def fit(self, R, F, E=None, groups=None):
+        """Fit forces F (n, n_beads, 3) kJ/mol/nm at coordinates R (n, n_beads, 3) nm; E (n,) fixes the offset.
+
+        ``groups`` (strata of the frames) is part of the learners' common contract and unused here. Returns self.
+        """
+        self.validate_params()
         R, F, E = check_coords_forces(R, F, E)
         M, N = R.shape[:2]
         quads = dihedral_quads(N, self.chiral, self.dihedrals)
@@ -186,6 +157,9 @@ class GDML(BaseEstimator):
         if E is not None:
             self.model_.offset = float(np.mean(E - self.model_.predict(R)[0]))
         self.timings_["total"] = time.perf_counter() - t0
+        self.summary_ = dict(method="single GDML", chosen=dict(sigma=float(self.sigma), lam=float(self.lam),
+                                                               lam_absolute=float(lam), solver=solver,
+                                                               cg_iterations=int(self.cg_iterations_)))
         log.debug("fit done in %.2f s (%s)", time.perf_counter() - t0, solver)
         return self
 
@@ -216,45 +190,12 @@ class GDML(BaseEstimator):
                          "use a larger lam (or relative_lam=True) or check for duplicate frames")
 
     def _inducing_count(self, M, r):
-        """Nyström frames: n_inducing, or as many as keep m r <= 1200 (setup costs (m r)^2 M r flops) and the
-        (M r, m r) preconditioner factor within 40% of the memory budget."""
-        if self.n_inducing is not None:
-            return int(np.clip(self.n_inducing, 1, M))
+        """Nyström frames of the preconditioner: precond_frames, or as many as keep m r <= 1200 (setup costs
+        (m r)^2 M r flops) and the (M r, m r) preconditioner factor within 40% of the memory budget."""
+        if self.precond_frames is not None:
+            return int(np.clip(self.precond_frames, 1, M))
         fit = int(0.4 * self.memory_budget_gb * 1e9 / (8.0 * M * r * r))
         return max(1, min(M, 1200 // r, fit))
-
-    def _nystrom(self, D, W, lam, m):
-        """Preconditioner: Nyström on m random inducing frames plus the exact per-frame diagonal blocks.
-
-        P = B B^T + Lam with B = K_nm L^-T (K_mm = L L^T) and Lam_i = K_ii - B_i B_i^T + lam I (r x r blocks,
-        a partially independent conditional). P^-1 by Woodbury: only B (M r x m r) and an (m r)^2 matrix are kept.
-        """
-        M, _, r = W.shape
-        mr = m * r
-        idx = np.sort(np.random.default_rng(0).choice(M, m, replace=False))
-        Knm = kernels.assemble(D, W, self.sigma, D[idx], W[idx])  # (M r, m r)
-        rows = (idx[:, None] * r + np.arange(r)).ravel()
-        Kmm = Knm[rows].copy()
-        Kmm.flat[:: mr + 1] += 1e-10 * np.mean(np.diag(Kmm))
-        L = scipy.linalg.cholesky(Kmm, lower=True, overwrite_a=True, check_finite=False)
-        B = scipy.linalg.solve_triangular(L, Knm.T, lower=True, overwrite_b=True, check_finite=False).T
-        del Knm
-        B3 = B.reshape(M, r, mr)
-        Kii = 5.0 / (3.0 * self.sigma ** 2) * np.einsum("mdr,mds->mrs", W, W)  # Hc(0) = 5/(3 s^2) I
-        lam_blocks = Kii - np.einsum("mrk,msk->mrs", B3, B3) + lam * np.eye(r)
-        Linv = np.linalg.inv(lam_blocks)  # (M, r, r)
-        inner = np.eye(mr)
-        for c0 in range(0, M, 256):
-            X = np.matmul(Linv[c0:c0 + 256], B3[c0:c0 + 256]).reshape(-1, mr)
-            inner += B3[c0:c0 + 256].reshape(-1, mr).T @ X
-        ci = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)
-
-        def apply(x):
-            z = np.matmul(Linv, np.asarray(x).reshape(M, r, 1)).ravel()
-            w = B @ scipy.linalg.cho_solve(ci, B.T @ z, check_finite=False)
-            return z - np.matmul(Linv, w.reshape(M, r, 1)).ravel()
-
-        return scipy.sparse.linalg.LinearOperator((M * r, M * r), matvec=apply, dtype=np.float64)
 
     def _solve_cg(self, D, W, y, lam):
         t0 = time.perf_counter()
@@ -263,7 +204,7 @@ class GDML(BaseEstimator):
         A = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda x: op.matvec(x) + lam * np.ravel(x),
                                                dtype=np.float64)
         m = self._inducing_count(*W.shape[::2])
-        precond = self._nystrom(D, W, lam, m)
+        precond = gdml_preconditioner(D, W, self.sigma, lam, m)
         t1 = time.perf_counter()
         count = [0]
         bar = tqdm(total=int(self.cg_maxiter), desc="GDML CG", leave=False, disable=not log.isEnabledFor(logging.DEBUG))

@@ -156,7 +156,7 @@ class GDMLModel:
 class CGModel:
     """U(x) = U_prior(x) + U_gdml(x) [+ U_offsets(x)]. Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm.
 
-    ``gdml`` (a :class:`GDMLModel`), ``prior`` (a :class:`cgdml.prior.HarmonicPrior`), ``system`` (the
+    ``gdml`` (a :class:`GDMLModel`), ``prior`` (a :class:`cgdml.prior.CGPrior`), ``system`` (the
     :class:`cgdml.system.CGSystem`: bead graph, masses, temperature), ``train_coords_sample`` (n, n_beads, 3) nm
     (start configurations for simulations), ``info`` (the fit record, JSON) and ``offsets`` (basin-balancing
     dihedral terms, :class:`cgdml.basins.DihedralOffsets`, or None). The properties ``temperature``, ``masses``,
@@ -277,7 +277,7 @@ class CGModel:
         if kind != "cgdml.CGModel":
             raise CgdmlError(f"{path}: not a cgdml model file (no 'kind' = cgdml.CGModel)")
         from .basins import DihedralOffsets
-        from .prior import HarmonicPrior
+        from .prior import CGPrior
 
         try:
             version = f.get("format_version", as_int)
@@ -285,7 +285,7 @@ class CGModel:
                 raise CgdmlError(f"model format version {version} is newer than this cgdml supports "
                                  f"({MODEL_FORMAT_VERSION}); upgrade cgdml")
             gdml = GDMLModel.from_arrays(z, "gdml/")
-            prior = HarmonicPrior.from_arrays(z, "prior/")
+            prior = CGPrior.from_arrays(z, "prior/")
             offsets = DihedralOffsets.from_arrays(z, "offsets/") if Fields(z, "offsets/").keys() else None
             system = CGSystem.from_arrays(z, required=("topology_pdb", "masses"))
             model = cls(gdml, prior, system, f.get("train_coords_sample", lambda v: as_array(v, ndim=3)),

@@ -1,5 +1,5 @@
-"""Prior potential: harmonic bonds and angles from Boltzmann inversion, optional dihedral free-energy profiles
-and an optional short-range repulsion.
+"""The CG prior (:class:`CGPrior`): harmonic bonds and angles from Boltzmann inversion, optional dihedral
+free-energy profiles and an optional short-range repulsion.
 
 The prior keeps CG simulations inside physical space, where the learned kernel model falls to zero
 (docs/method.md §2.5). Its forces are subtracted from the labels before learning and added back when simulating.
@@ -17,6 +17,7 @@ from scipy.ndimage import gaussian_filter1d
 from ._io import CgdmlError, Fields, as_array, as_float, as_int
 from .geometry import bond_angles, bond_lengths, dihedral_angle_grad, dihedrals
 from .units import kT as thermal_energy
+from .validation import Options, check_params
 
 PROFILE_NODES = 72                    # spline nodes of a dihedral profile (5 degrees apart)
 PROFILE_SMOOTHING = np.radians(7.5)   # Gaussian smoothing of the dihedral histogram (rad)
@@ -53,11 +54,11 @@ def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHI
 def uses_dihedral_profiles(setting, topology=None):
     """Whether a prior with ``dihedrals=setting`` (True, False or "auto") fits dihedral profiles.
 
-    "auto": yes for a peptide of two or more residues with backbone dihedrals in ``topology``, no otherwise.
-    Measured (benchmarks/results/bench_maps.md): on ACE-AAA-NME the profiles cut the mean per-residue js of the
-    two-layer fit from 0.119 to 0.074, where the global descriptor spreads the frames over every combination of
-    residue states; on alanine dipeptide's 5-bead map, where the kernel sees the whole (phi, psi) landscape,
-    the product of one-dimensional profiles adds a coupling error the kernel must undo (js 0.014 -> 0.023).
+    "auto": yes for a peptide of two or more residues with backbone dihedrals in ``topology``, no otherwise:
+    with several residues the global descriptor spreads the frames over every combination of residue states and
+    the profiles supply each dihedral's free energy; with one, the kernel sees the whole (phi, psi) landscape and
+    the product of one-dimensional profiles adds a coupling error it must undo (docs/method.md §2.5; the
+    measurements are in NOTES.md and docs/).
     """
     if setting == "auto":
         return topology is not None and topology.is_polypeptide
@@ -66,9 +67,9 @@ def uses_dihedral_profiles(setting, topology=None):
     return bool(setting)
 
 
-class HarmonicPrior(BaseEstimator):
-    """Harmonic bonds and angles fitted by Boltzmann inversion, dihedral profiles and a short-range repulsion
-    (an estimator).
+class CGPrior(BaseEstimator):
+    """The prior of a CG force field (an estimator): harmonic bonds and angles fitted by Boltzmann inversion,
+    dihedral profiles and a short-range repulsion.
 
     U = sum_b k_b/2 (r - r0)^2 + sum_a k_a/2 (theta - theta0)^2 [+ sum_d U_d(phi_d)] [+ sum_p kT (r_min,p / r)^12],
     with k = kT / variance and x0 = mean of the training distribution. With ``dihedrals``, U_d is the
@@ -85,6 +86,10 @@ class HarmonicPrior(BaseEstimator):
     distances), or from ``bonds`` / ``angles`` / ``repulsion_pairs`` given here; with neither, from a chain in
     bead order (consecutive pairs and triples, pairs three apart), for bare arrays without a topology.
     """
+
+    _parameter_constraints = {"repulsion": [bool], "dihedrals": [bool, Options(("auto",))],
+                              "bonds": [None, "array-like"], "angles": [None, "array-like"],
+                              "repulsion_pairs": [None, "array-like"], "dihedral_quads": [None, "array-like"]}
 
     def __init__(self, repulsion=True, dihedrals="auto", bonds=None, angles=None, repulsion_pairs=None,
                  dihedral_quads=None):
@@ -116,6 +121,7 @@ class HarmonicPrior(BaseEstimator):
     def fit(self, R, temperature, topology=None):
         """Fit to coordinates R (n_frames, n_beads, 3) in nm sampled at ``temperature`` K; ``topology`` (a
         :class:`cgdml.topology.CGTopology`) says which beads are bonded."""
+        check_params(self)
         R = np.asarray(R, dtype=np.float64)
         n_beads = R.shape[1]
         if n_beads < 2:
@@ -224,6 +230,9 @@ class HarmonicPrior(BaseEstimator):
             for name, p in zip(param_names, params):
                 if not np.isfinite(p).all():
                     raise CgdmlError(f"damaged prior: field 'prior/{name}' holds NaN or inf")
+
+
+HarmonicPrior = CGPrior  # the earlier name (it holds more than harmonic terms), kept for old imports
 
 
 @numba.njit(parallel=True, cache=True)

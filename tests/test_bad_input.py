@@ -86,9 +86,9 @@ def tiny_model(ds, path, n_train=60, sigma=0.4):
     """A CGModel (prior + GDML on ``n_train`` frames of ``ds``) saved to ``path``."""
     from cgdml.gdml import GDML
     from cgdml.model import CGModel
-    from cgdml.prior import HarmonicPrior
+    from cgdml.prior import CGPrior
 
-    prior = HarmonicPrior().fit(ds.coords, ds.temperature)
+    prior = CGPrior().fit(ds.coords, ds.temperature)
     R = ds.coords[:n_train]
     gdml = GDML(sigma=sigma, lam=0.1, relative_lam=True).fit(R, ds.forces[:n_train] - prior.forces(R))
     model = CGModel(gdml.model_, prior, ds.system, ds.coords[:40])
@@ -192,14 +192,17 @@ def inputs(tmp_path_factory):
     (d / "aa.pdb").write_text(top.read_text())                        # an all-atom PDB, not an input
     np.savez(d / "raw.npz", positions=x[:5])
     # fit checkpoints: a damaged manifest, and a checkpoint of this very fit (FIT_SMALL) with a missing field
-    from cgdml.ensemble import TwoLayerGDML
+    from cgdml.pipeline import cg_estimator
 
     (d / "badmanifest.npz.work").mkdir()
     (d / "badmanifest.npz.work" / "manifest.json").write_text('{"finger": "print"}\n')
     work = d / "badckpt.npz.work"
     work.mkdir()
-    fingerprint = TwoLayerGDML(n_models=2, batch_size=20, mean_set_size=20, sigma1=[2.0], lam1=[1.0], sigma2=[2.0],
-                               lam2=[0.01], n_folds=2, cv_models=1)._fingerprint(ds)
+    # the learner's fingerprint of the data FIT_SMALL fits (the saved dataset, residual forces, strata) and settings
+    learner, R, F, groups = cg_estimator("two-layer", n_models=2, batch_size=20, mean_set_size=20, sigma1=[2.0],
+                                         lam1=[1.0], sigma2=[2.0], lam2=[0.01], n_folds=2,
+                                         cv_models=1)._prepare(CGDataset.load(d / "cg.npz"))
+    fingerprint = learner._fingerprint(R, F, groups)
     (work / "manifest.json").write_text(json.dumps({"fingerprint": fingerprint}))
     np.savez(work / "l1_s2_l1_f-1_m0.npz", held=np.zeros((20, 5, 3), dtype=np.float32))
     # simulation checkpoints of SIM_CKPT runs, damaged: an interrupted run's checkpoint, edited
@@ -388,8 +391,14 @@ CASES = {
                                   ["two.npz", "2 distinct frame(s)"]),
     "fit-ten-folds-twelve-frames": ("fit", _fit("--folds", "10", "--lam2", "0.01", "0.1", dataset="D/twelve.npz"),
                                     ["twelve.npz", "12 distinct frame(s)", "at least 20", "10 folds"]),
-    "fit-single-one-frame": ("fit", _fit("--method", "single", dataset="D/one.npz"), ["one.npz", "1 distinct"]),
-    "fit-nystrom-two-frames": ("fit", _fit("--method", "nystrom", dataset="D/two.npz"), ["two.npz", "2 distinct"]),
+    "fit-single-one-frame": ("fit", ["D/one.npz", "--method", "single", "--quiet", "-o", "O/model.npz"],
+                             ["one.npz", "1 distinct"]),
+    "fit-nystrom-two-frames": ("fit", ["D/two.npz", "--method", "nystrom", "--quiet", "-o", "O/model.npz"],
+                               ["two.npz", "2 distinct"]),
+    # options that the chosen method does not take: refused, naming the option as typed
+    "fit-option-not-for-method": ("fit", _fit("--method", "single"), ["--n-models", "does not apply", "single fit"]),
+    "fit-option-not-for-auto": ("fit", ["D/cg.npz", "--sigma1", "2", "-o", "O/model.npz"],
+                                ["--sigma1 does not apply to the nystrom fit", "--method auto"]),
     "map-optimal-one-frame": ("map", _with(_with(_map("--force-map", "optimal"), "--traj", "D/x1.npy"),
                                            "--forces", "D/f1.npy"),
                               ["optimal force map needs at least", "got 1"]),
@@ -569,8 +578,8 @@ def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
     from threadpoolctl import threadpool_limits
 
     from cgdml.data import CGDataset
-    from cgdml.ensemble import TwoLayerGDML
     from cgdml.model import CGModel
+    from cgdml.pipeline import cg_estimator
 
     args = [fit_data, "--method", "two-layer", "--n-models", 4, "--batch-size", 120, "--mean-set-size", 100,
             "--sigma1", 2, "--lam1", 1, 10,
@@ -578,9 +587,10 @@ def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
     # the uninterrupted fit, in this process (the command line is a thin shell over it)
     work_clean = tmp_path / "clean.work"
     with threadpool_limits(1):
-        clean = TwoLayerGDML(n_models=4, batch_size=120, mean_set_size=100, sigma1=[2.0], lam1=[1.0, 10.0],
-                             sigma2=[2.0], lam2=[0.01, 0.1], n_folds=2, cv_models=1, seed=3, workdir=work_clean,
-                             progress=False).fit(CGDataset.load(fit_data)).model_
+        clean = cg_estimator("two-layer", n_models=4, batch_size=120, mean_set_size=100, sigma1=[2.0],
+                             lam1=[1.0, 10.0], sigma2=[2.0], lam2=[0.01, 0.1], n_folds=2, cv_models=1, seed=3,
+                             workdir=work_clean, progress=False, balance_basins=False
+                             ).fit(CGDataset.load(fit_data)).model_
     trained_clean = len(list(work_clean.glob("l[12]_*.npz")))
     assert trained_clean == 4 + 2 + 4                  # CV layer 1, the rest of layer 1, CV layer 2
 

@@ -140,12 +140,12 @@ class ChainModel:
     plus a dihedral potential ``dihedral_energy(phi) -> (U, dU/dphi)`` in kJ/mol."""
 
     def __init__(self, dihedral_energy):
-        from cgdml.prior import HarmonicPrior
+        from cgdml.prior import CGPrior
 
         self.dihedral_energy = dihedral_energy
         self.masses = np.full(4, 12.0)
         rng = np.random.default_rng(99)
-        self.prior = HarmonicPrior(repulsion=False).fit(chain(rng.uniform(-np.pi, np.pi, 2000), rng), TEMPERATURE)
+        self.prior = CGPrior(repulsion=False).fit(chain(rng.uniform(-np.pi, np.pi, 2000), rng), TEMPERATURE)
 
     def energy_forces(self, R):
         E, F = self.prior.energy_forces(R)

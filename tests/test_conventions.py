@@ -88,7 +88,7 @@ def test_cvplot_command_plots_and_tabulates_the_two_layer_scores(tmp_path):
 
 
 def test_cv_plot_shows_every_score_against_sigma_and_lambda():
-    from cgdml.cvscores import plot_scores
+    from cgdml.selection_report import plot_scores
 
     record = two_layer_record()
     fig = plot_scores(record)
@@ -130,14 +130,14 @@ def test_cvplot_errors_are_one_line(tmp_path):
     (tmp_path / "single.json").write_text(json.dumps(dict(method="single GDML", chosen=dict(sigma=4.0, lam=3.0))))
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "damaged.json").write_text(json.dumps(dict(cv_scores=[dict(layer=1, sigma=2.0)])))
-    cases = [("single.json", "no cross-validation scores"), ("bad.json", "not a JSON model summary"),
+    cases = [("single.json", "no hyperparameter scores"), ("bad.json", "not a JSON model summary"),
              ("missing.json", "no such model summary"), ("damaged.json", "damaged score entry")]
     for name, message in cases:
         run = subprocess.run([sys.executable, "-m", "cgdml.cvplot", str(tmp_path / name), "-o",
                               str(tmp_path / "x.png")], capture_output=True, text=True)
         assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, run.stderr
         assert not (tmp_path / "x.png").exists()
-    from cgdml.cvscores import score_panels
+    from cgdml.selection_report import score_panels
 
     with pytest.raises(CgdmlError, match="give grids"):
         score_panels({"cv_scores": []})

@@ -11,7 +11,7 @@ from cgdml._cli import run_cli
 from cgdml._io import CgdmlError
 from cgdml.mapping import load_default_cg_dataset
 from cgdml.distributed import check_scheduler, scheduler_address
-from cgdml.ensemble import TwoLayerGDML
+from cgdml.pipeline import cg_estimator
 from cgdml.simulate import group_checkpoints, simulate
 from test_simulate import MASSES, T, Interrupt, double_well_forces, interrupting, sample_start, tiny_model
 
@@ -40,16 +40,22 @@ FIT = dict(n_models=4, batch_size=150, mean_set_size=200, sigma1=[2.0, 4.0], lam
            n_folds=2, cv_models=2, cv_mean_set_size=100, cv_holdout=300, progress=False)
 
 
+def two_layer(ds, **params):
+    """The CG estimator of a two-layer fit of ``ds`` (no basin balancing), fitted."""
+    return cg_estimator("two-layer", balance_basins=False, **FIT, **params).fit(ds)
+
+
 def test_two_layer_fit_on_dask_equals_local_processes(client, tmp_path):
     ds = load_default_cg_dataset("ala2-5", "optimal", stride=10)          # 2000 frames of the shipped data
-    local = TwoLayerGDML(n_jobs=2, **FIT).fit(ds)
+    local = two_layer(ds, n_jobs=2)
     work = tmp_path / "work"
-    remote = TwoLayerGDML(scheduler=client, workdir=work, **FIT).fit(ds)
+    remote = two_layer(ds, scheduler=client, workdir=work)
     R = ds.coords[::40]
-    assert np.array_equal(remote.mean_set_labels_, local.mean_set_labels_)
+    assert np.array_equal(remote.learner_.mean_set_labels_, local.learner_.mean_set_labels_)
     assert np.array_equal(remote.model_.forces(R), local.model_.forces(R))
-    assert remote.cv_scores_ == local.cv_scores_ and remote.sigma1_ == local.sigma1_
-    ex = remote.execution_
+    assert remote.learner_.cv_scores_ == local.learner_.cv_scores_
+    assert remote.learner_.sigma1_ == local.learner_.sigma1_
+    ex = remote.learner_.execution_
     assert ex["backend"] == "dask" and ex["n_workers"] == 2 and ex["tasks"] == 10   # 8 CV layer-1 + 2 CV layer-2
     # a task carries indices (a few hundred int64) and at most a 100-frame label block, never the data set
     assert ex["task_bytes_max"] < 20_000 < ds.coords.nbytes and ex["shared_bytes"] == 2 * ds.coords.nbytes
@@ -58,8 +64,8 @@ def test_two_layer_fit_on_dask_equals_local_processes(client, tmp_path):
     cached = sorted(work.glob("l1_*.npz"))
     assert len(cached) == 8
     cached[3].unlink()
-    again = TwoLayerGDML(scheduler=client.scheduler.address, workdir=work, **FIT).fit(ds)
-    assert again.execution_["tasks"] == 1
+    again = two_layer(ds, scheduler=client.scheduler.address, workdir=work)
+    assert again.learner_.execution_["tasks"] == 1
     assert np.array_equal(again.model_.forces(R), local.model_.forces(R))
 
 

@@ -109,7 +109,7 @@ def test_cholesky_and_cg_agree():
     Rt, _, _ = samples(20, seed=8)
     kw = dict(sigma=20.0, lam=1e-3, relative_lam=True)
     chol = GDML(solver="cholesky", **kw).fit(R, F)
-    cg = GDML(solver="cg", n_inducing=30, cg_tol=1e-10, **kw).fit(R, F)
+    cg = GDML(solver="cg", precond_frames=30, cg_tol=1e-10, **kw).fit(R, F)
     assert cg.solver_ == "cg" and chol.solver_ == "cholesky" and cg.cg_iterations_ > 1
     assert cg.lam_ == chol.lam_
     Fc = chol.predict_forces(Rt)
@@ -230,7 +230,7 @@ def test_input_errors(fitted):
 def test_blocked_cholesky_matches_lapack():
     from scipy.linalg import cholesky
 
-    from cgdml.gdml import cholesky_upper_inplace
+    from cgdml.linalg import cholesky_upper_inplace
 
     rng = np.random.default_rng(13)
     G = rng.normal(size=(300, 300))
@@ -242,13 +242,39 @@ def test_blocked_cholesky_matches_lapack():
 
 
 def test_estimators_follow_the_scikit_learn_contract():
-    from cgdml import GDML as PackageGDML, NystromGDML, TwoLayerGDML
+    from cgdml import GDML as PackageGDML, CGEstimator, CGPrior, NystromGDML, TwoLayerGDML
 
     for est in (PackageGDML(sigma=3.0, lam=0.1), NystromGDML(n_inducing=10, sigma=2.0),
-                TwoLayerGDML(n_models=3, sigma1=(2.0, 4.0))):
+                TwoLayerGDML(n_models=3, sigma1=(2.0, 4.0)), CGPrior(repulsion=False), CGEstimator(n_frames=40)):
         copy = clone(est)
         assert type(copy) is type(est) and copy.get_params(deep=True) == est.get_params(deep=False)
-        copy.set_params(seed=7) if "seed" in copy.get_params() else copy.set_params(sigma=9.0)
+        params = copy.get_params()
+        copy.set_params(**({"seed": 7} if "seed" in params else {"sigma": 9.0} if "sigma" in params else
+                           {"repulsion": not params["repulsion"]}))
         assert copy.get_params() != est.get_params()
     with pytest.raises(NotFittedError):
         NystromGDML().predict_forces(np.zeros((1, 5, 3)))
+
+
+def test_learners_share_one_fit_contract(noisy_toy):
+    """GDML, NystromGDML and TwoLayerGDML: fit(R, F, groups=...) returns the learner with model_ a GDMLModel that
+    fits the forces better than zero, and a summary_ for the fit record; bad parameters are ParameterErrors (a
+    ValueError naming the parameter) before any work."""
+    from cgdml import NystromGDML, TwoLayerGDML
+    from cgdml.validation import ParameterError
+
+    data, _ = noisy_toy
+    R, F, groups = data.coords[:400], data.forces[:400], np.arange(400) % 5
+    learners = [GDML(sigma=1.0, lam=1.0, relative_lam=True),
+                NystromGDML(n_inducing=40, sigma=[1.0], lam=[1.0], progress=False),
+                TwoLayerGDML(n_models=2, batch_size=100, mean_set_size=80, sigma1=[1.0], lam1=[1.0], sigma2=[1.0],
+                             lam2=[1e-2], progress=False)]
+    for learner in learners:
+        assert learner.fit(R, F, groups=groups) is learner and isinstance(learner.model_, GDMLModel)
+        err = np.mean((learner.predict_forces(R) - F) ** 2)
+        assert err < np.mean(F ** 2), type(learner).__name__
+        assert {"method", "chosen"} <= set(learner.summary_)
+        bad = clone(learner).set_params(chiral="yes")
+        with pytest.raises(ParameterError, match="chiral must be True or False, got 'yes'") as info:
+            bad.fit(R, F)
+        assert isinstance(info.value, ValueError) and info.value.name == "chiral"

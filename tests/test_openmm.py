@@ -24,7 +24,7 @@ from cgdml.gdml import GDML  # noqa: E402
 from cgdml.geometry import bond_lengths, dihedral, dihedrals  # noqa: E402
 from cgdml.model import CGModel  # noqa: E402
 from cgdml.openmm import GDML_GROUP, OFFSETS_GROUP, PRIOR_GROUP, to_openmm, write_openmm  # noqa: E402
-from cgdml.prior import HarmonicPrior  # noqa: E402
+from cgdml.prior import CGPrior  # noqa: E402
 from cgdml.simulate import simulate  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:no CG bonds given")  # the toy is a chain in bead order
@@ -43,7 +43,7 @@ DT, FRICTION = 0.004, 1.0         # ps, 1/ps
 def truth_forces(R):
     """Forces (n, 6, 3) kJ/mol/nm of the analytic toy force field at R (n, 6, 3) nm."""
     n = N_BEADS
-    bonds = HarmonicPrior.from_arrays(dict(
+    bonds = CGPrior.from_arrays(dict(
         repulsion=False, temperature_=T, repulsion_eps_=0.0, max_bond_length_=1.0,
         bond_pairs_=np.array([(i, i + 1) for i in range(n - 1)]), bond_r0_=np.full(n - 1, BOND),
         bond_k_=np.full(n - 1, 3000.0), angle_triples_=np.array([(i, i + 1, i + 2) for i in range(n - 2)]),
@@ -75,7 +75,7 @@ def toy():
                    progress=False)
     R = res.frames[50:].reshape(-1, N_BEADS, 3).astype(np.float64)
     ds = CGDataset.from_arrays(R, truth_forces(R), bead_names=[f"C{i + 1}" for i in range(N_BEADS)], temperature=T)
-    prior = HarmonicPrior(repulsion=True, dihedrals=True).fit(ds.coords, T)
+    prior = CGPrior(repulsion=True, dihedrals=True).fit(ds.coords, T)
     pick = np.random.default_rng(0).choice(ds.n_frames, size=300, replace=False)
     gdml = GDML(sigma=4.0, lam=1e-3, relative_lam=True).fit(
         ds.coords[pick], prior.residual_forces(ds.coords[pick], ds.forces[pick])).model_

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from cgdml.geometry import bond_angles, bond_lengths, dihedral
-from cgdml.prior import HarmonicPrior
+from cgdml.prior import CGPrior
 from cgdml.units import kT as thermal_energy
 
 T = 300.0
@@ -43,7 +43,7 @@ def toy_samples():
 
 
 def test_boltzmann_inversion_recovers_harmonic_parameters(toy_samples):
-    prior = HarmonicPrior(repulsion=False).fit(toy_samples, T)
+    prior = CGPrior(repulsion=False).fit(toy_samples, T)
     np.testing.assert_allclose(prior.bond_r0_, BOND_R0, rtol=0.01)
     # k = kT/var; the r^2 Jacobian and angle-bond coupling bias it slightly, so allow 15 %
     np.testing.assert_allclose(prior.bond_k_, BOND_K, rtol=0.15)
@@ -52,7 +52,7 @@ def test_boltzmann_inversion_recovers_harmonic_parameters(toy_samples):
 
 
 def test_prior_reproduces_bond_and_angle_distributions(toy_samples):
-    prior = HarmonicPrior(repulsion=False).fit(toy_samples, T)
+    prior = CGPrior(repulsion=False).fit(toy_samples, T)
     rng = np.random.default_rng(2)
     resampled = metropolis(lambda R: prior.energy_forces(R)[0], start_chain(3000), 600, 0.004, rng)
     for measure, idx in ((bond_lengths, np.array([[0, 1], [1, 2], [2, 3]])),
@@ -68,7 +68,7 @@ def test_prior_forces_are_minus_energy_gradient(numerical_forces, dihedrals):
     R = start_chain(4) + rng.normal(scale=0.02, size=(4, 4, 3))
     R = np.concatenate([R, R[:, :1] + np.array([0.2, 0.2, 0.0])], axis=1)  # 5 beads
     train = np.concatenate([R + rng.normal(scale=0.05, size=R.shape) for _ in range(50)])
-    prior = HarmonicPrior(repulsion=True, dihedrals=dihedrals).fit(train, T)
+    prior = CGPrior(repulsion=True, dihedrals=dihedrals).fit(train, T)
     assert len(prior.repulsion_pairs_) == 3  # (0,3), (0,4), (1,4)
     assert len(prior.dihedral_quads_) == (2 if dihedrals else 0)  # (0,1,2,3), (1,2,3,4) of the chain
     E, F = prior.energy_forces(R)
@@ -80,15 +80,15 @@ def test_prior_forces_are_minus_energy_gradient(numerical_forces, dihedrals):
 def test_repulsion_costs_about_kT_at_closest_training_contact():
     R = start_chain(1)
     R = np.concatenate([R, R[:, :1] + np.array([0.0, 0.0, 0.3])], axis=1)
-    prior = HarmonicPrior(repulsion=True).fit(np.repeat(R, 3, axis=0) + 1e-3 * np.arange(3)[:, None, None], T)
-    plain = HarmonicPrior(repulsion=False).fit(np.repeat(R, 3, axis=0) + 1e-3 * np.arange(3)[:, None, None], T)
+    prior = CGPrior(repulsion=True).fit(np.repeat(R, 3, axis=0) + 1e-3 * np.arange(3)[:, None, None], T)
+    plain = CGPrior(repulsion=False).fit(np.repeat(R, 3, axis=0) + 1e-3 * np.arange(3)[:, None, None], T)
     extra = prior.energy_forces(R)[0] - plain.energy_forces(R)[0]
     assert 0.5 * KT < extra[0] < 4 * KT
 
 
 def test_round_trip_arrays(toy_samples):
-    prior = HarmonicPrior(dihedrals=True).fit(toy_samples[:100], T)
-    again = HarmonicPrior.from_arrays(prior.to_arrays())
+    prior = CGPrior(dihedrals=True).fit(toy_samples[:100], T)
+    again = CGPrior.from_arrays(prior.to_arrays())
     np.testing.assert_array_equal(prior.energy_forces(toy_samples[:5])[1], again.energy_forces(toy_samples[:5])[1])
 
 
@@ -114,7 +114,7 @@ def test_dihedral_profile_recovers_a_known_free_energy():
     R = chain_with_dihedrals(phi) + rng.normal(scale=0.002, size=(len(phi), 4, 3))
     built = dihedral(R[:100], (0, 1, 2, 3))[0]
     assert np.abs(np.angle(np.exp(1j * (built - phi[:100])))).max() < 0.1  # the chain is built right
-    prior = HarmonicPrior(repulsion=False, dihedrals=True).fit(R, T)
+    prior = CGPrior(repulsion=False, dihedrals=True).fit(R, T)
     assert prior.dihedral_quads_.tolist() == [[0, 1, 2, 3]]
     grid = np.linspace(-np.pi, np.pi, 361)
     fitted, truth = prior.dihedral_profile(0, grid), U(grid)
@@ -124,18 +124,18 @@ def test_dihedral_profile_recovers_a_known_free_energy():
     # the mirror image (U(-phi)) is far off: the sign convention is the geometry module's
     assert np.abs(prior.dihedral_profile(0, -grid)[low] - truth[low] - shift).max() > 1.0 * KT
     # capped, not infinite, where the frames never go
-    narrow = HarmonicPrior(repulsion=False, dihedrals=True).fit(chain_with_dihedrals(np.full(100, 0.5)), T)
+    narrow = CGPrior(repulsion=False, dihedrals=True).fit(chain_with_dihedrals(np.full(100, 0.5)), T)
     assert 9.0 * KT < np.ptp(narrow.dihedral_profile(0, grid)) < 11.0 * KT
 
 
 def test_model_files_without_dihedral_profiles_still_load(toy_samples):
     """Files written before the prior had dihedral profiles: the prior loads with none."""
-    arrays = HarmonicPrior(dihedrals=True).fit(toy_samples[:500], T).to_arrays()
+    arrays = CGPrior(dihedrals=True).fit(toy_samples[:500], T).to_arrays()
     assert arrays["dihedral_quads_"].shape == (1, 4)
     for name in ("dihedral_quads_", "dihedral_splines_"):
         del arrays[name]
-    old = HarmonicPrior.from_arrays(arrays)
+    old = CGPrior.from_arrays(arrays)
     old.check(4)
     assert old.dihedral_quads_.shape == (0, 4) and not old.dihedrals
-    plain = HarmonicPrior(dihedrals=False).fit(toy_samples[:500], T)
+    plain = CGPrior(dihedrals=False).fit(toy_samples[:500], T)
     np.testing.assert_allclose(old.energy_forces(toy_samples[:5])[1], plain.energy_forces(toy_samples[:5])[1])

@@ -442,7 +442,7 @@ def tiny_model(path):
     from cgdml.data import CGDataset
     from cgdml.gdml import GDML
     from cgdml.model import CGModel
-    from cgdml.prior import HarmonicPrior
+    from cgdml.prior import CGPrior
     from cgdml.topology import chain_topology
 
     rng = np.random.default_rng(0)
@@ -453,7 +453,7 @@ def tiny_model(path):
     F -= F.mean(axis=1, keepdims=True)
     ds = CGDataset.from_arrays(R, F, temperature=T, topology=chain_topology(NAMES, ["ACE", "ALA", "NME"],
                                                                               [0, 1, 1, 1, 2]))
-    prior = HarmonicPrior().fit(ds.coords, T)
+    prior = CGPrior().fit(ds.coords, T)
     gdml = GDML(sigma=2.0, lam=1e-2, relative_lam=True).fit(ds.coords[:60], ds.forces[:60] - prior.forces(ds.coords[:60]))
     CGModel(gdml.model_, prior, ds.system, ds.coords[:40]).save(path)
     ds.save(path.parent / "data.npz")

@@ -13,7 +13,7 @@ from cgdml.features import descriptor, n_descriptors
 from cgdml.fes import residue_phi_psi
 from cgdml.geometry import dihedral
 from cgdml.mapping import load_default_cg_dataset, map_allatom
-from cgdml.prior import HarmonicPrior
+from cgdml.prior import CGPrior
 from cgdml.topology import CGTopology, parse_bonds
 
 # alanine dipeptide with CB: C(ACE) N CA CB C N(NME); CB (bead 3) is bonded to CA (bead 2), not to C (bead 4)
@@ -48,7 +48,7 @@ def toy_frames(top, n=400, seed=0):
 def test_prior_features_and_descriptor_follow_the_graph(numerical_forces):
     top = branched()
     R = toy_frames(top)
-    prior = HarmonicPrior(dihedrals=True).fit(R, 300.0, top)
+    prior = CGPrior(dihedrals=True).fit(R, 300.0, top)
     assert prior.bond_pairs_.tolist() == top.bonds.tolist()           # CA-C bonded, CB-C not
     assert prior.dihedral_quads_.tolist() == top.soft_dihedrals().tolist()  # phi and psi, not index quadruples
     assert [3, 4] not in prior.bond_pairs_.tolist()
@@ -187,6 +187,7 @@ def peptide_dataset(n_frames=300, seed=1):
 
 def test_longer_peptides_keep_backbone_strata_and_dihedral_scores():
     from cgdml.ensemble import TwoLayerGDML
+    from cgdml.pipeline import CGEstimator
     from cgdml.sampling import make_strata
 
     ds = peptide_dataset()
@@ -195,7 +196,6 @@ def test_longer_peptides_keep_backbone_strata_and_dihedral_scores():
     assert method == "backbone-kmeans" and labels.max() == 7
     with pytest.raises(CgdmlError, match="one residue"):
         make_strata(ds, "phi-psi")
-    est = TwoLayerGDML(n_models=2, batch_size=50, mean_set_size=40, sigma1=[2.0], lam1=[1.0], sigma2=[2.0],
-                       lam2=[0.1], strata="auto", n_strata=8, progress=False)
-    est._check(ds)
-    assert est.cv_quads_.tolist() == ds.cg_topology.backbone_quads().tolist() and len(est.cv_quads_) == 6
+    learner = CGEstimator(TwoLayerGDML(cv_score="dihedral"))._learner_for(ds)   # the topology's score dihedrals
+    assert learner.score_dihedrals.tolist() == ds.cg_topology.backbone_quads().tolist()
+    assert len(learner.score_dihedrals) == 6

@@ -1,11 +1,13 @@
-"""The hyperparameter scores of a fit, as saved in MODEL.json: tables and plots (``python -m cgdml.cvplot``).
+"""The hyperparameter scores of a fit, as saved in MODEL.json: tables and plots (``python -m cgdml.cvplot``). The
+scores are computed by :mod:`cgdml.selection`.
 
 A two-layer fit saves ``cv_scores``: one entry per candidate with ``layer`` (1 or 2), ``sigma``, ``lam``,
 ``mse`` (the K-fold cross-validation score; for layer 1 extrapolated to the final ensemble size) and
 ``mse_folds`` (the score of each fold); layer 2 entries also name the layer-1 choice (``sigma1``, ``lam1``)
 they were scored on. The score is the held-out mean squared error of the forces projected on the dihedrals
 ((kJ/mol/rad)^2, ``cv_score = "dihedral"``) or of the bead forces ((kJ/mol/nm)^2, ``"force"``). A Nyström fit
-saves ``selection_scores``: ``sigma``, ``lam`` and the held-out force MSE ((kJ/mol/nm)^2) of each candidate.
+saves ``selection_scores``: ``sigma``, ``lam`` and the hold-out score of each candidate, by its ``cv_score``
+(the force MSE in records without one).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 from pathlib import Path
 
 from ._io import CgdmlError, atomic_path, one_line
+from .selection import best
 
 _SYMBOL = {"sigma": "$\\sigma$", "lam": "$\\lambda$"}
 _UNITS = {"dihedral": "dihedral-force MSE (kJ/mol/rad)$^2$", "force": "force MSE (kJ/mol/nm)$^2$"}
@@ -55,17 +58,19 @@ def score_panels(info, source="the model"):
         first = next(e for e in scores if isinstance(e, dict) and e.get("layer") == layer)
         if layer == 2 and "sigma1" in first:
             title += f" (on layer 1 $\\sigma_1$={first['sigma1']:g}, $\\lambda_1$={first['lam1']:g})"
-        panels.append((title, unit, entries, min(entries, key=lambda e: e["mse"])))
+        panels.append((title, unit, entries, best(entries)))
     selection = info.get("selection_scores") or []
     entries = [_entry(e, source) for e in selection if isinstance(e, dict)]
     if entries:
-        panels.append(("Nyström selection: $\\sigma$, $\\lambda$", _UNITS["force"], entries,
-                       min(entries, key=lambda e: e["mse"])))
+        params = info.get("params") if isinstance(info.get("params"), dict) else {}
+        score = info.get("cv_score") or params.get("cv_score")
+        panels.append(("Nyström selection: $\\sigma$, $\\lambda$", _UNITS.get(score, _UNITS["force"]), entries,
+                       best(entries)))
     if not panels:
         method = info.get("method", "the fit")
-        raise CgdmlError(f"{source}: no cross-validation scores ({method} saved neither cv_scores nor "
+        raise CgdmlError(f"{source}: no hyperparameter scores ({method} saved neither cv_scores nor "
                          "selection_scores: with one sigma and one lam per layer nothing is scored; give grids, "
-                         "e.g. --sigma1 2 4 8 --lam1 0.3 1 3)")
+                         "several candidates of sigma or lam, to the fit)")
     return panels
 
 
@@ -84,13 +89,13 @@ def _entry(e, source):
 def format_table(info, source="the model"):
     """The scores as text, one line per candidate, the chosen one of each layer marked with '*'."""
     lines = []
-    for title, unit, entries, best in score_panels(info, source):
+    for title, unit, entries, chosen in score_panels(info, source):
         plain = title.replace("$", "").replace("\\sigma", "sigma").replace("\\lambda", "lam")
         lines.append(f"{plain}; score = {unit.replace('$^2$', '^2')}")
         lines.append(f"  {'sigma':>8} {'lam':>8} {'score':>12}  folds")
         for e in sorted(entries, key=lambda e: (e["sigma"], e["lam"])):
             folds = " ".join(f"{v:.4g}" for v in e.get("mse_folds", []))
-            mark = "*" if e is best else " "
+            mark = "*" if e is chosen else " "
             lines.append(f"{mark} {e['sigma']:>8g} {e['lam']:>8g} {e['mse']:>12.6g}  {folds}")
     return "\n".join(lines)
 
@@ -105,7 +110,7 @@ def plot_scores(info, path=None, source="the model"):
     panels = score_panels(info, source)
     fig = Figure(figsize=(10.5, 3.6 * len(panels)))
     axes = fig.subplots(len(panels), 2, squeeze=False)
-    for row, (title, unit, entries, best) in enumerate(panels):
+    for row, (title, unit, entries, chosen) in enumerate(panels):
         for col, (x_key, line_key) in enumerate((("sigma", "lam"), ("lam", "sigma"))):
             ax = axes[row, col]
             groups = sorted({e[line_key] for e in entries})
@@ -119,7 +124,7 @@ def plot_scores(info, path=None, source="the model"):
                 for e in line:
                     folds = e.get("mse_folds", [])
                     ax.plot([e[x_key]] * len(folds), folds, ".", color=colour, alpha=0.3, ms=3)
-            ax.plot([best[x_key]], [best["mse"]], "o", ms=12, mfc="none", mec="k", mew=1.5, label="chosen")
+            ax.plot([chosen[x_key]], [chosen["mse"]], "o", ms=12, mfc="none", mec="k", mew=1.5, label="chosen")
             ax.set_xscale("log")
             ticks = sorted({e[x_key] for e in entries})
             ax.xaxis.set_major_locator(FixedLocator(ticks))  # the grid values, plainly
@@ -133,9 +138,9 @@ def plot_scores(info, path=None, source="the model"):
             ax.set_title(title, fontsize=10)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7, ncol=1 + len(groups) // 6)
-    best = "; ".join(f"{_SYMBOL['sigma']}={b['sigma']:g} {_SYMBOL['lam']}={b['lam']:g} ({b['mse']:.4g})"
+    summary = "; ".join(f"{_SYMBOL['sigma']}={b['sigma']:g} {_SYMBOL['lam']}={b['lam']:g} ({b['mse']:.4g})"
                      for _, _, _, b in panels)
-    fig.suptitle(f"hyperparameter scores of {info.get('method', 'the fit')}: chosen {best}", fontsize=10)
+    fig.suptitle(f"hyperparameter scores of {info.get('method', 'the fit')}: chosen {summary}", fontsize=10)
     fig.tight_layout()
     if path is not None:
         path = Path(path)

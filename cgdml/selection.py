@@ -1,0 +1,190 @@
+"""Hyperparameter selection of the fits: the scores, the K-fold cross-validation of the two-layer scheme, the
+hold-out search of the inducing-point fit, and the rule that picks the winner of a score table.
+
+Scores (``cv_score``, :data:`SCORES`) are mean squared errors against held-out *instantaneous* forces, which
+differ from the error against the unknown mean force by the constant noise variance, so they rank candidates as
+the mean-force error would:
+
+- ``"force"``: the plain force error, (kJ/mol/nm)^2;
+- ``"dihedral"``: the error of the forces' components along the soft dihedrals, b . F with
+  b = grad(phi) / |grad(phi)|^2, the generalised force along phi whose conditional mean is the slope of the free
+  energy along phi, (kJ/mol/rad)^2. It scores the soft coordinates a landscape is measured on, where the plain
+  force error is dominated by the stiff bonds and angles (docs/method.md §2.6);
+- ``"auto"``: ``"dihedral"`` when there is a soft dihedral, else ``"force"``.
+
+A score table is a list of dicts with at least ``sigma``, ``lam`` and ``mse``; :func:`best` picks its winner.
+These tables are what MODEL.json keeps as ``cv_scores`` (two-layer) and ``selection_scores`` (inducing-point),
+and what ``python -m cgdml.cvplot`` draws (:mod:`cgdml.selection_report`).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ._io import CgdmlError
+from .geometry import dihedral_force_projection
+from .sampling import stratified_batch
+
+SCORES = ("auto", "dihedral", "force")
+CV_SCORES = SCORES  # the name under which earlier versions exported it
+
+
+# ------------------------------------------------------------------------------------------------- scores
+def resolve_score(setting, quads, where=""):
+    """The score a fit uses and the dihedrals (n_quads, 4) it projects on.
+
+    ``setting`` is one of :data:`SCORES`; ``quads`` the soft dihedrals available (bead quadruples). Returns
+    (``"dihedral"`` or ``"force"``, quads); raises CgdmlError for an unknown setting, or for ``"dihedral"``
+    without a dihedral (``where`` says where none was found, e.g. "in the CG topology (...)").
+    """
+    if setting not in SCORES:
+        raise CgdmlError(f"cv_score must be {', '.join(map(repr, SCORES[:-1]))} or {SCORES[-1]!r}, got {setting!r}")
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    if setting == "dihedral" and not len(quads):
+        raise CgdmlError(f"cv_score 'dihedral' needs a dihedral{' ' + where if where else ''}")
+    return ("dihedral" if len(quads) else "force") if setting == "auto" else setting, quads
+
+
+def score_projection(coords, quads):
+    """Projectors of forces on the dihedrals ``quads`` (n_quads, 4) at coords (n_frames, n_beads, 3) nm.
+
+    Returns (quads, b (n_frames, n_quads, 4, 3) in nm/rad) with b = grad(phi) / |grad(phi)|^2 over the
+    dihedral's four beads, so that b . F = -dU/dphi (kJ/mol/rad) for any force F = -(dU/dphi) grad(phi).
+    """
+    quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
+    return quads, dihedral_force_projection(coords, quads)
+
+
+def project_forces(forces, projection):
+    """Forces (..., n_frames, n_beads, 3) -> their dihedral components (..., n_frames, n_quads)."""
+    quads, b = projection
+    return np.einsum("...nqax,nqax->...nq", np.asarray(forces, dtype=np.float64)[..., quads, :], b)
+
+
+def mse(pred, target, projection=None):
+    """Mean squared force error, (kJ/mol/nm)^2, or of its dihedral components, (kJ/mol/rad)^2, with a
+    ``projection`` from :func:`score_projection`."""
+    err = np.asarray(pred, dtype=np.float64) - target
+    if projection is not None:
+        err = project_forces(err, projection)
+    return float(np.mean(err ** 2))
+
+
+def ensemble_size_correction(preds, n_final, projection=None):
+    """Change in the MSE of an ensemble average when it grows from m = len(preds) to ``n_final`` models.
+
+    For exchangeable sub-models the average of n has error bias^2 + noise + c + (v - c)/n, where v - c
+    is the between-model variance, estimated without bias by the sample variance over the m models.
+    Cross-validating a few models this way scores lambda for the ensemble that will actually be used:
+    a small lambda that interpolates noise is penalised less when many models average it out.
+    """
+    m = len(preds)
+    if m < 2:
+        return 0.0
+    if projection is not None:
+        preds = project_forces(preds, projection)
+    between = float(preds.var(axis=0, ddof=1).mean())
+    return between * (1.0 / n_final - 1.0 / m)
+
+
+def best(table, key="mse"):
+    """The winning entry of a score table (dicts): the smallest ``key``, the first of equal ones."""
+    return min(table, key=lambda entry: entry[key])
+
+
+# ------------------------------------------------------------------------------------------- hold-out search
+def holdout_split(n_frames, holdout, max_train, seed):
+    """(held-out, training) frame indices, each sorted: a random ``holdout`` fraction (at least 1, at most 20,000
+    frames) held out, and up to ``max_train`` of the others for training."""
+    order = np.random.default_rng([seed, 0x5E1]).permutation(n_frames)
+    n_val = int(min(20_000, max(1, round(holdout * n_frames))))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:n_val + max_train])
+    if len(train) < 2:
+        raise CgdmlError(f"{n_frames} frames are too few for a hold-out selection")
+    return val, train
+
+
+def holdout_scores(pred, target, score, projection=None):
+    """The scores of one candidate's held-out forces ``pred`` against ``target`` (n, n_beads, 3): ``mse`` by
+    ``score``, and both ``mse_force`` and ``mse_dihedral`` (NaN without a ``projection``)."""
+    mse_force = mse(pred, target)
+    mse_dihedral = mse(pred, target, projection) if projection is not None else float("nan")
+    return dict(mse=mse_dihedral if score == "dihedral" else mse_force, mse_force=mse_force, mse_dihedral=mse_dihedral)
+
+
+def holdout_search(candidates, evaluate, cache=None):
+    """Score each (sigma, lam) of ``candidates``, in order: ``evaluate(sigma, lam)`` returns the entry (a dict with
+    ``mse``). A :class:`cgdml._io.WorkCache` ``cache`` keeps the entries, so an interrupted search resumes where
+    it stopped (entries found there are not evaluated again). Returns the score table."""
+    table = []
+    for sigma, lam in candidates:
+        key = f"select_s{sigma:g}_l{lam:g}"
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:  # scored before an interruption
+            table.append({k: v.item() for k, v in cached.items()})
+            continue
+        table.append(dict(sigma=float(sigma), lam=float(lam), **evaluate(sigma, lam)))
+        if cache is not None:
+            cache.put(key, **{k: np.array(v) for k, v in table[-1].items()})
+    return table
+
+
+# ------------------------------------------------------------------------------ K-fold (the two-layer scheme)
+def fold_sets(strata, folds, n_folds, n_held, n_mean, rng_of_fold, final):
+    """For each fold k < ``n_folds`` of ``folds`` (n_frames,): the frames its models predict on, a dict of index
+    arrays: ``held`` (at most ``n_held`` frames of fold k, scored), ``mean`` (a stratified set of at most
+    ``n_mean`` frames outside it, the CV mean-force set) and ``final`` (the final mean-force set).
+    ``rng_of_fold(k)`` is the random generator of fold k."""
+    sets = {}
+    for k in range(n_folds):
+        rng = rng_of_fold(k)
+        test = np.flatnonzero(folds == k)
+        pool = np.flatnonzero(folds != k)
+        if len(test) == 0 or len(pool) < 2:
+            raise CgdmlError(f"cross-validation fold {k + 1} of {n_folds} holds {len(test)} of the {len(folds)} "
+                             "frames; use fewer folds (n_folds) or more frames")
+        sets[k] = dict(held=np.sort(rng.choice(test, size=min(n_held, len(test)), replace=False)),
+                       mean=np.sort(stratified_batch(strata, min(n_mean, len(pool)), rng, pool=pool)),
+                       final=final)
+    return sets
+
+
+def cross_validate_two_layer(layer1_grid, layer2_grid, targets, projections, *, n_models, cv_models,
+                             train_layer1, train_layer2):
+    """K-fold choice of (sigma1, lam1), then (sigma2, lam2), of the two-layer scheme (docs/method.md §2.6).
+
+    Layer 1: ``cv_models`` sub-models per candidate and fold; their average's held-out score is extrapolated to
+    the final ensemble of ``n_models`` (:func:`ensemble_size_correction`). Layer 2: the best layer 1 grows to
+    n_models / n_folds sub-models per fold; each (sigma2, lam2) is trained on the fold's mean set labelled by that
+    fold's ensemble and scored on the held-out fold. The fold ensembles together are the final layer 1.
+
+    ``targets[k]`` are the held-out labels of fold k and ``projections[k]`` its score projection (or None). The
+    training is the caller's: ``train_layer1(sigma1, lam1, n_per_fold, stage)`` returns, per fold, the list of its
+    sub-models' predictions (dicts with ``held`` and ``mean``); ``train_layer2(sigma1, lam1, n_per_fold, ensembles,
+    candidates)`` returns {(sigma2, lam2, fold): held-out predictions}. Returns (score table, final layer-1
+    predictions per fold).
+    """
+    n_folds = len(targets)
+    table = []
+    for s1, l1 in itertools.product(layer1_grid[0], layer1_grid[1]):
+        preds = train_layer1(s1, l1, cv_models, "CV layer 1")
+        fold_scores, fold_raw = [], []
+        for k in range(n_folds):
+            held = np.array([p["held"] for p in preds[k]], dtype=np.float64)
+            raw = mse(held.mean(0), targets[k], projections[k])
+            fold_raw.append(raw)
+            fold_scores.append(raw + ensemble_size_correction(held, n_models, projections[k]))
+        table.append(dict(layer=1, sigma=float(s1), lam=float(l1), mse=float(np.mean(fold_scores)),
+                          mse_folds=fold_scores, mse_cv_ensemble=float(np.mean(fold_raw))))
+    best1 = best(table)
+    s1, l1 = best1["sigma"], best1["lam"]
+    per_fold = max(cv_models, -(-n_models // n_folds))
+    final = train_layer1(s1, l1, per_fold, "layer 1")
+    candidates = list(itertools.product(layer2_grid[0], layer2_grid[1]))
+    held = train_layer2(s1, l1, per_fold, final, candidates)
+    for s2, l2 in candidates:
+        fold_scores = [mse(held[s2, l2, k], targets[k], projections[k]) for k in range(n_folds)]
+        table.append(dict(layer=2, sigma=float(s2), lam=float(l2), mse=float(np.mean(fold_scores)),
+                          mse_folds=fold_scores, sigma1=s1, lam1=l1, models_per_fold=per_fold))
+    return table, final
