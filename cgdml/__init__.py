@@ -10,7 +10,9 @@ _LAZY = {"GDML": ("gdml", "GDML"), "NystromGDML": ("nystrom", "NystromGDML"),
          "TwoLayerGDML": ("ensemble", "TwoLayerGDML"), "GDMLModel": ("model", "GDMLModel"),
          "CGModel": ("model", "CGModel"), "CGDataset": ("data", "CGDataset"),
          "fit_cg_model": ("pipeline", "fit_cg_model"),
-         "load_default_cg_dataset": ("mapping", "load_default_cg_dataset")}
+         "load_default_cg_dataset": ("mapping", "load_default_cg_dataset"),
+         "Simulation": ("simulate", "Simulation"), "simulate_model": ("simulate", "simulate_model"),
+         "compare_landscapes": ("fes", "compare_landscapes")}
 __all__ = sorted(_LAZY)
 
 
