@@ -61,6 +61,7 @@ def simulate(force_fn, x0, *, masses, temperature, dt, n_steps, save_every=100, 
     if pair and len(force_fn) != 2:
         raise CgdmlError(f"force_fn must be a callable or a pair (fast, slow), got {len(force_fn)} items")
     step = make_integrator(integrator, dt, friction, slow_every, pair)
+    Simulation(force_fn, x0, step, masses=masses, temperature=temperature)      # checks x0, masses, forces
     if n_steps % step.slow_every or save_every % step.slow_every:
         raise CgdmlError(f"n_steps ({n_steps}) and save_every ({save_every}) must be multiples of "
                          f"slow_every ({step.slow_every})")
