@@ -13,7 +13,9 @@ _LAZY = {"GDML": ("gdml", "GDML"), "NystromGDML": ("nystrom", "NystromGDML"),
          "CGPrior": ("prior", "CGPrior"),
          "load_default_cg_dataset": ("mapping", "load_default_cg_dataset"),
          "CGSystem": ("system", "CGSystem"), "map_allatom": ("mapping", "map_allatom"),
-         "load_cg_arrays": ("io.arrays", "load_cg_arrays")}
+         "load_cg_arrays": ("io.arrays", "load_cg_arrays"),
+         "Simulation": ("simulate", "Simulation"), "simulate_model": ("simulate", "simulate_model"),
+         "compare_landscapes": ("fes", "compare_landscapes")}
 __all__ = sorted(_LAZY)
 
 

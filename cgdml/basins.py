@@ -227,7 +227,7 @@ def umbrella_profile(force_fn, starts, quad, side, *, masses, temperature, n_win
     n_windows harmonic windows (spring kT / (spacing/2)^2) each run ``per_window`` BAOAB replicas for
     ``n_steps`` of ``dt`` ps. Returns (bin centres, log density, info dict).
     """
-    from .simulate import simulate
+    from .simulate.replicas import simulate
 
     kT = thermal_energy(temperature)
     centers = np.linspace(-np.pi, np.pi, n_windows, endpoint=False)

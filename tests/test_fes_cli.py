@@ -219,3 +219,67 @@ def test_distributions_follow_topology_and_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 10000
     texts = [ax.get_ylabel() for ax in fig.get_axes()]
     assert "probability density" in texts
+
+
+def test_python_landscapes_equal_the_commands_json(tmp_path):
+    """compare_landscapes is what the command runs: its report is the command's JSON (less the provenance)."""
+    from cgdml.fes import compare_landscapes
+
+    topo = peptide_topology()
+    traj, ref, _ = write_case(tmp_path, topo, CHAIN11, n_model=200, n_ref=300)
+    js = tmp_path / "m.json"
+    for cvs in ([], ["phi:3,psi:3"], ["distance:0,10", "Angle: 0 1 2"]):
+        args = sum((["--cv", c] for c in cvs), [])
+        assert main([str(traj), "--reference", str(ref), "-o", str(tmp_path / "a.png"), "--json", str(js),
+                     "--n-boot", "8", "--block", "20", *args]) == 0
+        command = json.loads(js.read_text())
+        del command["written_by"]
+        mine = compare_landscapes(str(traj), str(ref), cvs=cvs or None, n_boot=8, block=20)
+        assert json.loads(json.dumps(mine)) == command
+    # objects instead of files: the same numbers
+    objects = compare_landscapes(md.load(str(traj)), CGDataset.load(ref), n_boot=8, block=20)
+    assert objects["panels"] == compare_landscapes(str(traj), str(ref), n_boot=8, block=20)["panels"]
+    assert objects["trajectories"] == [None] and objects["reference"] is None
+
+
+def test_lagtime_without_tica_is_refused(tmp_path):
+    traj, ref, _ = write_case(tmp_path, peptide_topology(), CHAIN11, n_model=50, n_ref=60)
+    with pytest.raises(CgdmlError, match="TICA lag time .* applies only to a TICA landscape"):
+        main([str(traj), "--reference", str(ref), "-o", str(tmp_path / "x.png"), "--lagtime", "3"])
+    assert not (tmp_path / "x.png").exists()
+    topo, parents = branched_toy()                                  # a TICA landscape takes it
+    model, ref_xyz = sample(parents, 300, 1), sample(parents, 400, 2)
+    (panel,) = landscape_panels(model, topo, ref_xyz, lagtime=3)
+    assert "lag 3 frames" in panel.label
+
+
+def test_figure_rows_are_named_and_titles_do_not_overlap(tmp_path):
+    """Every row names its landscape; the figure title overlaps no panel or row title; 1D panels get no note
+    about white bins and y-limits that show their curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from test_fes import _overlap
+
+    topo = peptide_topology()
+    xyz, ref = sample(CHAIN11, 400, 1), sample(CHAIN11, 500, 2)
+    panels = landscape_panels(xyz, topo, ref, cvs=["phi:2,psi:2", "distance:0,10", "angle:0,1,2,dihedral:1,2,3,4"])
+    fig = plot_landscapes(tmp_path / "p.png", panels, bins=20, results=compare_panels(panels, bins=20, n_boot=0))
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    rows = fig.subfigs
+    assert [sf._suptitle.get_text() for sf in rows] == ["1. ALA2", "2. distance 0-10",
+                                                        "3. angle 0-1-2 / dihedral 1-2-3-4"]
+    head = fig._suptitle.get_window_extent(renderer)
+    titles = [sf._suptitle.get_window_extent(renderer) for sf in rows]
+    titles += [ax.title.get_window_extent(renderer) for ax in fig.get_axes() if ax.get_title()]
+    assert not any(_overlap(head, t) for t in titles)
+    assert "never visited" in fig._suptitle.get_text()
+    (curves,) = [ax for ax in fig.get_axes() if ax.get_ylabel() == "F (kT)" and ax.get_label() != "<colorbar>"]
+    top = max(np.nanmax(line.get_ydata()) for line in curves.get_lines())
+    assert top < curves.get_ylim()[1] < 1.2 * top
+    (bars,) = [ax for ax in fig.get_axes() if ax.get_ylabel() == r"$\Delta F$ (kT)" and ax.get_label() != "<colorbar>"]
+    heights = [abs(p.get_height()) for p in bars.patches if np.isfinite(p.get_height())]
+    assert max(heights) < bars.get_ylim()[1] < 1.2 * max(heights)
+    one_d = plot_landscapes(tmp_path / "q.png", panels[1:2], bins=20)
+    assert "never visited" not in one_d._suptitle.get_text() + "".join(t.get_text() for t in one_d.texts)

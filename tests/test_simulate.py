@@ -336,6 +336,110 @@ def test_blowup_stops_one_replica_others_continue():
     assert batch_sizes[0] == 5 and set(batch_sizes[s + 1:]) == {4}    # frozen replica left out of force calls
 
 
+# ----------------------------------------------------------------------------------- Simulation and reporters
+def runaway_forces(R):
+    """A harmonic well (k = 50) in which beyond |x| = 2 nm the force pushes outwards."""
+    F = -50.0 * R
+    out = np.abs(R[..., 0]) > 2.0
+    F[out] = 1e3 * R[out]
+    return F
+
+
+def farthest_x(R):
+    """The largest |x| (nm) of a replica's beads, (n,)."""
+    return np.abs(R[..., 0]).max(axis=1)
+
+
+RUNAWAY = dict(masses=[12.0], temperature=T, dt=0.002, n_steps=400, save_every=10, integrator="langevin",
+               friction=1.0, progress=False, seed=1)
+
+
+def runaway_start():
+    x0 = np.zeros((5, 1, 3))
+    x0[2, 0, 0] = 2.1                                                 # replica 2 runs away, the others stay home
+    return x0
+
+
+def test_simulation_object_equals_simulate():
+    """Simulation + integrator + reporters built by hand is simulate(): the same frames, bit for bit."""
+    from cgdml.simulate import BAOAB, Simulation, TrajectoryReporter
+
+    x0 = sample_start(6, 2, seed=2)
+    ref = simulate(double_well_forces, x0, masses=MASSES, temperature=T, dt=0.01, n_steps=200, save_every=10,
+                   integrator="langevin", friction=1.0, seed=4, progress=False, save_velocities=True)
+    traj = TrajectoryReporter(10, save_velocities=True)
+    sim = Simulation(double_well_forces, x0, BAOAB(0.01, friction=1.0), masses=MASSES, temperature=T, seed=4,
+                     reporters=[traj])
+    res = sim.run(200)
+    assert np.array_equal(res.frames, ref.frames) and np.array_equal(res.velocity_frames, ref.velocity_frames)
+    assert res.frames is traj.frames and res.step == 200 and res.halted is None and res.events == []
+
+
+def test_threshold_guard_stops_a_replica_which_keeps_its_frames():
+    from cgdml.simulate import ThresholdGuard
+
+    guard = ThresholdGuard(farthest_x, 2.5, action="stop-replica", reason="far from home")
+    res = simulate(runaway_forces, runaway_start(), reporters=[guard], **RUNAWAY)
+    (event,) = res.events
+    s = event["step"]
+    assert event["replica"] == 2 and event["stopped"] and event["reason"] == "far from home" and event["value"] > 2.5
+    assert res.alive.tolist() == [True, True, False, True, True] and res.stopped_at[2] == s
+    assert res.blowups == []                                            # not a blow-up
+    assert res.n_valid_frames().tolist() == [40, 40, (s - 1) // 10, 40, 40]
+    assert np.isfinite(res.replica_frames(2)).all() and farthest_x(res.positions[2:3])[0] <= 2.5
+
+
+def test_threshold_guard_warns_once_per_replica_every_k_steps():
+    from cgdml.simulate import ThresholdGuard
+
+    guard = ThresholdGuard(farthest_x, 0.15, every=5, reason="wide")
+    res = simulate(runaway_forces, np.zeros((6, 1, 3)), reporters=[guard], **RUNAWAY)
+    assert res.alive.all() and len(res.events) >= 2
+    assert all(e["step"] % 5 == 0 and not e["stopped"] and e["value"] > 0.15 for e in res.events)
+    assert len({e["replica"] for e in res.events}) == len(res.events)   # once per replica
+
+
+def test_stop_run_keeps_the_frames_before_it():
+    from cgdml.simulate import ThresholdGuard
+
+    guard = ThresholdGuard(farthest_x, 2.5, action="stop-run", reason="far from home")
+    res = simulate(runaway_forces, runaway_start(), reporters=[guard], **RUNAWAY)
+    s = res.halted["step"]
+    assert "far from home" in res.halted["reason"] and res.step == s - 1 and res.alive.all()
+    assert res.events == [{"replica": 2, "step": s, "reason": "far from home", "stopped": False,
+                           "value": res.events[0]["value"]}]
+    assert (res.n_valid_frames() == (s - 1) // 10).all()
+    assert np.isfinite(res.frames[: (s - 1) // 10]).all() and np.isnan(res.frames[(s - 1) // 10:]).all()
+
+
+def test_guard_events_survive_resume_and_groups(tmp_path):
+    """Events are checkpointed (a resumed run reports what an uninterrupted one does) and merged over groups."""
+    from cgdml.simulate import ThresholdGuard
+
+    x0 = sample_start(8, 2, seed=5)
+    kw = dict(masses=MASSES, temperature=T, dt=0.01, n_steps=300, save_every=10, integrator="langevin",
+              friction=5.0, seed=11, progress=False)
+
+    def guard():
+        return [ThresholdGuard(farthest_x, 1.4, every=3, reason="wide")]
+
+    ref = simulate(double_well_forces, x0, reporters=guard(), **kw)
+    assert ref.events
+    ckpt = tmp_path / "run.ckpt.npz"
+    with pytest.raises(Interrupt):
+        simulate(interrupting(double_well_forces, 170), x0, checkpoint=ckpt, checkpoint_every=50, reporters=guard(),
+                 **kw)
+    res = simulate(double_well_forces, x0, checkpoint=ckpt, checkpoint_every=50, reporters=guard(), **kw)
+    assert res.timings["resumed_from_step"] == 150
+    assert res.events == ref.events and np.array_equal(res.frames, ref.frames)
+    groups = simulate(double_well_forces, x0, n_groups=2, reporters=guard(), **kw)
+    halves = [simulate(double_well_forces, part, reporters=guard(), **{**kw, "seed": s})
+              for part, s in zip(np.array_split(x0, 2), np.random.SeedSequence(11).spawn(2))]
+    expected = sorted([*halves[0].events, *({**e, "replica": e["replica"] + 4} for e in halves[1].events)],
+                      key=lambda e: (e["step"], e["replica"]))
+    assert groups.events == expected
+
+
 def test_bond_blowup_and_all_blown_up():
     test = bond_blowup([[0, 1]], 0.5)
     R = np.zeros((3, 2, 3))
@@ -392,7 +496,7 @@ def test_progress_bar_moves_by_wall_time(monkeypatch, capsys):
     so many steps, so it moves even when 50 steps take minutes."""
     import time
 
-    from cgdml import simulate as sim
+    from cgdml.simulate import reporters as sim
 
     monkeypatch.setattr(sim, "PROGRESS_S", 0.05)
 
@@ -598,3 +702,50 @@ def test_cli_bad_files(model_file, tmp_path):
     # start frames from a dataset work
     assert main([str(model_file), "-o", str(tmp_path / "s.xtc"), "--start", str(model_file.parent / "data.npz"),
                  "--replicas", "2", "--steps", "20", "--save-every", "10", "--no-progress"]) == 0
+
+
+def test_python_run_equals_command(model_file, tmp_path):
+    """simulate_model from Python is what the command runs: the same positions bit for bit, the same sidecar."""
+    import json
+
+    import mdtraj as md
+
+    from cgdml.model import CGModel
+    from cgdml.simulate import simulate_model
+    from cgdml.simulate.__main__ import main
+
+    out = tmp_path / "cli.h5"
+    assert main([str(model_file), "-o", str(out), "--replicas", "4", "--steps", "200", "--save-every", "10",
+                 "--burn-in", "60", "--seed", "3", "--no-progress"]) == 0
+    kw = dict(replicas=4, steps=200, save_every=10, burn_in=60, seed=3, progress=False)
+    run = simulate_model(model_file, **kw)
+    assert np.array_equal(md.load(str(out)).xyz, run.coordinates())
+    side = json.loads(out.with_suffix(".json").read_text())
+    mine = run.sidecar(out.name)
+    for key in ("settings", "frames_per_replica", "n_frames", "frame_time_ps", "blowups", "events"):
+        assert side[key] == mine[key], key
+    assert side["settings"]["slow_every"] == 2 and side["settings"]["dt_ps"] == 0.003     # the defaults
+    # a model object instead of its file: the same run
+    again = simulate_model(CGModel.load(model_file), **kw)
+    assert np.array_equal(again.coordinates(), run.coordinates())
+    # output= writes what the command writes, without the provenance records
+    saved = tmp_path / "py.h5"
+    simulate_model(model_file, output=saved, **kw)
+    assert np.array_equal(md.load(str(saved)).xyz, run.coordinates())
+    assert json.loads(saved.with_suffix(".json").read_text())["settings"] == side["settings"]
+
+
+def test_library_defaults_are_the_commands():
+    """Every option of the command has the library parameter of the same name with the same default."""
+    import inspect
+
+    from cgdml.simulate import simulate_model
+    from cgdml.simulate.__main__ import build_parser
+
+    args = vars(build_parser().parse_args(["m.npz", "-o", "t.h5"]))
+    params = inspect.signature(simulate_model).parameters
+    shared = set(args) - {"model", "output", "no_progress", "quiet", "verbose"}
+    assert shared <= set(params), shared - set(params)
+    for name in shared:
+        if name != "start":
+            assert params[name].default == args[name], name

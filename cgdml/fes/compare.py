@@ -1,0 +1,224 @@
+"""Comparing CG landscapes with a reference (docs/method.md §3): :func:`compare_panels` scores :class:`Panel`
+objects, :func:`compare_landscapes` does what ``python -m cgdml.fes`` does, from trajectories to the report
+(the command's JSON) and the figure.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .._io import CgdmlError
+from .cvs import as_cg_topology, cv_groups, landscape_panels
+from .histograms import (bin_counts, bin_index, bootstrap_draws, bootstrap_summary, bootstrap_undefined,
+                         check_bootstrap, metrics_from_counts, split_half_floor)
+
+log = logging.getLogger("cgdml.fes")
+#: trajectory formats that carry their topology (others need a topology file)
+SELF_DESCRIBING = (".h5", ".hdf5", ".pdb")
+
+
+def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
+    """The metric of docs/method.md §3 for every panel with a reference, and their mean.
+
+    Returns {"panels": [entry, ...], "mean": {...}} where each entry has ``label``, ``cvs`` (plain names),
+    ``range`` and ``periodic`` per dimension, ``metrics`` (:func:`compare_fes`), ``noise_floor``
+    (:func:`split_half_floor`), ``bootstrap`` (:func:`bootstrap_metrics`, when ``n_boot``),
+    ``bootstrap_undefined`` (why, instead of ``bootstrap``, when the model frames make fewer than 2 blocks),
+    ``model_outside_range`` (fraction of model frames outside the histogram range: ignored by the metric) and,
+    for a residue's (phi, psi), ``residue`` and ``phi_positive``. ``mean`` averages fes_rmse and js over the
+    panels, with the mean floor and, when ``n_boot``, a bootstrap of the mean over the same resamples. Without a
+    reference the entries carry the CV description only and ``mean`` is None.
+    """
+    entries, idx_models, h_refs = [], [], []
+    for p in panels:
+        e = {"label": p.label, "cvs": p.names, "range": [list(r) for r in p.range], "periodic": p.periodic}
+        if p.residue:
+            e["residue"] = p.residue
+        entries.append(e)
+        if p.reference is None:
+            continue
+        edges = p.edges(bins)
+        idx = bin_index(p.model, edges)
+        e["model_outside_range"] = float(np.mean(idx < 0))
+        if (idx < 0).all():
+            raise CgdmlError(f"landscape {p.label}: no model frame falls inside the reference's range "
+                             f"{', '.join(f'[{lo:.4g}, {hi:.4g}]' for lo, hi in p.range)}")
+        h_ref = bin_counts(p.reference, edges)
+        e["metrics"] = metrics_from_counts(np.bincount(idx[idx >= 0], minlength=len(h_ref)).astype(np.float64),
+                                            h_ref)
+        e["noise_floor"] = split_half_floor(p.reference, bins, p.range)
+        if p.residue:
+            e["phi_positive"] = {"model": float(np.mean(p.model[:, 0] > 0)),
+                                 "reference": float(np.mean(p.reference[:, 0] > 0))}
+        idx_models.append(idx)
+        h_refs.append(h_ref)
+    scored = [e for e in entries if "metrics" in e]
+    if not scored:
+        return {"panels": entries, "mean": None}
+    mean = {k: float(np.mean([e["metrics"][k] for e in scored])) for k in ("fes_rmse", "js")}
+    mean["noise_floor"] = {k: float(np.mean([e["noise_floor"][k] for e in scored])) for k in ("fes_rmse", "js")}
+    mean["n_panels"] = len(scored)
+    if n_boot:
+        block = check_bootstrap(len(idx_models[0]), n_boot, block)
+    why = bootstrap_undefined(len(idx_models[0]), block) if n_boot else None
+    if why:        # reported as undefined, not as a zero-width interval
+        for e in scored + [mean]:
+            e["bootstrap_undefined"] = why
+    elif n_boot:
+        draws = bootstrap_draws(idx_models, h_refs, n_boot, block, seed)
+        for e, d in zip(scored, draws):
+            e["bootstrap"] = {k: bootstrap_summary(e["metrics"][k], v) for k, v in d.items()}
+            e["bootstrap"]["n_boot"], e["bootstrap"]["block"] = int(n_boot), block
+        mean["bootstrap"] = {k: bootstrap_summary(mean[k], np.mean([d[k] for d in draws], axis=0)) for k in ("fes_rmse", "js")}
+        mean["bootstrap"]["n_boot"], mean["bootstrap"]["block"] = int(n_boot), block
+    return {"panels": entries, "mean": mean}
+
+
+def load_trajectories(paths, topology=None):
+    """mdtraj Trajectories of the files ``paths``; ``topology`` (a file, e.g. the .pdb beside a .dcd) for
+    formats without one. Unreadable files are one-line :class:`CgdmlError` naming the file."""
+    import mdtraj as md
+
+    trajs = []
+    for p in paths:
+        if not Path(p).exists():
+            raise CgdmlError(f"{p}: no such trajectory")
+        suffix = Path(p).suffix.lower()
+        if suffix not in SELF_DESCRIBING and topology is None:
+            raise CgdmlError(f"{p}: this format carries no topology; give a topology file")
+        try:
+            trajs.append(md.load(str(p), top=str(topology)) if topology is not None and suffix != ".h5"
+                         else md.load(str(p)))
+        except Exception as exc:
+            with open(p, "rb") as fh:
+                head = fh.read(8)
+            if suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+                raise CgdmlError(f"{p}: cannot read trajectory (not an HDF5 file)") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise CgdmlError(f"{p}: cannot read trajectory ({type(exc).__name__}: {first})") from None
+    n_atoms = {t.n_atoms for t in trajs}
+    if len(n_atoms) > 1:
+        raise CgdmlError(f"trajectories have different bead counts: {sorted(n_atoms)}")
+    return trajs
+
+
+def reference_topology(traj_topology, reference, traj_name="the trajectory", ref_name="the reference"):
+    """The bead graph the CVs are taken from: the reference dataset's (the one the model was fitted on), checked
+    against the trajectory's mdtraj topology (bead names must agree; differing bonds are warned about)."""
+    topo = reference.cg_topology
+    names = [a.name for a in traj_topology.atoms]
+    if names != list(topo.names):
+        first = next(i for i, (a, b) in enumerate(zip(names, topo.names)) if a != b)
+        raise CgdmlError(f"{ref_name}: the reference's bead {first} is {topo.names[first]!r}, the trajectory "
+                         f"{traj_name}'s {names[first]!r}: the bead order of trajectory and reference differ")
+    bonds = {tuple(sorted((a.index, b.index))) for a, b in traj_topology.bonds}
+    if bonds != {tuple(b) for b in topo.bonds.tolist()}:
+        warnings.warn(f"the bonds of the trajectory {traj_name} differ from those of the reference {ref_name}; "
+                      "the CVs and bond/angle distributions follow the reference's CG topology")
+    return topo
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None, bins=36, n_boot=200, block=None,
+                       lagtime=None, seed=0, plot=None):
+    """Free-energy landscapes of CG trajectories compared with a reference: what ``python -m cgdml.fes`` does.
+
+    ``trajectories``: a trajectory file (.h5 carries its topology), an mdtraj Trajectory, coordinates
+    (n, n_beads, 3) nm, or a list of these (pooled). ``reference``: a CGDataset, the path of one, or None.
+    ``topology``: a topology file for formats without one, or (with plain coordinates and no reference) a
+    CGTopology or mdtraj Topology. ``cvs``: see :func:`cgdml.fes.cvs.landscape_panels` (default: the (phi, psi)
+    of every residue); ``bins`` per dimension; ``n_boot`` block-bootstrap resamples of ``block`` frames
+    (default frames / 50); ``lagtime`` frames for a TICA landscape; ``plot``: save the figure there
+    (:func:`cgdml.fes.plot.plot_landscapes`, with the bond and angle distributions when there is a reference).
+
+    Returns the report the command writes as JSON: trajectories (file names, None for objects), n_frames, cv,
+    bins, topology, panels (per landscape: label, cvs, range, periodic, metrics, noise_floor, bootstrap,
+    model_outside_range; residue and phi_positive for a residue's (phi, psi)); with a reference also
+    reference, n_ref_frames, mean, and for a single landscape the top-level metrics, noise_floor, bootstrap,
+    phi_positive.
+    """
+    if int(bins) != bins or bins < 2:
+        raise CgdmlError(f"bins must be an integer >= 2, got {bins}")
+    if n_boot < 0 or n_boot == 1:
+        raise CgdmlError(f"n_boot must be 0 or >= 2, got {n_boot}")
+    if lagtime is not None and not lagtime >= 1:
+        raise CgdmlError(f"lagtime must be >= 1 frame, got {lagtime}")
+    items = _as_list(trajectories)
+    names = [str(t) if isinstance(t, (str, Path)) else None for t in items]
+    top_file = topology if isinstance(topology, (str, Path)) else None
+    if top_file is not None and not Path(top_file).exists():
+        raise CgdmlError(f"{top_file}: no such topology file")
+    files = [t for t in items if isinstance(t, (str, Path))]
+    loaded = iter(load_trajectories(files, top_file))
+    trajs = [next(loaded) if isinstance(t, (str, Path)) else t for t in items]
+    xyz_list = [np.asarray(t.xyz if hasattr(t, "xyz") else t, dtype=np.float64) for t in trajs]
+    traj_topology = next((t.topology for t in trajs if hasattr(t, "topology")), None)
+    ref, ref_name = reference, None
+    if isinstance(reference, (str, Path)):
+        from ..data import CGDataset
+
+        ref, ref_name = CGDataset.load(reference), str(reference)
+    n_beads = xyz_list[0].shape[1] if xyz_list[0].ndim == 3 else None
+    if ref is not None and ref.n_beads != n_beads:
+        raise CgdmlError(f"{ref_name or 'reference'}: reference has {ref.n_beads} beads, trajectories have {n_beads}")
+    if ref is not None and traj_topology is not None:
+        topo = reference_topology(traj_topology, ref, names[0] or "the trajectory", ref_name or "the reference")
+    elif ref is not None:
+        topo = ref.cg_topology
+    elif traj_topology is not None:
+        topo = as_cg_topology(traj_topology)
+    elif topology is not None and top_file is None:
+        topo = as_cg_topology(topology)
+    else:
+        raise CgdmlError("plain coordinates need a topology (a CGTopology or mdtraj Topology) or a reference")
+    ref_xyz = None if ref is None else ref.coords
+    cv_sets = None if cvs is None else [c for c in _as_list(cvs) if c != "phi-psi"] or None
+    panels = landscape_panels(xyz_list, topo, ref_xyz, cv_sets, lagtime=lagtime)
+
+    report = {"trajectories": names, "n_frames": sum(len(x) for x in xyz_list), "cv": _cv_name(cv_sets, panels),
+              "bins": int(bins), "topology": topo.describe()}
+    log.info("landscapes: %s", "; ".join(p.label for p in panels))
+    try:
+        results = compare_panels(panels, bins, n_boot if ref is not None else 0, block, seed)
+    except CgdmlError as exc:
+        raise CgdmlError(f"{ref_name}: {exc}" if ref_name and "bootstrap" not in str(exc) else str(exc)) from None
+    report["panels"] = results["panels"]
+    why = (results["mean"] or {}).get("bootstrap_undefined")
+    if why:
+        warnings.warn(f"bootstrap interval undefined: {why}; give more frames or shorter blocks (or no bootstrap)")
+    if ref is not None:
+        report.update(reference=ref_name, n_ref_frames=int(ref.n_frames), mean=results["mean"])
+        single = len(panels) == 1
+        for e in results["panels"]:
+            if e.get("model_outside_range", 0) > 0:
+                warnings.warn(f"{'' if single else e['label'] + ': '}{e['model_outside_range']:.1%} of the model "
+                              "frames fall outside the reference's range of this landscape and are not counted by "
+                              "the metric")
+        if single:
+            e = results["panels"][0]
+            report.update(metrics=e["metrics"], noise_floor=e["noise_floor"])
+            for key in ("bootstrap", "bootstrap_undefined", "phi_positive"):
+                if key in e:
+                    report[key] = e[key]
+    if plot is not None:
+        from .cvs import topology_distributions
+        from .plot import plot_landscapes
+
+        distributions = topology_distributions(topo, np.concatenate(xyz_list), ref_xyz) if ref is not None else []
+        plot_landscapes(plot, panels, bins, results if ref is not None else None, distributions)
+    return report
+
+
+def _cv_name(cv_sets, panels):
+    """The report's "cv": the CV sets as given, "phi-psi" for the residues' (phi, psi), "tica", or the CVs."""
+    if cv_sets:
+        return " ".join(",".join(map(repr, group)) for group in cv_groups(cv_sets))
+    if panels[0].residue:
+        return "phi-psi"
+    return "tica" if panels[0].is_tica else ",".join(panels[0].names)
