@@ -83,28 +83,50 @@ class TwoLayerGDML(BaseEstimator):
 
     Parameters
     ----------
-    n_models, batch_size : layer-1 sub-model count and frames per sub-model.
-    mean_set_size : configurations in the mean-force set (the layer-2 training set).
-    sigma1, sigma2 : candidate kernel widths (descriptor units, 1/nm) for layers 1 and 2.
-    lam1, lam2 : candidate regularisations, relative to the mean kernel diagonal (noise/signal ratio).
-    n_folds : cross-validation folds (>= 2 when a hyperparameter has several candidates); cv_models sub-models
-        per candidate and fold; cv_mean_set_size the layer-2 training size during CV; cv_holdout held-out
-        frames scored per fold.
-    cv_score : "auto" (dihedral when there is a score dihedral) | "dihedral" (held-out force errors projected on
-        the ``score_dihedrals``) | "force" (plain held-out force MSE); see :mod:`cgdml.selection`.
-    chiral, dihedrals : add the sines of the ``dihedrals`` (n, 4; None: consecutive beads) to the descriptor
-        (they tell a configuration from its mirror image). score_dihedrals : (n, 4) the dihedrals of the score
-        (None: consecutive beads).
-    n_jobs : parallel layer-1 trainings in local joblib processes (one thread each; 1: in this process;
-        negative: all cores but |n_jobs| - 1).
-    scheduler : run the layer-1 and CV trainings on Dask instead: ``tcp://HOST:PORT``, a scheduler-file path
-        or a ``distributed.Client``. Results equal those of a local run with n_jobs > 1, bit for bit.
-    seed : the random streams of folds, batches and sets. workdir : checkpoint directory for resuming.
-    progress : one progress bar over the sub-model trainings.
+    n_models, batch_size : int
+        Layer-1 sub-model count and frames per sub-model.
+    mean_set_size : int
+        Configurations in the mean-force set (the layer-2 training set).
+    sigma1, sigma2 : float or sequence of float
+        Candidate kernel widths (descriptor units, 1/nm) for layers 1 and 2.
+    lam1, lam2 : float or sequence of float
+        Candidate regularisations, relative to the mean kernel diagonal (noise/signal ratio).
+    n_folds, cv_models, cv_mean_set_size, cv_holdout : int
+        Cross-validation folds (>= 2 when a hyperparameter has several candidates), sub-models per candidate
+        and fold, the layer-2 training size during CV, and the held-out frames scored per fold.
+    cv_score : {"auto", "dihedral", "force"}
+        "dihedral": held-out force errors projected on the ``score_dihedrals``; "force": the plain held-out
+        force MSE; "auto": dihedral when there is a score dihedral. See :mod:`cgdml.selection`.
+    chiral : bool
+        Add the sines of the ``dihedrals`` to the descriptor (they tell a configuration from its mirror image).
+    dihedrals, score_dihedrals : (n, 4) int array or None
+        The descriptor's dihedrals and those of the score (None: consecutive beads).
+    n_jobs : int
+        Parallel layer-1 trainings in local joblib processes (one thread each; 1: in this process; negative:
+        all cores but ``|n_jobs| - 1``).
+    scheduler : str or distributed.Client or None
+        Run the layer-1 and CV trainings on Dask instead: ``tcp://HOST:PORT`` or a scheduler-file path. Results
+        equal those of a local run with ``n_jobs > 1``, bit for bit.
+    seed : int
+        The random streams of folds, batches and sets.
+    workdir : path or None
+        Checkpoint directory for resuming.
+    progress : bool
+        One progress bar over the sub-model trainings.
 
-    Learned: ``model_``, ``sigma1_``, ``lam1_``, ``sigma2_``, ``lam2_`` (chosen), ``cv_scores_`` (the CV table),
-    ``cv_score_`` (the score used), ``mean_set_index_``, ``mean_set_labels_``, ``n_layer1_models_``,
-    ``layer1_spread_``, ``batch_size_``, ``strata_`` (the groups used), ``execution_``, ``timings_``, ``summary_``.
+    Attributes
+    ----------
+    model_ : GDMLModel
+        The layer-2 model.
+    sigma1_, lam1_, sigma2_, lam2_ : float
+        The chosen hyperparameters.
+    cv_scores_ : list of dict
+        The cross-validation table; ``cv_score_`` the score used.
+    mean_set_index_, mean_set_labels_ : ndarray
+        The mean-force set and its labels (the layer-1 average).
+    n_layer1_models_, layer1_spread_, batch_size_, strata_, execution_, timings_, summary_
+        Sub-model count, mean spread of their predictions, the batch size used, the groups used, where the
+        trainings ran, timings (s) and the one-line summary.
     """
 
     _parameter_constraints = {

@@ -75,51 +75,12 @@ _write_exports()
 # One page per module, docs/api/<module>.md. The issue 24 refactor adds modules that are not in every branch
 # yet: their pages are listed here and left out of the build until the module exists. Once it does, the build
 # stops with a warning that names the page, so that it is not forgotten: delete its line below.
-PENDING_API_PAGES = {
-    "cgdml.system": "the CG system object (SYSTEM branch)",
-    "cgdml.io": "readers (SYSTEM branch)",
-    "cgdml.io.allatom": "all-atom readers (SYSTEM branch)",
-    "cgdml.io.arrays": "pre-mapped arrays (SYSTEM branch)",
-    "cgdml.io.formats": "other engines' forces (SYSTEM branch, was cgdml.formats)",
-    "cgdml.io.mlcg": "mlcg HDF5 (SYSTEM branch, was cgdml.mlcg)",
-    "cgdml.io.shipped": "the shipped data (SYSTEM branch)",
-    "cgdml.selection": "hyperparameter selection (FIT branch)",
-    "cgdml.linalg": "linear algebra (FIT branch)",
-    "cgdml.simulate.integrators": "integrator steps (SIMULATE branch)",
-    "cgdml.simulate.reporters": "reporters (SIMULATE branch)",
-    "cgdml.fes.cvs": "collective variables (SIMULATE branch)",
-    "cgdml.fes.compare": "landscape comparison (SIMULATE branch)",
-    "cgdml.fes.plot": "landscape plots (SIMULATE branch)",
-}
-# Pages of modules that the refactor moves or renames; delete the page (and its line) when its module is gone.
-INTERIM_API_PAGES = {
-    "cgdml.formats": "moves to cgdml.io.formats",
-    "cgdml.mlcg": "moves to cgdml.io.mlcg",
-    "cgdml.cvscores": "hyperparameter score tables and plots; may be renamed (FIT branch)",
-}
 
 
 # Modules that are commands (thin layers over the library, documented in guide/commands.md), not API pages.
 COMMAND_MODULES = {"cgdml.map", "cgdml.fit", "cgdml.export", "cgdml.cvplot"}
 
 
-def _module_exists(name):
-    """Whether this checkout has module ``name`` (an editable install of another tree does not count)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except ModuleNotFoundError:
-        return False
-    return spec is not None and spec.origin is not None and Path(spec.origin).resolve().is_relative_to(ROOT)
-
-
-_pending_now = [m for m in PENDING_API_PAGES if not _module_exists(m)]
-_pending_ready = [m for m in PENDING_API_PAGES if _module_exists(m)]
-_interim_gone = [m for m in INTERIM_API_PAGES if not _module_exists(m)]
-exclude_patterns += [f"api/{m}.md" for m in _pending_now + _interim_gone]
-
-for _m in _pending_ready:
-    if not (DOCS / "api" / f"{_m}.md").exists():
-        raise RuntimeError(f"docs/api/{_m}.md is missing")
 
 
 def _library_modules():
@@ -143,12 +104,6 @@ def _report_layout(app):
         if not (DOCS / "api" / f"{m}.md").exists():
             log.warning(f"module {m} has no API page: add docs/api/{m}.md (a title and an automodule directive, "
                         "as the other pages), or add it to COMMAND_MODULES (docs/conf.py) if it is a command")
-    for m in _pending_ready:
-        log.warning(f"module {m} exists now: enable docs/api/{m}.md by deleting its line in "
-                    "PENDING_API_PAGES (docs/conf.py)")
-    for m in _interim_gone:
-        log.warning(f"module {m} is gone ({INTERIM_API_PAGES[m]}): delete docs/api/{m}.md and its line in "
-                    "INTERIM_API_PAGES (docs/conf.py)")
 
 
 # Two habits of the docstrings that reStructuredText reads otherwise, fixed here rather than in every docstring
