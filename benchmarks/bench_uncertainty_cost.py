@@ -4,7 +4,7 @@ GDMLModel.predict_forces call on the same 100 configurations, for a 5-bead and a
 The force model has the default inducing-point count of cgdml.nystrom (1000 centres for 5 beads, 333 for 14);
 the posterior has m r <= 4000 inducing observations (444 and 111 configurations) and a factor of rank k. Costs
 depend only on these shapes, so the arrays are synthetic (chain configurations, random coefficients): a few
-seconds per row. Run: ``python benchmarks/bench_uncertainty_cost.py [--ranks 100 300 1000] [--threads N]``.
+seconds per row. Run: ``python benchmarks/bench_uncertainty_cost.py [--ranks 100 300 500 1000] [--threads N]``.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def timed(fn, min_time=0.3, repeat=3):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ranks", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[100, 300, 500, 1000])
     ap.add_argument("--replicas", type=int, default=100)
     ap.add_argument("--max-reduced", type=int, default=4000)
     args = ap.parse_args()

@@ -198,11 +198,12 @@ class ForcePosterior:
     regulariser (noise variance / s2); s2 the signal variance, so that the label noise variance is s2 lam
     ((kJ/mol/nm)^2 per reduced component); factor Phi (m r, k) with B ~ Phi Phi^T <= B; sample_coefficients
     (n_samples, m, nd): descriptor-space coefficients of posterior function samples (deviations from the mean);
-    info: fit diagnostics (JSON-able dict).
+    info: fit diagnostics (JSON-able dict); rank_profile (k + 1, 2), optional: for each rank i <= k, the fraction
+    of the training frames' posterior variance and of trace(B) that keeping only i columns drops.
     """
 
     def __init__(self, inducing_descriptors, inducing_jacobians, sigma, quads, chiral_scale, n_beads, lam, s2,
-                 factor, sample_coefficients, info=None):
+                 factor, sample_coefficients, info=None, rank_profile=None):
         self.inducing_descriptors = np.ascontiguousarray(inducing_descriptors, dtype=np.float64)
         self.inducing_jacobians = np.ascontiguousarray(inducing_jacobians, dtype=np.float64)
         self.sigma = float(sigma)
@@ -214,6 +215,7 @@ class ForcePosterior:
         self.factor = np.ascontiguousarray(factor, dtype=np.float64)
         self.sample_coefficients = np.ascontiguousarray(sample_coefficients, dtype=np.float64)
         self.info = dict(info or {})
+        self.rank_profile = None if rank_profile is None else np.asarray(rank_profile, dtype=np.float64)
         self._check()
         m, nd, r = self.inducing_jacobians.shape
         # descriptor-space columns P_j = W_j Phi_j (m, nd, k)
@@ -241,6 +243,9 @@ class ForcePosterior:
         for name, a in (("descriptors", Du), ("Jacobians", Wu), ("factor", self.factor), ("samples", S)):
             if not np.isfinite(a).all():
                 raise CgdmlError(f"posterior {name} hold NaN or inf")
+        p = self.rank_profile
+        if p is not None and (p.shape != (self.factor.shape[1] + 1, 2) or not np.isfinite(p).all()):
+            raise CgdmlError(f"posterior rank profile shaped {p.shape}, expected ({self.factor.shape[1] + 1}, 2)")
 
     # ------------------------------------------------------------------------------------------------ fit
     @classmethod
@@ -333,7 +338,8 @@ class ForcePosterior:
         factor = V[:, :k] * w[:k]
         norms = np.einsum("ik,ik->k", V, V) * w * w               # |Phi_l|^2: trace(B) by column
 
-        if s2 is None:
+        s2_estimated = s2 is None
+        if s2_estimated:
             vb = V.T @ b
             s2 = (yy - float(np.sum(vb * vb / (lam + a)))) / (lam * n * r)
             s2 = max(s2, 1e-300)
@@ -344,17 +350,35 @@ class ForcePosterior:
         timings["total_s"] = time.perf_counter() - t0
         info = dict(n_frames=int(n), n_sample=int(len(sample)), n_inducing=int(m), reduced_size=int(mr), rank=k,
                     inducing=(inducing if isinstance(inducing, str) else ("fps" if inducing is None else "given")),
-                    inducing_index=np.asarray(idx).tolist(), jitter=float(jitter), s2_estimated=True,
+                    inducing_index=np.asarray(idx).tolist(), jitter=float(jitter), s2_estimated=s2_estimated,
                     dropped_trace_fraction=float(norms[k:].sum() / max(norms.sum(), 1e-300)),
                     dropped_variance_fraction=float(tail[k] / max(post_trace, 1e-300)),
                     mean_train_variance=float(s2 * post_trace / (n * r)), noise_variance=float(s2 * lam),
                     timings=timings)
-        return cls(Du, Wu, sigma, quads, chiral_scale, n_beads, lam, s2, factor, coeffs, info)
+        trace_tail = np.concatenate([np.cumsum(norms[::-1])[::-1], [0.0]])
+        profile = np.column_stack([tail[:k + 1] / max(post_trace, 1e-300),
+                                   trace_tail[:k + 1] / max(norms.sum(), 1e-300)])
+        return cls(Du, Wu, sigma, quads, chiral_scale, n_beads, lam, s2, factor, coeffs, info, profile)
 
     # ------------------------------------------------------------------------------------------- predict
     @property
     def rank(self):
         return self.factor.shape[1]
+
+    def truncated(self, rank):
+        """A cheaper copy that keeps the ``rank`` leading columns of the factor (cost is proportional to the rank;
+        the variance can only rise). ``info`` gets the dropped fractions of that rank (from ``rank_profile``)."""
+        k = int(rank)
+        if not 1 <= k <= self.rank:
+            raise CgdmlError(f"rank must be between 1 and {self.rank}, got {rank!r}")
+        info = dict(self.info, rank=k)
+        if self.rank_profile is not None:
+            info.update(dropped_variance_fraction=float(self.rank_profile[k, 0]),
+                        dropped_trace_fraction=float(self.rank_profile[k, 1]))
+        return ForcePosterior(self.inducing_descriptors, self.inducing_jacobians, self.sigma, self.quads,
+                              self.chiral_scale, self.n_beads, self.lam, self.s2, self.factor[:, :k],
+                              self.sample_coefficients, info,
+                              None if self.rank_profile is None else self.rank_profile[:k + 1])
 
     @property
     def noise_variance(self):
@@ -419,7 +443,8 @@ class ForcePosterior:
                 "sigma": np.float64(self.sigma), "quads": self.quads, "chiral_scale": np.float64(self.chiral_scale),
                 "n_beads": np.int64(self.n_beads), "lam": np.float64(self.lam), "s2": np.float64(self.s2),
                 "factor": self.factor, "sample_coefficients": self.sample_coefficients,
-                "info_json": np.array(json.dumps(self.info, default=json_default))}
+                "info_json": np.array(json.dumps(self.info, default=json_default)),
+                **({} if self.rank_profile is None else {"rank_profile": self.rank_profile})}
 
     @classmethod
     def from_arrays(cls, arrays, prefix=""):
@@ -447,7 +472,8 @@ class ForcePosterior:
         factor = f.get("factor", lambda v: as_array(v, shape=(len(Du) * Wu.shape[2], None)))
         samples = f.get("sample_coefficients", lambda v: as_array(v, shape=(None, len(Du), nd)))
         return cls(Du, Wu, f.get("sigma", positive), quads, f.get("chiral_scale", as_float), n_beads,
-                   f.get("lam", positive), f.get("s2", positive), factor, samples, f.get("info_json", as_json, {}))
+                   f.get("lam", positive), f.get("s2", positive), factor, samples, f.get("info_json", as_json, {}),
+                   f.get("rank_profile", lambda v: as_array(v, shape=(factor.shape[1] + 1, 2)), None))
 
 
 # ------------------------------------------------------------------------------------------ label noise

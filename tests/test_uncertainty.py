@@ -163,6 +163,12 @@ def test_low_rank_factor_is_conservative_and_ranks_frames():
         vt = trunc.force_variance(Rh)
         assert np.all(vt >= v * (1 - 1e-10))
         assert scipy.stats.spearmanr(vt, v)[0] > 0.99
+    cheap = full.truncated(low.rank)  # columns ordered by importance: truncating the full fit is the same choice
+    np.testing.assert_allclose(cheap.force_variance(Rh), low.force_variance(Rh), rtol=1e-9)
+    assert cheap.info["dropped_variance_fraction"] == pytest.approx(low.info["dropped_variance_fraction"])
+    assert np.all(np.diff(full.rank_profile[:, 0]) <= 1e-15) and full.rank_profile[-1, 0] == 0
+    with pytest.raises(CgdmlError, match="rank"):
+        full.truncated(0)
     # the mean variance over the training frames grows by about what the rank choice allowed
     grow = low.force_variance(R).mean() / full.force_variance(R).mean() - 1
     assert 0 <= grow < 0.1
@@ -198,10 +204,12 @@ def test_round_trip_and_damaged_fields(tmp_path):
     np.testing.assert_array_equal(back.force_variance(R[:5]), post.force_variance(R[:5]))
     np.testing.assert_array_equal(back.sample_forces(R[:2]), post.sample_forces(R[:2]))
     assert back.info["rank"] == post.rank
+    np.testing.assert_array_equal(back.rank_profile, post.rank_profile)
     for key, value, message in (("unc/factor", np.full((3, 3), np.nan), "damaged field 'unc/factor'"),
                                 ("unc/s2", np.float64(-1.0), "damaged field 'unc/s2'"),
                                 ("unc/inducing_jacobians", np.zeros((2, 2)), "damaged field 'unc/inducing_jacobians'"),
                                 ("unc/version", np.int64(99), "version 99"),
+                                ("unc/rank_profile", np.zeros((2, 2)), "damaged field 'unc/rank_profile'"),
                                 ("unc/sample_coefficients", None, "missing field 'unc/sample_coefficients'")):
         bad = dict(arrays)
         bad.pop(key) if value is None else bad.__setitem__(key, value)
