@@ -94,7 +94,8 @@ def test_exact_posterior_matches_brute_force_gp(data):
     assert post.rank == n * (d - 6) and post.info["n_sample"] == n
     K = data["K"].reshape(n * d, n * d)
     A = K + LAM * np.eye(n * d)  # noise s2 lam on every Cartesian component; the rigid ones carry no information
-    for Rx, Kx, Kxx in ((Rq, data["Kq"], data["Kqq"]), (R[:4], data["K"][:, :, :4], diag_blocks(data["K"][:4, :, :4]))):  # queries, training frames
+    cases = ((Rq, data["Kq"], data["Kqq"]), (R[:4], data["K"][:, :, :4], diag_blocks(data["K"][:4, :, :4])))
+    for Rx, Kx, Kxx in cases:  # held-out queries, then training frames
         Kx = Kx.reshape(n * d, -1)
         cov = Kxx - np.stack([Kx[:, i * d:(i + 1) * d].T @ np.linalg.solve(A, Kx[:, i * d:(i + 1) * d])
                               for i in range(len(Rx))])
