@@ -505,7 +505,7 @@ def _kabsch(P, Q):
 
 
 def instantaneous_noise(R, F, quads=(), chiral_scale=1.0, *, n_queries=2000, max_frames=20000, fraction=0.5,
-                        min_separation=0, seed=0, chunk=1024):
+                        min_separation=0, seed=0, chunk=256):
     """The noise variance of instantaneous forces F at R (n, n_beads, 3), estimated from the data alone.
 
     Each of ``n_queries`` random frames i is paired with its nearest frame j in descriptor space (among up to

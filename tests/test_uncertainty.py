@@ -247,3 +247,19 @@ def test_noise_estimator_recovers_known_noise():
     assert est.per_bead.shape == (N_BEADS,) and float(est) == est.variance
     naive = np.mean((F[1:] - F[:-1]) ** 2) / 2                         # no alignment, no extrapolation
     assert naive > 2 * noise ** 2
+
+
+def test_inducing_choices_and_bad_arguments():
+    R, F = toy(30, 8)
+    rand = ForcePosterior.fit(R, F, sigma=SIGMA, lam=LAM, quads=QUADS, inducing="random", max_reduced=90)
+    fps = ForcePosterior.fit(R, F, sigma=SIGMA, lam=LAM, quads=QUADS, max_reduced=90)
+    assert rand.info["n_inducing"] == fps.info["n_inducing"] == 10 and fps.info["inducing"] == "fps"
+    assert rand.info["inducing_index"] != fps.info["inducing_index"]
+    for bad, message in (("nearest", "inducing must be"), (np.array([0, 0]), "distinct"),
+                         (np.array([0, 30]), r"\[0, 30\)")):
+        with pytest.raises(CgdmlError, match=message):
+            ForcePosterior.fit(R, F, sigma=SIGMA, lam=LAM, quads=QUADS, inducing=bad)
+    with pytest.raises(CgdmlError, match="positive"):
+        ForcePosterior.fit(R, F, sigma=SIGMA, lam=0.0, quads=QUADS)
+    with pytest.raises(CgdmlError, match="beads"):
+        fps.force_variance(R[:, :4])
