@@ -353,7 +353,7 @@ class ForcePosterior:
                     inducing_index=np.asarray(idx).tolist(), jitter=float(jitter), s2_estimated=s2_estimated,
                     dropped_trace_fraction=float(norms[k:].sum() / max(norms.sum(), 1e-300)),
                     dropped_variance_fraction=float(tail[k] / max(post_trace, 1e-300)),
-                    mean_train_variance=float(s2 * post_trace / (n * r)), noise_variance=float(s2 * lam),
+                    mean_train_variance=float(s2 * post_trace / (n * 3 * n_beads)), noise_variance=float(s2 * lam),
                     timings=timings)
         trace_tail = np.concatenate([np.cumsum(norms[::-1])[::-1], [0.0]])
         profile = np.column_stack([tail[:k + 1] / max(post_trace, 1e-300),

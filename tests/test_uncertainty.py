@@ -110,6 +110,8 @@ def test_exact_posterior_matches_brute_force_gp(data):
     s2 = (y.ravel() @ np.linalg.solve(A, y.ravel()) - np.sum(null ** 2) / LAM) / (n * (d - 6))
     np.testing.assert_allclose(post.s2, s2, rtol=1e-6)
     assert post.noise_variance == pytest.approx(post.s2 * LAM)
+    # the recorded mean training variance is the mean of force_variance over the training frames (Cartesian)
+    assert post.info["mean_train_variance"] == pytest.approx(post.force_variance(R).mean(), rel=1e-6)
 
 
 def test_dtc_subset_matches_dense_formula(data):
