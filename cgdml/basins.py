@@ -4,7 +4,8 @@ Force matching fixes a CG free energy only up to one constant per region of conf
 training frames connect. When a backbone dihedral's training distribution splits into disjoint arcs (no
 frame on the barrier between them, as for alanine dipeptide's alpha_L basin at phi > 0), the relative free
 energy of the arcs comes from how the learned model extrapolates across the empty gap, which the data do
-not constrain: on the cgnet alanine-dipeptide data every kernel model put alpha_L ~10 kT too high.
+not constrain: on the cgnet alanine-dipeptide data every kernel model put alpha_L several kT too high
+(NOTES.md, "Basin balancing").
 
 The only information the data hold about those offsets is how often each arc is visited. For each soft
 dihedral of the CG topology (the backbone phi and psi of every residue, else the graph's proper dihedrals)

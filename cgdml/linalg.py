@@ -23,7 +23,7 @@ def cholesky_upper(A):
     Fortran-ordered for LAPACK's potrs; use it as ``scipy.linalg.cho_solve((c, False), b)``.
 
     Large matrices go through :func:`cholesky_upper_inplace`; a C-ordered factor would make every cho_solve
-    copy it (1 s instead of 0.09 s at size 6000). Raises numpy.linalg.LinAlgError if A is not positive definite.
+    copy it, which costs more than the solve. Raises numpy.linalg.LinAlgError if A is not positive definite.
     """
     A = np.asfortranarray(A)
     if A.shape[0] > 8192:

@@ -19,7 +19,7 @@ def build_parser():
                    help="implicit (OBC2 generalised Born, default) or explicit (TIP3P water box, barostat)")
     p.add_argument("--gb", choices=GB_MODELS, default=None,
                    help="implicit-solvent OBC2 GB as implicit/obc2.xml's CustomGBForce (custom) or OpenMM's native "
-                        "GBSAOBCForce with the same parameters (native, ~3x faster); default custom for --sequence "
+                        "GBSAOBCForce with the same parameters (native, faster); default custom for --sequence "
                         "A, native otherwise")
     p.add_argument("--seed", type=seed_int, default=2024, help="seed of the velocities and the Langevin noise, >= 0 "
                    "(default 2024)")
