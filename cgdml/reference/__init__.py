@@ -31,7 +31,7 @@ FORCE_FIELDS = {"implicit": ("amber14/protein.ff14SB.xml", "implicit/obc2.xml"),
                 "explicit": ("amber14/protein.ff14SB.xml", "amber14/tip3p.xml")}
 # Implicit-solvent GB implementations (same OBC2 model and parameters, igb=5 with mbondi2 radii):
 # "custom" is implicit/obc2.xml's CustomGBForce (the shipped alanine-dipeptide data), "native" moves its per-atom
-# parameters into OpenMM's built-in GBSAOBCForce, faster on the CPU (NOTES.md).
+# parameters into OpenMM's built-in GBSAOBCForce, faster on the CPU.
 GB_MODELS = ("custom", "native")
 NATIVE_GB = "GBSAOBCForce (OBC2; charges, radii and scales of implicit/obc2.xml)"
 AMINO_ACIDS = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY",
