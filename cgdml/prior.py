@@ -184,6 +184,9 @@ class CGPrior(BaseEstimator):
     _ARRAYS = ("bond_pairs_", "bond_r0_", "bond_k_", "angle_triples_", "angle_theta0_", "angle_k_",
                "repulsion_pairs_", "repulsion_rmin_", "dihedral_quads_", "dihedral_splines_")
     _OPTIONAL = {"dihedral_quads_": (0, 4), "dihedral_splines_": (0, PROFILE_NODES, 4)}  # absent in older files
+    _EMPTY = {"bond_pairs_": (0, 2), "bond_r0_": (0,), "bond_k_": (0,), "angle_triples_": (0, 3),
+              "angle_theta0_": (0,), "angle_k_": (0,), "repulsion_pairs_": (0, 2), "repulsion_rmin_": (0,),
+              **_OPTIONAL}  # the shape of each array when the prior has no terms of its kind
 
     def to_arrays(self):
         """Learned state as a dict of arrays (for embedding in a model file)."""
@@ -204,8 +207,10 @@ class CGPrior(BaseEstimator):
             if empty is not None and name not in f:
                 setattr(prior, name, np.zeros(empty, dtype=np.int64 if index else np.float64))
                 continue
-            setattr(prior, name, np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(
-                v, "i" if index else "f"))))
+            value = np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(v, "i" if index else "f")))
+            if value.size == 0:  # no terms of this kind, however the empty array is shaped
+                value = np.zeros(cls._EMPTY[name], dtype=value.dtype)
+            setattr(prior, name, value)
         prior.dihedrals = prior.dihedrals_ = len(prior.dihedral_quads_) > 0
         prior.temperature_ = f.get("temperature_", lambda v: as_float(v, positive=True))
         prior.repulsion_eps_ = f.get("repulsion_eps_", as_float)
@@ -220,7 +225,8 @@ class CGPrior(BaseEstimator):
         for index_name, width, param_names in shapes:
             index, params = getattr(self, index_name), [getattr(self, p) for p in param_names]
             if index.ndim != 2 or index.shape[1] != width or any(
-                    p.shape[:1] != (len(index),) or (p.ndim != 1 and p.shape[2:] != (4,)) for p in params):
+                    p.shape[:1] != (len(index),) or (p.shape[1:] != () and (p.ndim != 3 or p.shape[1] < 1
+                                                                             or p.shape[2] != 4)) for p in params):
                 raise CgdmlError(f"damaged prior: field 'prior/{index_name}' shaped {index.shape} with "
                                  f"{', '.join(repr('prior/' + p) for p in param_names)} shaped "
                                  f"{[p.shape for p in params]}")
