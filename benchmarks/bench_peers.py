@@ -344,7 +344,7 @@ def cgdml_task(budget, seed, args, ref, log, load):
         [py, "-m", "cgdml.map", "--coords", data_dir / "coords.npy", "--cg-forces", data_dir / "forces.npy",
          "--length-unit", "angstrom", "--energy-unit", "kcal/mol", "--beads", "ala2-5", "--temperature", "300",
          "-o", data], log), load)
-    fit_args = ["--method", "nystrom", "--inducing", "200", "--sigma1", "2", "4", "--lam1", "1"] if args.quick else []
+    fit_args = ["--method", "nystrom", "--inducing", "200", "--sigma", "2", "4", "--lam", "1"] if args.quick else []
     fit = timed_step(model, work, "fit", lambda: run([py, "-m", "cgdml.fit", data, *fit_args, "--quiet", "-o", model],
                                                      log), load)
     sim_args = ["--steps", str(args.quick_steps), "--replicas", str(args.quick_replicas)] if args.quick else []
