@@ -1,13 +1,19 @@
 """Model uncertainty of landscapes (cgdml.fes.reweight, docs/uncertainty.md §9): posterior-sample energies,
 reweighting against analytically reweighted histograms, the per-bin model spread, the JSON keys, the band shrinking
-as the samples agree, and the effective sample size flag."""
+as the samples agree, the effective sample size flag, the fes command's --model option end to end and a model
+without a posterior."""
+import json
+
+import mdtraj as md
 import numpy as np
 import pytest
 from scipy.stats import norm
 
+from cgdml._cli import run_cli
 from cgdml._io import CgdmlError
 from cgdml.data import CGDataset
 from cgdml.fes import compare_landscapes, compare_panels, histogram_fes
+from cgdml.fes.__main__ import main
 from cgdml.fes.cvs import Panel
 from cgdml.fes.reweight import (ModelWeights, as_grid, effective_sample_size, model_band, sample_energies,
                                 sample_weights)
@@ -229,3 +235,75 @@ def vars_of(post):
     return dict(inducing_descriptors=post.inducing_descriptors, inducing_jacobians=post.inducing_jacobians,
                 sigma=post.sigma, quads=post.quads, chiral_scale=post.chiral_scale, n_beads=post.n_beads,
                 lam=post.lam, s2=post.s2, factor=post.factor, sample_coefficients=post.sample_coefficients)
+
+
+def write_files(tmp_path, toy, with_posterior):
+    ds, model, xyz = toy
+    traj, ref, path = tmp_path / "t.h5", tmp_path / "ref.npz", tmp_path / "model.npz"
+    md.Trajectory(xyz.astype(np.float32), ds.cg_topology.to_mdtraj()).save(str(traj))
+    ds.save(ref)
+    plain = CGModel(model.gdml, model.prior, model.system, model.train_coords_sample)
+    if with_posterior:
+        plain.uncertainty = model.uncertainty
+    plain.save(path)
+    return traj, ref, path
+
+
+def test_cli_model_without_posterior_says_so_in_one_line(toy, tmp_path, capsys):
+    ds, model, xyz = toy
+    traj, ref, path = write_files(tmp_path, toy, False)
+    if getattr(CGModel.load(path), "uncertainty", None) is not None:
+        pytest.skip("this cgdml saves a posterior with every model")
+    js = tmp_path / "m.json"
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(traj), "--reference", str(ref), "--model", str(path), "-o", str(tmp_path / "f.png"),
+                       "--json", str(js), "--n-boot", "5", "--block", "100"])
+    assert exc.value.code == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "posterior" in line]
+    assert len(err) == 1 and err[0].startswith("warning: ") and "no force posterior" in err[0]
+    report = json.loads(js.read_text())
+    assert report["model"] == str(path) and "no force posterior" in report["model_uncertainty_undefined"]
+    assert "reweighting" not in report and "model_uncertainty" not in report["panels"][0]
+
+
+def test_cli_model_option(toy, tmp_path, capsys, monkeypatch):
+    ds, model, xyz = toy
+    traj, ref, path = write_files(tmp_path, toy, True)
+    if getattr(CGModel.load(path), "uncertainty", None) is None:    # before models carry their posterior
+        load = CGModel.load
+
+        def with_posterior(p):
+            m = load(p)
+            m.uncertainty = model.uncertainty
+            return m
+
+        monkeypatch.setattr(CGModel, "load", staticmethod(with_posterior))
+    js, png = tmp_path / "m.json", tmp_path / "f.png"
+    assert main([str(traj), "--reference", str(ref), "--model", str(path), "-o", str(png), "--json", str(js),
+                 "--n-boot", "8", "--block", "100", "--temperature", "330", "--bins", "8"]) == 0
+    report = json.loads(js.read_text())
+    assert report["model"] == str(path) and report["reweighting"]["kT"] == pytest.approx(thermal_energy(330.0))
+    assert "coverage" in report["model_uncertainty"] and png.stat().st_size > 20000
+    out = capsys.readouterr().out
+    assert "posterior spread over 12 samples" in out and "effective sample size" in out
+    assert "free energy std per bin" in out and "reference inside the band" in out
+    bins = report["model_uncertainty"]["bins"]
+    assert np.nanmax(as_grid(bins["model_std"])) > 0 and bins["shape"] == [8, 8]
+    # without a reference: the per-bin band alone, printed and saved
+    assert main([str(traj), "--model", str(path), "-o", str(png), "--json", str(js), "--n-boot", "8",
+                 "--block", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "free energy std per bin" in out and "reference inside" not in out
+    u = json.loads(js.read_text())["panels"][0]["model_uncertainty"]
+    assert set(u["bins"]) == {"shape", "free_energy", "model_std", "sampling_std", "std"}
+    np.testing.assert_allclose(as_grid(u["bins"]["std"]), np.hypot(as_grid(u["bins"]["model_std"]),
+                                                                   as_grid(u["bins"]["sampling_std"])), atol=2e-4)
+    # the bead counts must agree; --temperature needs --model; one-line errors
+    other = CGDataset.from_arrays(frames(50, 3)[:, :4], np.zeros((50, 4, 3)), temperature=T)
+    with pytest.raises(CgdmlError, match="model has 5 beads, trajectories have 4"):
+        compare_landscapes(other.coords, other, model=path)
+    with pytest.raises(CgdmlError, match="no such model file"):
+        compare_landscapes(xyz, ds, model=tmp_path / "missing.npz")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(traj), "--reference", str(ref), "-o", str(tmp_path / "g.png"), "--temperature", "300"])
+    assert exc.value.code == 2 and "--temperature applies only with --model" in capsys.readouterr().err
