@@ -15,8 +15,8 @@ from cgdml.data import CGDataset
 from cgdml.fes import compare_landscapes, compare_panels, histogram_fes
 from cgdml.fes.__main__ import main
 from cgdml.fes.cvs import Panel
-from cgdml.fes.reweight import (ModelWeights, as_grid, effective_sample_size, model_band, sample_energies,
-                                sample_weights)
+from cgdml.fes.reweight import (Z95, ModelWeights, as_grid, coverage, effective_sample_size, model_band,
+                                sample_energies, sample_weights)
 from cgdml.gdml import GDML
 from cgdml.model import CGModel
 from cgdml.prior import CGPrior
@@ -134,7 +134,7 @@ def test_band_json_keys_and_quadrature():
         assert set(u["metrics"][k]) == {"point", "model_mean", "model_std"}
     cov = u["coverage"]
     assert set(cov) == {"min_count", "n_bins", "missed_by_model", "inside", "inside_model_only",
-                        "inside_sampling_only", "inside_with_reference_noise"} and cov["n_bins"] > 20
+                        "inside_sampling_only", "inside_with_reference_noise", "widen_to_95"} and cov["n_bins"] > 20
     assert cov["inside_model_only"] <= cov["inside"] and cov["inside_sampling_only"] <= cov["inside"]
     assert cov["inside"] <= cov["inside_with_reference_noise"]
     assert set(out["mean"]["model_uncertainty"]) == {"n_samples", "metrics", "band"}
@@ -144,6 +144,24 @@ def test_band_json_keys_and_quadrature():
     fu = flat["panels"][0]["model_uncertainty"]
     assert np.nanmax(as_grid(fu["bins"]["model_std"])) == 0.0 and fu["band"]["js"]["model_std"] == 0.0
     assert fu["coverage"]["inside"] == fu["coverage"]["inside_sampling_only"]
+
+
+def test_coverage_counts_bins_inside_the_band():
+    """20 populated bins with |difference| = 1.96 sigma k / 10 for k = 1..20: the 10 with k <= 10 lie inside;
+    widening the band 1.9 times brings 19 of 20 (95%) inside; a missed bin counts as outside."""
+    k = np.arange(1.0, 21.0)
+    sigma = np.full(20, 0.5)
+    diff = Z95 * sigma * k / 10 * np.where(k % 2, 1, -1)
+    h_ref, visited = np.full(20, 30), np.ones(20, bool)
+    cov = coverage(diff, sigma * 0.6, sigma * 0.8, h_ref, visited)       # 0.6^2 + 0.8^2 = 1
+    assert cov["n_bins"] == 20 and cov["inside"] == 0.5 and cov["widen_to_95"] == pytest.approx(1.9)
+    assert cov["inside_sampling_only"] == 0.4 and cov["inside_model_only"] == 0.3
+    visited[0] = False
+    h_ref[1] = 19                                                        # below min_count: not counted
+    cov = coverage(diff, sigma * 0.6, sigma * 0.8, h_ref, visited)
+    assert cov["n_bins"] == 19 and cov["missed_by_model"] == 1 and cov["inside"] == pytest.approx(8 / 19)
+    visited[2:4] = False                                                 # 3 of 19 missed: over 5%
+    assert coverage(diff, sigma * 0.6, sigma * 0.8, h_ref, visited)["widen_to_95"] is None
 
 
 def test_band_shrinks_as_the_samples_agree():

@@ -249,7 +249,9 @@ def coverage(diff, model_std, sampling_std, h_ref, visited, ref_std=None, min_co
     """How often the reference lies inside the 95% band, over the bins with at least ``min_count`` reference
     frames: |F_model - F_ref - offset| <= 1.96 sigma per bin. ``inside``: sigma^2 = model^2 + sampling^2 (the
     band); ``inside_sampling_only`` and ``inside_model_only`` its parts; ``inside_with_reference_noise`` adds the
-    reference's own bootstrap variance. A populated bin the model never visits counts as outside."""
+    reference's own bootstrap variance. A populated bin the model never visits counts as outside.
+    ``widen_to_95``: the factor by which the band would have to widen for the reference to lie inside it in 95%
+    of these bins (the 95th percentile of |difference| / (1.96 sigma); None when over 5% of them are missed)."""
     populated = h_ref >= min_count
     n = int(populated.sum())
     out = {"min_count": int(min_count), "n_bins": n, "missed_by_model": int((populated & ~visited).sum())}
@@ -263,8 +265,11 @@ def coverage(diff, model_std, sampling_std, h_ref, visited, ref_std=None, min_co
     def frac(sigma):
         return float(np.mean(ok & (d <= Z95 * np.where(ok, sigma, 0.0))))
 
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         out["inside"] = frac(np.sqrt(m ** 2 + s ** 2))
+        ratio = np.where(ok, d / (Z95 * np.sqrt(m ** 2 + s ** 2)), np.inf)
+        q = float(np.quantile(ratio, 0.95, method="inverted_cdf"))
+        out["widen_to_95"] = q if np.isfinite(q) else None
         out["inside_model_only"] = frac(m)
         if sampling_std is not None:
             out["inside_sampling_only"] = frac(s)
