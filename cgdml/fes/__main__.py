@@ -10,16 +10,26 @@ The work is :func:`cgdml.fes.compare_landscapes`, whose report is the JSON: ``pa
 label, cvs, range, periodic, metrics, noise_floor, bootstrap, model_outside_range; residue and phi_positive for
 a residue's (phi, psi)) and ``mean`` (over the panels); with a single landscape also the top-level ``metrics``,
 ``noise_floor``, ``bootstrap`` (and ``phi_positive``).
+
+``--model MODEL.npz`` (the model that made the trajectories) adds the model's share of the uncertainty: the frames
+reweighted with the model's posterior function samples (docs/uncertainty.md §9), per bin and for the metrics,
+combined with the bootstrap into a 95% band, a map of the per-bin standard deviation beside the difference map,
+and the JSON keys ``model``, ``reweighting`` and, per panel, ``model_uncertainty`` (or
+``model_uncertainty_undefined``: why not; see :func:`cgdml.fes.compare.compare_panels`). A model fitted by an
+older cgdml has no posterior: one warning line, no model band.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .._cli import (ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, positive_int, run_cli,
-                    with_provenance)
+import numpy as np
+
+from .._cli import (ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, positive_float,
+                    positive_int, run_cli, with_provenance)
 from .._io import CgdmlError, check_output, save_json
 from .compare import SELF_DESCRIBING, compare_landscapes
+from .reweight import as_grid
 
 COMMAND = "cgdml.fes"
 
@@ -55,9 +65,47 @@ def _metric_line(head, m, bootstrap=None):
     return line
 
 
+def _model_line(prefix, e):
+    """The model band of a report entry in one line (or why there is none), or None."""
+    if "model_uncertainty_undefined" in e:
+        return None
+    u = e.get("model_uncertainty")
+    if not u or "band" not in u:
+        return None
+    b = u["band"]
+    what = "sampling and model" if u["sampling"] else "model only"
+    line = (f"{prefix}posterior spread over {u['n_samples']} samples: RMSE {b['fes_rmse']['model_std']:.3f} kT, "
+            f"JS {b['js']['model_std']:.4f}; 95% band ({what}): RMSE {b['fes_rmse']['lo']:.3f}-"
+            f"{b['fes_rmse']['hi']:.3f}, JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f}")
+    cov = u.get("coverage") or {}
+    if cov.get("n_bins"):
+        line += (f"; reference inside the band in {cov['inside']:.0%} of {cov['n_bins']} bins with "
+                 f">= {cov['min_count']} reference frames")
+    return line
+
+
+def _bin_line(prefix, e):
+    """The per-bin standard deviations of a report entry's model band in one line, or None."""
+    u = e.get("model_uncertainty")
+    if not u:
+        return None
+    b = u["bins"]
+    m, t = as_grid(b["model_std"]), as_grid(b["std"])
+    if not np.isfinite(m).any():
+        return None
+    line = (f"{prefix}free energy std per bin over {int(np.isfinite(m).sum())} visited bins: model median "
+            f"{np.nanmedian(m):.2f} kT (max {np.nanmax(m):.2f})")
+    if b.get("sampling_std") is not None:
+        line += f", sampling median {np.nanmedian(as_grid(b['sampling_std'])):.2f} kT"
+    return line + f", both median {np.nanmedian(t):.2f} kT (95% band: -+ 1.96 std)"
+
+
 def _print_entry(prefix, e):
     m, fl = e["metrics"], e["noise_floor"]
     print(_metric_line(prefix, m, e.get("bootstrap")))
+    for line in (_model_line(prefix, e), _bin_line(prefix, e)):
+        if line:
+            print(line)
     print(f"{prefix}noise floor (reference split half): FES RMSE {fl['fes_rmse']:.3f} kT, JS {fl['js']:.4f} nats")
     print(f"{prefix}{m['bins_missed_by_model']} of {m['bins_ref_visited']} reference bins never visited by the "
           f"model ({m['n_model']} model frames, {m['n_ref']} reference frames in range)")
@@ -87,6 +135,11 @@ def build_parser():
     p.add_argument("--n-boot", type=_n_boot, default=200, help="bootstrap resamples (default 200; 0 = none)")
     p.add_argument("--block", type=positive_int, default=None, help="bootstrap block length in frames (default: "
                    "frames/50; use at least a few correlation times, e.g. one replica's frames)")
+    p.add_argument("--model", help="the model (.npz) that made the trajectories: adds the model's share of the "
+                   "uncertainty (its posterior function samples reweight the frames) per bin and for the metrics, "
+                   "a 95%% band with the bootstrap, and a map of the per-bin standard deviation")
+    p.add_argument("--temperature", type=positive_float, default=None, help="with --model: the temperature (K) "
+                   "the trajectories were run at (default: the model's)")
     p.add_argument("-o", "--output", required=True, help="plot file (.png, .pdf, .svg)")
     p.add_argument("--json", help="write the metrics to this JSON file")
     add_verbosity_arguments(p)
@@ -104,7 +157,7 @@ def main(argv=None):
     if a.json and Path(a.json).resolve() == out.resolve():
         raise CgdmlError(f"{a.json}: --json and -o name the same file")
     with claim_outputs(COMMAND, [out, a.json], sidecars={a.json: a.json} if a.json else None,
-                       inputs=[a.traj, a.reference, a.top]):
+                       inputs=[a.traj, a.reference, a.top, a.model]):
         return _fes(a, out)
 
 
@@ -114,15 +167,29 @@ def _fes(a, out):
     for p in a.traj:
         if Path(p).exists() and Path(p).suffix.lower() not in SELF_DESCRIBING and a.top is None:
             raise CgdmlError(f"{p}: this format carries no topology; give --top")
+    if a.temperature is not None and a.model is None:
+        raise CgdmlError("--temperature applies only with --model (it is the temperature of the reweighting)")
     report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
-                                block=a.block, lagtime=a.lagtime, plot=out)
-    if a.reference:
+                                block=a.block, lagtime=a.lagtime, plot=out, model=a.model, temperature=a.temperature)
+    rw = report.get("reweighting")
+    if rw and not rw["ess_too_small"]:
+        e = rw["ess_fraction"]
+        print(f"model band: {rw['n_samples']} posterior samples reweight the {rw['n_frames']} frames (effective "
+              f"sample size {e['min']:.0%}-{e['max']:.0%} of them)")
+    if not a.reference:
+        single = len(report["panels"]) == 1
+        for e in report["panels"]:
+            if _bin_line("" if single else f"{e['label']}: ", e):
+                print(_bin_line("" if single else f"{e['label']}: ", e))
+    else:
         single = len(report["panels"]) == 1
         for e in report["panels"]:
             _print_entry("" if single else f"{e['label']}: ", e)
         if not single:
             m = report["mean"]
             print(_metric_line(f"mean over {m['n_panels']} landscapes: ", m, m.get("bootstrap")))
+            if _model_line("mean: ", m):
+                print(_model_line("mean: ", m))
             print(f"mean noise floor: FES RMSE {m['noise_floor']['fes_rmse']:.3f} kT, "
                   f"JS {m['noise_floor']['js']:.4f} nats")
     if a.json:

@@ -14,14 +14,16 @@ from .._io import CgdmlError
 from .cvs import as_cg_topology, cv_groups, landscape_panels
 from .histograms import (bin_counts, bin_index, bootstrap_draws, bootstrap_summary, bootstrap_undefined,
                          check_bootstrap, metrics_from_counts, split_half_floor)
+from .reweight import METRICS, MIN_COUNT, MIN_ESS, metric_band, model_band, model_weights
 
 log = logging.getLogger("cgdml.fes")
 #: trajectory formats that carry their topology (others need a topology file)
 SELF_DESCRIBING = (".h5", ".hdf5", ".pdb")
 
 
-def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
-    """The metric of docs/method.md §3 for every panel with a reference, and their mean.
+def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weights=None, min_count=MIN_COUNT):
+    """The metric of docs/method.md §3 for every panel with a reference, and their mean; with ``model_weights``
+    also the model's share of the uncertainty (docs/uncertainty.md §9).
 
     Returns {"panels": [entry, ...], "mean": {...}} where each entry has ``label``, ``cvs`` (plain names),
     ``range`` and ``periodic`` per dimension, ``metrics`` (:func:`compare_fes`), ``noise_floor``
@@ -31,6 +33,23 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
     for a residue's (phi, psi), ``residue`` and ``phi_positive``. ``mean`` averages fes_rmse and js over the
     panels, with the mean floor and, when ``n_boot``, a bootstrap of the mean over the same resamples. Without a
     reference the entries carry the CV description only and ``mean`` is None.
+
+    ``model_weights`` (a :class:`cgdml.fes.reweight.ModelWeights` over the pooled model frames) adds to every
+    entry ``model_uncertainty`` (:func:`cgdml.fes.reweight.model_band`), or ``model_uncertainty_undefined`` (why)
+    when the weights' effective sample size is too small:
+
+    - ``n_samples``; ``sampling`` (whether the band includes the bootstrap's sampling part);
+    - ``bins``: ``shape`` (bins per dimension) and per-bin nested lists in kT (None where undefined):
+      ``free_energy`` (aligned as the metric aligns it), ``model_std`` (spread over the posterior samples),
+      ``sampling_std`` (block bootstrap; None without one), ``std`` (the two in quadrature: the 95% band is
+      free_energy -+ 1.96 std) and, with a reference, ``difference`` (F_model - F_ref - offset) and
+      ``reference_std`` (the reference's own block-bootstrap spread);
+    - with a reference: ``metrics`` {fes_rmse, js: {point, model_mean, model_std}} (over the samples), ``band``
+      {fes_rmse, js: {point, model_std, sampling_std, std, lo, hi}} (95%, the parts in quadrature), and
+      ``coverage`` (:func:`cgdml.fes.reweight.coverage`: how often the reference lies inside the band over the
+      bins with at least ``min_count`` reference frames).
+
+    ``mean`` then gets ``model_uncertainty`` with the spread and band of the mean metrics over the same samples.
     """
     entries, idx_models, h_refs = [], [], []
     for p in panels:
@@ -56,25 +75,57 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0):
         idx_models.append(idx)
         h_refs.append(h_ref)
     scored = [e for e in entries if "metrics" in e]
-    if not scored:
-        return {"panels": entries, "mean": None}
-    mean = {k: float(np.mean([e["metrics"][k] for e in scored])) for k in ("fes_rmse", "js")}
-    mean["noise_floor"] = {k: float(np.mean([e["noise_floor"][k] for e in scored])) for k in ("fes_rmse", "js")}
-    mean["n_panels"] = len(scored)
+    mean = None
+    if scored:
+        mean = {k: float(np.mean([e["metrics"][k] for e in scored])) for k in ("fes_rmse", "js")}
+        mean["noise_floor"] = {k: float(np.mean([e["noise_floor"][k] for e in scored])) for k in ("fes_rmse", "js")}
+        mean["n_panels"] = len(scored)
+    n_frames = len(panels[0].model) if panels else 0
     if n_boot:
-        block = check_bootstrap(len(idx_models[0]), n_boot, block)
-    why = bootstrap_undefined(len(idx_models[0]), block) if n_boot else None
-    if why:        # reported as undefined, not as a zero-width interval
+        block = check_bootstrap(n_frames, n_boot, block)
+    why = bootstrap_undefined(n_frames, block) if n_boot else None
+    if scored and why:        # reported as undefined, not as a zero-width interval
         for e in scored + [mean]:
             e["bootstrap_undefined"] = why
-    elif n_boot:
+    elif scored and n_boot:
         draws = bootstrap_draws(idx_models, h_refs, n_boot, block, seed)
         for e, d in zip(scored, draws):
             e["bootstrap"] = {k: bootstrap_summary(e["metrics"][k], v) for k, v in d.items()}
             e["bootstrap"]["n_boot"], e["bootstrap"]["block"] = int(n_boot), block
         mean["bootstrap"] = {k: bootstrap_summary(mean[k], np.mean([d[k] for d in draws], axis=0)) for k in ("fes_rmse", "js")}
         mean["bootstrap"]["n_boot"], mean["bootstrap"]["block"] = int(n_boot), block
+    if model_weights is not None:
+        _add_model_bands(panels, entries, mean, bins, 0 if why else n_boot, block, seed, model_weights, min_count)
     return {"panels": entries, "mean": mean}
+
+
+def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_weights, min_count):
+    """Each entry's ``model_uncertainty`` (see :func:`compare_panels`), and the mean's."""
+    why = model_weights.why()
+    if why:
+        for e in entries + ([mean] if mean else []):
+            e["model_uncertainty_undefined"] = why
+        return
+    samples = []
+    for p, e in zip(panels, entries):
+        edges = p.edges(bins)
+        shape = [len(x) - 1 for x in edges]
+        h_ref = None if p.reference is None else bin_counts(p.reference, edges)
+        ref_idx = None if p.reference is None else bin_index(p.reference, edges)
+        band, metrics = model_band(bin_index(p.model, edges), model_weights.weights, shape, h_ref, n_boot, block,
+                                   seed, ref_idx, min_count)
+        if metrics is not None:
+            band["band"] = {k: metric_band(e["metrics"][k], metrics[k], (e.get("bootstrap") or {}).get(k))
+                            for k in METRICS}
+            samples.append(metrics)
+        e["model_uncertainty"] = band
+    if mean and samples:
+        per_sample = {k: np.mean([s[k] for s in samples], axis=0) for k in METRICS}
+        mean["model_uncertainty"] = {
+            "n_samples": model_weights.n_samples,
+            "metrics": {k: {"point": mean[k], "model_mean": float(per_sample[k].mean()),
+                            "model_std": float(per_sample[k].std(ddof=1))} for k in METRICS},
+            "band": {k: metric_band(mean[k], per_sample[k], (mean.get("bootstrap") or {}).get(k)) for k in METRICS}}
 
 
 def load_trajectories(paths, topology=None):
@@ -126,7 +177,8 @@ def _as_list(x):
 
 
 def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None, bins=36, n_boot=200, block=None,
-                       lagtime=None, seed=0, plot=None):
+                       lagtime=None, seed=0, plot=None, model=None, temperature=None, min_ess=MIN_ESS,
+                       min_count=MIN_COUNT):
     """Free-energy landscapes of CG trajectories compared with a reference: what ``python -m cgdml.fes`` does.
 
     ``trajectories``: a trajectory file (.h5 carries its topology), an mdtraj Trajectory, coordinates
@@ -137,11 +189,22 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     (default frames / 50); ``lagtime`` frames for a TICA landscape; ``plot``: save the figure there
     (:func:`cgdml.fes.plot.plot_landscapes`, with the bond and angle distributions when there is a reference).
 
+    ``model``: the :class:`cgdml.model.CGModel` that made the trajectories (or its path), for the model's share
+    of the uncertainty: the frames are reweighted with its posterior function samples (docs/uncertainty.md §9)
+    at ``temperature`` K (the trajectories'; default the model's), reported only while every sample's weights
+    keep an effective sample size of ``min_ess`` of the frames; the coverage counts bins with ``min_count``
+    reference frames. A model without a force posterior gets a one-line warning and no model band.
+
     Returns the report the command writes as JSON: trajectories (file names, None for objects), n_frames, cv,
     bins, topology, panels (per landscape: label, cvs, range, periodic, metrics, noise_floor, bootstrap,
     model_outside_range; residue and phi_positive for a residue's (phi, psi)); with a reference also
     reference, n_ref_frames, mean, and for a single landscape the top-level metrics, noise_floor, bootstrap,
-    phi_positive.
+    phi_positive. With ``model``: ``model`` (its file name, None for an object), ``reweighting``
+    (:meth:`cgdml.fes.reweight.ModelWeights.summary`: n_samples, kT, n_frames, ess_fraction {min, median,
+    max}, min_ess_fraction, low_ess_samples, ess_too_small) when it has a posterior, and
+    ``model_uncertainty_undefined`` (why) when it has none or the effective sample size is too small; each panel
+    (and ``mean``) has ``model_uncertainty`` or ``model_uncertainty_undefined`` (see :func:`compare_panels`), and
+    a single landscape's ``model_uncertainty`` is copied to the top level.
     """
     if int(bins) != bins or bins < 2:
         raise CgdmlError(f"bins must be an integer >= 2, got {bins}")
@@ -178,14 +241,26 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     else:
         raise CgdmlError("plain coordinates need a topology (a CGTopology or mdtraj Topology) or a reference")
     ref_xyz = None if ref is None else ref.coords
+    cg_model, model_name = _load_model(model, n_beads)
     cv_sets = None if cvs is None else [c for c in _as_list(cvs) if c != "phi-psi"] or None
     panels = landscape_panels(xyz_list, topo, ref_xyz, cv_sets, lagtime=lagtime)
 
     report = {"trajectories": names, "n_frames": sum(len(x) for x in xyz_list), "cv": _cv_name(cv_sets, panels),
               "bins": int(bins), "topology": topo.describe()}
     log.info("landscapes: %s", "; ".join(p.label for p in panels))
+    weights = None
+    if cg_model is not None:
+        report["model"] = model_name
+        weights, why = _model_weights(cg_model, model_name, np.concatenate(xyz_list), temperature, min_ess)
+        if weights is not None:
+            report["reweighting"] = weights.summary()
+            why = weights.why()
+        if why:
+            report["model_uncertainty_undefined"] = why
+            warnings.warn(why)
     try:
-        results = compare_panels(panels, bins, n_boot if ref is not None else 0, block, seed)
+        results = compare_panels(panels, bins, n_boot if ref is not None or weights is not None else 0, block, seed,
+                                 weights, min_count)
     except CgdmlError as exc:
         raise CgdmlError(f"{ref_name}: {exc}" if ref_name and "bootstrap" not in str(exc) else str(exc)) from None
     report["panels"] = results["panels"]
@@ -206,13 +281,45 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
             for key in ("bootstrap", "bootstrap_undefined", "phi_positive"):
                 if key in e:
                     report[key] = e[key]
+    if len(panels) == 1 and "model_uncertainty" in results["panels"][0]:
+        report["model_uncertainty"] = results["panels"][0]["model_uncertainty"]
     if plot is not None:
         from .cvs import topology_distributions
         from .plot import plot_landscapes
 
         distributions = topology_distributions(topo, np.concatenate(xyz_list), ref_xyz) if ref is not None else []
-        plot_landscapes(plot, panels, bins, results if ref is not None else None, distributions)
+        plot_landscapes(plot, panels, bins, results if ref is not None or weights is not None else None,
+                        distributions)
     return report
+
+
+def _load_model(model, n_beads):
+    """(CGModel or None, its file name or None) of ``model`` (a CGModel, its path, or None), checked against the
+    trajectories' bead count."""
+    if model is None:
+        return None, None
+    name = None
+    if isinstance(model, (str, Path)):
+        from ..model import CGModel
+
+        name = str(model)
+        if not Path(name).exists():
+            raise CgdmlError(f"{name}: no such model file")
+        model = CGModel.load(name)
+    if model.n_beads != n_beads:
+        raise CgdmlError(f"{name or 'model'}: model has {model.n_beads} beads, trajectories have {n_beads}")
+    return model, name
+
+
+def _model_weights(model, name, xyz, temperature, min_ess):
+    """(ModelWeights, None), or (None, why) for a model without a force posterior."""
+    posterior = getattr(model, "uncertainty", None)
+    if posterior is None:
+        return None, (f"{name or 'the model'} has no force posterior (fitted by an older cgdml): no model band; "
+                      "refit it to get one")
+    from ..units import kT
+
+    return model_weights(posterior, xyz, kT(model.temperature if temperature is None else temperature), min_ess), None
 
 
 def _cv_name(cv_sets, panels):

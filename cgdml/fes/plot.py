@@ -14,6 +14,7 @@ import numpy as np
 from .._io import CgdmlError, atomic_path
 from .cvs import Panel
 from .histograms import as_cv_array, bin_counts, bin_index, compare_fes, histogram_fes, histogram_ranges
+from .reweight import Z95, as_grid
 
 MAX_DISTRIBUTIONS = 40
 NOTE_2D = ("white bins were never visited (difference maps: bins the reference never visits; bins the model "
@@ -114,9 +115,43 @@ def _upper_limit(*curves):
     return 1.08 * float(finite.max()) if len(finite) and finite.max() > 0 else 1.0
 
 
+def _band(entry):
+    """The per-bin arrays of an entry's model band as float arrays (NaN where undefined), or None."""
+    band = (entry or {}).get("model_uncertainty")
+    if not band:
+        return None
+    out = {k: (None if v is None else as_grid(v)) for k, v in band["bins"].items() if k != "shape"}
+    out["coverage"] = band.get("coverage")
+    return out
+
+
+def _band_title(band):
+    lines = [f"model std (kT), median {np.nanmedian(band['model_std']):.2f}"]
+    if band.get("sampling_std") is not None:
+        lines.append(f"sampling std: median {np.nanmedian(band['sampling_std']):.2f} kT")
+    cov = band.get("coverage")
+    if cov and cov.get("n_bins"):
+        lines.append(f"ref. inside 95% band: {cov['inside']:.0%} of {cov['n_bins']} bins")
+    return "\n".join(lines)
+
+
+def _outside_band(panel, edges, diff, band):
+    """Centres (x, y) of the bins with >= min_count reference frames where the reference is outside the band."""
+    cov = band.get("coverage") or {}
+    counts = bin_counts(panel.reference, edges).reshape(diff.shape)
+    std = np.nan_to_num(band["std"], nan=0.0)
+    with np.errstate(invalid="ignore"):
+        out = (counts >= cov.get("min_count", 1)) & ~(np.abs(diff) <= Z95 * std)
+    i, j = np.nonzero(out)
+    centres = [0.5 * (e[1:] + e[:-1]) for e in edges]
+    return centres[0][i], centres[1][j]
+
+
 def _draw_panel_row(sub, panel, bins, entry, vmax, ncols):
-    """One row (a subfigure): CG | reference | difference (2D), or both F curves | difference (1D)."""
+    """One row (a subfigure): CG | reference | difference (2D), or both F curves | difference (1D); with a model
+    band a last column, the per-bin model standard deviation (2D map, 1D curves)."""
     has_ref = panel.reference is not None
+    band = _band(entry)
     f = [180.0 / np.pi if d else 1.0 for d in panel.degrees]
     style = (panel.range, panel.axes, panel.degrees, panel.periodic)
     gs = sub.add_gridspec(1, ncols)
@@ -152,12 +187,28 @@ def _draw_panel_row(sub, panel, bins, entry, vmax, ncols):
             _style_axes(ax, style)
             ax.set_title(_score_title(entry), fontsize="medium")
             sub.colorbar(img, ax=ax, label=r"$\Delta F$ (kT)", shrink=0.9)
+            if band is not None:
+                x, y = _outside_band(panel, edges, diff, band)
+                ax.plot(x * f[0], y * f[1], "k.", ms=2.5, label="outside 95% band")
+        if band is not None:
+            ax = sub.add_subplot(gs[0, ncols - 1])
+            ms = band["model_std"]
+            top = max(0.5, float(np.nanpercentile(ms, 98))) if np.isfinite(ms).any() else 1.0
+            img = ax.pcolormesh(edges[0] * f[0], edges[1] * f[1], np.ma.masked_invalid(ms).T, cmap="magma_r",
+                                vmin=0, vmax=top, shading="flat")
+            _style_axes(ax, style)
+            ax.set_title(_band_title(band), fontsize="medium")
+            sub.colorbar(img, ax=ax, label="model std (kT)", shrink=0.9)
         return
     centres = 0.5 * (edges[0][1:] + edges[0][:-1]) * f[0]
-    ax = sub.add_subplot(gs[0, 0:2] if has_ref and ncols >= 3 else gs[0, 0])
+    ax = sub.add_subplot(gs[0, 0:2] if has_ref else gs[0, 0])
     for F, label, ls in ((F_m, "CG model", "-"), (F_r, "reference", "--")):
         if F is not None:
             ax.plot(centres, np.where(np.isfinite(F), F, np.nan), drawstyle="steps-mid", ls=ls, label=label)
+    if band is not None and F_m is not None:
+        half = Z95 * band["std"]
+        ax.fill_between(centres, F_m - half, F_m + half, step="mid", color="tab:blue", alpha=0.25, lw=0,
+                        label="95% band (sampling and model)")
     _style_axes(ax, style)
     top = _upper_limit(F_m, F_r)
     ax.set_ylim(-0.03 * top, top)
@@ -170,10 +221,23 @@ def _draw_panel_row(sub, panel, bins, entry, vmax, ncols):
         ax.bar(centres, diff, width=(edges[0][1] - edges[0][0]) * f[0], color="tab:purple")
         ax.axhline(0, color="k", lw=0.5)
         _style_axes(ax, style)
-        reach = _upper_limit(np.abs(diff))
+        if band is not None:
+            ax.errorbar(centres, diff, yerr=Z95 * band["std"], fmt="none", ecolor="k", elinewidth=0.6, capsize=0)
+        reach = _upper_limit(np.abs(diff) + (0 if band is None else Z95 * np.nan_to_num(band["std"])))
         ax.set_ylim(-reach, reach)
         ax.set_ylabel(r"$\Delta F$ (kT)")
         ax.set_title(_score_title(entry), fontsize="medium")
+    if band is not None:
+        ax = sub.add_subplot(gs[0, ncols - 1])
+        for key, label, ls in (("model_std", "model", "-"), ("sampling_std", "sampling", "--"),
+                               ("std", "both", ":")):
+            if band.get(key) is not None:
+                ax.plot(centres, band[key], drawstyle="steps-mid", ls=ls, label=label)
+        _style_axes(ax, style)
+        ax.set_ylim(0, _upper_limit(band["std"]))
+        ax.set_ylabel("std of F (kT)")
+        ax.legend(fontsize="small")
+        ax.set_title(_band_title(band), fontsize="medium")
 
 
 def _draw_distributions(fig, distributions, ncols):
@@ -223,12 +287,13 @@ def plot_landscapes(path, panels, bins=36, results=None, distributions=None, vma
         raise CgdmlError("no landscape to plot")
     has_ref = any(p.reference is not None for p in panels)
     entries = (results or {}).get("panels") or [None] * len(panels)
-    ncols = 3 if has_ref else 1
+    has_band = any(e and "model_uncertainty" in e for e in entries)
+    ncols = (3 if has_ref else 1) + has_band
     distributions = list(distributions or [])
     n_dist = min(len(distributions), MAX_DISTRIBUTIONS)
     dcols = 4 if has_ref else 3
     drows = -(-n_dist // dcols) if n_dist else 0
-    width = 14.0 if has_ref else max(6.0, 2.9 * dcols if drows else 6.0)
+    width = (14.0 if has_ref else max(6.0, 2.9 * dcols if drows else 6.0)) + 4.7 * has_band
     titled = len(panels) > 1 or bool(panels[0].label)
     h_top, h_bottom = (4.2 + 0.3 * titled) * len(panels) + 0.6, 2.6 * drows + 0.4 * bool(drows)
     fig = Figure(figsize=(width, h_top + h_bottom), layout="constrained")

@@ -1,0 +1,327 @@
+"""Model uncertainty of landscapes (cgdml.fes.reweight, docs/uncertainty.md §9): posterior-sample energies,
+reweighting against analytically reweighted histograms, the per-bin model spread, the JSON keys, the band shrinking
+as the samples agree, the effective sample size flag, the fes command's --model option end to end and a model
+without a posterior."""
+import json
+
+import mdtraj as md
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from cgdml._cli import run_cli
+from cgdml._io import CgdmlError
+from cgdml.data import CGDataset
+from cgdml.fes import compare_landscapes, compare_panels, histogram_fes
+from cgdml.fes.__main__ import main
+from cgdml.fes.cvs import Panel
+from cgdml.fes.reweight import (Z95, ModelWeights, as_grid, coverage, effective_sample_size, model_band,
+                                sample_energies, sample_weights)
+from cgdml.gdml import GDML
+from cgdml.model import CGModel
+from cgdml.prior import CGPrior
+from cgdml.topology import chain_topology
+from cgdml.uncertainty import ForcePosterior
+from cgdml.units import kT as thermal_energy
+
+T = 300.0
+KT = thermal_energy(T)
+NAMES = ["C", "N", "CA", "C", "N"]
+
+
+def frames(n, seed, tau=4.0, length=0.15):
+    """Correlated 5-bead chain frames (n, 5, 3) nm: each bond an AR(1) series of random directions (so that the
+    backbone (phi, psi) of the middle residue covers the whole map)."""
+    rng = np.random.default_rng(seed)
+    a = np.exp(-1.0 / tau)
+    v = np.empty((n, 4, 3))
+    v[0] = rng.normal(size=(4, 3))
+    for t in range(1, n):
+        v[t] = a * v[t - 1] + np.sqrt(1 - a * a) * rng.normal(size=(4, 3))
+    v *= length / np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.concatenate([np.zeros((n, 1, 3)), np.cumsum(v, axis=1)], axis=1)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """(reference dataset, CGModel with a small force posterior as ``uncertainty``, model frames)."""
+    top = chain_topology(NAMES, ["ACE", "ALA", "NME"], [0, 1, 1, 1, 2])
+    R = frames(1500, 1)
+    ds = CGDataset.from_arrays(R, np.random.default_rng(2).normal(0.0, 40.0, R.shape), temperature=T, topology=top)
+    prior = CGPrior().fit(ds.coords, T)
+    res = ds.forces[:80] - prior.forces(ds.coords[:80])
+    fit = GDML(sigma=2.0, lam=1.0, relative_lam=True).fit(ds.coords[:80], res)
+    post = ForcePosterior.fit(ds.coords[:80], res, sigma=2.0, lam=fit.lam_, quads=fit.model_.quads, max_reduced=360,
+                              n_samples=12, seed=3)
+    model = CGModel(fit.model_, prior, ds.system, ds.coords[:20])
+    model.uncertainty = post
+    return ds, model, frames(2000, 7)
+
+
+def test_sample_energies_are_the_sample_models_energies(toy):
+    _, model, xyz = toy
+    post = model.uncertainty
+    E = sample_energies(post, xyz[:70], chunk=32)
+    want = np.array([post.sample_model(i).predict(xyz[:70])[0] for i in range(post.n_samples)])
+    np.testing.assert_allclose(E, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    assert np.abs(want).max() > 0
+
+
+def test_reweighting_reproduces_the_analytic_histogram():
+    """Frames x ~ N(0, 1) reweighted with an energy deviation kT b x sample N(-b, 1): the weighted histogram is
+    the analytic one, and the per-bin spread over samples b_s is std(b) |x_bin - mean_w(x_bin)| exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(400_000)
+    b = np.array([0.6, -0.4, 0.2])
+    w = sample_weights(KT * b[:, None] * x[None], KT)
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    edges = np.linspace(-3, 3, 25)
+    for k, bk in enumerate(b):
+        F, _, counts = histogram_fes(x, 24, (-3.0, 3.0), weights=w[k])
+        p = np.diff(norm.cdf(edges, loc=-bk))
+        want = -np.log(p / p.sum())
+        want -= want.min()
+        ok = p / p.sum() > 0.01
+        # statistical error of a reweighted bin: about 1 / sqrt(effective frames in it)
+        err = 1.0 / np.sqrt(effective_sample_size(w[k])[0] * p[ok] / p.sum())
+        assert np.all(np.abs((F - F[ok].min())[ok] - (want - want[ok].min())[ok]) < 5 * err + 0.01)
+    # unequal weights lose effective frames: exp(-b^2) of them for Gaussian x
+    np.testing.assert_allclose(effective_sample_size(w) / len(x), np.exp(-b ** 2), rtol=0.05)
+
+    # per-bin model spread: F_s(b) - c_s = F_0(b) - c_0 + b_s (xbar_b - sum_b w(b) xbar_b) to second order
+    bs = rng.normal(0.0, 0.1, 40)
+    W = sample_weights(KT * bs[:, None] * x[None], KT)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, -1, 24)
+    idx[(x < -3) | (x >= 3)] = -1
+    entry, metrics = model_band(idx, W, [24], n_boot=0)
+    assert metrics is None and entry["sampling"] is False and entry["bins"]["sampling_std"] is None
+    counts = np.bincount(idx[idx >= 0], minlength=24)
+    xbar = np.bincount(idx[idx >= 0], weights=x[idx >= 0], minlength=24) / np.maximum(counts, 1)
+    align = counts / counts.sum()
+    want = np.std(bs, ddof=1) * np.abs(xbar - align @ xbar)
+    got = as_grid(entry["bins"]["model_std"])
+    pop = counts > 200
+    np.testing.assert_allclose(got[pop], want[pop], rtol=0.02, atol=2e-3)
+    np.testing.assert_allclose(as_grid(entry["bins"]["std"])[pop], got[pop])     # no sampling part
+
+
+def panel(model_cv, ref_cv):
+    return Panel("toy", model_cv, ref_cv, [(-np.pi, np.pi)] * 2, ["a", "b"], ["a", "b"], [True, True], [True, True])
+
+
+def test_band_json_keys_and_quadrature():
+    rng = np.random.default_rng(1)
+    model_cv = rng.vonmises(0.0, 1.0, size=(3000, 2))
+    ref_cv = rng.vonmises(0.1, 1.0, size=(4000, 2))
+    E = rng.normal(0.0, 0.3, (16, 1)) * model_cv[None, :, 0] * KT
+    mw = ModelWeights(sample_weights(E, KT), KT)
+    out = compare_panels([panel(model_cv, ref_cv)], bins=12, n_boot=20, block=100, model_weights=mw)
+    e = out["panels"][0]
+    u = e["model_uncertainty"]
+    assert set(u) == {"n_samples", "sampling", "bins", "metrics", "band", "coverage"} and u["n_samples"] == 16
+    assert set(u["bins"]) == {"shape", "free_energy", "model_std", "sampling_std", "std", "difference",
+                              "reference_std"}
+    assert u["bins"]["shape"] == [12, 12] and len(u["bins"]["model_std"]) == 12
+    m, s, t = (as_grid(u["bins"][k]) for k in ("model_std", "sampling_std", "std"))
+    ok = np.isfinite(t)
+    np.testing.assert_allclose(t[ok], np.hypot(m, s)[ok], atol=2e-4)        # rounded to 1e-4 in the report
+    for k in ("fes_rmse", "js"):
+        b = u["band"][k]
+        assert set(b) == {"point", "model_std", "sampling_std", "std", "lo", "hi"}
+        assert b["point"] == e["metrics"][k] and b["sampling_std"] == e["bootstrap"][k]["std"]
+        assert b["std"] == pytest.approx(np.hypot(b["model_std"], b["sampling_std"]))
+        assert b["lo"] <= b["point"] <= b["hi"] and b["model_std"] > 0
+        assert set(u["metrics"][k]) == {"point", "model_mean", "model_std"}
+    cov = u["coverage"]
+    assert set(cov) == {"min_count", "n_bins", "missed_by_model", "inside", "inside_model_only",
+                        "inside_sampling_only", "inside_with_reference_noise", "widen_to_95"} and cov["n_bins"] > 20
+    assert cov["inside_model_only"] <= cov["inside"] and cov["inside_sampling_only"] <= cov["inside"]
+    assert cov["inside"] <= cov["inside_with_reference_noise"]
+    assert set(out["mean"]["model_uncertainty"]) == {"n_samples", "metrics", "band"}
+    # samples without spread: no model part, the band is the bootstrap's
+    flat = compare_panels([panel(model_cv, ref_cv)], bins=12, n_boot=20, block=100,
+                          model_weights=ModelWeights(sample_weights(np.zeros((4, 3000)), KT), KT))
+    fu = flat["panels"][0]["model_uncertainty"]
+    assert np.nanmax(as_grid(fu["bins"]["model_std"])) == 0.0 and fu["band"]["js"]["model_std"] == 0.0
+    assert fu["coverage"]["inside"] == fu["coverage"]["inside_sampling_only"]
+
+
+def test_coverage_counts_bins_inside_the_band():
+    """20 populated bins with |difference| = 1.96 sigma k / 10 for k = 1..20: the 10 with k <= 10 lie inside;
+    widening the band 1.9 times brings 19 of 20 (95%) inside; a missed bin counts as outside."""
+    k = np.arange(1.0, 21.0)
+    sigma = np.full(20, 0.5)
+    diff = Z95 * sigma * k / 10 * np.where(k % 2, 1, -1)
+    h_ref, visited = np.full(20, 30), np.ones(20, bool)
+    cov = coverage(diff, sigma * 0.6, sigma * 0.8, h_ref, visited)       # 0.6^2 + 0.8^2 = 1
+    assert cov["n_bins"] == 20 and cov["inside"] == 0.5 and cov["widen_to_95"] == pytest.approx(1.9)
+    assert cov["inside_sampling_only"] == 0.4 and cov["inside_model_only"] == 0.3
+    visited[0] = False
+    h_ref[1] = 19                                                        # below min_count: not counted
+    cov = coverage(diff, sigma * 0.6, sigma * 0.8, h_ref, visited)
+    assert cov["n_bins"] == 19 and cov["missed_by_model"] == 1 and cov["inside"] == pytest.approx(8 / 19)
+    visited[2:4] = False                                                 # 3 of 19 missed: over 5%
+    assert coverage(diff, sigma * 0.6, sigma * 0.8, h_ref, visited)["widen_to_95"] is None
+
+
+def test_band_shrinks_as_the_samples_agree():
+    """Posterior samples c dE_s: the per-bin model spread scales with c (to first order), the metrics' spread
+    shrinks with it, and the band tends to the bootstrap's as c -> 0."""
+    rng = np.random.default_rng(4)
+    model_cv = rng.vonmises(0.0, 1.0, size=(6000, 2))
+    ref_cv = rng.vonmises(0.1, 1.0, size=(6000, 2))
+    E = (rng.normal(0.0, 0.3, (16, 1)) * np.cos(model_cv[None, :, 0])
+         + rng.normal(0.0, 0.3, (16, 1)) * np.sin(model_cv[None, :, 1])) * KT
+    out = {}
+    for c in (1.0, 0.5, 0.25, 0.0):
+        mw = ModelWeights(sample_weights(c * E, KT), KT)
+        u = compare_panels([panel(model_cv, ref_cv)], bins=10, n_boot=20, block=200,
+                           model_weights=mw)["panels"][0]["model_uncertainty"]
+        out[c] = (as_grid(u["bins"]["model_std"]), u["band"]["fes_rmse"], u["coverage"])
+    ok = np.isfinite(out[1.0][0]) & (out[1.0][0] > 1e-3)
+    for c in (0.5, 0.25):
+        np.testing.assert_allclose(np.median(out[c][0][ok] / out[1.0][0][ok]), c, rtol=0.05)
+        # a metric is not linear in the free energies (an RMSE near 0): it only shrinks
+        assert out[c][1]["model_std"] < out[2 * c][1]["model_std"] and out[c][1]["std"] < out[2 * c][1]["std"]
+    assert np.nanmax(out[0.0][0]) == 0.0 and out[0.0][1]["std"] == pytest.approx(out[0.0][1]["sampling_std"])
+    assert out[0.0][2]["inside"] <= out[0.25][2]["inside"] <= out[1.0][2]["inside"]
+
+
+def test_sample_energies_scale_with_the_sample_coefficients(toy):
+    _, model, xyz = toy
+    post = model.uncertainty
+    half = ForcePosterior(**{**vars_of(post), "sample_coefficients": 0.5 * post.sample_coefficients})
+    np.testing.assert_allclose(sample_energies(half, xyz[:50]), 0.5 * sample_energies(post, xyz[:50]), rtol=1e-12)
+
+
+def test_a_low_ess_sample_is_flagged():
+    """One sample whose weights sit on a few frames: named in low_ess_samples, and the whole band withheld."""
+    rng = np.random.default_rng(5)
+    cv = rng.uniform(-np.pi, np.pi, size=(2000, 2))
+    E = rng.normal(0.0, 0.1, (6, 2000)) * KT
+    E[3] = rng.normal(0.0, 5.0, 2000) * KT
+    mw = ModelWeights(sample_weights(E, KT), KT)
+    assert mw.low_ess_samples.tolist() == [3] and mw.too_small and mw.summary()["low_ess_samples"] == [3]
+    assert "1 of 6 samples" in mw.why()
+    out = compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=mw)
+    assert "model_uncertainty" not in out["panels"][0] and "effective sample size" in \
+        out["panels"][0]["model_uncertainty_undefined"]
+    fine = ModelWeights(sample_weights(np.delete(E, 3, axis=0), KT), KT)
+    assert not fine.too_small and fine.low_ess_samples.tolist() == [] and fine.why() is None
+
+
+def test_small_effective_sample_size_is_flagged_not_reported():
+    rng = np.random.default_rng(2)
+    cv = rng.uniform(-np.pi, np.pi, size=(500, 2))
+    E = rng.normal(0.0, 20.0, (8, 500)) * KT          # a few frames carry all the weight
+    mw = ModelWeights(sample_weights(E, KT), KT)
+    assert mw.too_small and mw.ess_fraction.max() < 0.1 and "effective sample size" in mw.why()
+    summary = mw.summary()
+    assert summary["ess_too_small"] is True and summary["n_samples"] == 8
+    assert set(summary["ess_fraction"]) == {"min", "median", "max"}
+    out = compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=mw)
+    assert "model_uncertainty" not in out["panels"][0] and "model_uncertainty" not in out["mean"]
+    assert out["panels"][0]["model_uncertainty_undefined"] == mw.why()
+
+
+def test_compare_landscapes_with_a_model(toy, tmp_path):
+    ds, model, xyz = toy
+    report = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, plot=tmp_path / "f.png")
+    rw = report["reweighting"]
+    assert rw["n_samples"] == 12 and rw["kT"] == pytest.approx(KT) and rw["n_frames"] == len(xyz)
+    assert not rw["ess_too_small"] and report["model"] is None
+    assert report["model_uncertainty"] == report["panels"][0]["model_uncertainty"]    # a single landscape
+    assert "band" in report["model_uncertainty"] and "model_uncertainty" in report["mean"]
+    assert (tmp_path / "f.png").stat().st_size > 20000
+    # a large posterior scale: the weights collapse, a warning and a flag instead of a number
+    big = ForcePosterior(**{**vars_of(model.uncertainty), "sample_coefficients":
+                            1e4 * model.uncertainty.sample_coefficients})
+    loud = CGModel(model.gdml, model.prior, model.system, model.train_coords_sample)
+    loud.uncertainty = big
+    with pytest.warns(UserWarning, match="effective sample size"):
+        report = compare_landscapes(xyz, ds, model=loud, n_boot=0)
+    assert report["reweighting"]["ess_too_small"] and "model_uncertainty" not in report
+    assert "effective sample size" in report["model_uncertainty_undefined"]
+    # without a reference: per-bin spreads only
+    report = compare_landscapes(xyz, None, topology=ds.cg_topology, model=model, n_boot=10, block=100,
+                                plot=tmp_path / "g.png")
+    u = report["panels"][0]["model_uncertainty"]
+    assert set(u) == {"n_samples", "sampling", "bins"} and "difference" not in u["bins"]
+
+
+def vars_of(post):
+    return dict(inducing_descriptors=post.inducing_descriptors, inducing_jacobians=post.inducing_jacobians,
+                sigma=post.sigma, quads=post.quads, chiral_scale=post.chiral_scale, n_beads=post.n_beads,
+                lam=post.lam, s2=post.s2, factor=post.factor, sample_coefficients=post.sample_coefficients)
+
+
+def write_files(tmp_path, toy, with_posterior):
+    ds, model, xyz = toy
+    traj, ref, path = tmp_path / "t.h5", tmp_path / "ref.npz", tmp_path / "model.npz"
+    md.Trajectory(xyz.astype(np.float32), ds.cg_topology.to_mdtraj()).save(str(traj))
+    ds.save(ref)
+    plain = CGModel(model.gdml, model.prior, model.system, model.train_coords_sample)
+    if with_posterior:
+        plain.uncertainty = model.uncertainty
+    plain.save(path)
+    return traj, ref, path
+
+
+def test_cli_model_without_posterior_says_so_in_one_line(toy, tmp_path, capsys):
+    ds, model, xyz = toy
+    traj, ref, path = write_files(tmp_path, toy, False)
+    if getattr(CGModel.load(path), "uncertainty", None) is not None:
+        pytest.skip("this cgdml saves a posterior with every model")
+    js = tmp_path / "m.json"
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(traj), "--reference", str(ref), "--model", str(path), "-o", str(tmp_path / "f.png"),
+                       "--json", str(js), "--n-boot", "5", "--block", "100"])
+    assert exc.value.code == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "posterior" in line]
+    assert len(err) == 1 and err[0].startswith("warning: ") and "no force posterior" in err[0]
+    report = json.loads(js.read_text())
+    assert report["model"] == str(path) and "no force posterior" in report["model_uncertainty_undefined"]
+    assert "reweighting" not in report and "model_uncertainty" not in report["panels"][0]
+
+
+def test_cli_model_option(toy, tmp_path, capsys, monkeypatch):
+    ds, model, xyz = toy
+    traj, ref, path = write_files(tmp_path, toy, True)
+    if getattr(CGModel.load(path), "uncertainty", None) is None:    # before models carry their posterior
+        load = CGModel.load
+
+        def with_posterior(p):
+            m = load(p)
+            m.uncertainty = model.uncertainty
+            return m
+
+        monkeypatch.setattr(CGModel, "load", staticmethod(with_posterior))
+    js, png = tmp_path / "m.json", tmp_path / "f.png"
+    assert main([str(traj), "--reference", str(ref), "--model", str(path), "-o", str(png), "--json", str(js),
+                 "--n-boot", "8", "--block", "100", "--temperature", "330", "--bins", "8"]) == 0
+    report = json.loads(js.read_text())
+    assert report["model"] == str(path) and report["reweighting"]["kT"] == pytest.approx(thermal_energy(330.0))
+    assert "coverage" in report["model_uncertainty"] and png.stat().st_size > 20000
+    out = capsys.readouterr().out
+    assert "posterior spread over 12 samples" in out and "effective sample size" in out
+    assert "free energy std per bin" in out and "reference inside the band" in out
+    bins = report["model_uncertainty"]["bins"]
+    assert np.nanmax(as_grid(bins["model_std"])) > 0 and bins["shape"] == [8, 8]
+    # without a reference: the per-bin band alone, printed and saved
+    assert main([str(traj), "--model", str(path), "-o", str(png), "--json", str(js), "--n-boot", "8",
+                 "--block", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "free energy std per bin" in out and "reference inside" not in out
+    u = json.loads(js.read_text())["panels"][0]["model_uncertainty"]
+    assert set(u["bins"]) == {"shape", "free_energy", "model_std", "sampling_std", "std"}
+    np.testing.assert_allclose(as_grid(u["bins"]["std"]), np.hypot(as_grid(u["bins"]["model_std"]),
+                                                                   as_grid(u["bins"]["sampling_std"])), atol=2e-4)
+    # the bead counts must agree; --temperature needs --model; one-line errors
+    other = CGDataset.from_arrays(frames(50, 3)[:, :4], np.zeros((50, 4, 3)), temperature=T)
+    with pytest.raises(CgdmlError, match="model has 5 beads, trajectories have 4"):
+        compare_landscapes(other.coords, other, model=path)
+    with pytest.raises(CgdmlError, match="no such model file"):
+        compare_landscapes(xyz, ds, model=tmp_path / "missing.npz")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(traj), "--reference", str(ref), "-o", str(tmp_path / "g.png"), "--temperature", "300"])
+    assert exc.value.code == 2 and "--temperature applies only with --model" in capsys.readouterr().err
