@@ -1,5 +1,5 @@
-"""Landscapes of any peptide and any CV (docs/method.md §3, §3b): per-residue panels, --cv, molecules without
-backbone (dihedrals or TICA), bead order independence, and the fes command's JSON and one-line errors."""
+"""Landscapes of any peptide and any CV (docs/method.md §3, §3b): per-residue panels, --cv, TICA, bead order
+independence, and the fes command's JSON and one-line errors (maps without backbone: test_fes_maps.py)."""
 import json
 
 import mdtraj as md
@@ -145,11 +145,11 @@ def branched_toy():
     return CGTopology(["A", "B", "C", "D", "E", "F"], [(0, 1), (1, 2), (2, 3), (1, 4), (2, 5)]), [-1, 0, 1, 2, 1, 2]
 
 
-def test_no_backbone_gets_tica(tmp_path):
+def test_tica_on_request(tmp_path):
     topo, parents = branched_toy()
     assert not topo.backbone() and len(topo.dihedrals) > 2
     model, ref = sample(parents, 300, 1), sample(parents, 400, 2)
-    (panel,) = landscape_panels([model[:150], model[150:]], topo, ref)
+    (panel,) = landscape_panels([model[:150], model[150:]], topo, ref, cvs="tica")
     assert panel.names == ["TIC 1", "TIC 2"] and panel.dim == 2 and panel.periodic == [False, False]
     assert panel.model.shape == (300, 2) and panel.reference.shape == (400, 2)
     # fitted on the reference (kinetic-map scaling: unit variance of its projection), applied to both
@@ -159,13 +159,13 @@ def test_no_backbone_gets_tica(tmp_path):
     res = compare_panels([panel], bins=12, n_boot=5)
     assert np.isfinite(res["mean"]["fes_rmse"]) and res["panels"][0]["metrics"]["n_ref"] <= 400
     # without a reference: fitted on the model frames
-    (alone,) = landscape_panels(model, topo)
+    (alone,) = landscape_panels(model, topo, cvs=["tica"])
     assert alone.reference is None and "model frames" in alone.label
     # the command line
     traj, refp, _ = write_case(tmp_path, topo, parents)
     js = tmp_path / "m.json"
     assert main([str(traj), "--reference", str(refp), "-o", str(tmp_path / "t.png"), "--json", str(js),
-                 "--n-boot", "0", "--bins", "12"]) == 0
+                 "--n-boot", "0", "--bins", "12", "--cv", "tica"]) == 0
     report = json.loads(js.read_text())
     assert report["cv"] == "tica" and report["panels"][0]["cvs"] == ["TIC 1", "TIC 2"]
     assert "metrics" in report and "phi_positive" not in report
@@ -175,11 +175,11 @@ def test_no_backbone_gets_tica(tmp_path):
 def test_no_backbone_with_one_or_two_dihedrals_uses_them(n_beads):
     topo = CGTopology([f"B{k}" for k in range(n_beads)], [(k, k + 1) for k in range(n_beads - 1)])
     xyz = sample([-1] + list(range(n_beads - 1)), 200, 3)
-    (panel,) = landscape_panels(xyz, topo, xyz[::-1])
-    assert panel.dim == n_beads - 3 and all(panel.periodic)
-    assert panel.names == [f"dihedral {'-'.join(map(str, q))}" for q in topo.dihedrals]
-    assert panel.range == [(-np.pi, np.pi)] * panel.dim
-    assert compare_panels([panel], n_boot=0)["mean"]["fes_rmse"] == pytest.approx(0.0, abs=1e-12)
+    panels = landscape_panels(xyz, topo, xyz[::-1])
+    torsions = [p for p in panels if p.kind == "dihedral"]
+    assert [p.names for p in torsions] == [[f"dihedral {'-'.join(map(str, q))}"] for q in topo.dihedrals]
+    assert all(p.periodic == [True] and p.range == [(-np.pi, np.pi)] for p in torsions)
+    assert compare_panels(panels, n_boot=0)["mean"]["fes_rmse"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_bead_order_does_not_change_phi_psi(tmp_path):
@@ -249,7 +249,9 @@ def test_lagtime_without_tica_is_refused(tmp_path):
     assert not (tmp_path / "x.png").exists()
     topo, parents = branched_toy()                                  # a TICA landscape takes it
     model, ref_xyz = sample(parents, 300, 1), sample(parents, 400, 2)
-    (panel,) = landscape_panels(model, topo, ref_xyz, lagtime=3)
+    with pytest.raises(CgdmlError, match="TICA lag time .* applies only to a TICA landscape"):
+        landscape_panels(model, topo, ref_xyz, lagtime=3)           # the default landscapes are not TICA
+    (panel,) = landscape_panels(model, topo, ref_xyz, cvs="tica", lagtime=3)
     assert "lag 3 frames" in panel.label
 
 

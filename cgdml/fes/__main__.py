@@ -1,14 +1,17 @@
 """``python -m cgdml.fes TRAJ.h5 --reference DATA.npz -o FES.png --json METRICS.json``: free-energy landscapes
 and their comparison with a reference.
 
-Landscapes: by default the (phi, psi) of every residue of the CG topology (one row each); a molecule without
-backbone gets its one or two proper dihedrals, else a 2D TICA projection. ``--cv phi:2,psi:2`` (repeatable,
-one landscape each) chooses the CVs: phi/psi of a residue number, dihedral:I,J,K,L, angle:I,J,K,
-distance:I,J (bead indices).
+Landscapes (docs/method.md §3): by default the (phi, psi) of every residue of the CG topology (one row each,
+the headline), then the landscapes of any map as a second group (every soft torsion, consecutive pairs of
+them, every bond angle, the end-to-end distance); a map without backbone gets those as its headline.
+``--cv phi:2,psi:2`` (repeatable, one landscape each) chooses the CVs: phi/psi of a residue number,
+dihedral:I,J,K,L, angle:I,J,K, distance:I,J (bead indices), or tica (a 2D TICA projection).
 
 The work is :func:`cgdml.fes.compare_landscapes`, whose report is the JSON: ``panels`` (one entry per landscape:
-label, cvs, range, periodic, metrics, noise_floor, bootstrap, model_outside_range; residue and phi_positive for
-a residue's (phi, psi)) and ``mean`` (over the panels); with a single landscape also the top-level ``metrics``,
+label, cvs, range, periodic, kind, group, metrics, noise_floor, bootstrap, model_outside_range; residue and
+phi_positive for a residue's (phi, psi)), ``mean`` (over the panels), ``kinds`` (the mean of each kind of
+landscape), ``extra`` (the second group's panels and mean) and ``missing`` (kind -> why the map has none of
+that kind; printed, a line each); with a single headline landscape also the top-level ``metrics``,
 ``noise_floor``, ``bootstrap`` (and ``phi_positive``).
 
 ``--model MODEL.npz`` (the model that made the trajectories) adds the model's share of the uncertainty: the frames
@@ -100,6 +103,13 @@ def _bin_line(prefix, e):
     return line + f", both median {np.nanmedian(t):.2f} kT (95% band: -+ 1.96 std)"
 
 
+def _js_line(head, m):
+    """``head`` JS, its floor and their ratio of a mean entry."""
+    floor = m["noise_floor"]["js"]
+    ratio = f"{m['js'] / floor:.2f}x the floor" if floor > 0 else "floor 0"
+    return f"{head}JS {m['js']:.4f} nats, floor {floor:.4f} ({ratio})"
+
+
 def _print_entry(prefix, e):
     m, fl = e["metrics"], e["noise_floor"]
     print(_metric_line(prefix, m, e.get("bootstrap")))
@@ -116,19 +126,20 @@ def _print_entry(prefix, e):
 
 def build_parser():
     p = ArgumentParser(prog="python -m cgdml.fes", description=(
-        "Free-energy landscapes of CG trajectories (by default the (phi, psi) of every residue), optionally "
+        "Free-energy landscapes of CG trajectories (by default the (phi, psi) of every residue, and the "
+        "landscapes of any map: soft torsions, their consecutive pairs, bond angles, end-to-end distance), optionally "
         "compared with a reference CG dataset: FES RMSE (kT) and Jensen-Shannon divergence per landscape and "
         "their mean, with split-half noise floor and block bootstrap."))
     p.add_argument("traj", nargs="+", help="trajectory file(s) readable by mdtraj (.h5 carries its topology)")
     p.add_argument("--reference", help="reference CG dataset (.npz) to compare with")
     p.add_argument("--cv", action="append", default=None, metavar="KIND:I[,J..],...",
                    help="one landscape of one or two CVs, e.g. phi:2,psi:2 (residue number as in the backbone "
-                        "label ALA2), dihedral:0,1,2,3, angle:0,1,2, distance:0,13 (bead indices); repeat for "
-                        "more landscapes. Default: (phi, psi) of every residue; without backbone the graph's "
-                        "one or two dihedrals, else a 2D TICA projection")
+                        "label ALA2), dihedral:0,1,2,3, angle:0,1,2, distance:0,13 (bead indices), or tica (a "
+                        "2D TICA projection); repeat for more landscapes. Default: (phi, psi) of every residue, "
+                        "then every soft torsion, consecutive pairs of them, bond angles and the end-to-end "
+                        "distance as a second group (the headline without backbone)")
     p.add_argument("--lagtime", type=positive_int, default=None,
-                   help="TICA lag time in frames (default: a few frames); only for a TICA landscape (a molecule "
-                        "without backbone and with more than two dihedrals), refused otherwise")
+                   help="TICA lag time in frames (default: a few frames); only with --cv tica, refused otherwise")
     p.add_argument("--top", help="topology file (e.g. .pdb) for trajectory formats without one")
     p.add_argument("--bins", type=_bins, default=36, help="bins per dimension (default 36; dihedrals on "
                    "[-180, 180) deg, other CVs on the reference's range padded by 5%%)")
@@ -171,6 +182,8 @@ def _fes(a, out):
         raise CgdmlError("--temperature applies only with --model (it is the temperature of the reweighting)")
     report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
                                 block=a.block, lagtime=a.lagtime, plot=out, model=a.model, temperature=a.temperature)
+    for kind, why in report.get("missing", {}).items():
+        print(f"no {kind} landscape: {why}")
     rw = report.get("reweighting")
     if rw and not rw["ess_too_small"]:
         e = rw["ess_fraction"]
@@ -192,6 +205,12 @@ def _fes(a, out):
                 print(_model_line("mean: ", m))
             print(f"mean noise floor: FES RMSE {m['noise_floor']['fes_rmse']:.3f} kT, "
                   f"JS {m['noise_floor']['js']:.4f} nats")
+        if "extra" in report:
+            print(_js_line(f"second group (the landscapes of any map), mean over {report['extra']['mean']['n_panels']}"
+                           " landscapes: ", report["extra"]["mean"]))
+        if len(report["kinds"]) > 1:
+            for kind, m in report["kinds"].items():
+                print(_js_line(f"  {kind} (mean of {m['n_panels']}): ", m))
     if a.json:
         save_json(a.json, with_provenance(report, COMMAND, a.json))
     print(f"wrote {out}" + (f" and {a.json}" if a.json else ""))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import CgdmlError
-from .cvs import as_cg_topology, cv_groups, landscape_panels
+from .cvs import MAP_KINDS, as_cg_topology, cv_groups, landscape_panels, missing_map_landscapes
 from .histograms import (bin_counts, bin_index, bootstrap_draws, bootstrap_summary, bootstrap_undefined,
                          check_bootstrap, metrics_from_counts, split_half_floor)
 from .reweight import METRICS, MIN_COUNT, MIN_ESS, metric_band, model_band, model_weights
@@ -29,10 +29,13 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weight
     ``range`` and ``periodic`` per dimension, ``metrics`` (:func:`compare_fes`), ``noise_floor``
     (:func:`split_half_floor`), ``bootstrap`` (:func:`bootstrap_metrics`, when ``n_boot``),
     ``bootstrap_undefined`` (why, instead of ``bootstrap``, when the model frames make fewer than 2 blocks),
-    ``model_outside_range`` (fraction of model frames outside the histogram range: ignored by the metric) and,
-    for a residue's (phi, psi), ``residue`` and ``phi_positive``. ``mean`` averages fes_rmse and js over the
-    panels, with the mean floor and, when ``n_boot``, a bootstrap of the mean over the same resamples. Without a
-    reference the entries carry the CV description only and ``mean`` is None.
+    ``model_outside_range`` (fraction of model frames outside the histogram range: ignored by the metric),
+    ``kind`` and ``group`` ("headline", or "extra" for a panel of the second group) and, for a residue's (phi,
+    psi), ``residue`` and ``phi_positive``. ``mean`` averages fes_rmse and js over the headline panels, with the
+    mean floor and, when ``n_boot``, a bootstrap of the mean over the same resamples (the extra panels are not
+    resampled); ``extra`` is the same mean over the extra panels (None without them) and ``kinds`` the mean over
+    the panels of each kind (both groups). Without a reference the entries carry the CV description only and
+    ``mean`` is None.
 
     ``model_weights`` (a :class:`cgdml.fes.reweight.ModelWeights` over the pooled model frames) adds to every
     entry ``model_uncertainty`` (:func:`cgdml.fes.reweight.model_band`), or ``model_uncertainty_undefined`` (why)
@@ -53,7 +56,8 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weight
     """
     entries, idx_models, h_refs = [], [], []
     for p in panels:
-        e = {"label": p.label, "cvs": p.names, "range": [list(r) for r in p.range], "periodic": p.periodic}
+        e = {"label": p.label, "cvs": p.names, "range": [list(r) for r in p.range], "periodic": p.periodic,
+             "kind": p.kind, "group": "extra" if p.extra else "headline"}
         if p.residue:
             e["residue"] = p.residue
         entries.append(e)
@@ -72,14 +76,16 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weight
         if p.residue:
             e["phi_positive"] = {"model": float(np.mean(p.model[:, 0] > 0)),
                                  "reference": float(np.mean(p.reference[:, 0] > 0))}
-        idx_models.append(idx)
-        h_refs.append(h_ref)
-    scored = [e for e in entries if "metrics" in e]
-    mean = None
-    if scored:
-        mean = {k: float(np.mean([e["metrics"][k] for e in scored])) for k in ("fes_rmse", "js")}
-        mean["noise_floor"] = {k: float(np.mean([e["noise_floor"][k] for e in scored])) for k in ("fes_rmse", "js")}
-        mean["n_panels"] = len(scored)
+        if not p.extra:
+            idx_models.append(idx)
+            h_refs.append(h_ref)
+    scored = [e for e in entries if "metrics" in e and e["group"] == "headline"]
+    mean = _mean_of(scored) if scored else None
+    extra = [e for e in entries if "metrics" in e and e["group"] == "extra"]
+    kinds = {}
+    for e in entries:
+        if "metrics" in e:
+            kinds.setdefault(e["kind"], []).append(e)
     n_frames = len(panels[0].model) if panels else 0
     if n_boot:
         block = check_bootstrap(n_frames, n_boot, block)
@@ -96,7 +102,16 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weight
         mean["bootstrap"]["n_boot"], mean["bootstrap"]["block"] = int(n_boot), block
     if model_weights is not None:
         _add_model_bands(panels, entries, mean, bins, 0 if why else n_boot, block, seed, model_weights, min_count)
-    return {"panels": entries, "mean": mean}
+    return {"panels": entries, "mean": mean, "extra": _mean_of(extra) if extra else None,
+            "kinds": {k: _mean_of(v) for k, v in kinds.items()}}
+
+
+def _mean_of(entries):
+    """Mean fes_rmse and js of scored entries, their mean noise floor and their number."""
+    mean = {k: float(np.mean([e["metrics"][k] for e in entries])) for k in ("fes_rmse", "js")}
+    mean["noise_floor"] = {k: float(np.mean([e["noise_floor"][k] for e in entries])) for k in ("fes_rmse", "js")}
+    mean["n_panels"] = len(entries)
+    return mean
 
 
 def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_weights, min_count):
@@ -117,7 +132,8 @@ def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_wei
         if metrics is not None:
             band["band"] = {k: metric_band(e["metrics"][k], metrics[k], (e.get("bootstrap") or {}).get(k))
                             for k in METRICS}
-            samples.append(metrics)
+            if not p.extra:   # the mean is over the headline landscapes
+                samples.append(metrics)
         e["model_uncertainty"] = band
     if mean and samples:
         per_sample = {k: np.mean([s[k] for s in samples], axis=0) for k in METRICS}
@@ -185,7 +201,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     (n, n_beads, 3) nm, or a list of these (pooled). ``reference``: a CGDataset, the path of one, or None.
     ``topology``: a topology file for formats without one, or (with plain coordinates and no reference) a
     CGTopology or mdtraj Topology. ``cvs``: see :func:`cgdml.fes.cvs.landscape_panels` (default: the (phi, psi)
-    of every residue); ``bins`` per dimension; ``n_boot`` block-bootstrap resamples of ``block`` frames
+    of every residue, then the landscapes of any map as a second group; without backbone those landscapes);
+    ``bins`` per dimension; ``n_boot`` block-bootstrap resamples of ``block`` frames
     (default frames / 50); ``lagtime`` frames for a TICA landscape; ``plot``: save the figure there
     (:func:`cgdml.fes.plot.plot_landscapes`, with the bond and angle distributions when there is a reference).
 
@@ -196,10 +213,14 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     reference frames. A model without a force posterior gets a one-line warning and no model band.
 
     Returns the report the command writes as JSON: trajectories (file names, None for objects), n_frames, cv,
-    bins, topology, panels (per landscape: label, cvs, range, periodic, metrics, noise_floor, bootstrap,
-    model_outside_range; residue and phi_positive for a residue's (phi, psi)); with a reference also
-    reference, n_ref_frames, mean, and for a single landscape the top-level metrics, noise_floor, bootstrap,
-    phi_positive. With ``model``: ``model`` (its file name, None for an object), ``reweighting``
+    bins, topology, panels (the headline landscapes: label, cvs, range, periodic, kind, group, metrics,
+    noise_floor, bootstrap, model_outside_range; residue and phi_positive for a residue's (phi, psi)); with a
+    reference also reference, n_ref_frames, mean (over the headline panels), kinds (the mean of each kind of
+    landscape), extra (the second group: its panels and mean, when there is one); with the default landscapes,
+    missing (kind -> why the map has no landscape of that kind, when it lacks one); and for a single headline
+    landscape the top-level metrics, noise_floor, bootstrap, phi_positive. The figure draws every landscape
+    once: angles in the distribution block, not the extra panels whose CVs a headline panel already shows.
+    With ``model``: ``model`` (its file name, None for an object), ``reweighting``
     (:meth:`cgdml.fes.reweight.ModelWeights.summary`: n_samples, kT, n_frames, ess_fraction {min, median,
     max}, min_ess_fraction, low_ess_samples, ess_too_small) when it has a posterior, and
     ``model_uncertainty_undefined`` (why) when it has none or the effective sample size is too small; each panel
@@ -247,6 +268,10 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
 
     report = {"trajectories": names, "n_frames": sum(len(x) for x in xyz_list), "cv": _cv_name(cv_sets, panels),
               "bins": int(bins), "topology": topo.describe()}
+    if cv_sets is None:
+        missing = missing_map_landscapes(topo, np.concatenate(xyz_list) if ref_xyz is None else ref_xyz)
+        if missing:
+            report["missing"] = missing
     log.info("landscapes: %s", "; ".join(p.label for p in panels))
     weights = None
     if cg_model is not None:
@@ -263,20 +288,28 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
                                  weights, min_count)
     except CgdmlError as exc:
         raise CgdmlError(f"{ref_name}: {exc}" if ref_name and "bootstrap" not in str(exc) else str(exc)) from None
-    report["panels"] = results["panels"]
+    headline = [e for e in results["panels"] if e["group"] == "headline"]
+    extra = [e for e in results["panels"] if e["group"] == "extra"]
+    report["panels"] = headline
     why = (results["mean"] or {}).get("bootstrap_undefined")
     if why:
         warnings.warn(f"bootstrap interval undefined: {why}; give more frames or shorter blocks (or no bootstrap)")
     if ref is not None:
-        report.update(reference=ref_name, n_ref_frames=int(ref.n_frames), mean=results["mean"])
-        single = len(panels) == 1
-        for e in results["panels"]:
-            if e.get("model_outside_range", 0) > 0:
-                warnings.warn(f"{'' if single else e['label'] + ': '}{e['model_outside_range']:.1%} of the model "
-                              "frames fall outside the reference's range of this landscape and are not counted by "
-                              "the metric")
+        report.update(reference=ref_name, n_ref_frames=int(ref.n_frames), mean=results["mean"],
+                      kinds=results["kinds"])
+        if extra:
+            report["extra"] = {"panels": extra, "mean": results["extra"]}
+        single = len(headline) == 1
+        outside = [e for e in results["panels"] if e.get("model_outside_range", 0) > 0]
+        if single and len(panels) == 1 and outside:
+            warnings.warn(f"{outside[0]['model_outside_range']:.1%} of the model frames fall outside the "
+                          "reference's range of this landscape and are not counted by the metric")
+        elif outside:
+            warnings.warn("some model frames fall outside the reference's range of these landscapes and are not "
+                          "counted by the metric: " + ", ".join(f"{e['label']} {e['model_outside_range']:.1%}"
+                                                                for e in outside))
         if single:
-            e = results["panels"][0]
+            e = headline[0]
             report.update(metrics=e["metrics"], noise_floor=e["noise_floor"])
             for key in ("bootstrap", "bootstrap_undefined", "phi_positive"):
                 if key in e:
@@ -288,8 +321,13 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
         from .plot import plot_landscapes
 
         distributions = topology_distributions(topo, np.concatenate(xyz_list), ref_xyz) if ref is not None else []
-        plot_landscapes(plot, panels, bins, results if ref is not None or weights is not None else None,
-                        distributions)
+        shown = set().union(*(p.names for p in panels if not p.extra))
+        drawn = [k for k, p in enumerate(panels)
+                 if not (p.kind == "angle" and distributions) and not (p.extra and set(p.names) <= shown)]
+        drawn = drawn or list(range(len(panels)))
+        plot_results = (None if ref is None and weights is None
+                        else dict(results, panels=[results["panels"][k] for k in drawn]))
+        plot_landscapes(plot, [panels[k] for k in drawn], bins, plot_results, distributions)
     return report
 
 
@@ -323,9 +361,14 @@ def _model_weights(model, name, xyz, temperature, min_ess):
 
 
 def _cv_name(cv_sets, panels):
-    """The report's "cv": the CV sets as given, "phi-psi" for the residues' (phi, psi), "tica", or the CVs."""
+    """The report's "cv": the CV sets as given, "phi-psi" for the residues' (phi, psi), "map" for the landscapes
+    of any map (docs/method.md §3), "tica", or the CVs."""
     if cv_sets:
-        return " ".join(",".join(map(repr, group)) for group in cv_groups(cv_sets))
+        rest = [c for c in cv_sets if not (isinstance(c, str) and c.strip().lower() == "tica")]
+        return " ".join((["tica"] if len(rest) < len(cv_sets) else [])
+                        + [",".join(map(repr, group)) for group in (cv_groups(rest) if rest else [])])
     if panels[0].residue:
         return "phi-psi"
+    if panels[0].kind in MAP_KINDS:
+        return "map"
     return "tica" if panels[0].is_tica else ",".join(panels[0].names)

@@ -232,15 +232,19 @@ class Panel:
     ``model``/``reference`` (n, d) in rad (dihedrals, angles) or nm (distances) or TICA units; ``range`` the
     (low, high) of each dimension; ``names`` plain CV names (for JSON), ``axes`` axis labels; ``degrees`` per
     dimension whether it is an angle drawn in degrees; ``periodic`` whether it is a dihedral on [-pi, pi);
-    ``residue`` the label (e.g. "ALA2") when the panel is that residue's (phi, psi).
+    ``residue`` the label (e.g. "ALA2") when the panel is that residue's (phi, psi); ``kind`` what the landscape
+    is (one of :data:`LANDSCAPE_KINDS`); ``extra`` True for a landscape of the second group, reported apart
+    from the headline mean (docs/method.md §3).
     """
 
-    def __init__(self, label, model, reference, range, names, axes, degrees, periodic, residue=None):
+    def __init__(self, label, model, reference, range, names, axes, degrees, periodic, residue=None, kind="cv",
+                 extra=False):
         self.label, self.model, self.reference = label, as_cv_array(model), None if reference is None else as_cv_array(reference)
         self.range = [tuple(map(float, r)) for r in range]
         self.names, self.axes = list(names), list(axes)
         self.degrees, self.periodic = list(degrees), list(periodic)
         self.residue = residue
+        self.kind, self.extra = str(kind), bool(extra)
         if self.reference is not None and self.reference.shape[1] != self.model.shape[1]:
             raise CgdmlError(f"panel {label}: model CVs have {self.model.shape[1]} dimension(s), reference "
                              f"{self.reference.shape[1]}")
@@ -313,8 +317,144 @@ def _tica_panel(model_list, topo, reference, lagtime=None, chunk=20000):
     d = model.shape[1]
     names = [f"TIC {k + 1}" for k in range(d)]
     fitted = "reference" if reference is not None else "model frames"
-    return _panel(f"TICA (lag {lag} frames, fitted on the {fitted})", names, names, [False] * d, [False] * d,
-                  model, ref)
+    panel = _panel(f"TICA (lag {lag} frames, fitted on the {fitted})", names, names, [False] * d, [False] * d,
+                   model, ref)
+    panel.kind = "tica"
+    return panel
+
+
+# ------------------------------------------------------------------------------------------------ any map
+
+#: What a :class:`Panel` is: a residue's (phi, psi), the landscapes of any map (:data:`MAP_KINDS`), a TICA
+#: projection, or CVs the user chose.
+LANDSCAPE_KINDS = ("phi-psi", "dihedral", "dihedral pair", "angle", "end-to-end", "tica", "cv")
+#: The landscapes every map is scored on (docs/method.md §3), in report order.
+MAP_KINDS = ("dihedral", "dihedral pair", "angle", "end-to-end")
+#: A bond's torsion is soft when its circular standard deviation (:func:`circular_std`) in the reference is at
+#: least this, in radians (15 degrees): in ACE-AAA-NME (amber ff14SB, 300 K) a trans peptide bond's omega has
+#: about 10 degrees, alanine's phi about 25 and psi 70-95.
+SOFT_TORSION_STD = float(np.radians(15.0))
+
+
+def circular_std(angles):
+    """Circular standard deviation sqrt(-2 ln R) in radians of angles (n, ...) rad along axis 0, R the length of
+    the mean unit vector: the ordinary standard deviation for a narrow peak, infinite for a uniform spread."""
+    a = np.asarray(angles, dtype=np.float64)
+    r = np.hypot(np.cos(a).mean(axis=0), np.sin(a).mean(axis=0))
+    with np.errstate(divide="ignore"):
+        return np.sqrt(-2.0 * np.log(np.clip(r, 0.0, 1.0)))
+
+
+def bond_torsions(topology):
+    """One dihedral per bond that can turn, (n, 4) bead quadruples (i, j, k, l) about the bond j-k, in the order
+    of the topology's bonds.
+
+    A bond j-k has a torsion when j and k both have further neighbours. The backbone phi or psi
+    (:meth:`cgdml.topology.CGTopology.backbone`) is the torsion of its bond; otherwise i is the neighbour of j
+    (not k) with the largest branch (the most beads on its side, :meth:`cgdml.topology.CGTopology.side`), and l
+    likewise at k: the dihedral along the main chain. Ties go to the lower bead index.
+    """
+    topo = as_cg_topology(topology)
+    named = {}
+    for q in topo.backbone_quads():
+        named[(int(q[1]), int(q[2]))] = named[(int(q[2]), int(q[1]))] = tuple(int(b) for b in q)
+
+    def outer(j, k):
+        others = [b for b in topo.neighbours[j] if b != k]
+        return max(others, key=lambda b: (len(topo.side(b, j)), -b)) if others else None
+
+    out = []
+    for j, k in topo.bonds.tolist():
+        if (j, k) in named:
+            out.append(named[(j, k)])
+            continue
+        i, m = outer(j, k), outer(k, j)
+        if i is not None and m is not None and i != m:
+            out.append((i, j, k, m))
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
+
+
+def soft_torsions(topology, xyz, threshold=SOFT_TORSION_STD):
+    """The torsions of :func:`bond_torsions` that are soft in the frames ``xyz`` (n, n_beads, 3) nm: circular
+    standard deviation at least ``threshold`` rad (:data:`SOFT_TORSION_STD`). (n_soft, 4) bead quadruples."""
+    quads = bond_torsions(topology)
+    if not len(quads):
+        return quads
+    return quads[circular_std(_dihedral_values(np.asarray(xyz, dtype=np.float64), quads)) >= threshold]
+
+
+def torsion_pairs(quads):
+    """Index pairs (a, b), a < b, of the torsions ``quads`` (n, 4) whose bonds share a bead: consecutive
+    torsions, as phi and psi of one residue. A list of tuples."""
+    bonds = [{int(q[1]), int(q[2])} for q in np.asarray(quads).reshape(-1, 4)]
+    return [(a, b) for a in range(len(bonds)) for b in range(a + 1, len(bonds)) if len(bonds[a] & bonds[b]) == 1]
+
+
+def end_to_end_pair(topology, xyz=None):
+    """The two ends (i, j), i < j, of the molecule: the beads farthest apart in the bead graph (the most bonds
+    between them; for a chain or a branched tree, the ends of its longest path). Among tied pairs, the one
+    farthest apart on average in the frames ``xyz`` (n, n_beads, 3) nm, then the lowest indices."""
+    topo = as_cg_topology(topology)
+    if topo.n_beads < 2:
+        raise CgdmlError("a single bead has no end-to-end distance")
+    d = np.triu(topo.graph_distance, 1)
+    pairs = np.argwhere(d == d.max())
+    if len(pairs) > 1 and xyz is not None:
+        from ..geometry import bond_lengths
+
+        xyz = np.asarray(xyz, dtype=np.float64)
+        mean = bond_lengths(xyz[:: max(1, len(xyz) // 10000)], pairs).mean(axis=0)
+        pairs = pairs[[int(np.argmax(mean))]]
+    return tuple(int(b) for b in pairs[0])
+
+
+def _torsion_cv(quad, topo):
+    """A torsion as a CV: the residue's phi or psi when it is one (named so in reports), else its dihedral."""
+    for label, phi, psi in topo.backbone():
+        for kind, q in (("phi", phi), ("psi", psi)):
+            if np.array_equal(q, quad):
+                return CV(kind, [int(topo.residue_ids[phi[2]])])
+    return CV("dihedral", quad)
+
+
+def map_landscapes(topology, xyz):
+    """The CV groups of the landscapes every map is scored on (docs/method.md §3), with their kinds: a list of
+    (kind, [CV, ...]).
+
+    ``xyz`` (n, n_beads, 3) nm: the reference frames (the model's without a reference), which decide which
+    torsions are soft and break ties between end pairs. In order: every soft torsion (:func:`soft_torsions`,
+    1D), every pair of consecutive soft torsions (:func:`torsion_pairs`, 2D), every bond angle of the graph
+    (1D), and the end-to-end distance (:func:`end_to_end_pair`, 1D).
+    """
+    topo = as_cg_topology(topology)
+    soft = soft_torsions(topo, xyz)
+    torsions = [_torsion_cv(q, topo) for q in soft]
+    groups = [("dihedral", [cv]) for cv in torsions]
+    groups += [("dihedral pair", [torsions[a], torsions[b]]) for a, b in torsion_pairs(soft)]
+    groups += [("angle", [CV("angle", t)]) for t in topo.angles.tolist()]
+    groups.append(("end-to-end", [CV("distance", end_to_end_pair(topo, xyz))]))
+    return groups
+
+
+def missing_map_landscapes(topology, xyz):
+    """Why a map has no landscape of some kind of :data:`MAP_KINDS`: a dict kind -> reason (one sentence), empty
+    when it has all four. ``xyz`` (n, n_beads, 3) nm as in :func:`map_landscapes`."""
+    topo = as_cg_topology(topology)
+    quads = bond_torsions(topo)
+    soft = soft_torsions(topo, xyz)
+    missing = {}
+    if not len(quads):
+        missing["dihedral"] = ("no bond has further bonded beads at both ends (a torsion needs a chain of 4 "
+                               "bonded beads)")
+    elif not len(soft):
+        missing["dihedral"] = (f"all {len(quads)} torsion(s) are stiff (circular std under "
+                               f"{np.degrees(SOFT_TORSION_STD):.0f} deg in the reference)")
+    if not torsion_pairs(soft):
+        missing["dihedral pair"] = ("no two soft torsions about bonds that share a bead" if len(soft) else
+                                    "no soft torsion")
+    if not len(topo.angles):
+        missing["angle"] = "no bead has two bonded neighbours"
+    return missing
 
 
 def cv_groups(cvs):
@@ -339,18 +479,51 @@ def landscape_panels(model, topology, reference=None, cvs=None, lagtime=None):
 
     ``model``: coordinates (n, n_beads, 3) nm, or a list of such arrays (trajectories, pooled; TICA keeps them
     apart); ``reference``: coordinates or None; ``topology``: CGTopology or mdtraj Topology (the bead graph).
-    ``cvs``: None for the default -- the (phi, psi) of every residue (one panel each); without backbone the
-    one or two proper dihedrals of the graph, else a 2D TICA projection of the GDML descriptor (fitted on the
-    reference, or on the model frames without one; ``lagtime`` frames, default a few). Otherwise a
-    :func:`parse_cvs` string (one panel) or a list of such strings or CV lists (one panel each), 1 or 2 CVs
-    per panel. Non-periodic CVs get the reference's range (the model's without one), padded by 5 %. A
-    ``lagtime`` without a TICA landscape is refused.
+    ``cvs``: None for the default. A peptide with a backbone gets the (phi, psi) of every residue (one panel
+    each, the headline), then the landscapes of :func:`map_landscapes` as a second group (``extra``); any other
+    map gets those of :func:`map_landscapes` (every soft torsion, consecutive pairs of them, every bond angle,
+    the end-to-end distance) as its headline. ``"tica"``: a 2D TICA projection of the GDML descriptor (fitted on
+    the reference, or on the model frames without one; ``lagtime`` frames, default a few). Otherwise a
+    :func:`parse_cvs` string (one panel) or a list of such strings or CV lists (one panel each), 1 or 2 CVs per
+    panel. Non-periodic CVs get the reference's range (the model's without one), padded by 5 %. A ``lagtime``
+    without a TICA landscape is refused.
     """
     panels = _landscape_panels(model, topology, reference, cvs, lagtime)
     if lagtime is not None and not any(p.is_tica for p in panels):
         raise CgdmlError(f"a TICA lag time ({lagtime} frames) applies only to a TICA landscape, and none of these "
-                         f"is one ({'; '.join(p.label for p in panels)}); TICA is the default landscape of a "
-                         "molecule without backbone and with more than two dihedrals")
+                         f"is one ({'; '.join(p.label for p in panels[:6])}{' ...' if len(panels) > 6 else ''}); "
+                         "ask for one with --cv tica (cvs='tica')")
+    return panels
+
+
+def _is_tica(c):
+    return isinstance(c, str) and c.strip().lower() == "tica"
+
+
+def _cv_panels(pooled, topo, ref, groups):
+    """One :class:`Panel` per CV group (a list of 1 or 2 :class:`CV`)."""
+    panels = []
+    for group in groups:
+        resolved = [_resolve_cv(cv, topo) for cv in group]
+        m = np.column_stack([f(pooled) for _, _, f in resolved])
+        r = None if ref is None else np.column_stack([f(ref) for _, _, f in resolved])
+        names = [name for name, _, _ in resolved]
+        residue = None
+        if [cv.kind for cv in group] == ["phi", "psi"] and group[0].index == group[1].index:
+            residue = names[0].split(" ", 1)[1]
+        panels.append(_panel(residue or " / ".join(names), names, [a for _, a, _ in resolved],
+                             [cv.kind != "distance" for cv in group], [cv.periodic for cv in group],
+                             m, r, residue))
+    return panels
+
+
+def _map_panels(pooled, topo, ref, extra):
+    """The panels of :func:`map_landscapes`, with their kinds; the end-to-end one labelled so."""
+    kinds_groups = map_landscapes(topo, pooled if ref is None else ref)
+    panels = _cv_panels(pooled, topo, ref, [g for _, g in kinds_groups])
+    for (kind, _), panel in zip(kinds_groups, panels):
+        panel.kind, panel.extra, panel.residue = kind, extra, None
+        panel.label = f"end-to-end {panel.names[0]}" if kind == "end-to-end" else " / ".join(panel.names)
     return panels
 
 
@@ -360,32 +533,23 @@ def _landscape_panels(model, topology, reference, cvs, lagtime=None):
     ref = None if reference is None else _check_xyz(reference, topo)
     pooled = np.concatenate(model_list)
     if cvs is not None and not (isinstance(cvs, str) and cvs == "phi-psi"):
-        panels = []
-        for group in cv_groups(cvs):
-            resolved = [_resolve_cv(cv, topo) for cv in group]
-            m = np.column_stack([f(pooled) for _, _, f in resolved])
-            r = None if ref is None else np.column_stack([f(ref) for _, _, f in resolved])
-            names = [name for name, _, _ in resolved]
-            residue = None
-            if [cv.kind for cv in group] == ["phi", "psi"] and group[0].index == group[1].index:
-                residue = names[0].split(" ", 1)[1]
-            panels.append(_panel(residue or " / ".join(names), names, [a for _, a, _ in resolved],
-                                 [cv.kind != "distance" for cv in group], [cv.periodic for cv in group],
-                                 m, r, residue))
+        items = [cvs] if isinstance(cvs, str) else list(cvs)
+        panels = [_tica_panel(model_list, topo, ref, lagtime)] if any(_is_tica(c) for c in items) else []
+        rest = [c for c in items if not _is_tica(c)]
+        if rest:
+            panels += _cv_panels(pooled, topo, ref, cv_groups(rest if not isinstance(cvs, str) else rest[0]))
         return panels
-    backbone = topo.backbone()
-    if backbone:
-        quads = topo.backbone_quads()
-        m, r = _dihedral_values(pooled, quads), None if ref is None else _dihedral_values(ref, quads)
-        return [_panel(label, [f"phi {label}", f"psi {label}"],
-                       [rf"$\phi$ {label} (deg)", rf"$\psi$ {label} (deg)"], [True, True], [True, True],
-                       m[:, 2 * k:2 * k + 2], None if r is None else r[:, 2 * k:2 * k + 2], label)
-                for k, (label, _, _) in enumerate(backbone)]
-    if len(topo.dihedrals) in (1, 2):
-        group = [CV("dihedral", q) for q in topo.dihedrals]
-        return _landscape_panels(model_list, topo, ref, [group])
-    if topo.n_beads < 3:
-        if topo.n_beads == 2:
-            return _landscape_panels(model_list, topo, ref, [[CV("distance", (0, 1))]])
+    if topo.n_beads < 2:
         raise CgdmlError("a single bead has no free-energy landscape")
-    return [_tica_panel(model_list, topo, ref, lagtime)]
+    backbone = topo.backbone()
+    if not backbone:
+        return _map_panels(pooled, topo, ref, extra=False)
+    quads = topo.backbone_quads()
+    m, r = _dihedral_values(pooled, quads), None if ref is None else _dihedral_values(ref, quads)
+    panels = [_panel(label, [f"phi {label}", f"psi {label}"],
+                     [rf"$\phi$ {label} (deg)", rf"$\psi$ {label} (deg)"], [True, True], [True, True],
+                     m[:, 2 * k:2 * k + 2], None if r is None else r[:, 2 * k:2 * k + 2], label)
+              for k, (label, _, _) in enumerate(backbone)]
+    for panel in panels:
+        panel.kind = "phi-psi"
+    return panels + _map_panels(pooled, topo, ref, extra=True)
