@@ -225,7 +225,7 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     max}, min_ess_fraction, low_ess_samples, ess_too_small) when it has a posterior, and
     ``model_uncertainty_undefined`` (why) when it has none or the effective sample size is too small; each panel
     (and ``mean``) has ``model_uncertainty`` or ``model_uncertainty_undefined`` (see :func:`compare_panels`), and
-    a single landscape's ``model_uncertainty`` is copied to the top level.
+    a single headline landscape's ``model_uncertainty`` is copied to the top level.
     """
     if int(bins) != bins or bins < 2:
         raise CgdmlError(f"bins must be an integer >= 2, got {bins}")
@@ -314,8 +314,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
             for key in ("bootstrap", "bootstrap_undefined", "phi_positive"):
                 if key in e:
                     report[key] = e[key]
-    if len(panels) == 1 and "model_uncertainty" in results["panels"][0]:
-        report["model_uncertainty"] = results["panels"][0]["model_uncertainty"]
+    if len(headline) == 1 and "model_uncertainty" in headline[0]:
+        report["model_uncertainty"] = headline[0]["model_uncertainty"]
     if plot is not None:
         from .cvs import topology_distributions
         from .plot import plot_landscapes
