@@ -299,6 +299,9 @@ class CGPrior(BaseEstimator):
     _OPTIONAL = {"dihedral_quads_": (0, 4), "dihedral_splines_": (0, PROFILE_NODES, 4)}  # absent in older files
     _TABLES = ("bond_tabulated_", "bond_splines_", "bond_spline_range_", "angle_tabulated_", "angle_splines_",
                "angle_spline_range_")  # absent in older files: every bond and angle harmonic
+    _EMPTY = {"bond_pairs_": (0, 2), "bond_r0_": (0,), "bond_k_": (0,), "angle_triples_": (0, 3),
+              "angle_theta0_": (0,), "angle_k_": (0,), "repulsion_pairs_": (0, 2), "repulsion_rmin_": (0,),
+              **_OPTIONAL}  # the shape of each array when the prior has no terms of its kind
 
     def to_arrays(self):
         """Learned state as a dict of arrays (for embedding in a model file)."""
@@ -319,13 +322,17 @@ class CGPrior(BaseEstimator):
             if empty is not None and name not in f:
                 setattr(prior, name, np.zeros(empty, dtype=np.int64 if index else np.float64))
                 continue
-            setattr(prior, name, np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(
-                v, "i" if index else "f"))))
+            value = np.ascontiguousarray(f.get(name, lambda v, index=index: as_array(v, "i" if index else "f")))
+            if value.size == 0:  # no terms of this kind, however the empty array is shaped
+                value = np.zeros(cls._EMPTY[name], dtype=value.dtype)
+            setattr(prior, name, value)
         for kind, n in (("bond", len(prior.bond_pairs_)), ("angle", len(prior.angle_triples_))):
             for name, empty, dtype in ((f"{kind}_tabulated_", (n,), "b"), (f"{kind}_splines_", (n, TABLE_INTERVALS, 4),
                                                                              "f"), (f"{kind}_spline_range_", (n, 2), "f")):
-                setattr(prior, name, np.ascontiguousarray(f.get(name, lambda v, dtype=dtype: as_array(v, dtype)))
-                        if name in f else np.zeros(empty, dtype=bool if dtype == "b" else np.float64))
+                value = f.get(name, lambda v, dtype=dtype: as_array(v, dtype)) if name in f else np.zeros(0)
+                if value.size == 0:  # absent (an older file: every term harmonic) or no terms of this kind
+                    value = np.zeros(empty, dtype=bool if dtype == "b" else np.float64)
+                setattr(prior, name, np.ascontiguousarray(value))
         prior.bonded = "auto" if prior.bond_tabulated_.any() or prior.angle_tabulated_.any() else "harmonic"
         prior.dihedrals = prior.dihedrals_ = len(prior.dihedral_quads_) > 0
         prior.temperature_ = f.get("temperature_", lambda v: as_float(v, positive=True))
@@ -346,7 +353,7 @@ class CGPrior(BaseEstimator):
             if index.ndim != 2 or index.shape[1] != width or any(
                     p.shape[:1] != (len(index),) or p.ndim != 1 + next((d for e, d in trailing.items()
                                                                        if name.endswith(e)), 0)
-                    or (name.endswith("splines_") and p.shape[2:] != (4,))
+                    or (name.endswith("splines_") and (p.shape[1] < 1 or p.shape[2] != 4))
                     or (name.endswith("range_") and p.shape[1:] != (2,)) for name, p in zip(param_names, params)):
                 raise CgdmlError(f"damaged prior: field 'prior/{index_name}' shaped {index.shape} with "
                                  f"{', '.join(repr('prior/' + p) for p in param_names)} shaped "

@@ -2,13 +2,25 @@
 
 - ``numerical_forces``: -dE/dR by central differences, for finite-difference force checks;
 - ``noisy_toy``: a 4-bead molecule whose mean force is known exactly, with CG-like noisy labels.
+
+Hypothesis profiles: "ci" (the default, and what .ci/run uses) draws the same examples on every run
+(derandomised, no example database), so the README's test command gives the same result on every fresh clone;
+"explore" draws new random examples each run and keeps failures in the local database, for hunting bugs:
+``python -m pytest --hypothesis-profile=explore tests/test_properties.py`` (or ``HYPOTHESIS_PROFILE=explore``).
 """
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from cgdml.data import CGDataset
 from cgdml.geometry import bond_angles, dihedral
 from cgdml.units import kT as thermal_energy
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TOY_T = 300.0
 TOY_KT = thermal_energy(TOY_T)

@@ -370,3 +370,19 @@ def test_fit_manifest_damage_is_one_clean_line(tmp_path, text):
         WorkCache(work, "fp")
     except CgdmlError as exc:
         assert "\n" not in str(exc) and str(work) in str(exc)
+
+
+@pytest.mark.parametrize("name", ["dihedral_quads_", "dihedral_splines_", "repulsion_pairs_", "angle_k_"])
+def test_prior_arrays_saved_empty_load_as_no_terms_or_fail_cleanly(model, tmp_path, name):
+    """A prior array written as a flat empty array (the shape numpy gives an empty list) is read as 'no terms of
+    this kind' when its partners are empty too, and as a one-line CgdmlError otherwise -- never a numba error."""
+    from cgdml.model import CGModel
+
+    m, good = model
+    with np.load(good) as z:
+        arrays = dict(z)
+    key = "prior/" + name
+    assert key in arrays
+    path = tmp_path / "empty.npz"
+    np.savez(path, **{**arrays, key: np.zeros(0)})
+    _load_cleanly(path, CGModel.load, configurations(9, n=2))
