@@ -32,7 +32,7 @@ from .distributed import TaskRunner
 from .features import as_quads, chain_quads
 from .gdml import GDML, POSITIVE, dihedral_quads
 from .sampling import stratified_batch, stratified_folds
-from .selection import SCORES, best, cross_validate_two_layer, fold_sets, resolve_score, score_projection
+from .selection import SCORES, cross_validate_two_layer, decide, fold_sets, resolve_score, score_projection
 from .validation import Grid, Interval, Options, ParameterError, check_params
 
 
@@ -122,6 +122,9 @@ class TwoLayerGDML(BaseEstimator):
         The chosen hyperparameters.
     cv_scores_ : list of dict
         The cross-validation table; ``cv_score_`` the score used.
+    selection_ : dict or None
+        How each layer's winner was chosen (:func:`cgdml.selection.decide` records under ``layer1`` and
+        ``layer2``); None without cross-validation.
     mean_set_index_, mean_set_labels_ : ndarray
         The mean-force set and its labels (the layer-1 average).
     n_layer1_models_, layer1_spread_, batch_size_, strata_, execution_, timings_, summary_
@@ -298,11 +301,13 @@ class TwoLayerGDML(BaseEstimator):
             else:
                 self.cv_scores_, entries = self._cross_validate(work, self.strata_, folds)
             self.execution_ = runner.describe()
+        self.selection_ = None
         if not runs_cv:
             s2, l2 = float(np.atleast_1d(self.sigma2)[0]), float(np.atleast_1d(self.lam2)[0])
         else:
-            best1 = best([s for s in self.cv_scores_ if s["layer"] == 1])
-            best2 = best([s for s in self.cv_scores_ if s["layer"] == 2])
+            (best1, rec1), (best2, rec2) = (decide([s for s in self.cv_scores_ if s["layer"] == layer])
+                                            for layer in (1, 2))
+            self.selection_ = dict(layer1=rec1, layer2=rec2)
             s1, l1, s2, l2 = best1["sigma"], best1["lam"], best2["sigma"], best2["lam"]
         self.sigma1_, self.lam1_, self.sigma2_, self.lam2_ = s1, l1, s2, l2
         preds = np.array([e["final"] for e in entries], dtype=np.float64)
@@ -319,7 +324,7 @@ class TwoLayerGDML(BaseEstimator):
         timings["total_s"] = time.perf_counter() - t0
         self.timings_ = timings
         self.summary_ = dict(method="two-layer GDML", cv_score=self.cv_score_, cv_scores=self.cv_scores_,
-                             execution=self.execution_,
+                             selection=self.selection_, execution=self.execution_,
                              chosen=dict(sigma1=s1, lam1=l1, sigma2=s2, lam2=l2, lam2_absolute=float(gdml.lam_),
                                          n_layer1_models=len(preds), batch_size=self.batch_size_))
         return self

@@ -18,6 +18,7 @@ from pathlib import Path
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, claim_outputs, configure_logging,
                    dataset_from_args, run_cli, show_progress, with_provenance)
 from ._io import CgdmlError, check_output, save_json, tomllib
+from .selection import selection_note
 
 COMMAND = "cgdml.fit"
 FIT_METHODS = ("two-layer", "nystrom", "single")
@@ -205,6 +206,9 @@ def _fit(args, typed, output, summary, workdir):
           + (f" ({strata['n_occupied']} occupied)" if "n_occupied" in strata else ""))
     print("chosen " + " ".join(f"{k}={v:g}" for k, v in model.info["chosen"].items()
                                if k.startswith(("sigma", "lam")) and not k.endswith("absolute")))
+    note = selection_note(model.info.get("selection"))
+    if note:
+        print(note)
     for term in model.info.get("basin_balance", []):
         print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "
               f"{' '.join(f'{p:.2%}' for p in term['model_population'])} -> "

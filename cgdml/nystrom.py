@@ -52,7 +52,7 @@ from .gdml import POSITIVE, dihedral_quads, mean_kernel_diagonal, reduce_frames
 from .linalg import SampledPreconditioner, default_precond_frames, pcg, refine
 from .model import GDMLModel
 from .sampling import stratified_batch
-from .selection import SCORES, best, holdout_scores, holdout_search, holdout_split, resolve_score, score_projection
+from .selection import SCORES, decide, holdout_scores, holdout_search, holdout_split, resolve_score, score_projection
 from .validation import Grid, Interval, Options, check_params
 
 INDUCING = ("stratified", "random")
@@ -233,7 +233,8 @@ class NystromGDML(BaseEstimator):
 
     Learned: ``model_``, ``inducing_index_`` (m,), ``coef_`` (m r,), ``lam_`` (absolute), ``cg_iterations_``,
     ``residual_`` (relative, of the float64 system), ``cg_refinements_`` (float64 refinement steps of a float32
-    fit), ``selection_scores_`` (the hold-out table, empty without candidates), ``timings_`` (s), ``summary_``.
+    fit), ``selection_scores_`` (the hold-out table, empty without candidates), ``selection_`` (how the winner was
+    chosen: :func:`cgdml.selection.decide`'s record, None without candidates), ``timings_`` (s), ``summary_``.
     """
 
     _parameter_constraints = {
@@ -289,14 +290,14 @@ class NystromGDML(BaseEstimator):
         m = default_inducing(n_beads, n_frames) if self.n_inducing == "auto" else int(self.n_inducing)
         quads = dihedral_quads(n_beads, self.chiral, self.dihedrals)
         sigmas, lams = np.atleast_1d(self.sigma).astype(float), np.atleast_1d(self.lam).astype(float)
-        self.timings_, self.selection_scores_ = {}, []
+        self.timings_, self.selection_scores_, self.selection_ = {}, [], None
         score, soft = resolve_score(self.cv_score, self._score_quads(n_beads))
         self.cv_score_ = score
         chosen = (float(sigmas[0]), float(lams[0]))
         if len(sigmas) * len(lams) > 1:
             t = time.perf_counter()
             self.selection_scores_ = self._select(R, F, groups, quads, m, sigmas, lams, score, soft)
-            winner = best(self.selection_scores_)
+            winner, self.selection_ = decide(self.selection_scores_)
             chosen = (winner["sigma"], winner["lam"])
             self.timings_["selection_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -309,6 +310,7 @@ class NystromGDML(BaseEstimator):
         self.model_, self.coef_, self.inducing_index_, self.lam_ = sol.model, sol.coef, sol.index, sol.lam
         self.cg_iterations_, self.residual_, self.cg_refinements_ = sol.cg_iterations, sol.residual, sol.refinements
         self.summary_ = dict(method="Nyström GDML", cv_score=self.cv_score_, selection_scores=self.selection_scores_,
+                             selection=self.selection_,
                              chosen=dict(sigma=chosen[0], lam=chosen[1], lam_absolute=sol.lam,
                                          n_inducing=len(sol.index), cg_iterations=int(sol.cg_iterations),
                                          residual=float(sol.residual)))

@@ -3,8 +3,10 @@
 
 The System has one particle per bead (mass ``model.masses``, amu), no constraints, no periodic box, and:
 
-- force group 0, the harmonic prior as native forces: ``HarmonicBondForce`` (k/2 (r - r0)^2),
-  ``HarmonicAngleForce`` (k/2 (theta - theta0)^2) and a ``CustomBondForce`` ``eps*(rmin/r)^12`` with per-pair
+- force group 0, the prior: its harmonic bonds and angles as native forces, ``HarmonicBondForce`` (k/2 (r - r0)^2)
+  and ``HarmonicAngleForce`` (k/2 (theta - theta0)^2), each tabulated bond or angle as a two- or three-particle
+  ``CustomCompoundBondForce`` (``CustomBondForce`` takes no tabulated functions) on a non-periodic ``Continuous1DFunction`` (the same natural spline) with its harmonic
+  continuation past the table's ends, and a ``CustomBondForce`` ``eps*(rmin/r)^12`` with per-pair
   parameters for the repulsion pairs, and one four-particle ``CustomCompoundBondForce`` per dihedral profile of
   the prior (``prior.dihedral_profile`` tabulated at 3600 points as a periodic ``Continuous1DFunction``);
 - force group 1, the GDML term as an ``openmm.PythonForce`` that calls ``model.gdml.predict`` once per force
@@ -118,15 +120,46 @@ def _periodic_table_force(openmm, name, values, quad):
     return force
 
 
+def _bonded_table_force(openmm, prior, kind, term, beads):
+    """Tabulated bond (``kind`` "bond") or angle ("angle") ``term`` of ``prior`` on ``beads``: a two- or
+    three-particle ``CustomCompoundBondForce`` ``table(clamp(x, lo, hi))`` plus the harmonic continuation past either end, as
+    :func:`cgdml.prior.table_values`. ``table`` is the non-periodic ``Continuous1DFunction`` through the spline's
+    node values: OpenMM's natural cubic spline through them is the prior's spline itself."""
+    c = getattr(prior, f"{kind}_splines_")[term]
+    lo, hi = map(float, getattr(prior, f"{kind}_spline_range_")[term])
+    k = float((prior.bond_k_ if kind == "bond" else prior.angle_k_)[term])
+    h = (hi - lo) / len(c)
+    values = np.append(c[:, 3], ((c[-1, 0] * h + c[-1, 1]) * h + c[-1, 2]) * h + c[-1, 3])
+    slope_lo, slope_hi = float(c[0, 2]), float((3.0 * c[-1, 0] * h + 2.0 * c[-1, 1]) * h + c[-1, 2])
+    x = "distance(p1, p2)" if kind == "bond" else "angle(p1, p2, p3)"
+    force = openmm.CustomCompoundBondForce(
+        len(beads), f"table(min(max(x, lo), hi)) + dlo*(slo + 0.5*k*dlo) + dhi*(shi + 0.5*k*dhi); "
+        f"dlo = min(x - lo, 0); dhi = max(x - hi, 0); x = {x}")
+    force.addTabulatedFunction("table", openmm.Continuous1DFunction(list(map(float, values)), lo, hi, False))
+    for name in ("lo", "hi", "slo", "shi", "k"):
+        force.addPerBondParameter(name)
+    force.addBond([int(b) for b in beads], [lo, hi, slope_lo, slope_hi, k])
+    return force
+
+
 def _prior_forces(prior, openmm, n_table=None):
     """The prior as OpenMM forces (group 0): native bonds and angles, custom repulsion and dihedral profiles."""
     bonds = openmm.HarmonicBondForce()
-    for (i, j), r0, k in zip(prior.bond_pairs_, prior.bond_r0_, prior.bond_k_):
-        bonds.addBond(int(i), int(j), float(r0), float(k))
+    tables = []
+    for t, ((i, j), r0, k) in enumerate(zip(prior.bond_pairs_, prior.bond_r0_, prior.bond_k_)):
+        if prior.bond_tabulated_[t]:
+            tables.append((f"cgdml prior bond {t} (beads {i} {j}), tabulated",
+                           _bonded_table_force(openmm, prior, "bond", t, (i, j))))
+        else:
+            bonds.addBond(int(i), int(j), float(r0), float(k))
     angles = openmm.HarmonicAngleForce()
-    for (i, j, k), theta0, ka in zip(prior.angle_triples_, prior.angle_theta0_, prior.angle_k_):
-        angles.addAngle(int(i), int(j), int(k), float(theta0), float(ka))
-    forces = [("cgdml prior bonds", bonds), ("cgdml prior angles", angles)]
+    for t, ((i, j, k), theta0, ka) in enumerate(zip(prior.angle_triples_, prior.angle_theta0_, prior.angle_k_)):
+        if prior.angle_tabulated_[t]:
+            tables.append((f"cgdml prior angle {t} (beads {i} {j} {k}), tabulated",
+                           _bonded_table_force(openmm, prior, "angle", t, (i, j, k))))
+        else:
+            angles.addAngle(int(i), int(j), int(k), float(theta0), float(ka))
+    forces = [("cgdml prior bonds", bonds), ("cgdml prior angles", angles)] + tables
     if len(prior.repulsion_pairs_):
         rep = openmm.CustomBondForce("eps*(rmin/r)^12")
         rep.addPerBondParameter("eps")

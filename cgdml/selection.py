@@ -12,7 +12,9 @@ the mean-force error would:
   force error is dominated by the stiff bonds and angles (docs/method.md §2.6);
 - ``"auto"``: ``"dihedral"`` when there is a soft dihedral, else ``"force"``.
 
-A score table is a list of dicts with at least ``sigma``, ``lam`` and ``mse``; :func:`best` picks its winner.
+A score table is a list of dicts with at least ``sigma``, ``lam`` and ``mse`` (and ``mse_folds`` or ``mse_se``
+for its spread); :func:`decide` picks its winner by the one-standard-error rule and records whether the choice
+was decisive and whether it sits on an edge of the grid (MODEL.json ``selection``).
 These tables are what MODEL.json keeps as ``cv_scores`` (two-layer) and ``selection_scores`` (inducing-point),
 and what ``python -m cgdml.cvplot`` draws (:mod:`cgdml.selection_report`).
 """
@@ -88,9 +90,82 @@ def ensemble_size_correction(preds, n_final, projection=None):
     return between * (1.0 / n_final - 1.0 / m)
 
 
+def standard_error(entry, key="mse"):
+    """The standard error of an entry's score: from its per-fold scores ``{key}_folds`` (std / sqrt(K)), or its
+    ``{key}_se`` (a hold-out score's, over the held-out frames); None when the entry has neither."""
+    folds = entry.get(f"{key}_folds")
+    if folds is not None and len(folds) > 1:
+        return float(np.std(folds, ddof=1) / np.sqrt(len(folds)))
+    se = entry.get(f"{key}_se")
+    return float(se) if se is not None and np.isfinite(se) else None
+
+
+def grid_edges(table, entry):
+    """The hyperparameters (``sigma``, ``lam``) of ``entry`` that sit on an edge of the table's grid, as
+    ["lam at the upper edge", ...]; a hyperparameter with one value in the table is not searched and has none."""
+    edges = []
+    for name in ("sigma", "lam"):
+        values = sorted({float(e[name]) for e in table})
+        if len(values) > 1 and float(entry[name]) in (values[0], values[-1]):
+            edges.append(f"{name} at the {'lower' if float(entry[name]) == values[0] else 'upper'} edge")
+    return edges
+
+
+def decide(table, key="mse"):
+    """The winner of a score table (dicts with ``sigma``, ``lam`` and ``key``) and the record of the choice.
+
+    The one-standard-error rule: every candidate whose score is within one standard error
+    (:func:`standard_error`) of the lowest ties with it, and the smoothest of them wins: the largest sigma, then
+    the largest lam (the first of equal ones). The selection is *decisive* when the lowest score stands alone.
+    Without a standard error (tables from older fits), the lowest score wins, the first of equal ones, and
+    whether it was decisive is unknown (None).
+
+    Returns (winner, record): record is a JSON-ready dict with ``rule``, ``decisive``, ``n_candidates``,
+    ``n_tied`` (candidates within one standard error, the lowest included), ``standard_error``, ``lowest`` and
+    ``winner`` (sigma, lam, score) and ``edges`` (:func:`grid_edges` of the winner). It is what MODEL.json keeps
+    as ``selection``; :func:`selection_note` says it in one line.
+    """
+    lowest = min(table, key=lambda entry: entry[key])
+    se = standard_error(lowest, key)
+    if se is None:
+        winner, tied = lowest, [lowest]
+    else:
+        tied = [e for e in table if e[key] <= lowest[key] + se]
+        winner = max(tied, key=lambda e: (float(e["sigma"]), float(e["lam"])))
+    point = lambda e: dict(sigma=float(e["sigma"]), lam=float(e["lam"]), score=float(e[key]))  # noqa: E731
+    record = dict(rule="lowest score" if se is None else "one standard error, then the smoothest (largest sigma, "
+                  "then lam)", decisive=None if se is None else len(tied) == 1, n_candidates=len(table),
+                  n_tied=len(tied), standard_error=se, lowest=point(lowest), winner=point(winner),
+                  edges=grid_edges(table, winner))
+    return winner, record
+
+
 def best(table, key="mse"):
-    """The winning entry of a score table (dicts): the smallest ``key``, the first of equal ones."""
-    return min(table, key=lambda entry: entry[key])
+    """The winning entry of a score table (dicts): :func:`decide`'s winner (the lowest ``key``, the first of
+    equal ones, when the entries carry no standard error)."""
+    return decide(table, key)[0]
+
+
+def selection_note(records):
+    """One line on a selection that was not decisive or chose an edge of its grid, or None when it was clean.
+    ``records`` is a :func:`decide` record or a dict of them by name (e.g. the two layers)."""
+    if not records:
+        return None
+    if "rule" in records:
+        records = {"": records}
+    parts = []
+    for name, rec in records.items():
+        what = []
+        if rec.get("decisive") is False:
+            what.append(f"not decisive: {rec['n_tied']} of {rec['n_candidates']} candidates within one standard "
+                        f"error of the best, took the smoothest (sigma {rec['winner']['sigma']:g}, lam "
+                        f"{rec['winner']['lam']:g})")
+        if rec.get("edges"):
+            what.append(", ".join(rec["edges"]) + " of the grid")
+        if what:
+            parts.append((f"{name}: " if name else "") + "; ".join(what))
+    return "selection " + "; ".join(parts) + " (extend the grid to search further)" * any(
+        rec.get("edges") for rec in records.values()) if parts else None
 
 
 # ------------------------------------------------------------------------------------------- hold-out search
@@ -108,9 +183,21 @@ def holdout_split(n_frames, holdout, max_train, seed):
 def holdout_scores(pred, target, score, projection=None):
     """The scores of one candidate's held-out forces ``pred`` against ``target`` (n, n_beads, 3): ``mse`` by
     ``score``, and both ``mse_force`` and ``mse_dihedral`` (NaN without a ``projection``)."""
-    mse_force = mse(pred, target)
-    mse_dihedral = mse(pred, target, projection) if projection is not None else float("nan")
-    return dict(mse=mse_dihedral if score == "dihedral" else mse_force, mse_force=mse_force, mse_dihedral=mse_dihedral)
+    mse_force, se_force = _mse_se(pred, target)
+    mse_dihedral, se_dihedral = _mse_se(pred, target, projection) if projection is not None else (np.nan, np.nan)
+    dihedral = score == "dihedral"
+    return dict(mse=mse_dihedral if dihedral else mse_force, mse_se=se_dihedral if dihedral else se_force,
+                mse_force=mse_force, mse_dihedral=mse_dihedral)
+
+
+def _mse_se(pred, target, projection=None):
+    """(:func:`mse`, its standard error over the frames: the std of the per-frame mean squared error / sqrt(n))."""
+    err = np.asarray(pred, dtype=np.float64) - target
+    if projection is not None:
+        err = project_forces(err, projection)
+    per_frame = (err ** 2).reshape(len(err), -1).mean(1)
+    se = per_frame.std(ddof=1) / np.sqrt(len(per_frame)) if len(per_frame) > 1 else np.nan
+    return float(per_frame.mean()), float(se)
 
 
 def holdout_search(candidates, evaluate, cache=None):

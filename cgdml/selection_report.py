@@ -45,7 +45,7 @@ def read_fit_record(path):
 
 def score_panels(info, source="the model"):
     """[(title, y label, entries, chosen entry)] for each layer of ``info`` (cv_scores) or its Nyström
-    ``selection_scores``; entries are dicts with sigma, lam, mse and optionally mse_folds. A record without
+    ``selection_scores``; entries are dicts with sigma, lam, mse and optionally mse_folds or mse_se. A record without
     scores is a one-line error."""
     panels = []
     scores = info.get("cv_scores") or []
@@ -83,6 +83,8 @@ def _entry(e, source):
     folds = e.get("mse_folds")
     if isinstance(folds, list) and folds:
         out["mse_folds"] = [float(v) for v in folds]
+    if isinstance(e.get("mse_se"), (int, float)):
+        out["mse_se"] = float(e["mse_se"])  # a hold-out score's standard error: the selection rule uses it
     return out
 
 
