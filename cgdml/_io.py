@@ -29,6 +29,12 @@ class CgdmlError(ValueError):
     in user code catches it."""
 
 
+class CgdmlTypeError(CgdmlError, TypeError):
+    """An argument of the wrong type given to a public function or estimator; the message says what to pass.
+
+    Both a :class:`CgdmlError` (a command shows it as one line) and a :class:`TypeError`."""
+
+
 def one_line(text, limit=600):
     """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
     text = " ".join(str(text).split())

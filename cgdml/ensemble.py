@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._io import WorkCache
-from .data import check_coords_forces
+from .data import check_coords_forces, learner_arrays
 from .distributed import TaskRunner
 from .features import as_quads, chain_quads
 from .gdml import GDML, POSITIVE, dihedral_quads
@@ -272,9 +272,10 @@ class TwoLayerGDML(BaseEstimator):
             train_layer2=train_layer2)
         return table, [e for k in range(self.n_folds) for e in final[k]]
 
-    def fit(self, R, F, groups=None):
+    def fit(self, R, F=None, groups=None):
         """Fit forces F (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm; ``groups`` (n,) are the frames' strata
         (None: one stratum, uniform draws). Returns self."""
+        learner_arrays("TwoLayerGDML", R, F)
         self.validate_params()
         R, F, _ = check_coords_forces(R, F)
         self._prepare(R, F)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from ._io import CgdmlError
-from .data import check_coords_forces
+from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads, descriptor_jacobian
 from .linalg import cholesky_upper, gdml_preconditioner
 from .model import GDMLModel
@@ -118,11 +118,12 @@ class GDML(BaseEstimator):
         """Check every parameter (:func:`cgdml.validation.check_params`); raises ParameterError."""
         check_params(self)
 
-    def fit(self, R, F, E=None, groups=None):
+    def fit(self, R, F=None, E=None, groups=None):
         """Fit forces F (n, n_beads, 3) kJ/mol/nm at coordinates R (n, n_beads, 3) nm; E (n,) fixes the offset.
 
         ``groups`` (strata of the frames) is part of the learners' common contract and unused here. Returns self.
         """
+        learner_arrays("GDML", R, F)
         self.validate_params()
         R, F, E = check_coords_forces(R, F, E)
         M, N = R.shape[:2]

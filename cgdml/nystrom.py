@@ -46,7 +46,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import kernels
 from ._io import CgdmlError, Fields, WorkCache, as_array, as_float, as_int, load_npz, save_npz
-from .data import check_coords_forces
+from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads
 from .gdml import POSITIVE, dihedral_quads, mean_kernel_diagonal, reduce_frames
 from .linalg import SampledPreconditioner, default_precond_frames, pcg, refine
@@ -276,9 +276,10 @@ class NystromGDML(BaseEstimator):
         """Check every parameter (:func:`cgdml.validation.check_params`); raises ParameterError."""
         check_params(self)
 
-    def fit(self, R, F, groups=None):
+    def fit(self, R, F=None, groups=None):
         """Fit forces F (N, n_beads, 3) kJ/mol/nm at R (N, n_beads, 3) nm; ``groups`` (N,) are the strata that
         stratified inducing points are drawn from (None: uniform). Returns self."""
+        learner_arrays("NystromGDML", R, F)
         self.validate_params()
         t0 = time.perf_counter()
         R, F = np.asarray(R), np.asarray(F)

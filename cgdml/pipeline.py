@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ._io import CgdmlError
+from .data import dataset_argument
 from .ensemble import TwoLayerGDML
 from .gdml import GDML
 from .model import CGModel, fit_record
@@ -282,6 +283,7 @@ class CGEstimator(BaseEstimator):
 
     def fit(self, dataset):
         """Fit to a :class:`cgdml.data.CGDataset`; returns self with ``model_`` (a CGModel)."""
+        dataset = dataset_argument(dataset, "CGEstimator.fit")
         self.validate_params()
         t0 = time.perf_counter()
         learner, R, F, groups = self._prepare(dataset)
@@ -347,4 +349,5 @@ def fit_cg_model(dataset, method="auto", **params):
     does not apply to the method is refused. This is what ``python -m cgdml.fit`` runs; the record of the fit is
     ``model.info``.
     """
+    dataset = dataset_argument(dataset, "fit_cg_model")
     return cg_estimator(resolve_method(dataset, method), **params).fit(dataset).model_
