@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._interrupt import MESSAGE as INTERRUPTED, STATUS as INTERRUPT_STATUS, quit_on_interrupt, raise_on_interrupt
 from ._io import CgdmlError, OutputLock, numpy_file_kind, one_line, remove_stale_temps
 from .data import CGDataset
 from .io.arrays import load_cg_arrays
@@ -122,21 +123,47 @@ def run_cli(main, argv=None):
 
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
+    raise_on_interrupt()       # Ctrl-C in main: KeyboardInterrupt, so that cleanups run (see cgdml._interrupt)
     try:
         status = main(argv)
     except CgdmlError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except OSError as exc:  # disk full, permission denied, ...
+        if _from_interrupt(exc):
+            _interrupted()
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"error: {name}{one_line(exc.strerror or exc)}", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:
+        if _from_interrupt(exc):
+            _interrupted()
+        raise
     finally:
         warnings.showwarning = shown
+        quit_on_interrupt()    # Ctrl-C during shutdown (exit hooks): the same line and status, no traceback
     sys.exit(status or 0)
+
+
+def _from_interrupt(exc):
+    """Whether ``exc`` was caused by a Ctrl-C: a KeyboardInterrupt in its chain of causes. Compiled code turns one
+    raised inside it into another error ("SystemError: CPUDispatcher(...) returned a result with an exception
+    set" from numba)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted():
+    quit_on_interrupt()        # a second Ctrl-C while this one is reported changes nothing
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(INTERRUPT_STATUS)
 
 
 def refuse_to_overwrite(outputs, inputs):
