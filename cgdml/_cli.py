@@ -67,12 +67,65 @@ def positive_int(text):
     return value
 
 
+SEED_MAX = 2 ** 32 - 1     # seeds are 32-bit unsigned integers (numpy takes more, OpenMM a C int: see reference)
+
+
 def seed_int(text):
-    """A random seed: an integer >= 0 (numpy refuses negative seeds)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    """A random seed: an integer from 0 to 2^32 - 1 (numpy refuses negative seeds)."""
+    return int_between(0, SEED_MAX, "a 32-bit seed")(text)
+
+
+def int_between(low, high, why=""):
+    """An argparse type: an integer from ``low`` to ``high`` (both included); ``why`` says where the upper bound
+    comes from (shown when it is exceeded)."""
+    def check(text):
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}{f' ({why})' if why else ''}, got {value}")
+        return value
+    return check
+
+
+def float_between(low, high, why="", low_open=False):
+    """An argparse type: a finite number from ``low`` (excluded with ``low_open``) to ``high`` (included); ``why``
+    says where the upper bound comes from (shown when it is exceeded)."""
+    def check(text):
+        value = _number(text)
+        if (value <= low) if low_open else (value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}{f' ({why})' if why else ''}, got {text!r}")
+        return value
+    return check
+
+
+def cpu_count():
+    """CPUs this process may use (its affinity mask where the system has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_int(text):
+    """Threads: an integer from 1 to the machine's CPUs (more only slow the run down)."""
+    return int_between(1, cpu_count(), "the CPUs of this machine")(text)
+
+
+def jobs_int(text):
+    """Local processes: 1 to the machine's CPUs, or -n for all CPUs but n - 1 (joblib's convention)."""
+    n = cpu_count()
+    value = int_between(-n, n, "the CPUs of this machine")(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1 (or negative: all CPUs but |n| - 1), got '0'")
     return value
+
+
+COUNT_MAX = 10 ** 9   # replicas, steps, frames: beyond this a run takes years; memory is estimated separately
 
 
 _REST_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?: <[^>]*>)?`")

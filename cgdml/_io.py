@@ -35,6 +35,39 @@ class CgdmlTypeError(CgdmlError, TypeError):
     Both a :class:`CgdmlError` (a command shows it as one line) and a :class:`TypeError`."""
 
 
+def available_memory():
+    """Bytes of memory available to a new allocation now (MemAvailable of /proc/meminfo; elsewhere the physical
+    memory), or None where neither is known."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def size_text(nbytes):
+    """A byte count for messages: 512 B, 3.1 MB, 42 GB, 1.2e+05 TB."""
+    for unit, factor in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= factor:
+            return f"{nbytes / factor:.3g} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def check_memory(nbytes, what, advice):
+    """Refuse, before allocating it, an array of about ``nbytes`` (``what`` it holds) that would not fit in the
+    memory available: a one-line :class:`CgdmlError` with the estimate and ``advice`` (which option to lower)."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise CgdmlError(f"{what} would take about {size_text(nbytes)} of memory, {size_text(free)} is available; "
+                         f"{advice}")
+
+
 def one_line(text, limit=600):
     """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
     text = " ".join(str(text).split())

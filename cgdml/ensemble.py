@@ -33,7 +33,7 @@ from .features import as_quads, chain_quads
 from .gdml import GDML, POSITIVE, dihedral_quads
 from .sampling import stratified_batch, stratified_folds
 from .selection import SCORES, best, cross_validate_two_layer, fold_sets, resolve_score, score_projection
-from .validation import Grid, Interval, Options, ParameterError, check_params
+from .validation import N_JOBS, N_MODELS, SEED, SIGMA, Grid, Interval, Options, ParameterError, check_params
 
 
 def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, quads, train_labels=None):
@@ -130,12 +130,13 @@ class TwoLayerGDML(BaseEstimator):
     """
 
     _parameter_constraints = {
-        **{name: [Interval(int, 1)] for name in ("n_models", "batch_size", "mean_set_size", "n_folds", "cv_models",
+        **{name: [Interval(int, 1)] for name in ("batch_size", "mean_set_size", "n_folds", "cv_models",
                                                  "cv_mean_set_size", "cv_holdout")},
-        **{name: [Grid(POSITIVE)] for name in ("sigma1", "lam1", "sigma2", "lam2")},
+        "n_models": [N_MODELS], "sigma1": [Grid(SIGMA)], "sigma2": [Grid(SIGMA)],
+        **{name: [Grid(POSITIVE)] for name in ("lam1", "lam2")},
         "cv_score": [Options(SCORES)], "chiral": [bool], "dihedrals": [None, "array-like"],
-        "score_dihedrals": [None, "array-like"], "n_jobs": [Interval(int, None, -1), Interval(int, 1)],
-        "seed": [Interval(int, 0)], "workdir": [None, object], "progress": [bool], "scheduler": [None, object]}
+        "score_dihedrals": [None, "array-like"], "n_jobs": N_JOBS,
+        "seed": [SEED], "workdir": [None, object], "progress": [bool], "scheduler": [None, object]}
 
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,

@@ -32,7 +32,7 @@ from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads, descriptor_jacobian
 from .linalg import cholesky_upper, gdml_preconditioner
 from .model import GDMLModel
-from .validation import Interval, Options, check_params
+from .validation import SIGMA, Interval, Options, check_params
 
 POSITIVE = Interval(float, 0, None, "neither")  # a finite number > 0
 
@@ -94,7 +94,7 @@ class GDML(BaseEstimator):
     """
 
     _parameter_constraints = {
-        "sigma": [POSITIVE], "lam": [POSITIVE], "relative_lam": [bool], "chiral": [bool],
+        "sigma": [SIGMA], "lam": [POSITIVE], "relative_lam": [bool], "chiral": [bool],
         "dihedrals": [None, "array-like"], "chiral_scale": [POSITIVE], "solver": [Options(("auto", "cholesky", "cg"))],
         "memory_budget_gb": [POSITIVE], "cg_tol": [POSITIVE], "cg_maxiter": [Interval(int, 1)],
         "precond_frames": [None, Interval(int, 1)]}

@@ -36,7 +36,7 @@ from .nystrom import NystromGDML
 from .prior import CGPrior
 from .sampling import STRATA, make_strata, stratified_batch
 from .selection import resolve_score
-from .validation import Interval, Options, ParameterError, check_param, check_params, value_type
+from .validation import SEED, Interval, Options, ParameterError, check_param, check_params, value_type
 
 METHODS = ("auto", "nystrom", "two-layer", "single")
 # method -> (learner class, the method's learner defaults where they differ from the class's)
@@ -219,7 +219,7 @@ class CGEstimator(BaseEstimator):
         "learner": [None, object], "n_frames": [None, Interval(int, 1)],
         "subset": [Options(("stratified", "random"))], "strata": [Options(STRATA)], "grid_bins": [Interval(int, 1)],
         "n_strata": [Interval(int, 1)], "prior_repulsion": [bool], "prior_dihedrals": [bool, Options(("auto",))],
-        "balance_basins": [bool], "seed": [Interval(int, 0)], "progress": [bool]}
+        "balance_basins": [bool], "seed": [SEED], "progress": [bool]}
 
     def __init__(self, learner=None, n_frames=None, subset="stratified", strata="auto", grid_bins=12, n_strata=50,
                  prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, seed=0, progress=True):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, CgdmlTypeError, atomic_path, save_json
+from .._io import CgdmlError, CgdmlTypeError, atomic_path, check_memory, save_json
 from .integrators import INTEGRATORS
 from .replicas import group_checkpoints, simulate
 from .reporters import bond_blowup
@@ -270,6 +270,10 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
         if start.n_beads != model.n_beads:
             raise CgdmlError(f"{start_name}: dataset has {start.n_beads} beads, "
                              f"{f'model {model_name}' if model_name else 'the model'} has {model.n_beads}")
+    n_saved = s["steps"] // s["save_every"]          # the run keeps every saved frame in memory (float32)
+    check_memory(n_saved * s["replicas"] * model.n_beads * 3 * 4.0,
+                 f"the trajectory of {s['replicas']} replicas x {n_saved} saved frames x {model.n_beads} beads",
+                 "lower replicas or steps, or raise save_every")
     temperature = model.temperature if s["temperature"] is None else s["temperature"]
     x0 = start_configurations(model, s["replicas"], s["seed"], start)
     model.warn_if_out_of_range(x0, what=f"start configurations (from {start_name or model_name or 'the model'})")
