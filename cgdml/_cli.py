@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ._interrupt import MESSAGE as INTERRUPTED, STATUS as INTERRUPT_STATUS, quit_on_interrupt, raise_on_interrupt
-from ._io import CgdmlError, OutputLock, numpy_file_kind, one_line, remove_stale_temps
+from ._io import (FIGURE_FORMATS, CgdmlError, OutputLock, figure_owner, numpy_file_kind, one_line,
+                  remove_stale_temps)
 from .data import CGDataset
 from .io.arrays import load_cg_arrays
 from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset
@@ -275,6 +276,8 @@ def _legacy_owner(path, data):
 def owner_of(path):
     """(command, output) recorded in a cgdml JSON or PDB file at ``path``, else None (a foreign file)."""
     path = Path(path)
+    if path.suffix.lower().lstrip(".") in FIGURE_FORMATS:
+        return figure_owner(path)
     try:
         if path.suffix.lower() == ".pdb":
             with open(path, errors="replace") as fh:
@@ -297,6 +300,9 @@ _ROLE = {("cgdml.fit", ".json"): "fit summary", ("cgdml.simulate", ".json"): "si
          ("cgdml.fes", ".json"): "metrics", ("cgdml.reference", ".json"): "run settings"}
 
 
+_FIGURE_ROLE = {"cgdml.fes": "landscape plot", "cgdml.cvplot": "score plot"}
+
+
 def check_sidecar(path, command, output):
     """Refuse (one line) to replace ``path`` unless it is absent or was written by ``command`` for ``output``."""
     path, output = Path(path), Path(output)
@@ -311,7 +317,8 @@ def check_sidecar(path, command, output):
     if owner is None:
         raise CgdmlError(f"{path}: exists and was not written by {command} for {output.name}; this run would "
                          f"replace it: move or delete it, or choose another output name")
-    role = _ROLE.get((owner[0], path.suffix.lower()), "CG topology" if path.suffix.lower() == ".pdb" else "file")
+    role = _ROLE.get((owner[0], path.suffix.lower()), "CG topology" if path.suffix.lower() == ".pdb" else
+                     _FIGURE_ROLE.get(owner[0], "figure") if path.suffix.lower().lstrip(".") in FIGURE_FORMATS else "file")
     raise CgdmlError(f"{path}: would overwrite the {role} of {owner[1]} (written by {owner[0]}); choose another "
                      f"output name (or delete {path})")
 

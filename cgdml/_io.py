@@ -68,6 +68,44 @@ def check_memory(nbytes, what, advice):
                          f"{advice}")
 
 
+FIGURE_MARK = "cgdml-written-by:"  # then the hex of {"command": ..., "output": NAME} and a "." (survives every format)
+FIGURE_FORMATS = {"png": "metadata", "svg": "metadata", "pdf": "metadata", "jpg": "comment", "jpeg": "comment"}
+
+
+def save_figure(fig, path, written_for):
+    """Save a matplotlib figure atomically, its format from the suffix (png, pdf, svg, jpg); the file carries the
+    record ``{"command": written_for, "output": NAME}`` (what wrote it, for which output) in its metadata, read
+    back by :func:`figure_owner`, so that a command replaces only figures written for the same purpose."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    token = FIGURE_MARK + json.dumps({"command": written_for, "output": path.name}).encode().hex() + "."
+    key = {"pdf": "Subject"}.get(fmt, "Description")
+    extra = ({"metadata": {key: token}} if FIGURE_FORMATS.get(fmt) == "metadata"
+             else {"pil_kwargs": {"comment": token}} if fmt in FIGURE_FORMATS else {})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight", **extra)
+
+
+def figure_owner(path, limit=64 << 20):
+    """(command, output) recorded by :func:`save_figure` in the figure at ``path``, else None."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+    except OSError:
+        return None
+    # the "." ends the record: a PNG chunk's CRC (bytes that may look like hex digits) follows it
+    found = re.search(re.escape(FIGURE_MARK.encode()) + rb"([0-9a-f]+)\.", data)
+    if not found:
+        return None
+    try:
+        record = json.loads(bytes.fromhex(found.group(1).decode()))
+    except ValueError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("output"), str):
+        return record["command"], record["output"]
+    return None
+
+
 def one_line(text, limit=600):
     """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
     text = " ".join(str(text).split())

@@ -95,7 +95,7 @@ def main(argv=None):
         check_output(path)
     if a.json and Path(a.json).resolve() == out.resolve():
         raise CgdmlError(f"{a.json}: --json and -o name the same file")
-    with claim_outputs(COMMAND, [out, a.json], sidecars={a.json: a.json} if a.json else None,
+    with claim_outputs(COMMAND, [out, a.json], sidecars={out: out, **({a.json: a.json} if a.json else {})},
                        inputs=[a.traj, a.reference, a.top]):
         return _fes(a, out)
 
