@@ -263,8 +263,12 @@ class CGDataset:
 
     def save(self, path):
         """Write the dataset atomically as ``.npz`` (nm, kJ/mol/nm): coords, forces, the system's entries
-        (:meth:`cgdml.system.CGSystem.to_arrays`), info_json and format_version."""
-        save_npz(path, coords=self.coords.astype(np.float32), forces=self.forces.astype(np.float32),
+        (:meth:`cgdml.system.CGSystem.to_arrays`), info_json and format_version. Coordinates are stored in
+        float32, or in float64 where they lie more than 10 nm from the origin (float32 would round them by more
+        than 1e-6 nm)."""
+        far = len(self.coords) and np.abs(self.coords).max() > 10.0
+        save_npz(path, coords=self.coords.astype(np.float64 if far else np.float32),
+                 forces=self.forces.astype(np.float32),
                  **self.system.to_arrays(), info_json=np.array(json.dumps(self.info)),
                  format_version=np.int64(DATASET_FORMAT_VERSION))
 
