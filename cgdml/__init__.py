@@ -6,6 +6,11 @@ names below are imported on first use, so that the command-line tools start fast
 """
 __version__ = "0.2.0"
 
+from ._interrupt import install_at_start as _install_at_start
+
+_install_at_start()  # Ctrl-C while a command starts: one line, exit 130 (see cgdml._interrupt)
+del _install_at_start
+
 _LAZY = {"GDML": ("gdml", "GDML"), "NystromGDML": ("nystrom", "NystromGDML"),
          "TwoLayerGDML": ("ensemble", "TwoLayerGDML"), "GDMLModel": ("model", "GDMLModel"),
          "CGModel": ("model", "CGModel"), "CGDataset": ("data", "CGDataset"),

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import CgdmlError, OutputLock, numpy_file_kind, one_line, remove_stale_temps
+from ._interrupt import MESSAGE as INTERRUPTED, STATUS as INTERRUPT_STATUS, quit_on_interrupt, raise_on_interrupt
+from ._io import (FIGURE_FORMATS, CgdmlError, OutputLock, figure_owner, numpy_file_kind, one_line,
+                  remove_stale_temps)
 from .data import CGDataset
 from .io.arrays import load_cg_arrays
 from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset
@@ -66,12 +68,65 @@ def positive_int(text):
     return value
 
 
+SEED_MAX = 2 ** 32 - 1     # seeds are 32-bit unsigned integers (numpy takes more, OpenMM a C int: see reference)
+
+
 def seed_int(text):
-    """A random seed: an integer >= 0 (numpy refuses negative seeds)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    """A random seed: an integer from 0 to 2^32 - 1 (numpy refuses negative seeds)."""
+    return int_between(0, SEED_MAX, "a 32-bit seed")(text)
+
+
+def int_between(low, high, why=""):
+    """An argparse type: an integer from ``low`` to ``high`` (both included); ``why`` says where the upper bound
+    comes from (shown when it is exceeded)."""
+    def check(text):
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}{f' ({why})' if why else ''}, got {value}")
+        return value
+    return check
+
+
+def float_between(low, high, why="", low_open=False):
+    """An argparse type: a finite number from ``low`` (excluded with ``low_open``) to ``high`` (included); ``why``
+    says where the upper bound comes from (shown when it is exceeded)."""
+    def check(text):
+        value = _number(text)
+        if (value <= low) if low_open else (value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}{f' ({why})' if why else ''}, got {text!r}")
+        return value
+    return check
+
+
+def cpu_count():
+    """CPUs this process may use (its affinity mask where the system has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_int(text):
+    """Threads: an integer from 1 to the machine's CPUs (more only slow the run down)."""
+    return int_between(1, cpu_count(), "the CPUs of this machine")(text)
+
+
+def jobs_int(text):
+    """Local processes: 1 to the machine's CPUs, or -n for all CPUs but n - 1 (joblib's convention)."""
+    n = cpu_count()
+    value = int_between(-n, n, "the CPUs of this machine")(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1 (or negative: all CPUs but |n| - 1), got '0'")
     return value
+
+
+COUNT_MAX = 10 ** 9   # replicas, steps, frames: beyond this a run takes years; memory is estimated separately
 
 
 _REST_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?: <[^>]*>)?`")
@@ -122,21 +177,47 @@ def run_cli(main, argv=None):
 
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
+    raise_on_interrupt()       # Ctrl-C in main: KeyboardInterrupt, so that cleanups run (see cgdml._interrupt)
     try:
         status = main(argv)
     except CgdmlError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except OSError as exc:  # disk full, permission denied, ...
+        if _from_interrupt(exc):
+            _interrupted()
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"error: {name}{one_line(exc.strerror or exc)}", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:
+        if _from_interrupt(exc):
+            _interrupted()
+        raise
     finally:
         warnings.showwarning = shown
+        quit_on_interrupt()    # Ctrl-C during shutdown (exit hooks): the same line and status, no traceback
     sys.exit(status or 0)
+
+
+def _from_interrupt(exc):
+    """Whether ``exc`` was caused by a Ctrl-C: a KeyboardInterrupt in its chain of causes. Compiled code turns one
+    raised inside it into another error ("SystemError: CPUDispatcher(...) returned a result with an exception
+    set" from numba)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted():
+    quit_on_interrupt()        # a second Ctrl-C while this one is reported changes nothing
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(INTERRUPT_STATUS)
 
 
 def refuse_to_overwrite(outputs, inputs):
@@ -195,6 +276,8 @@ def _legacy_owner(path, data):
 def owner_of(path):
     """(command, output) recorded in a cgdml JSON or PDB file at ``path``, else None (a foreign file)."""
     path = Path(path)
+    if path.suffix.lower().lstrip(".") in FIGURE_FORMATS:
+        return figure_owner(path)
     try:
         if path.suffix.lower() == ".pdb":
             with open(path, errors="replace") as fh:
@@ -217,6 +300,9 @@ _ROLE = {("cgdml.fit", ".json"): "fit summary", ("cgdml.simulate", ".json"): "si
          ("cgdml.fes", ".json"): "metrics", ("cgdml.reference", ".json"): "run settings"}
 
 
+_FIGURE_ROLE = {"cgdml.fes": "landscape plot", "cgdml.cvplot": "score plot"}
+
+
 def check_sidecar(path, command, output):
     """Refuse (one line) to replace ``path`` unless it is absent or was written by ``command`` for ``output``."""
     path, output = Path(path), Path(output)
@@ -231,7 +317,8 @@ def check_sidecar(path, command, output):
     if owner is None:
         raise CgdmlError(f"{path}: exists and was not written by {command} for {output.name}; this run would "
                          f"replace it: move or delete it, or choose another output name")
-    role = _ROLE.get((owner[0], path.suffix.lower()), "CG topology" if path.suffix.lower() == ".pdb" else "file")
+    role = _ROLE.get((owner[0], path.suffix.lower()), "CG topology" if path.suffix.lower() == ".pdb" else
+                     _FIGURE_ROLE.get(owner[0], "figure") if path.suffix.lower().lstrip(".") in FIGURE_FORMATS else "file")
     raise CgdmlError(f"{path}: would overwrite the {role} of {owner[1]} (written by {owner[0]}); choose another "
                      f"output name (or delete {path})")
 

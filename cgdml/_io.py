@@ -29,6 +29,83 @@ class CgdmlError(ValueError):
     in user code catches it."""
 
 
+class CgdmlTypeError(CgdmlError, TypeError):
+    """An argument of the wrong type given to a public function or estimator; the message says what to pass.
+
+    Both a :class:`CgdmlError` (a command shows it as one line) and a :class:`TypeError`."""
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation now (MemAvailable of /proc/meminfo; elsewhere the physical
+    memory), or None where neither is known."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def size_text(nbytes):
+    """A byte count for messages: 512 B, 3.1 MB, 42 GB, 1.2e+05 TB."""
+    for unit, factor in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= factor:
+            return f"{nbytes / factor:.3g} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def check_memory(nbytes, what, advice):
+    """Refuse, before allocating it, an array of about ``nbytes`` (``what`` it holds) that would not fit in the
+    memory available: a one-line :class:`CgdmlError` with the estimate and ``advice`` (which option to lower)."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise CgdmlError(f"{what} would take about {size_text(nbytes)} of memory, {size_text(free)} is available; "
+                         f"{advice}")
+
+
+FIGURE_MARK = "cgdml-written-by:"  # then the hex of {"command": ..., "output": NAME} and a "." (survives every format)
+FIGURE_FORMATS = {"png": "metadata", "svg": "metadata", "pdf": "metadata", "jpg": "comment", "jpeg": "comment"}
+
+
+def save_figure(fig, path, written_for):
+    """Save a matplotlib figure atomically, its format from the suffix (png, pdf, svg, jpg); the file carries the
+    record ``{"command": written_for, "output": NAME}`` (what wrote it, for which output) in its metadata, read
+    back by :func:`figure_owner`, so that a command replaces only figures written for the same purpose."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    token = FIGURE_MARK + json.dumps({"command": written_for, "output": path.name}).encode().hex() + "."
+    key = {"pdf": "Subject"}.get(fmt, "Description")
+    extra = ({"metadata": {key: token}} if FIGURE_FORMATS.get(fmt) == "metadata"
+             else {"pil_kwargs": {"comment": token}} if fmt in FIGURE_FORMATS else {})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight", **extra)
+
+
+def figure_owner(path, limit=64 << 20):
+    """(command, output) recorded by :func:`save_figure` in the figure at ``path``, else None."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+    except OSError:
+        return None
+    # the "." ends the record: a PNG chunk's CRC (bytes that may look like hex digits) follows it
+    found = re.search(re.escape(FIGURE_MARK.encode()) + rb"([0-9a-f]+)\.", data)
+    if not found:
+        return None
+    try:
+        record = json.loads(bytes.fromhex(found.group(1).decode()))
+    except ValueError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("output"), str):
+        return record["command"], record["output"]
+    return None
+
+
 def one_line(text, limit=600):
     """``text`` with its lines joined and whitespace collapsed, cut at ``limit`` characters."""
     text = " ".join(str(text).split())

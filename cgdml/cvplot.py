@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._cli import ArgumentParser, add_verbosity_arguments, configure_logging, refuse_to_overwrite, run_cli
+from ._cli import (ArgumentParser, add_verbosity_arguments, check_sidecar, configure_logging, refuse_to_overwrite,
+                   run_cli)
 from ._io import CgdmlError, check_output
+
+COMMAND = "cgdml.cvplot"
 
 
 def build_parser():
@@ -32,6 +35,7 @@ def main(argv=None):
         raise CgdmlError(f"{out}: the figure must end in .png, .pdf, .svg or .jpg")
     check_output(out)
     refuse_to_overwrite([out], [a.model, Path(a.model).with_suffix(".json")])
+    check_sidecar(out, COMMAND, out)          # only a score plot that cvplot wrote for this name is replaced
     from .selection_report import format_table, plot_scores, read_fit_record
 
     info = read_fit_record(a.model)

@@ -7,11 +7,12 @@ produce datasets are in :mod:`cgdml.io` and :mod:`cgdml.mapping`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._io import CgdmlError, Fields, as_array, as_int, as_json, load_npz, save_npz
+from ._io import CgdmlError, CgdmlTypeError, Fields, as_array, as_int, as_json, load_npz, save_npz
 from .system import CGSystem
 from .topology import CGTopology
 from .units import check_temperature, force_factor, length_factor
@@ -64,6 +65,44 @@ def check_coords_forces(R, F=None, E=None):
         if E.shape[0] != R.shape[0]:
             raise CgdmlError(f"{E.shape[0]} energies given for {R.shape[0]} frames")
     return R, F, E
+
+
+_FIT_A_DATASET = "to fit a CGDataset, use cgdml.fit_cg_model(dataset) or cgdml.CGEstimator(learner=...).fit(dataset)"
+
+
+def learner_arrays(owner, R, F):
+    """The type checks of a learner's ``fit(R, F)`` (``owner``: its class name): R and F given, each an array of
+    numbers, neither a :class:`CGDataset`; else a one-line :class:`CgdmlTypeError` that says what to pass.
+    Shapes and values are checked later (:func:`check_coords_forces`)."""
+    usage = f"{owner}.fit(R, F) takes coordinates R (n_frames, n_beads, 3) nm and forces F (same shape) kJ/mol/nm"
+    if isinstance(R, CGDataset) or isinstance(F, CGDataset):
+        raise CgdmlTypeError(f"{usage}, not a CGDataset; {_FIT_A_DATASET}")
+    if F is None:
+        raise CgdmlTypeError(f"{usage}; the forces F are missing ({_FIT_A_DATASET})")
+    for name, x in (("R", R), ("F", F)):
+        try:
+            kind = np.asarray(x).dtype.kind
+        except (TypeError, ValueError):      # ragged nested lists
+            kind = "O"
+        if kind not in "biuf":
+            held = f" of dtype {x.dtype}" if isinstance(x, np.ndarray) else ""
+            raise CgdmlTypeError(f"{usage}; {name} is {type(x).__name__}{held}, not an array of numbers")
+
+
+def dataset_argument(dataset, where):
+    """``dataset`` if it is a :class:`CGDataset`, else a one-line :class:`CgdmlTypeError` from ``where`` (the
+    function's name) that says how to make one from what was given (a path, arrays, something else)."""
+    if isinstance(dataset, CGDataset):
+        return dataset
+    if isinstance(dataset, (str, os.PathLike)):
+        hint = f"load the file first: CGDataset.load({os.fspath(dataset)!r})"
+    elif isinstance(dataset, (np.ndarray, list, tuple)):
+        hint = ("for coordinates and forces arrays (n_frames, n_beads, 3), build one with "
+                "CGDataset.from_arrays(coords, forces, bead_names=..., temperature=...) or cgdml.load_cg_arrays, or "
+                "fit the arrays with a learner's fit(R, F)")
+    else:
+        hint = "load one with CGDataset.load(path) or map all-atom data with cgdml.map_allatom"
+    raise CgdmlTypeError(f"{where} takes a CGDataset, got {type(dataset).__name__}; {hint}")
 
 
 def check_bonded_distances(coords, bonds, context="", first_frame=0, block=200, reference=None):
@@ -224,8 +263,12 @@ class CGDataset:
 
     def save(self, path):
         """Write the dataset atomically as ``.npz`` (nm, kJ/mol/nm): coords, forces, the system's entries
-        (:meth:`cgdml.system.CGSystem.to_arrays`), info_json and format_version."""
-        save_npz(path, coords=self.coords.astype(np.float32), forces=self.forces.astype(np.float32),
+        (:meth:`cgdml.system.CGSystem.to_arrays`), info_json and format_version. Coordinates are stored in
+        float32, or in float64 where they lie more than 10 nm from the origin (float32 would round them by more
+        than 1e-6 nm)."""
+        far = len(self.coords) and np.abs(self.coords).max() > 10.0
+        save_npz(path, coords=self.coords.astype(np.float64 if far else np.float32),
+                 forces=self.forces.astype(np.float32),
                  **self.system.to_arrays(), info_json=np.array(json.dumps(self.info)),
                  format_version=np.int64(DATASET_FORMAT_VERSION))
 

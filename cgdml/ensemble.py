@@ -27,13 +27,13 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._io import WorkCache
-from .data import check_coords_forces
+from .data import check_coords_forces, learner_arrays
 from .distributed import TaskRunner
 from .features import as_quads, chain_quads
 from .gdml import GDML, POSITIVE, dihedral_quads
 from .sampling import stratified_batch, stratified_folds
 from .selection import SCORES, cross_validate_two_layer, decide, fold_sets, resolve_score, score_projection
-from .validation import Grid, Interval, Options, ParameterError, check_params
+from .validation import N_JOBS, N_MODELS, SEED, SIGMA, Grid, Interval, Options, ParameterError, check_params
 
 
 def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, quads, train_labels=None):
@@ -133,12 +133,13 @@ class TwoLayerGDML(BaseEstimator):
     """
 
     _parameter_constraints = {
-        **{name: [Interval(int, 1)] for name in ("n_models", "batch_size", "mean_set_size", "n_folds", "cv_models",
+        **{name: [Interval(int, 1)] for name in ("batch_size", "mean_set_size", "n_folds", "cv_models",
                                                  "cv_mean_set_size", "cv_holdout")},
-        **{name: [Grid(POSITIVE)] for name in ("sigma1", "lam1", "sigma2", "lam2")},
+        "n_models": [N_MODELS], "sigma1": [Grid(SIGMA)], "sigma2": [Grid(SIGMA)],
+        **{name: [Grid(POSITIVE)] for name in ("lam1", "lam2")},
         "cv_score": [Options(SCORES)], "chiral": [bool], "dihedrals": [None, "array-like"],
-        "score_dihedrals": [None, "array-like"], "n_jobs": [Interval(int, None, -1), Interval(int, 1)],
-        "seed": [Interval(int, 0)], "workdir": [None, object], "progress": [bool], "scheduler": [None, object]}
+        "score_dihedrals": [None, "array-like"], "n_jobs": N_JOBS,
+        "seed": [SEED], "workdir": [None, object], "progress": [bool], "scheduler": [None, object]}
 
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
@@ -275,9 +276,10 @@ class TwoLayerGDML(BaseEstimator):
             train_layer2=train_layer2)
         return table, [e for k in range(self.n_folds) for e in final[k]]
 
-    def fit(self, R, F, groups=None):
+    def fit(self, R, F=None, groups=None):
         """Fit forces F (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm; ``groups`` (n,) are the frames' strata
         (None: one stratum, uniform draws). Returns self."""
+        learner_arrays("TwoLayerGDML", R, F)
         self.validate_params()
         R, F, _ = check_coords_forces(R, F)
         self._prepare(R, F)

@@ -2,7 +2,8 @@
 
     python -m cgdml.export MODEL.npz -o DIR
 
-DIR is created if its parent exists; files already in it with those names are replaced.
+DIR is created if its parent exists. An existing DIR is written into only when it is empty or holds the
+README.txt of an earlier export (its first line says so), never over another tool's files.
 """
 from __future__ import annotations
 
@@ -35,12 +36,33 @@ def main(argv=None):
     if not out.parent.is_dir():
         raise CgdmlError(f"{out}: parent directory {out.parent} does not exist")
     with claim_outputs(COMMAND, [out], inputs=[a.model], temps=[out / f for f in FILES]):
+        _check_directory(out)
         from .model import CGModel
         from .openmm import write_openmm
 
         paths = write_openmm(CGModel.load(a.model), out)
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0
+
+
+def _check_directory(out):
+    """Refuse (one line) a non-empty ``out`` without the README.txt of an earlier export."""
+    if not out.is_dir():
+        return
+    from .openmm import README_TITLE
+
+    found = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))   # dot files: temps and locks
+    if not found:
+        return
+    try:
+        with open(out / "README.txt", errors="replace") as fh:
+            ours = fh.readline().startswith(README_TITLE)
+    except OSError:
+        ours = False
+    if not ours:
+        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+        raise CgdmlError(f"{out}: holds files that cgdml.export did not write there ({shown}); this run would "
+                         "write into it: choose a new or empty directory")
 
 
 def cli():

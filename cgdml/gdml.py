@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from ._io import CgdmlError
-from .data import check_coords_forces
+from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads, descriptor_jacobian
 from .linalg import cholesky_upper, gdml_preconditioner
 from .model import GDMLModel
-from .validation import Interval, Options, check_params
+from .validation import SIGMA, Interval, Options, check_params
 
 POSITIVE = Interval(float, 0, None, "neither")  # a finite number > 0
 
@@ -94,7 +94,7 @@ class GDML(BaseEstimator):
     """
 
     _parameter_constraints = {
-        "sigma": [POSITIVE], "lam": [POSITIVE], "relative_lam": [bool], "chiral": [bool],
+        "sigma": [SIGMA], "lam": [POSITIVE], "relative_lam": [bool], "chiral": [bool],
         "dihedrals": [None, "array-like"], "chiral_scale": [POSITIVE], "solver": [Options(("auto", "cholesky", "cg"))],
         "memory_budget_gb": [POSITIVE], "cg_tol": [POSITIVE], "cg_maxiter": [Interval(int, 1)],
         "precond_frames": [None, Interval(int, 1)]}
@@ -118,11 +118,12 @@ class GDML(BaseEstimator):
         """Check every parameter (:func:`cgdml.validation.check_params`); raises ParameterError."""
         check_params(self)
 
-    def fit(self, R, F, E=None, groups=None):
+    def fit(self, R, F=None, E=None, groups=None):
         """Fit forces F (n, n_beads, 3) kJ/mol/nm at coordinates R (n, n_beads, 3) nm; E (n,) fixes the offset.
 
         ``groups`` (strata of the frames) is part of the learners' common contract and unused here. Returns self.
         """
+        learner_arrays("GDML", R, F)
         self.validate_params()
         R, F, E = check_coords_forces(R, F, E)
         M, N = R.shape[:2]

@@ -46,14 +46,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import kernels
 from ._io import CgdmlError, Fields, WorkCache, as_array, as_float, as_int, load_npz, save_npz
-from .data import check_coords_forces
+from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads
 from .gdml import POSITIVE, dihedral_quads, mean_kernel_diagonal, reduce_frames
 from .linalg import SampledPreconditioner, default_precond_frames, pcg, refine
 from .model import GDMLModel
 from .sampling import stratified_batch
 from .selection import SCORES, decide, holdout_scores, holdout_search, holdout_split, resolve_score, score_projection
-from .validation import Grid, Interval, Options, check_params
+from .validation import SEED, SIGMA, Grid, Interval, Options, check_params
 
 INDUCING = ("stratified", "random")
 DTYPES = ("float64", "float32")
@@ -238,13 +238,13 @@ class NystromGDML(BaseEstimator):
     """
 
     _parameter_constraints = {
-        "n_inducing": [Interval(int, 1), Options(("auto",))], "sigma": [Grid(POSITIVE)], "lam": [Grid(POSITIVE)],
+        "n_inducing": [Interval(int, 1), Options(("auto",))], "sigma": [Grid(SIGMA)], "lam": [Grid(POSITIVE)],
         "chiral": [bool], "dihedrals": [None, "array-like"], "chiral_scale": [POSITIVE],
         "inducing": [Options(INDUCING)], "cv_score": [Options(SCORES)], "score_dihedrals": [None, "array-like"],
         "holdout": [Interval(float, 0, 1, "neither")], "select_frames": [Interval(int, 2)],
         "select_inducing": [Interval(int, 1)], "tol": [POSITIVE], "maxiter": [Interval(int, 1)],
         "chunk": [Interval(int, 1)], "precond_frames": [None, Interval(int, 1)], "dtype": [Options(DTYPES)],
-        "seed": [Interval(int, 0)], "workdir": [None, object], "checkpoint_s": [Interval(float, 0)],
+        "seed": [SEED], "workdir": [None, object], "checkpoint_s": [Interval(float, 0)],
         "progress": [bool]}
 
     def __init__(self, n_inducing="auto", sigma=(2.0, 4.0, 8.0), lam=(0.3, 1.0, 3.0), cv_score="force", chiral=True,
@@ -277,9 +277,10 @@ class NystromGDML(BaseEstimator):
         """Check every parameter (:func:`cgdml.validation.check_params`); raises ParameterError."""
         check_params(self)
 
-    def fit(self, R, F, groups=None):
+    def fit(self, R, F=None, groups=None):
         """Fit forces F (N, n_beads, 3) kJ/mol/nm at R (N, n_beads, 3) nm; ``groups`` (N,) are the strata that
         stratified inducing points are drawn from (None: uniform). Returns self."""
+        learner_arrays("NystromGDML", R, F)
         self.validate_params()
         t0 = time.perf_counter()
         R, F = np.asarray(R), np.asarray(F)

@@ -260,8 +260,8 @@ def to_openmm(model, n_table=None):
     return system, topology
 
 
-_README = """\
-OpenMM files of a cgdml coarse-grained model ({n_beads} beads at {temperature:g} K)
+README_TITLE = "OpenMM files of a cgdml coarse-grained model"   # the first line of README.txt: export's mark
+_README = README_TITLE + """ ({n_beads} beads at {temperature:g} K)
 
 topology.pdb  the CG topology (one atom per bead) with a start configuration (a training frame)
 system.xml    the openmm.System (XmlSerializer): bead masses, no constraints, no periodic box;

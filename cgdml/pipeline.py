@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ._io import CgdmlError
+from .data import dataset_argument
 from .ensemble import TwoLayerGDML
 from .gdml import GDML
 from .model import CGModel, fit_record
@@ -35,7 +36,7 @@ from .nystrom import NystromGDML
 from .prior import CGPrior
 from .sampling import STRATA, make_strata, stratified_batch
 from .selection import resolve_score
-from .validation import Interval, Options, ParameterError, check_param, check_params, value_type
+from .validation import SEED, Interval, Options, ParameterError, check_param, check_params, value_type
 
 METHODS = ("auto", "nystrom", "two-layer", "single")
 # method -> (learner class, the method's learner defaults where they differ from the class's)
@@ -218,7 +219,7 @@ class CGEstimator(BaseEstimator):
         "learner": [None, object], "n_frames": [None, Interval(int, 1)],
         "subset": [Options(("stratified", "random"))], "strata": [Options(STRATA)], "grid_bins": [Interval(int, 1)],
         "n_strata": [Interval(int, 1)], "prior_repulsion": [bool], "prior_dihedrals": [bool, Options(("auto",))],
-        "balance_basins": [bool], "seed": [Interval(int, 0)], "progress": [bool]}
+        "balance_basins": [bool], "seed": [SEED], "progress": [bool]}
 
     def __init__(self, learner=None, n_frames=None, subset="stratified", strata="auto", grid_bins=12, n_strata=50,
                  prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, seed=0, progress=True):
@@ -282,6 +283,7 @@ class CGEstimator(BaseEstimator):
 
     def fit(self, dataset):
         """Fit to a :class:`cgdml.data.CGDataset`; returns self with ``model_`` (a CGModel)."""
+        dataset = dataset_argument(dataset, "CGEstimator.fit")
         self.validate_params()
         t0 = time.perf_counter()
         learner, R, F, groups = self._prepare(dataset)
@@ -347,4 +349,5 @@ def fit_cg_model(dataset, method="auto", **params):
     does not apply to the method is refused. This is what ``python -m cgdml.fit`` runs; the record of the fit is
     ``model.info``.
     """
+    dataset = dataset_argument(dataset, "fit_cg_model")
     return cg_estimator(resolve_method(dataset, method), **params).fit(dataset).model_

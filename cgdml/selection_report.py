@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._io import CgdmlError, atomic_path, one_line
+from ._io import CgdmlError, one_line, save_figure
 from .selection import best
 
 _SYMBOL = {"sigma": "$\\sigma$", "lam": "$\\lambda$"}
@@ -145,10 +145,7 @@ def plot_scores(info, path=None, source="the model"):
     fig.suptitle(f"hyperparameter scores of {info.get('method', 'the fit')}: chosen {summary}", fontsize=10)
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        fmt = path.suffix.lstrip(".").lower() or "png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
+        save_figure(fig, path, "cgdml.cvplot")   # a score plot (the record lets cvplot -o replace it, and only it)
     return fig
 
 

@@ -72,6 +72,24 @@ class Interval:
         return left or right or ("an integer" if self.kind is int else "a finite number")
 
 
+def _cpus():
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+SEED = Interval(int, 0, 2 ** 32 - 1)               # a 32-bit seed
+# kernel widths in descriptor units (1/nm): beyond 1e4 the kernel is flat over any set of CG configurations
+SIGMA = Interval(float, 0, 1e4, "right")
+# ensemble members: the ensemble-mean noise falls as 1/sqrt(n); 10000 is far past any gain
+N_MODELS = Interval(int, 1, 10000)
+# local processes: 1 to the CPUs of the machine, or -n for all but n - 1 (joblib's convention)
+N_JOBS = [Interval(int, -_cpus(), -1), Interval(int, 1, _cpus())]
+
+
 class Grid:
     """One or more values (a number, or a list, tuple or array of numbers), each accepted by ``interval``."""
 

@@ -7,11 +7,10 @@ matplotlib backend is left alone (in Jupyter, display the returned figure).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, atomic_path
+from .._io import CgdmlError, save_figure
 from .cvs import Panel
 from .histograms import as_cv_array, bin_counts, bin_index, compare_fes, histogram_fes, histogram_ranges
 from .reweight import Z95, as_grid
@@ -22,10 +21,7 @@ NOTE_2D = ("white bins were never visited (difference maps: bins the reference n
 
 
 def _savefig(fig, path):
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
+    save_figure(fig, path, "cgdml.fes")     # a landscape plot (the record lets fes -o replace it, and only it)
 
 
 def _is_periodic_edges(e):

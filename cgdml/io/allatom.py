@@ -17,6 +17,15 @@ from .formats import MDA_ONLY_TRAJECTORIES, MDAReader, is_mda_file, position_chu
 
 
 RAW_SUFFIXES = (".npy", ".npz")
+# float32 keeps about 7 digits: beyond 10 nm from the origin its spacing (> 1e-6 nm) starts to eat into bond
+# fluctuations (~0.003 nm) as coordinates grow; positions read in float64 beyond this are centred per frame
+FAR_NM = 10.0
+# covalent radii in nm (Cordero et al., Dalton Trans. 2008, 2832; C sp3): a bond between two atoms is within
+# COVALENT_TOLERANCE of the sum of their radii (double and aromatic bonds are shorter, by up to 21% for C#N)
+COVALENT_RADIUS_NM = {"H": 0.031, "C": 0.076, "N": 0.071, "O": 0.066, "F": 0.057, "P": 0.107, "S": 0.105,
+                      "Cl": 0.102, "Se": 0.120, "Br": 0.120, "I": 0.139, "B": 0.084, "Si": 0.111}
+COVALENT_TOLERANCE = 0.25
+COVALENT_SAMPLE = 5          # frames checked at the start of every chunk (the first frames and a sample after)
 _POSITION_KEYS = ("positions", "coords", "coordinates", "xyz")
 _FORCE_KEYS = ("forces",)
 
@@ -44,11 +53,59 @@ def _first_line(exc):
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
+def _centred(xyz, path, warn=True):
+    """Positions (n, n_atoms, 3) nm, float64, each frame moved so that its mean position is the origin (the CG
+    map, forces and everything downstream depend on relative positions only); ``warn``: say so."""
+    import warnings
+
+    if warn:
+            warnings.warn(f"{path}: positions lie up to {np.abs(xyz).max():.3g} nm from the origin; each frame is centred "
+                      "on its mean position so that float32 storage keeps their precision (a rigid shift per frame: "
+                      "distances, angles, the CG map and its forces are unchanged)", stacklevel=3)
+    return np.asarray(xyz, dtype=np.float64) - np.asarray(xyz, dtype=np.float64).mean(axis=1, keepdims=True)
+
+
+def covalent_bond_lengths(topology):
+    """(bonds (n, 2) atom indices, expected lengths (n,) nm): the bonds of an mdtraj Topology whose two elements
+    both have a covalent radius in :data:`COVALENT_RADIUS_NM`, hydrogen-hydrogen bonds (rigid water) excepted."""
+    pairs, lengths = [], []
+    for a, b in topology.bonds:
+        ea, eb = (getattr(getattr(x, "element", None), "symbol", None) for x in (a, b))
+        if ea in COVALENT_RADIUS_NM and eb in COVALENT_RADIUS_NM and not (ea == eb == "H"):
+            pairs.append((a.index, b.index))
+            lengths.append(COVALENT_RADIUS_NM[ea] + COVALENT_RADIUS_NM[eb])
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(lengths, dtype=np.float64)
+
+
+def check_covalent_bonds(xyz, bonds, expected, topology, context, first_frame=0):
+    """Refuse (one line) positions (n, n_atoms, 3) nm whose bonds, in the median over the first
+    :data:`COVALENT_SAMPLE` frames, differ from the sum of covalent radii ``expected`` (n_bonds,) nm by more than
+    :data:`COVALENT_TOLERANCE` (two bonds or more, or one by twice that): the atoms are not in the order of the
+    topology (or not in nm)."""
+    if not len(bonds) or not len(xyz):
+        return
+    sample = np.asarray(xyz[:COVALENT_SAMPLE], dtype=np.float64)
+    d = np.median(np.linalg.norm(sample[:, bonds[:, 1]] - sample[:, bonds[:, 0]], axis=-1), axis=0)
+    off = np.abs(d / expected - 1.0)
+    bad = np.flatnonzero(off > COVALENT_TOLERANCE)
+    # one bond just past the tolerance in a frame or two is a short double bond's fluctuation (C=O is 13% below
+    # the sum of radii); a misordered atom breaks every bond it has, and a swap of two atoms at least two
+    if len(bad) >= 2 or (len(bad) and off.max() > 2 * COVALENT_TOLERANCE):
+        atoms = list(topology.atoms)
+        shown = ", ".join(f"{atoms[bonds[i, 0]]}:{atoms[bonds[i, 1]]} {d[i]:.3f} nm (covalent {expected[i]:.3f})"
+                          for i in bad[:3])
+        raise CgdmlError(f"{context}: {len(bad)} of {len(bonds)} bonds in frames {first_frame}-"
+                         f"{first_frame + len(sample) - 1} are not of covalent length within "
+                         f"{COVALENT_TOLERANCE:.0%} ({shown}{' ...' if len(bad) > 3 else ''}): the atoms are not in "
+                         "the order of the topology, or the length unit is wrong")
+
+
 class _ArrayReader:
     """Sequential reader of (n_frames, n_atoms, 3) arrays from .npy (memory-mapped), .npz or GROMACS .trr."""
 
     def __init__(self, path, keys, what, factor):
         self.path, self.what, self.factor, self.pos = Path(path), what, factor, 0
+        self._centring = False           # whether frames were centred (and the warning given)
         if not self.path.exists():
             raise CgdmlError(f"{self.path}: no such {what} file")
         suffix = self.path.suffix.lower()
@@ -101,7 +158,11 @@ class _ArrayReader:
             raise CgdmlError(f"{self.path}: cannot read {self.what} ({type(exc).__name__}: {_first_line(exc)})") from None
         if atom_indices is not None and out.shape[1] != len(atom_indices):
             out = out[:, atom_indices]
-        return (out * self.factor).astype(np.float32, copy=False)
+        out = out * self.factor
+        if self.what == "positions" and len(out) and np.abs(out).max() > FAR_NM:
+            out = _centred(out, self.path, warn=not self._centring)
+            self._centring = True
+        return out.astype(np.float32, copy=False)
 
     def close(self):
         if self._trr is not None:
@@ -240,6 +301,7 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
     else:
         sub_topology = topology
     bonds = np.array([(a.index, b.index) for a, b in sub_topology.bonds], dtype=np.int64).reshape(-1, 2)
+    covalent, covalent_nm = covalent_bond_lengths(sub_topology)
     # Open every forces file first, so that a bad file fails before any work.
     units = dict(length_unit=length_unit, energy_unit=energy_unit, lammps_units=lammps_units)
     readers = [_forces_reader(p, f_factor, units) for p in force_paths]
@@ -267,6 +329,7 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
                 check_finite(f, "forces", str(reader.path), first_frame=frame)
                 reference = check_bonded_distances(xyz, bonds, f"in {tpath} (read in {unit})", frame,
                                                    reference=reference)
+                check_covalent_bonds(xyz, covalent, covalent_nm, sub_topology, f"{tpath} (read in {unit})", frame)
                 frame += len(xyz)
                 yield xyz, f
             if len(reader.read(1, stride, atom_indices)):

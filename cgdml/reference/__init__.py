@@ -18,12 +18,14 @@ import contextlib
 import io
 import json
 import random
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, OutputLock, atomic_path, load_npz, remove_stale_temps, save_json, save_npz
+from .._io import (CgdmlError, OutputLock, atomic_path, check_memory, load_npz, remove_stale_temps, save_json,
+                   save_npz)
 from ..io.shipped import ala2_pdb_path
 from ..units import check_temperature
 
@@ -262,6 +264,37 @@ class _Run:
 
 
 COMMAND = "cgdml.reference"
+OPENMM_INT_MAX = 2 ** 31 - 1      # OpenMM takes steps per call and seeds as a C int
+
+
+def openmm_seed(seed):
+    """The OpenMM seed (a C int; 0 there means "a new random seed each run") of a 32-bit ``seed``: the seed itself
+    from 1 to 2^31 - 1, else a number in that range derived from it (numpy's SeedSequence), so that every seed
+    gives a reproducible run."""
+    seed = int(seed)
+    if not 0 <= seed < 2 ** 32:
+        raise CgdmlError(f"--seed must be between 0 and {2 ** 32 - 1} (a 32-bit seed), got {seed}")
+    if 0 < seed <= OPENMM_INT_MAX:
+        return seed
+    return int(np.random.SeedSequence(seed).generate_state(1)[0]) % OPENMM_INT_MAX + 1
+
+
+def check_name(name):
+    """Refuse (one line) a ``--name`` that is not a plain file name, or that names the run's own files."""
+    if name is None:
+        return
+    name = str(name)
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip() or "\0" in name:
+        raise CgdmlError(f"--name {name!r} must be a plain file name (no directory, not starting with '.'): the "
+                         "assembled files go into the output directory")
+    if re.fullmatch(r"chunk_\d+(\.npz)?|run(\.json)?", name):
+        raise CgdmlError(f"--name {name!r} is the name of one of the run's own files (chunk_NNNNN.npz, run.json); "
+                         "choose another")
+
+
+def _check_steps(steps, what):
+    if steps > OPENMM_INT_MAX:
+        raise CgdmlError(f"{what} is {steps} steps, more than OpenMM takes in one call ({OPENMM_INT_MAX})")
 
 
 def _check_settings(run_json, settings):
@@ -319,10 +352,17 @@ def run_reference(outdir, *, ns=20.0, save_every_ps=1.0, temperature=300.0, solv
                     force_field=force_field_names(solvent, gb), sequence=sequence, gb=gb,
                     integrator="LangevinMiddleIntegrator",
                     constraints="HBonds", openmm_version=openmm.__version__)
+    check_name(name)
+    seed = openmm_seed(seed)
     plan = _Run(settings, outdir)
+    _check_steps(plan.steps_per_frame, f"--save-every-ps {save_every_ps:g}")
+    _check_steps(int(round(equilibrate_ps * 1000.0 / timestep_fs)), f"--equilibrate-ps {equilibrate_ps:g}")
     plat, props = _platform(platform, threads)
     topology, positions, system, n_solute = build_system(solvent, sequence=sequence, gb=gb,
                                                          hydrogen_mass=hydrogen_mass)
+    # the assembly holds positions and forces (float32) twice: the chunks and their concatenation
+    check_memory(4 * plan.n_frames * n_solute * 3 * 4.0, f"assembling {plan.n_frames} frames of {n_solute} atoms",
+                 "lower --ns or raise --save-every-ps")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -2,16 +2,17 @@
 positions and forces (the library is :mod:`cgdml.reference`)."""
 from __future__ import annotations
 
-from .._cli import ArgumentParser, add_verbosity_arguments, configure_logging, run_cli, seed_int, show_progress
+from .._cli import (ArgumentParser, add_verbosity_arguments, configure_logging, cpu_count, float_between, int_between,
+                    run_cli, seed_int, show_progress)
 from ..reference import GB_MODELS, run_reference
 
 
 def build_parser():
     p = ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
-    p.add_argument("--ns", type=float, default=20.0, help="production length in ns (default 20)")
-    p.add_argument("--save-every-ps", type=float, default=1.0, help="frame spacing in ps (default 1)")
-    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--ns", type=float_between(0, 1e6, "ns", low_open=True), default=20.0, help="production length in ns (default 20)")
+    p.add_argument("--save-every-ps", type=float_between(0, 1e6, "ps", low_open=True), default=1.0, help="frame spacing in ps (default 1)")
+    p.add_argument("--temperature", type=float_between(0, 1e4, "K", low_open=True), default=300.0, help="K (default 300)")
     p.add_argument("--sequence", default="A",
                    help="one-letter amino acids between ACE and NME caps (default A: alanine dipeptide; "
                         "AAA: ACE-ALA-ALA-ALA-NME; other than A needs the peptides extra)")
@@ -21,16 +22,16 @@ def build_parser():
                    help="implicit-solvent OBC2 GB as implicit/obc2.xml's CustomGBForce (custom) or OpenMM's native "
                         "GBSAOBCForce with the same parameters (native, faster); default custom for --sequence "
                         "A, native otherwise")
-    p.add_argument("--seed", type=seed_int, default=2024, help="seed of the velocities and the Langevin noise, >= 0 "
-                   "(default 2024)")
+    p.add_argument("--seed", type=seed_int, default=2024, help="seed of the velocities and the Langevin noise, 0 to "
+                   "2^32 - 1 (default 2024)")
     p.add_argument("--platform", default="CPU", help="OpenMM platform: CPU (default), CUDA, OpenCL or Reference")
-    p.add_argument("--threads", type=int, default=1, help="CPU platform threads (default 1)")
-    p.add_argument("--chunk-ns", type=float, default=1.0, help="ns per chunk file (default 1)")
-    p.add_argument("--timestep-fs", type=float, default=4.0, help="time step in fs (default 4, with hydrogen mass "
+    p.add_argument("--threads", type=int_between(0, cpu_count(), "the CPUs of this machine"), default=1, help="CPU platform threads (default 1)")
+    p.add_argument("--chunk-ns", type=float_between(0, 1e6, "ns", low_open=True), default=1.0, help="ns per chunk file (default 1)")
+    p.add_argument("--timestep-fs", type=float_between(0, 10, "fs: bonds to H are constrained, heavy-atom bonds are not", low_open=True), default=4.0, help="time step in fs (default 4, with hydrogen mass "
                    "repartitioning and constrained bonds to H)")
-    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
-    p.add_argument("--hydrogen-mass", type=float, default=4.0, help="repartitioned H mass in amu (default 4)")
-    p.add_argument("--equilibrate-ps", type=float, default=100.0, help="equilibration after minimisation, not saved, "
+    p.add_argument("--friction", type=float_between(0, 1e4, "1/ps"), default=1.0, help="Langevin friction in 1/ps (default 1)")
+    p.add_argument("--hydrogen-mass", type=float_between(1, 4.5, "amu: the mass comes from the bonded heavy atom, and a CH3 carbon keeps 12 - 3 (m - 1)"), default=4.0, help="repartitioned H mass in amu (default 4)")
+    p.add_argument("--equilibrate-ps", type=float_between(0, 1e6, "ps"), default=100.0, help="equilibration after minimisation, not saved, "
                    "in ps (default 100)")
     p.add_argument("--name", default=None,
                    help="base name of the assembled files (default ala2_SOLVENT_TK for A, else ace-SEQ-nme_SOLVENT_TK)")

@@ -7,12 +7,13 @@ bit for bit, for the same seed). The defaults (:data:`DEFAULTS`) and the rules t
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, atomic_path, save_json
+from .._io import CgdmlError, CgdmlTypeError, atomic_path, check_memory, save_json
 from .integrators import INTEGRATORS
 from .replicas import group_checkpoints, simulate
 from .reporters import bond_blowup
@@ -247,15 +248,21 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
     processes or on a Dask ``scheduler``; ``reporters``: more guards (:mod:`cgdml.simulate.reporters`).
     ``output``: write the trajectory there, with its .pdb and .json (the checkpoint is then removed).
     """
+    from ..data import CGDataset
+    from ..model import CGModel
+
+    if not isinstance(model, (CGModel, str, os.PathLike)):
+        raise CgdmlTypeError(f"simulate_model takes a CGModel or the path of a model file, got "
+                             f"{type(model).__name__} (fit one with cgdml.fit_cg_model, load one with CGModel.load)")
+    if not (start is None or isinstance(start, (CGDataset, str, os.PathLike, np.ndarray, list, tuple))):
+        raise CgdmlTypeError(f"start must be a CGDataset, its path or coordinates (n, n_beads, 3) nm, got "
+                             f"{type(start).__name__}")
     s = run_settings(replicas=replicas, steps=steps, burn_in=burn_in, dt=dt, slow_every=slow_every, friction=friction,
                      integrator=integrator, save_every=save_every, temperature=temperature, seed=seed,
                      checkpoint_every=checkpoint_every, blowup_factor=blowup_factor, threads=threads, tasks=tasks,
                      jobs=jobs, scheduler=scheduler)
-    from ..data import CGDataset
-    from ..model import CGModel
-
-    model_name = str(model) if isinstance(model, (str, Path)) else None
-    start_name = str(start) if isinstance(start, (str, Path)) else None
+    model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
+    start_name = str(start) if isinstance(start, (str, os.PathLike)) else None
     if model_name:
         model = CGModel.load(model)
     if start_name:
@@ -263,6 +270,10 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
         if start.n_beads != model.n_beads:
             raise CgdmlError(f"{start_name}: dataset has {start.n_beads} beads, "
                              f"{f'model {model_name}' if model_name else 'the model'} has {model.n_beads}")
+    n_saved = s["steps"] // s["save_every"]          # the run keeps every saved frame in memory (float32)
+    check_memory(n_saved * s["replicas"] * model.n_beads * 3 * 4.0,
+                 f"the trajectory of {s['replicas']} replicas x {n_saved} saved frames x {model.n_beads} beads",
+                 "lower replicas or steps, or raise save_every")
     temperature = model.temperature if s["temperature"] is None else s["temperature"]
     x0 = start_configurations(model, s["replicas"], s["seed"], start)
     model.warn_if_out_of_range(x0, what=f"start configurations (from {start_name or model_name or 'the model'})")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._io import CgdmlError, as_array, as_int
+from .._io import CgdmlError, CgdmlTypeError, as_array, as_int
 from ..units import kT as thermal_energy
 from .reporters import (BlowupGuard, StopRun, TrajectoryReporter, Trial, restore_events, restore_rng)
 
@@ -96,7 +96,9 @@ class Simulation:
             raise CgdmlError(f"force_fn must be a callable or a pair (fast, slow), got {len(forces)} items")
         fast, slow = forces if pair else (forces, None)
         if not (callable(fast) and (slow is None or callable(slow))):
-            raise CgdmlError("force_fn must be a callable or a pair (fast, slow) of callables")
+            got = type(slow if callable(fast) else fast).__name__
+            raise CgdmlTypeError(f"forces must be a callable F(R) or a pair (fast, slow) of callables, got {got} "
+                                 "(for a CGModel pass model.forces, or run it with cgdml.simulate_model(model))")
         if pair != integrator.pair:
             raise CgdmlError(f"the {type(integrator).__name__} integrator needs "
                              f"{'a (fast, slow) force pair' if integrator.pair else 'one force function'}")
