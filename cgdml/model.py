@@ -5,7 +5,9 @@ Models hold fitted arrays, predict, and save/load; the estimators that produce t
 :class:`cgdml.nystrom.NystromGDML`, :class:`cgdml.ensemble.TwoLayerGDML`) hold hyperparameters and solvers.
 A :class:`CGModel` is what ``python -m cgdml.fit`` writes and ``python -m cgdml.simulate`` loads: one versioned
 ``.npz`` file with the prior, the GDML model, the temperature, the CG topology, bead masses, a sample of
-training configurations to start replicas from, and the fit metadata (JSON).
+training configurations to start replicas from, the fit metadata (JSON) and, from fits by this version on, the
+force posterior (:class:`cgdml.uncertainty.ForcePosterior`, under ``uncertainty/``) with its guard threshold
+(``uncertainty/threshold``; docs/uncertainty.md §9).
 
 Units: coordinates nm, energies kJ/mol, forces kJ/mol/nm; sigma in descriptor units (nm^-1).
 """
@@ -153,6 +155,18 @@ class GDMLModel:
             raise CgdmlError(f"{path}: {exc}") from None
 
 
+def _load_uncertainty(arrays):
+    """(ForcePosterior or None, threshold or None) from a model file's ``uncertainty/`` fields."""
+    f = Fields(arrays, "uncertainty/")
+    if not f.keys():
+        return None, None
+    from .uncertainty import ForcePosterior
+
+    posterior = ForcePosterior.from_arrays(arrays, "uncertainty/")
+    threshold = f.get("threshold", lambda v: as_float(v, positive=True), None)
+    return posterior, threshold
+
+
 class CGModel:
     """U(x) = U_prior(x) + U_gdml(x) [+ U_offsets(x)]. Coordinates in nm, energies in kJ/mol, forces in kJ/mol/nm.
 
@@ -161,9 +175,15 @@ class CGModel:
     (start configurations for simulations), ``info`` (the fit record, JSON) and ``offsets`` (basin-balancing
     dihedral terms, :class:`cgdml.basins.DihedralOffsets`, or None). The properties ``temperature``, ``masses``,
     ``bead_names``, ``cg_topology`` and ``n_beads`` are the system's.
+
+    ``uncertainty``: the posterior of the GDML force (a :class:`cgdml.uncertainty.ForcePosterior`), or None for a
+    model fitted without one (an older cgdml, or ``uncertainty=False``); ``uncertainty_threshold``: the force
+    standard deviation (kJ/mol/nm) above which a configuration counts as outside the training data (the
+    simulation guard's default), or None. See :meth:`force_uncertainty` and docs/uncertainty.md §9.
     """
 
-    def __init__(self, gdml, prior, system, train_coords_sample, info=None, offsets=None):
+    def __init__(self, gdml, prior, system, train_coords_sample, info=None, offsets=None, uncertainty=None,
+                 uncertainty_threshold=None):
         if not isinstance(system, CGSystem):
             raise CgdmlError(f"a CG model needs a CGSystem, got {type(system).__name__}")
         self.gdml = gdml
@@ -172,6 +192,8 @@ class CGModel:
         self.train_coords_sample = np.asarray(train_coords_sample, dtype=np.float64)
         self.info = dict(info or {})
         self.offsets = offsets
+        self.uncertainty = uncertainty
+        self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
 
     @classmethod
     def from_fit(cls, gdml, prior, dataset, info, n_start=500, seed=0):
@@ -246,6 +268,30 @@ class CGModel:
             e_gdml, f_gdml = e_gdml + e_off, f_gdml + f_off
         return e_prior + e_gdml, f_prior + f_gdml
 
+    @property
+    def has_uncertainty(self):
+        """Whether the model carries a force posterior (models fitted by cgdml before it, or with
+        ``uncertainty=False``, do not)."""
+        return self.uncertainty is not None
+
+    def _posterior(self):
+        if self.uncertainty is None:
+            raise CgdmlError("this model has no force uncertainty (fitted by an older cgdml, or with "
+                             "--no-uncertainty); refit to get one")
+        return self.uncertainty
+
+    def force_uncertainty(self, R, per_bead=False):
+        """Predicted standard deviation of the model's force, kJ/mol/nm, at R (n, n_beads, 3) nm: (n,), the RMS over
+        beads of the per-Cartesian-component posterior std, sqrt(trace(cov F) / 3 n_beads); ``per_bead``:
+        (n, n_beads), each bead's sqrt(trace / 3). Batched like :meth:`forces` (any n, evaluated in chunks).
+
+        It is the GDML posterior's (:meth:`cgdml.uncertainty.ForcePosterior.force_variance`): the uncertainty of
+        the learned mean force, without the label noise. A model without a posterior raises :class:`CgdmlError`.
+        """
+        post = self._posterior()
+        R = self._check(R)
+        return np.sqrt(post.force_variance(R, per_bead=per_bead))
+
     def out_of_range(self, R, factor=3.0):
         """Boolean mask (n,): configurations whose descriptor lies far from every training point.
 
@@ -259,6 +305,10 @@ class CGModel:
         arrays.update({f"prior/{k}": v for k, v in self.prior.to_arrays().items()})
         if self.offsets is not None:
             arrays.update({f"offsets/{k}": v for k, v in self.offsets.to_arrays().items()})
+        if self.uncertainty is not None:
+            arrays.update({f"uncertainty/{k}": v for k, v in self.uncertainty.to_arrays().items()})
+            if self.uncertainty_threshold is not None:
+                arrays["uncertainty/threshold"] = np.float64(self.uncertainty_threshold)
         arrays.update(format_version=np.int64(MODEL_FORMAT_VERSION), kind=np.array("cgdml.CGModel"),
                       **self.system.to_arrays(), train_coords_sample=self.train_coords_sample.astype(np.float32),
                       info_json=np.array(json.dumps(self.info, default=json_default)))
@@ -267,7 +317,8 @@ class CGModel:
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`; a bad file is a one-line :class:`CgdmlError` naming the file and
-        the damaged or missing field."""
+        the damaged or missing field. A file without ``uncertainty/`` fields (an older cgdml) loads with
+        ``uncertainty`` None."""
         z = load_npz(path, "cgdml model file")
         f = Fields(z)
         try:
@@ -287,9 +338,10 @@ class CGModel:
             gdml = GDMLModel.from_arrays(z, "gdml/")
             prior = CGPrior.from_arrays(z, "prior/")
             offsets = DihedralOffsets.from_arrays(z, "offsets/") if Fields(z, "offsets/").keys() else None
+            posterior, threshold = _load_uncertainty(z)
             system = CGSystem.from_arrays(z, required=("topology_pdb", "masses"))
             model = cls(gdml, prior, system, f.get("train_coords_sample", lambda v: as_array(v, ndim=3)),
-                        f.get("info_json", as_json), offsets)
+                        f.get("info_json", as_json), offsets, posterior, threshold)
             model._check_consistent()
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None
@@ -310,6 +362,23 @@ class CGModel:
         self.prior.check(n)
         if self.offsets is not None:
             self.offsets.check(n)
+        post = self.uncertainty
+        if post is not None:
+            g = self.gdml
+            if post.n_beads != n or not np.array_equal(post.quads, g.quads) or \
+                    post.inducing_descriptors.shape[1] != g.train_descriptors.shape[1]:
+                raise CgdmlError(f"damaged cgdml model file: the force posterior (fields 'uncertainty/') is for "
+                                 f"{post.n_beads} beads and another descriptor than the GDML model's")
+
+    def describe_uncertainty(self):
+        """One line on the model's force uncertainty: its posterior and threshold, or that it has none."""
+        if self.uncertainty is None:
+            return "no force uncertainty (fitted by an older cgdml, or with --no-uncertainty)"
+        p = self.uncertainty
+        threshold = "no threshold" if self.uncertainty_threshold is None else \
+            f"guard threshold {self.uncertainty_threshold:.4g} kJ/mol/nm"
+        return (f"force uncertainty: DTC posterior on {len(p.inducing_descriptors)} inducing configurations, rank "
+                f"{p.rank}; {threshold}")
 
     def warn_if_out_of_range(self, R, factor=3.0, what="configurations"):
         """Warn when any configuration in R lies far outside the training data; returns the mask (n,)."""
