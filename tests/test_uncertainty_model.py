@@ -150,3 +150,136 @@ def test_the_fit_command_computes_the_same_posterior(dataset, tmp_path, capsys):
     assert fit_main(flags + ["--no-uncertainty", "-o", str(tmp_path / "n.npz")]) == 0
     assert "no force uncertainty" in capsys.readouterr().out
     assert CGModel.load(tmp_path / "n.npz").uncertainty is None
+
+
+# ----------------------------------------------------------------------------------------- the simulation guard
+RUN = dict(replicas=4, steps=200, save_every=10, burn_in=0, seed=3, progress=False, guard_every=50)
+
+
+def flagging(model, from_call=3, rows=(0, 2)):
+    """A copy of ``model`` whose force_uncertainty reports 1e9 for ``rows`` at its ``from_call``-th call (call k
+    checks step (k - 1) guard_every); ``seen`` keeps the configurations it was given."""
+    import copy
+
+    fake, real, seen = copy.copy(model), model.force_uncertainty, []
+
+    def force_uncertainty(R, per_bead=False):
+        seen.append(np.array(R))
+        u = real(R)
+        if len(seen) == from_call:
+            u[list(rows)] = 1e9
+        return u
+
+    fake.force_uncertainty, fake.seen = force_uncertainty, seen
+    return fake
+
+
+def test_guard_warns_with_step_frame_and_value_and_leaves_the_run_alone(models):
+    from cgdml.simulate import simulate_model
+
+    model = flagging(models["single"])
+    with pytest.warns(UserWarning, match=r"2 of 4 replicas crossed the force-uncertainty threshold .* first at "
+                                         r"step 100"):
+        run = simulate_model(model, **RUN)
+    assert len(model.seen) == 5                                         # steps 0, 50, 100, 150, 200
+    events = run.guard_events()
+    assert [(e["replica"], e["step"], e["stopped"]) for e in events] == [(0, 100, False), (2, 100, False)]
+    assert all(e["value"] == 1e9 and e["reason"] == "force uncertainty" for e in events)
+    xyz = run.coordinates()
+    for e in events:                                    # the frame is the configuration the guard saw
+        assert e["frame"] == 20 * e["replica"] + 9 and e["time_ps"] == pytest.approx(100 * run.dt)
+        np.testing.assert_array_equal(xyz[e["frame"]], model.seen[2][e["replica"]].astype(np.float32))
+    side = run.sidecar("t.h5")
+    assert side["events"] == events and side["frames_per_replica"] == [20] * 4
+    assert side["settings"]["guard"] == {"action": "warn", "every": 50, "threshold": models["single"].uncertainty_threshold,
+                                         "threshold_from": "the model"}
+    # warn changes nothing in the trajectory: the same arrays as an unguarded run
+    off = simulate_model(models["single"], **dict(RUN, guard="off"))
+    np.testing.assert_array_equal(off.coordinates(), xyz)
+    assert off.events() == [] and off.settings["guard"] == {"action": "off"}
+
+
+def test_guard_stops_a_replica_or_the_run(models):
+    from cgdml.simulate import simulate_model
+
+    with pytest.warns(UserWarning, match="2 of 4 replicas crossed"):
+        run = simulate_model(flagging(models["single"]), **dict(RUN, guard="stop-replica"))
+    assert run.result.stopped_at.tolist() == [100, -1, 100, -1] and run.result.alive.tolist() == [0, 1, 0, 1]
+    assert run.frames_per_replica().tolist() == [9, 20, 9, 20]           # frames up to step 90 kept
+    assert [(e["replica"], e["step"], e["frame"]) for e in run.guard_events()] == [(0, 100, 8), (2, 100, 37)]
+    assert np.isfinite(run.coordinates()).all()
+
+    with pytest.warns(UserWarning, match="the run stopped there"):
+        run = simulate_model(flagging(models["single"]), **dict(RUN, guard="stop-run"))
+    assert run.result.halted["step"] == 100 and run.frames_per_replica().tolist() == [9] * 4
+    assert [(e["replica"], e["frame"]) for e in run.guard_events()] == [(0, 8), (2, 26)]
+
+
+def test_replicas_started_at_an_unsampled_torsion_are_flagged(models, dataset):
+    """With the model's own threshold: replicas that start at phi = +90 degrees (never sampled) are stopped at
+    step 0, replicas started on training frames run on."""
+    from cgdml.simulate import simulate_model
+    from cgdml.simulate.model_run import start_configurations
+
+    for method in ("nystrom", "two-layer"):
+        model = models[method]
+        pool = np.concatenate([dataset.coords[:10], rotate_phi(dataset.coords[:10], 90.0)])
+        kw = dict(replicas=8, steps=20, save_every=10, burn_in=0, seed=1, progress=False, guard_every=10,
+                  guard="stop-replica", start=pool)
+        far = dihedral(start_configurations(model, 8, seed=1, start=pool), (0, 1, 2, 3))[0] > 0
+        assert 0 < far.sum() < 8
+        with pytest.warns(UserWarning, match=f"{far.sum()} of 8 replicas crossed"):
+            run = simulate_model(model, **kw)
+        stopped = {e["replica"] for e in run.guard_events() if e["step"] == 0}
+        assert stopped == set(np.flatnonzero(far)) and run.result.alive.tolist() == (~far).tolist(), method
+
+
+def test_a_model_without_uncertainty_runs_unguarded_and_says_so(models, recwarn):
+    import copy
+
+    from cgdml.simulate import simulate_model
+
+    old = copy.copy(models["single"])
+    old.uncertainty = old.uncertainty_threshold = None
+    run = simulate_model(old, **RUN)
+    said = [w for w in recwarn if "force uncertainty" in str(w.message)]
+    assert len(said) == 1 and "without the uncertainty guard" in str(said[0].message)
+    assert "\n" not in str(said[0].message)
+    assert run.settings["guard"]["action"] == "off" and run.events() == []
+    with pytest.raises(CgdmlError, match="guard must be one of"):
+        simulate_model(old, **dict(RUN, guard="loud"))
+    with pytest.raises(CgdmlError, match="guard_threshold must be a number > 0"):
+        simulate_model(old, **dict(RUN, guard_threshold=-1.0))
+    with pytest.raises(CgdmlError, match="guard_every must be an integer"):
+        simulate_model(old, **dict(RUN, guard_every=0))
+
+
+def test_the_command_guards_as_python_does(models, tmp_path, capsys):
+    """python -m cgdml.simulate --guard-threshold: the same arrays and events as simulate_model, the count in its
+    summary line; --guard off: no events."""
+    import json
+
+    import mdtraj as md
+
+    from cgdml.simulate import simulate_model
+    from cgdml.simulate.__main__ import main
+
+    path = tmp_path / "m.npz"
+    models["single"].save(path)
+    threshold = float(np.median(models["single"].force_uncertainty(models["single"].train_coords_sample)))
+    flags = ["--replicas", "4", "--steps", "200", "--save-every", "10", "--burn-in", "50", "--seed", "3",
+             "--guard-every", "50", "--guard-threshold", str(threshold), "--no-progress"]
+    with pytest.warns(UserWarning, match="replicas crossed the force-uncertainty threshold"):
+        assert main([str(path), "-o", str(tmp_path / "t.h5")] + flags) == 0
+    assert "above the uncertainty threshold" in capsys.readouterr().out
+    side = json.loads((tmp_path / "t.h5").with_suffix(".json").read_text())
+    with pytest.warns(UserWarning, match="replicas crossed"):
+        run = simulate_model(path, replicas=4, steps=200, save_every=10, burn_in=50, seed=3, guard_every=50,
+                             guard_threshold=threshold, progress=False)
+    assert np.array_equal(md.load(str(tmp_path / "t.h5")).xyz, run.coordinates())
+    assert side["events"] == json.loads(json.dumps(run.events())) and run.guard_events()
+    assert side["settings"]["guard"]["threshold_from"] == "the user"
+    assert main([str(path), "-o", str(tmp_path / "off.h5"), "--guard", "off"] + flags) == 0
+    assert json.loads((tmp_path / "off.h5").with_suffix(".json").read_text())["events"] == []
+    with pytest.raises(CgdmlError, match="--guard-threshold"):
+        main([str(path), "-o", str(tmp_path / "bad.h5"), "--guard-threshold", "0", "--no-progress"])
