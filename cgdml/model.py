@@ -162,12 +162,19 @@ class CGModel:
         return self.uncertainty
 
     def force_uncertainty(self, R, per_bead=False):
-        """Predicted standard deviation of the model's force, kJ/mol/nm, at R (n, n_beads, 3) nm: (n,), the RMS over
-        beads of the per-Cartesian-component posterior std, sqrt(trace(cov F) / 3 n_beads); ``per_bead``:
-        (n, n_beads), each bead's sqrt(trace / 3). Batched like :meth:`forces` (any n, evaluated in chunks).
+        """Predicted standard deviation of the model's force (the GDML posterior's,
+        :meth:`cgdml.uncertainty.ForcePosterior.force_variance`): the uncertainty of the learned mean force,
+        without the label noise (docs/uncertainty.md §9).
 
-        It is the GDML posterior's (:meth:`cgdml.uncertainty.ForcePosterior.force_variance`): the uncertainty of
-        the learned mean force, without the label noise. A model without a posterior raises :class:`CgdmlError`.
+        Parameters
+        ----------
+        R : (n, n_beads, 3) or (n_beads, 3) nm; batched like :meth:`forces` (any n, evaluated in chunks).
+        per_bead : give each bead's std instead of the RMS over beads.
+
+        Returns
+        -------
+        (n,) kJ/mol/nm, sqrt(trace(cov F) / 3 n_beads), or with ``per_bead`` (n, n_beads), each bead's
+        sqrt(trace / 3). A model without a posterior raises :class:`CgdmlError`.
         """
         post = self._posterior()
         R = self._check(R)

@@ -30,9 +30,9 @@ from .reporters import ThresholdGuard, bond_blowup
 # distribution on two maps (docs/method.md §2.7). A dt of one's own alone means plain BAOAB at that step.
 # Friction 1/ps crosses alanine dipeptide's (phi, psi) basins quickly: ~100 ps per replica after a ~20 ps
 # burn-in. Overdamped Euler-Maruyama depends only on dt / gamma; it crosses basins several times more slowly.
-# The uncertainty guard evaluates the force posterior every guard_every steps: one evaluation for 100 replicas of
-# the shipped 5-bead model costs about as much as 100 default steps, so every 1000 steps it adds ~10% to the run
-# at most (measured: docs/uncertainty.md §10); a multiple of save_every, so that the frame at an event is the
+# The uncertainty guard evaluates the force posterior every guard_every steps: one evaluation for 100 replicas
+# costs some tens of default steps for a 5-bead model, so every 1000 steps keeps it well within 10% of the run
+# (measured: docs/uncertainty.md §10); a multiple of save_every, so that the frame at an event is the
 # configuration the guard saw.
 DEFAULTS = {"replicas": 100, "steps": 34000, "save_every": 100, "burn_in": 6800, "guard_every": 1000,
             "langevin": {"dt": 0.003, "friction": 1.0, "slow_every": 2},
