@@ -80,8 +80,8 @@ def build_parser():
                    "frame in the JSON sidecar, and one warning with the count), stop-replica, stop-run, or off; a "
                    "model without a force posterior runs unguarded, with a line saying so")
     g.add_argument("--guard-every", type=int, default=None, metavar="K",
-                   help=f"check every K steps (default {DEFAULTS['guard_every']}: at most ~10%% of the run time with "
-                   "the other defaults)")
+                   help=f"check every K steps (default {DEFAULTS['guard_every']}: a few %% of the run time with the other "
+                   "defaults, docs/uncertainty.md §10)")
     g.add_argument("--guard-threshold", type=float, default=None, metavar="KJ_MOL_NM",
                    help="force standard deviation (RMS over beads, kJ/mol/nm) above which a replica counts as outside "
                    "the data (default: the model's, from its training frames)")
