@@ -244,7 +244,7 @@ def test_a_model_without_uncertainty_runs_unguarded_and_says_so(models, recwarn)
     old.uncertainty = old.uncertainty_threshold = None
     run = simulate_model(old, **RUN)
     said = [w for w in recwarn if "force uncertainty" in str(w.message)]
-    assert len(said) == 1 and "without the uncertainty guard" in str(said[0].message)
+    assert len(said) == 1 and "ran without the uncertainty guard" in str(said[0].message)
     assert "\n" not in str(said[0].message)
     assert run.settings["guard"]["action"] == "off" and run.events() == []
     with pytest.raises(CgdmlError, match="guard must be one of"):

@@ -289,14 +289,12 @@ def _uncertainty_guard(model, s):
     if action == "off":
         return None, {"action": "off"}
     if not model.has_uncertainty:
-        warnings.warn("the model has no force uncertainty (fitted by an older cgdml, or with --no-uncertainty): "
-                      "running without the uncertainty guard; refit to get one", stacklevel=3)
-        return None, {"action": "off", "why": "the model has no force uncertainty"}
+        return None, {"action": "off", "why": "the model has no force uncertainty (fitted by an older cgdml, or "
+                      "with --no-uncertainty): it ran without the uncertainty guard; refit to get one"}
     threshold = model.uncertainty_threshold if s["guard_threshold"] is None else s["guard_threshold"]
     if threshold is None:
-        warnings.warn("the model stores no uncertainty threshold: running without the uncertainty guard; give "
-                      "guard_threshold (--guard-threshold) to guard the run", stacklevel=3)
-        return None, {"action": "off", "why": "no threshold"}
+        return None, {"action": "off", "why": "the model stores no uncertainty threshold: it ran without the "
+                      "uncertainty guard; give guard_threshold (--guard-threshold) to guard the run"}
     guard = ThresholdGuard(model.force_uncertainty, threshold, every=every, action=action, reason=GUARD_REASON)
     return guard, {"action": action, "every": every, "threshold": float(threshold),
                    "threshold_from": "the model" if s["guard_threshold"] is None else "the user"}
@@ -383,6 +381,8 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
     run = ModelRun(result, settings, model.cg_topology, s["dt"], s["burn_in"])
     if guard_reporter is not None:
         _warn_guard_events(run, guard_settings)
+    elif "why" in guard_settings:          # said after the run, so that an error during it stays one line
+        warnings.warn(guard_settings["why"], stacklevel=2)
     if output is not None:
         run.save(output)
         if checkpoint is not None:
