@@ -11,7 +11,9 @@ Layout of one descriptor row (length ``n_descriptors(n_beads, len(quads))``):
   chain with no topology.
 
 The Jacobian ``J = dD/dx`` has shape (n_desc, 3 n_beads) with Cartesian index ``3 * bead + axis``.
-``descriptor_vjp`` computes ``J^T g`` without forming ``J`` (the hot path of force prediction).
+``descriptor_vjp`` computes ``J^T g`` without forming ``J`` (the hot path of force prediction);
+:func:`reduce_frames` puts frames in the reduced basis of their Jacobian (the GDML fit's and the force
+posterior's training set, :mod:`cgdml.gdml`, :mod:`cgdml.uncertainty`).
 """
 from __future__ import annotations
 
@@ -174,3 +176,26 @@ def descriptor_vjp(R, G, quads=(), chiral_scale: float = 1.0):
     out = np.empty_like(R)
     _vjp_kernel(R, G, quads, float(chiral_scale), out)
     return out
+
+
+def reduced_rank(n_beads: int, n_desc: int) -> int:
+    """Rank kept per frame: 3N - 6 internal degrees of freedom (1 for a dimer), at most n_desc."""
+    return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
+
+
+def reduce_frames(R, F, quads=(), chiral_scale=1.0):
+    """Each frame in its reduced basis: descriptors D (M, nd), W = U S (M, nd, r), forces y = V^T F (M, r)
+    from the thin SVD J = U S V^T of the descriptor Jacobian, and sum |J|^2 (for mean(diag K)).
+
+    R, F (M, n_beads, 3) in nm and kJ/mol/nm, already checked by :func:`cgdml.data.check_coords_forces`;
+    quads (n_quads, 4) the dihedral quadruples of the descriptor.
+    """
+    M, N = R.shape[:2]
+    D, J = descriptor_jacobian(R, quads, chiral_scale)
+    if not np.all(np.isfinite(J)):
+        raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
+    r = reduced_rank(N, D.shape[1])
+    U, S, Vh = np.linalg.svd(J, full_matrices=False)
+    W = U[:, :, :r] * S[:, None, :r]
+    y = np.einsum("mkc,mc->mk", Vh[:, :r], F.reshape(M, -1))
+    return D, W, y, float(np.sum(J * J))

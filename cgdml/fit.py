@@ -58,6 +58,8 @@ HELP = {
                        "dihedrals) in the prior (auto: on for peptides of two or more residues)",
     "balance_basins": "give dihedral arcs separated by unsampled gaps their training populations, measured on the "
                       "fitted model by umbrella sampling (a no-op when no dihedral has such gaps)",
+    "uncertainty": "compute the force posterior (the model's force uncertainty) and the simulation guard's "
+                   "threshold, saved in the model file (docs/uncertainty.md)",
     "n_jobs": "local processes for the layer-1 trainings (negative: all cores but |n| - 1)",
     "scheduler": "train the layer-1 sub-models on a Dask cluster: tcp://HOST:PORT or a scheduler file (instead of "
                  "--n-jobs local processes)",
@@ -215,12 +217,20 @@ def _fit(args, typed, output, summary, workdir):
               f"{' '.join(f'{p:.2%}' for p in term['balanced_population'])} (offsets "
               f"{' '.join(f'{d:+.1f}' for d in term['offset_kJ_per_mol'])} kJ/mol; "
               f"umbrella {term['umbrella']['wall_s']:.0f} s)")
+    print(model.describe_uncertainty() + _uncertainty_cost(model.info))
     model.save(output)
     save_json(summary, with_provenance(model.info, COMMAND, output))
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"wrote {output} and {summary} ({dataset.n_frames} frames, {dataset.n_beads} beads, "
           f"{model.info['wall_time_s']:.0f} s)")
     return 0
+
+
+def _uncertainty_cost(info):
+    """'' or '; N s of the fit' for the posterior's share of a fit's time."""
+    t = info.get("timings", {})
+    spent = t.get("uncertainty_s", 0.0) + t.get("uncertainty_threshold_s", 0.0)
+    return f" ({spent:.0f} s of the {info['wall_time_s']:.0f} s fit)" if spent else ""
 
 
 def _dataset_source(args):

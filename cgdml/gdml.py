@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import kernels
 from ._io import CgdmlError
 from .data import check_coords_forces, learner_arrays
-from .features import as_quads, chain_quads, descriptor_jacobian
+from .features import as_quads, chain_quads, descriptor_jacobian, reduce_frames, reduced_rank  # noqa: F401
 from .linalg import cholesky_upper, gdml_preconditioner
 from .model import GDMLModel
 from .validation import SIGMA, Interval, Options, check_params
@@ -38,11 +38,6 @@ POSITIVE = Interval(float, 0, None, "neither")  # a finite number > 0
 
 _MAX_LAMBDA_RETRIES = 4
 log = logging.getLogger(__name__)
-
-
-def reduced_rank(n_beads: int, n_desc: int) -> int:
-    """Rank kept per frame: 3N - 6 internal degrees of freedom (1 for a dimer), at most n_desc."""
-    return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
 
 
 def dihedral_quads(n_beads, chiral=True, dihedrals=None):
@@ -57,24 +52,6 @@ def mean_kernel_diagonal(sigma, mean_sq_jacobian):
     """mean(diag K) of the full-space force kernel, what a relative lambda scales: Hc(0) = 5 / (3 sigma^2) I, so
     it is 5 / (3 sigma^2) times the mean squared Jacobian entry per force component."""
     return 5.0 / (3.0 * sigma ** 2) * mean_sq_jacobian
-
-
-def reduce_frames(R, F, quads=(), chiral_scale=1.0):
-    """Each frame in its reduced basis: descriptors D (M, nd), W = U S (M, nd, r), forces y = V^T F (M, r)
-    from the thin SVD J = U S V^T of the descriptor Jacobian, and sum |J|^2 (for mean(diag K)).
-
-    R, F (M, n_beads, 3) in nm and kJ/mol/nm, already checked by :func:`cgdml.data.check_coords_forces`;
-    quads (n_quads, 4) the dihedral quadruples of the descriptor.
-    """
-    M, N = R.shape[:2]
-    D, J = descriptor_jacobian(R, quads, chiral_scale)
-    if not np.all(np.isfinite(J)):
-        raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
-    r = reduced_rank(N, D.shape[1])
-    U, S, Vh = np.linalg.svd(J, full_matrices=False)
-    W = U[:, :, :r] * S[:, None, :r]
-    y = np.einsum("mkc,mc->mk", Vh[:, :r], F.reshape(M, -1))
-    return D, W, y, float(np.sum(J * J))
 
 
 class GDML(BaseEstimator):

@@ -10,6 +10,16 @@ learner on them, the :class:`cgdml.model.CGModel` around the learned GDML model,
 - ``"two-layer"``: :class:`cgdml.ensemble.TwoLayerGDML`, the two-layer ensemble, chosen by K-fold CV;
 - ``"single"``: :class:`cgdml.gdml.GDML` on ``n_frames`` stratified frames (a baseline).
 
+Force uncertainty (``uncertainty=True``, the default): after the learner, :meth:`CGEstimator.fit` computes the
+posterior of the learned force (:class:`cgdml.uncertainty.ForcePosterior`, a low-rank DTC sparse GP) on what
+the learner was fitted to, with the learner's own kernel and lambda: for ``"single"`` its training frames (the
+exact posterior when they fit the budget :data:`POSTERIOR_SETTINGS` ``max_reduced``, else a farthest-point
+subset of them as inducing configurations), for ``"nystrom"`` every frame with its own inducing configurations
+(a farthest-point subset when they exceed the budget), for ``"two-layer"`` the final layer's mean-force set
+with its labels and lambda. The model's ``uncertainty_threshold`` is then :data:`THRESHOLD_MARGIN` times the
+:data:`THRESHOLD_QUANTILE` quantile of the force uncertainty over a random sample of the dataset's frames. What
+the defaults cost and why they are what they are: docs/uncertainty.md §9.
+
 ``python -m cgdml.fit`` builds the same estimator (:func:`cg_estimator`) from its options, which are these
 estimators' parameters under their own names, so that a fit from Python and one from the command line with the
 same settings and seed give the same model, array for array.
@@ -45,6 +55,15 @@ LEARNERS = {"nystrom": (NystromGDML, {}), "two-layer": (TwoLayerGDML, {}),
 CG_DEFAULTS = {"single": dict(n_frames=3000)}  # the method's CGEstimator defaults where they differ
 MIN_FIT_FRAMES = 10   # distinct frames: below this the Boltzmann-inverted prior alone is noise (k = kT / var)
 log = logging.getLogger(__name__)
+
+# The force posterior of a fit (cgdml.uncertainty.ForcePosterior.fit arguments): m r <= max_reduced inducing
+# observations, G estimated on sample_frames frames, the rank that raises the training frames' mean variance by at
+# most rank_tol. Chosen so that the posterior adds little to a default fit and a guard check stays cheap
+# (docs/uncertainty.md §9).
+POSTERIOR_SETTINGS = dict(max_reduced=2000, sample_frames=4000, rank_tol=0.05, n_samples=32)
+# The guard threshold: THRESHOLD_MARGIN x the THRESHOLD_QUANTILE quantile of the force uncertainty over
+# THRESHOLD_FRAMES random frames of the dataset (docs/uncertainty.md §9).
+THRESHOLD_QUANTILE, THRESHOLD_MARGIN, THRESHOLD_FRAMES = 0.99, 1.5, 2000
 
 
 class TooFewFramesError(CgdmlError):
@@ -207,6 +226,8 @@ class CGEstimator(BaseEstimator):
         on for peptides of two or more residues), :class:`cgdml.prior.CGPrior`.
     balance_basins : afterwards give dihedral arcs that the training frames leave disconnected their training
         populations (:func:`cgdml.basins.balance_basins`, on one thread; a no-op when no dihedral has gaps).
+    uncertainty : compute the force posterior and its guard threshold (see the module docstring), saved with the
+        model (``model.uncertainty``, ``model.uncertainty_threshold``); False skips it.
     seed : the strata, the training subset, the model's start configurations and basin balancing.
     progress : progress bars and the summary line (the learner has its own ``progress``).
 
@@ -219,10 +240,11 @@ class CGEstimator(BaseEstimator):
         "learner": [None, object], "n_frames": [None, Interval(int, 1)],
         "subset": [Options(("stratified", "random"))], "strata": [Options(STRATA)], "grid_bins": [Interval(int, 1)],
         "n_strata": [Interval(int, 1)], "prior_repulsion": [bool], "prior_dihedrals": [bool, Options(("auto",))],
-        "balance_basins": [bool], "seed": [SEED], "progress": [bool]}
+        "balance_basins": [bool], "uncertainty": [bool], "seed": [SEED], "progress": [bool]}
 
     def __init__(self, learner=None, n_frames=None, subset="stratified", strata="auto", grid_bins=12, n_strata=50,
-                 prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, seed=0, progress=True):
+                 prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, uncertainty=True, seed=0,
+                 progress=True):
         self.learner = learner
         self.n_frames = n_frames
         self.subset = subset
@@ -232,6 +254,7 @@ class CGEstimator(BaseEstimator):
         self.prior_repulsion = prior_repulsion
         self.prior_dihedrals = prior_dihedrals
         self.balance_basins = balance_basins
+        self.uncertainty = uncertainty
         self.seed = seed
         self.progress = progress
 
@@ -290,11 +313,22 @@ class CGEstimator(BaseEstimator):
         timings = {"prior_and_strata_s": time.perf_counter() - t0}
         self.learner_ = learner.fit(R, F, groups=groups)
         timings.update(learner.timings_)
+        posterior = None
+        if self.uncertainty:
+            t = time.perf_counter()
+            posterior = self._posterior(learner, R, F)
+            timings["uncertainty_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         summary = dict(learner.summary_)
         info = fit_record(summary.pop("method"), self._recorded_params(), summary.pop("chosen"), dataset, timings,
                           **summary, strata=dict(method=self.strata_method_, n_occupied=int(self.strata_.max() + 1)))
         model = CGModel.from_fit(learner.model_, self.prior_, dataset, info, seed=self.seed)
+        if posterior is not None:
+            t = time.perf_counter()
+            model.uncertainty = posterior
+            model.uncertainty_threshold, rule = self._threshold(model, dataset)
+            timings["uncertainty_threshold_s"] = time.perf_counter() - t
+            model.info["uncertainty"] = _posterior_record(posterior, rule, timings)
         if self.balance_basins:
             from .basins import balance_basins
             from .distributed import limited_threads
@@ -313,6 +347,38 @@ class CGEstimator(BaseEstimator):
         self.timings_, self.model_ = timings, model
         self._report(model.info)
         return self
+
+    def _posterior(self, learner, R, F):
+        """The force posterior of the fitted ``learner`` on what it was fitted to, R and F (the residual forces):
+        the one place that knows each learner's training set, kernel and lambda (see the module docstring)."""
+        from .uncertainty import ForcePosterior, farthest_points
+
+        gdml, settings = learner.model_, dict(POSTERIOR_SETTINGS)
+        kw = dict(quads=gdml.quads, chiral_scale=gdml.chiral_scale, seed=self.seed, **settings)
+        r = max(1, 3 * R.shape[1] - 6)
+        m_max = max(1, settings["max_reduced"] // r)
+        if isinstance(learner, NystromGDML):
+            inducing = np.asarray(learner.inducing_index_)
+            if len(inducing) > m_max:   # a farthest-point subset of its own inducing configurations
+                inducing = inducing[farthest_points(gdml.train_descriptors, m_max, self.seed)]
+            return ForcePosterior.fit(R, F, sigma=gdml.sigma, lam=learner.lam_, inducing=inducing, **kw)
+        if isinstance(learner, TwoLayerGDML):
+            idx = learner.mean_set_index_
+            return ForcePosterior.fit(R[idx], learner.mean_set_labels_, sigma=gdml.sigma,
+                                      lam=learner.summary_["chosen"]["lam2_absolute"], **kw)
+        return ForcePosterior.fit(R, F, sigma=gdml.sigma, lam=learner.lam_, **kw)   # single: exact when it fits
+
+    def _threshold(self, model, dataset):
+        """The guard threshold (kJ/mol/nm) of ``model`` and the record of its rule: THRESHOLD_MARGIN x the
+        THRESHOLD_QUANTILE quantile of the force uncertainty over THRESHOLD_FRAMES random frames of ``dataset``."""
+        rng = np.random.default_rng([self.seed, 0x7E5])
+        n = min(THRESHOLD_FRAMES, dataset.n_frames)
+        sample = np.sort(rng.choice(dataset.n_frames, n, replace=False))
+        u = model.force_uncertainty(dataset.coords[sample])
+        q = float(np.quantile(u, THRESHOLD_QUANTILE))
+        rule = dict(quantile=THRESHOLD_QUANTILE, margin=THRESHOLD_MARGIN, n_frames=int(n), quantile_value=q,
+                    median=float(np.median(u)), max=float(u.max()))
+        return THRESHOLD_MARGIN * q, rule
 
     def _recorded_params(self):
         """The hyperparameters that shape the result (the CG estimator's and the learner's as given, not where
@@ -336,6 +402,18 @@ class CGEstimator(BaseEstimator):
             from tqdm.auto import tqdm
 
             tqdm.write(line)
+
+
+def _posterior_record(posterior, rule, timings):
+    """What MODEL.json keeps of a force posterior: its size, scales, cost and the threshold rule."""
+    info = posterior.info
+    keep = ("n_frames", "n_sample", "n_inducing", "reduced_size", "rank", "inducing", "jitter",
+            "dropped_variance_fraction", "mean_train_variance", "noise_variance")
+    return dict({k: info[k] for k in keep if k in info}, s2=posterior.s2, lam=posterior.lam,
+                n_samples=posterior.n_samples, threshold=rule["margin"] * rule["quantile_value"],
+                threshold_rule=rule, timings=dict(info.get("timings", {}), fit_s=timings.get("uncertainty_s"),
+                                                  threshold_s=timings.get("uncertainty_threshold_s")),
+                settings=dict(POSTERIOR_SETTINGS))
 
 
 def fit_cg_model(dataset, method="auto", **params):

@@ -29,9 +29,8 @@ import scipy.linalg
 from . import kernels
 from ._io import CgdmlError, Fields, as_array, as_float, as_int, as_json, as_str, json_default
 from .data import as_coordinates, check_coords_forces
-from .features import as_quads, descriptor, descriptor_jacobian, n_descriptors
-from .gdml import reduce_frames
-from .model import GDMLModel
+from .features import as_quads, descriptor, descriptor_jacobian, n_descriptors, reduce_frames
+from .gdml_model import GDMLModel
 
 POSTERIOR_FORMAT = "cgdml.ForcePosterior"
 POSTERIOR_VERSION = 1

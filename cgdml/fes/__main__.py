@@ -15,7 +15,7 @@ that kind; printed, a line each); with a single headline landscape also the top-
 ``noise_floor``, ``bootstrap`` (and ``phi_positive``).
 
 ``--model MODEL.npz`` (the model that made the trajectories) adds the model's share of the uncertainty: the frames
-reweighted with the model's posterior function samples (docs/uncertainty.md §9), per bin and for the metrics,
+reweighted with the model's posterior function samples (docs/uncertainty.md §11), per bin and for the metrics,
 combined with the bootstrap into a 95% band, a map of the per-bin standard deviation beside the difference map,
 and the JSON keys ``model``, ``reweighting`` and, per panel, ``model_uncertainty`` (or
 ``model_uncertainty_undefined``: why not; see :func:`cgdml.fes.compare.compare_panels`). A model fitted by an

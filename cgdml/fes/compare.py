@@ -23,7 +23,7 @@ SELF_DESCRIBING = (".h5", ".hdf5", ".pdb")
 
 def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weights=None, min_count=MIN_COUNT):
     """The metric of docs/method.md §3 for every panel with a reference, and their mean; with ``model_weights``
-    also the model's share of the uncertainty (docs/uncertainty.md §9).
+    also the model's share of the uncertainty (docs/uncertainty.md §11).
 
     Returns {"panels": [entry, ...], "mean": {...}} where each entry has ``label``, ``cvs`` (plain names),
     ``range`` and ``periodic`` per dimension, ``metrics`` (:func:`compare_fes`), ``noise_floor``
@@ -207,7 +207,7 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     (:func:`cgdml.fes.plot.plot_landscapes`, with the bond and angle distributions when there is a reference).
 
     ``model``: the :class:`cgdml.model.CGModel` that made the trajectories (or its path), for the model's share
-    of the uncertainty: the frames are reweighted with its posterior function samples (docs/uncertainty.md §9)
+    of the uncertainty: the frames are reweighted with its posterior function samples (docs/uncertainty.md §11)
     at ``temperature`` K (the trajectories'; default the model's), reported only while every sample's weights
     keep an effective sample size of ``min_ess`` of the frames; the coverage counts bins with ``min_count``
     reference frames. A model without a force posterior gets a one-line warning and no model band.

@@ -1,5 +1,5 @@
 """The model's share of a landscape's uncertainty: CG frames reweighted with posterior function samples
-(docs/uncertainty.md §9).
+(docs/uncertainty.md §11).
 
 A CG trajectory of a fitted model samples exp(-U(x) / kT), with U the posterior-mean energy. Posterior function
 sample s adds dE_s(x) kJ/mol (:meth:`cgdml.uncertainty.ForcePosterior.sample_model`), so the same frames with

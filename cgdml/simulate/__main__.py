@@ -13,6 +13,7 @@ from .._cli import (COUNT_MAX, ArgumentParser, add_verbosity_arguments, claim_ou
                     threads_int, with_provenance)
 from .._io import CgdmlError, atomic_path, check_output, save_json
 from . import DEFAULTS, INTEGRATORS, group_checkpoints, run_settings, simulate_model
+from .model_run import GUARD_REASON, GUARDS
 
 COMMAND = "cgdml.simulate"
 
@@ -76,6 +77,18 @@ def build_parser():
                    "(default 1: one after another)")
     p.add_argument("--scheduler", default=None, help="run the --tasks groups on a Dask cluster: tcp://HOST:PORT "
                    "or a scheduler file (checkpoints need a file system the workers share)")
+    g = p.add_argument_group("uncertainty guard", "watch the model's force uncertainty: a replica above the "
+                             "threshold has left the training data (docs/uncertainty.md)")
+    g.add_argument("--guard", choices=GUARDS, default="warn",
+                   help="what a replica crossing the threshold causes: warn (the default: an event with its step and "
+                   "frame in the JSON sidecar, and one warning with the count), stop-replica, stop-run, or off; a "
+                   "model without a force posterior runs unguarded, with a line saying so")
+    g.add_argument("--guard-every", type=_count, default=None, metavar="K",
+                   help=f"check every K steps (default {DEFAULTS['guard_every']}: a few %% of the run time with the other "
+                   "defaults, docs/uncertainty.md §10)")
+    g.add_argument("--guard-threshold", type=float_between(0, 1e9, "kJ/mol/nm", low_open=True), default=None, metavar="KJ_MOL_NM",
+                   help="force standard deviation (RMS over beads, kJ/mol/nm) above which a replica counts as outside "
+                   "the data (default: the model's, from its training frames)")
     add_verbosity_arguments(p)
     return p
 
@@ -107,7 +120,8 @@ def _options(a):
     return dict(replicas=a.replicas, steps=a.steps, burn_in=a.burn_in, dt=a.dt, slow_every=a.slow_every,
                 friction=a.friction, integrator=a.integrator, save_every=a.save_every, temperature=a.temperature,
                 seed=a.seed, checkpoint_every=a.checkpoint_every, blowup_factor=a.blowup_factor, threads=a.threads,
-                tasks=a.tasks, jobs=a.jobs, scheduler=a.scheduler)
+                tasks=a.tasks, jobs=a.jobs, scheduler=a.scheduler, guard=a.guard, guard_every=a.guard_every,
+                guard_threshold=a.guard_threshold)
 
 
 def _simulate(a, out, pdb, side, ckpt):
@@ -125,8 +139,10 @@ def _simulate(a, out, pdb, side, ckpt):
         path.unlink(missing_ok=True)
     t = sidecar["timings"]
     guarded = sum(e["stopped"] for e in sidecar["events"]) - sidecar["n_blown_up"]
+    crossed = len({e["replica"] for e in sidecar["events"] if e["reason"] == GUARD_REASON})
     print(f"wrote {out} ({int(counts.sum())} frames from {a.replicas} replicas, {sidecar['n_blown_up']} blown up"
-          f"{f', {guarded} stopped by a guard' if guarded else ''}) with {pdb} and {side}; "
+          f"{f', {guarded} stopped by a guard' if guarded else ''}"
+          f"{f', {crossed} above the uncertainty threshold' if crossed else ''}) with {pdb} and {side}; "
           f"{rate(t['replica_steps_per_s'])} replica-steps/s ({rate(t['steps_per_s'])} steps/s)")
     return 0
 

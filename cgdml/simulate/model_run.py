@@ -3,11 +3,19 @@
 The command is a thin layer over :func:`simulate_model`, so a Python user gets the same run (the same arrays,
 bit for bit, for the same seed). The defaults (:data:`DEFAULTS`) and the rules that complete them are in
 :func:`run_settings`; why they are what they are: docs/method.md §2.7.
+
+Uncertainty guard: a model with a force posterior (``model.uncertainty``) is watched by a
+:class:`~cgdml.simulate.reporters.ThresholdGuard` on ``model.force_uncertainty`` every ``guard_every`` steps
+(default ``DEFAULTS["guard_every"]``); a replica above the threshold (default: the model's
+``uncertainty_threshold``) has left the training data, and ``guard`` says what then happens: "warn" (the
+default: an event in the trajectory's JSON, one warning with the count), "stop-replica", "stop-run" or "off".
+The default interval keeps the guard's share of a default run's time within 10% (docs/uncertainty.md §10).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +24,22 @@ import numpy as np
 from .._io import CgdmlError, CgdmlTypeError, atomic_path, check_memory, save_json
 from .integrators import INTEGRATORS
 from .replicas import group_checkpoints, simulate
-from .reporters import bond_blowup
+from .reporters import ThresholdGuard, bond_blowup
 
 # Langevin is multiple-time-step BAOAB: 3 fs inner steps (the prior and basin offsets), the GDML force every
 # 2 steps (a 6 fs outer step), the fastest setting that kept the landscape and every bond and angle
 # distribution on two maps (docs/method.md §2.7). A dt of one's own alone means plain BAOAB at that step.
 # Friction 1/ps crosses alanine dipeptide's (phi, psi) basins quickly: ~100 ps per replica after a ~20 ps
 # burn-in. Overdamped Euler-Maruyama depends only on dt / gamma; it crosses basins several times more slowly.
-DEFAULTS = {"replicas": 100, "steps": 34000, "save_every": 100, "burn_in": 6800,
+# The uncertainty guard evaluates the force posterior every guard_every steps: one evaluation for 100 replicas
+# costs some tens of default steps for a 5-bead model, so every 1000 steps keeps it well within 10% of the run
+# (measured: docs/uncertainty.md §10); a multiple of save_every, so that the frame at an event is the
+# configuration the guard saw.
+DEFAULTS = {"replicas": 100, "steps": 34000, "save_every": 100, "burn_in": 6800, "guard_every": 1000,
             "langevin": {"dt": 0.003, "friction": 1.0, "slow_every": 2},
             "overdamped": {"dt": 0.002, "friction": 1000.0, "slow_every": 1}}
+GUARDS = ("warn", "stop-replica", "stop-run", "off")
+GUARD_REASON = "force uncertainty"   # the events' reason
 
 
 def default_burn_in(steps):
@@ -35,13 +49,16 @@ def default_burn_in(steps):
 
 def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn_in=None, dt=None, slow_every=None,
                  friction=None, integrator="langevin", save_every=DEFAULTS["save_every"], temperature=None, seed=0,
-                 checkpoint_every=None, blowup_factor=2.0, threads=1, tasks=1, jobs=1, scheduler=None, spell=str):
+                 checkpoint_every=None, blowup_factor=2.0, threads=1, tasks=1, jobs=1, scheduler=None, guard="warn",
+                 guard_every=None, guard_threshold=None, spell=str):
     """The settings of a model run with the defaults completed and checked: a dict with these same keys.
 
     dt ps (default by integrator, :data:`DEFAULTS`); slow_every: the GDML force every K steps (default 2 with
     the default dt, else 1: a dt of one's own alone means plain BAOAB); friction 1/ps (default by integrator);
-    burn_in steps (:func:`default_burn_in`); temperature K (None: the model's). ``spell(name)``: how a message
-    names a parameter (the command passes its option names). A bad value is a one-line :class:`CgdmlError`.
+    burn_in steps (:func:`default_burn_in`); temperature K (None: the model's); guard one of :data:`GUARDS`,
+    guard_every steps (default ``DEFAULTS["guard_every"]``), guard_threshold kJ/mol/nm (None: the model's).
+    ``spell(name)``: how a message names a parameter (the command passes its option names). A bad value is a
+    one-line :class:`CgdmlError`.
     """
     if integrator not in INTEGRATORS:
         raise CgdmlError(f"{spell('integrator')} must be one of {', '.join(INTEGRATORS)}, got {integrator!r}")
@@ -84,6 +101,18 @@ def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn
         raise CgdmlError(f"{spell('jobs')} must be >= 1 (or negative: all cores but |n| - 1), got 0")
     if not blowup_factor > 1:
         raise CgdmlError(f"{spell('blowup_factor')} must be > 1, got {blowup_factor}")
+    if guard not in GUARDS:
+        raise CgdmlError(f"{spell('guard')} must be one of {', '.join(GUARDS)}, got {guard!r}")
+    guard_every = DEFAULTS["guard_every"] if guard_every is None else guard_every
+    if not (isinstance(guard_every, (int, np.integer)) and guard_every >= 1):
+        raise CgdmlError(f"{spell('guard_every')} must be an integer >= 1 (steps), got {guard_every!r}")
+    if guard_threshold is not None:
+        try:
+            ok = np.isfinite(float(guard_threshold)) and float(guard_threshold) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CgdmlError(f"{spell('guard_threshold')} must be a number > 0 (kJ/mol/nm), got {guard_threshold!r}")
     if scheduler is not None:
         from ..distributed import check_scheduler
 
@@ -92,7 +121,8 @@ def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn
                 slow_every=int(slow_every), friction=float(friction), integrator=integrator,
                 save_every=int(save_every), temperature=temperature, seed=int(seed),
                 checkpoint_every=checkpoint_every, blowup_factor=float(blowup_factor), threads=int(threads),
-                tasks=int(tasks), jobs=int(jobs), scheduler=scheduler)
+                tasks=int(tasks), jobs=int(jobs), scheduler=scheduler, guard=guard, guard_every=int(guard_every),
+                guard_threshold=None if guard_threshold is None else float(guard_threshold))
 
 
 def start_configurations(model, n_replicas, seed=0, start=None):
@@ -191,6 +221,27 @@ class ModelRun:
         """The CG topology as PDB text, at the final configuration of the first replica still running."""
         return self.topology.to_pdb(self.result.positions[int(np.argmax(self.result.alive))])
 
+    def events(self):
+        """The run's events (:attr:`SimulationResult.events`), each with ``time_ps`` and ``frame``: the index in the
+        trajectory of the replica's last frame written at or before the event (before it, for a stop; the frame
+        the guard saw when the step is a multiple of save_every), None when that falls in the burn-in. A step that
+        was not accepted (a stop, or a warning at the step where a guard ended the run) counts as the step before."""
+        r, counts = self.result, self.frames_per_replica()
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        last = np.broadcast_to(np.asarray(r.step if r.step is not None else np.iinfo(np.int64).max), counts.shape)
+        out = []
+        for e in r.events:
+            i, step = int(e["replica"]), int(e["step"])
+            accepted = not e["stopped"] and step <= last[i]
+            k = (step if accepted else step - 1) // r.save_every - 1 - self.skip   # written frame of replica i
+            frame = int(offsets[i] + k) if 0 <= k < counts[i] else None
+            out.append({**e, "time_ps": step * self.dt, "frame": frame})
+        return out
+
+    def guard_events(self):
+        """The events of the uncertainty guard (see :meth:`events`)."""
+        return [e for e in self.events() if e["reason"] == GUARD_REASON]
+
     def sidecar(self, trajectory_name):
         """The JSON sidecar of the trajectory file ``trajectory_name``: settings, frames, stops, timings."""
         r, t = self.result, self.result.timings
@@ -198,7 +249,7 @@ class ModelRun:
         out = {"trajectory": str(trajectory_name), "settings": self.settings, "n_replicas": len(r.alive),
                "frames_per_replica": counts.tolist(), "n_frames": int(counts.sum()),
                "frame_time_ps": r.save_every * self.dt, "blowups": r.blowups,
-               "n_blown_up": len(r.blowups), "events": r.events, "timings": t,
+               "n_blown_up": len(r.blowups), "events": self.events(), "timings": t,
                "ns_per_day_per_replica": (t["steps_per_s"] * self.dt * 86400 / 1000) if t["steps"] else None}
         if r.halted:
             out["halted"] = r.halted
@@ -233,10 +284,43 @@ def _limited_threads(threads):
     return limit()
 
 
+def _uncertainty_guard(model, s):
+    """(ThresholdGuard or None, the guard's settings for the sidecar) of a run with settings ``s``."""
+    action, every = s["guard"], s["guard_every"]
+    if action == "off":
+        return None, {"action": "off"}
+    if not model.has_uncertainty:
+        return None, {"action": "off", "why": "the model has no force uncertainty (fitted by an older cgdml, or "
+                      "with --no-uncertainty): it ran without the uncertainty guard; refit to get one"}
+    threshold = model.uncertainty_threshold if s["guard_threshold"] is None else s["guard_threshold"]
+    if threshold is None:
+        return None, {"action": "off", "why": "the model stores no uncertainty threshold: it ran without the "
+                      "uncertainty guard; give guard_threshold (--guard-threshold) to guard the run"}
+    guard = ThresholdGuard(model.force_uncertainty, threshold, every=every, action=action, reason=GUARD_REASON)
+    return guard, {"action": action, "every": every, "threshold": float(threshold),
+                   "threshold_from": "the model" if s["guard_threshold"] is None else "the user"}
+
+
+def _warn_guard_events(run, settings):
+    """One warning with the count of replicas that crossed the uncertainty threshold (none: no warning)."""
+    events = run.guard_events()
+    if not events:
+        return
+    n = len({e["replica"] for e in events})
+    first = min(events, key=lambda e: e["step"])
+    what = {"warn": "they ran on; their frames after the event are outside the training data",
+            "stop-replica": "they were stopped", "stop-run": "the run stopped there"}[settings["action"]]
+    warnings.warn(f"{n} of {len(run.result.alive)} replicas crossed the force-uncertainty threshold "
+                  f"{settings['threshold']:.4g} kJ/mol/nm (checked every {settings['every']} steps; first at step "
+                  f"{first['step']}, {first['time_ps']:g} ps): {what} (events with step and frame in the "
+                  "trajectory's JSON)", stacklevel=3)
+
+
 def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn_in=None, dt=None,
                    slow_every=None, friction=None, integrator="langevin", save_every=DEFAULTS["save_every"],
                    temperature=None, seed=0, start=None, checkpoint=None, checkpoint_every=None, blowup_factor=2.0,
-                   threads=1, tasks=1, jobs=1, scheduler=None, progress=True, reporters=(), output=None):
+                   threads=1, tasks=1, jobs=1, scheduler=None, guard="warn", guard_every=None, guard_threshold=None,
+                   progress=True, reporters=(), output=None):
     """Simulate a fitted CG model as ``python -m cgdml.simulate`` does; returns a :class:`ModelRun`.
 
     ``model``: a :class:`cgdml.model.CGModel` or the path of one. Replicas start from frames of ``start`` (a
@@ -246,7 +330,11 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
     non-finite, is stopped. ``checkpoint``: an .npz to resume from and save to (every ``checkpoint_every``
     steps); ``threads`` for the force calls; ``tasks`` independent replica groups, run in ``jobs`` local
     processes or on a Dask ``scheduler``; ``reporters``: more guards (:mod:`cgdml.simulate.reporters`).
-    ``output``: write the trajectory there, with its .pdb and .json (the checkpoint is then removed).
+    ``guard``: what a replica whose force uncertainty exceeds ``guard_threshold`` (kJ/mol/nm; default the
+    model's ``uncertainty_threshold``), checked every ``guard_every`` steps, causes: "warn" (default), "stop-replica",
+    "stop-run" or "off" (see the module docstring); a model without a force posterior runs unguarded, with a
+    warning that says so. ``output``: write the trajectory there, with its .pdb and .json (the checkpoint is then
+    removed).
     """
     from ..data import CGDataset
     from ..model import CGModel
@@ -260,7 +348,8 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
     s = run_settings(replicas=replicas, steps=steps, burn_in=burn_in, dt=dt, slow_every=slow_every, friction=friction,
                      integrator=integrator, save_every=save_every, temperature=temperature, seed=seed,
                      checkpoint_every=checkpoint_every, blowup_factor=blowup_factor, threads=threads, tasks=tasks,
-                     jobs=jobs, scheduler=scheduler)
+                     jobs=jobs, scheduler=scheduler, guard=guard, guard_every=guard_every,
+                     guard_threshold=guard_threshold)
     model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
     start_name = str(start) if isinstance(start, (str, os.PathLike)) else None
     if model_name:
@@ -284,18 +373,27 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
                 "temperature_K": float(temperature), "seed": s["seed"], "start": start_name,
                 "burn_in_steps": s["burn_in"], "blowup_bond_nm": blowup_nm, "tasks": s["tasks"],
                 "slow_every": s["slow_every"]}
+    guard_reporter, guard_settings = _uncertainty_guard(model, s)
+    settings["guard"] = guard_settings
+    tag = {"model_sha256": model_sha256(model), "blowup": blowup_nm}
+    if guard_reporter is not None:
+        tag["guard"] = {k: guard_settings[k] for k in ("action", "every", "threshold")}
     forces = (model.fast_forces, model.slow_forces) if s["slow_every"] > 1 else model.forces
     with _limited_threads(s["threads"]):
         result = simulate(forces, x0, masses=model.masses, temperature=temperature, dt=s["dt"], n_steps=s["steps"],
                           save_every=s["save_every"], integrator=s["integrator"], friction=s["friction"],
                           seed=s["seed"], checkpoint=checkpoint, checkpoint_every=s["checkpoint_every"],
-                          blowup=blowup, progress=progress,
-                          checkpoint_tag={"model_sha256": model_sha256(model), "blowup": blowup_nm},
+                          blowup=blowup, progress=progress, checkpoint_tag=tag,
                           n_groups=s["tasks"], n_jobs=s["jobs"], scheduler=s["scheduler"],
-                          slow_every=s["slow_every"], reporters=reporters)
+                          slow_every=s["slow_every"],
+                          reporters=list(reporters) + ([guard_reporter] if guard_reporter is not None else []))
     if result.alive.any():
         model.warn_if_out_of_range(result.positions[result.alive], what="final replica configurations")
     run = ModelRun(result, settings, model.cg_topology, s["dt"], s["burn_in"])
+    if guard_reporter is not None:
+        _warn_guard_events(run, guard_settings)
+    elif "why" in guard_settings:          # said after the run, so that an error during it stays one line
+        warnings.warn(guard_settings["why"], stacklevel=2)
     if output is not None:
         run.save(output)
         if checkpoint is not None:
