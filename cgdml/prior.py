@@ -84,7 +84,8 @@ def bonded_table(x, kT, kind, intervals=TABLE_INTERVALS, cap_kT=PROFILE_CAP_KT, 
     x = np.asarray(x, dtype=np.float64)
     bw = smoothing * bandwidth(x)
     lo, hi = x.min(), x.max()
-    if not bw > 0 or not hi > lo:
+    resolution = 1e-6 * max(abs(lo), abs(hi), 1.0)   # spreads below this are rounding (a constrained bond)
+    if not bw > 0 or not hi - lo > resolution:
         return None
     width = bw / 8
     n_bins = int(np.ceil((hi - lo) / width)) + 1
@@ -96,7 +97,7 @@ def bonded_table(x, kT, kind, intervals=TABLE_INTERVALS, cap_kT=PROFILE_CAP_KT, 
     U = -kT * np.log(np.maximum(p, 1e-300) / jac)
     below = np.flatnonzero(U <= U.min() + cap_kT)
     lo, hi = centres[below[0]], centres[below[-1]]
-    if not hi > lo:
+    if not hi - lo > resolution:
         return None
     grid = np.linspace(lo, hi, intervals + 1)
     values = np.minimum(np.interp(grid, centres, U), U.min() + cap_kT)

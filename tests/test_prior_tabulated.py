@@ -237,3 +237,16 @@ def test_openmm_energies_and_forces_match(prior, samples):
         f_mm = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
         assert abs(e_mm - e) <= 1e-4 * max(abs(e), KT)
         assert np.abs(f_mm - f).max() <= 1e-4 * np.abs(f).max()
+
+
+
+def test_constrained_bonds_fit_without_error():
+    """Bonds of one length in every frame, up to rounding (as after constraints): nothing to tabulate, and the
+    prior fits with finite forces instead of failing in the spline."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(3000, 3, 3))
+    v *= 0.15 / np.linalg.norm(v, axis=-1, keepdims=True)          # every bond 0.15 nm, to ~1e-17
+    R = np.concatenate([np.zeros((3000, 1, 3)), np.cumsum(v, axis=1)], axis=1)
+    assert 0 < np.ptp(bond_lengths(R, np.array([[0, 1]]))) < 1e-12
+    prior = CGPrior().fit(R, 300.0)
+    assert np.isfinite(prior.forces(R[:10])).all()
