@@ -56,11 +56,19 @@ def model(tmp_path_factory):
     return path
 
 
+def _default_sigint():
+    """In the child: SIGINT's default disposition, as in a terminal. A shell runs background jobs with SIGINT
+    ignored (nohup, `cmd &`, some CI runners), the child inherits that, and a command rightly leaves an ignored
+    SIGINT alone; the test is about what a user at a terminal gets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _simulate(model, out, steps):
     return subprocess.Popen([sys.executable, "-m", "cgdml.simulate", str(model), "-o", str(out), "--replicas", "2",
                              "--steps", str(steps), "--save-every", "10", "--burn-in", "0", "--no-progress",
                              "--checkpoint-every", "20", "--slow-every", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=out.parent)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=out.parent,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(proc, ready, what, timeout=180):
