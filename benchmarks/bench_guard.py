@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Report, elapsed_log, load_shipped, load_str  # noqa: E402
+from _common import Report, best_wall_and_cpu, elapsed_log, load_shipped, load_str  # noqa: E402
 
 import cgdml  # noqa: E402
 from cgdml.geometry import dihedral  # noqa: E402
@@ -83,19 +83,6 @@ def guarded_run(model, start, temperature, args, log):
                 lead=f"{np.median(lead):.1f}, {max(lead):.1f}" if lead else "-",
                 u=f"{med(~removed)} / {med(removed)}", above=f"{pct(~removed)} / {pct(removed)}", wall=f"{wall:.0f}")
 
-
-def timed(fn, repeat=3, min_time=0.3):
-    """Best (wall, process CPU) seconds per call."""
-    best = (np.inf, np.inf)
-    for _ in range(repeat):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            fn()
-            n += 1
-            if time.perf_counter() - t0 >= min_time:
-                break
-        best = (min(best[0], (time.perf_counter() - t0) / n), min(best[1], (time.process_time() - c0) / n))
-    return best
 
 
 def main():
@@ -148,7 +135,7 @@ def main():
     rows = [("forces (prior + GDML)", lambda: model.forces(R)), ("fast forces (prior)", lambda: model.fast_forces(R)),
             ("slow forces (GDML)", lambda: model.slow_forces(R)), ("force_uncertainty", lambda: model.force_uncertainty(R))]
     from cgdml.distributed import limited_threads
-    cost = {name: limited_threads(timed, fn) for name, fn in rows}
+    cost = {name: limited_threads(best_wall_and_cpu, fn) for name, fn in rows}
     ref = cost["forces (prior + GDML)"]
     say(f"## 1. Cost for 100 replicas (one thread each as the simulate default; load average {load_str()})")
     say()

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import CGNET, Report, load_cgnet, load_shipped, load_str
+from _common import CGNET, Report, best_wall_and_cpu, load_cgnet, load_shipped, load_str
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -190,19 +190,6 @@ def detection(u_removed, u_kept):
             "n_kept": int(len(u_kept))}
 
 
-def timed(fn, min_time=0.3, repeat=3):
-    """Best (wall, process CPU) seconds per call."""
-    best = (np.inf, np.inf)
-    for _ in range(repeat):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            fn()
-            n += 1
-            if time.perf_counter() - t0 >= min_time:
-                break
-        best = (min(best[0], (time.perf_counter() - t0) / n), min(best[1], (time.process_time() - c0) / n))
-    return best
-
 
 def subsample(idx, n, seed):
     rng = np.random.default_rng(seed)
@@ -289,9 +276,9 @@ def bench_case(case, args, log):
     # cost for 100 replicas
     if "cost" in args.parts and "cost" not in row and (work / "traj.npy").exists():
         R100 = np.load(work / "traj.npy")[-100:].astype(np.float64)
-        f_wall, f_cpu = timed(lambda: model.forces(R100))
-        g_wall, g_cpu = timed(lambda: model.gdml.predict_forces(R100))
-        u_wall, u_cpu = timed(lambda: np.sqrt(post.force_variance(R100)))
+        f_wall, f_cpu = best_wall_and_cpu(lambda: model.forces(R100))
+        g_wall, g_cpu = best_wall_and_cpu(lambda: model.gdml.predict_forces(R100))
+        u_wall, u_cpu = best_wall_and_cpu(lambda: np.sqrt(post.force_variance(R100)))
         row["cost"] = {"force_ms": 1e3 * f_wall, "force_cpu_ms": 1e3 * f_cpu, "gdml_ms": 1e3 * g_wall,
                        "gdml_cpu_ms": 1e3 * g_cpu, "uncertainty_ms": 1e3 * u_wall, "uncertainty_cpu_ms": 1e3 * u_cpu,
                        "rank": post.rank, "n_inducing": post.info.get("n_inducing"),

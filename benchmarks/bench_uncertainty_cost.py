@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_wall_and_cpu  # noqa: E402
 
 from cgdml.features import chain_quads, descriptor
 from cgdml.gdml import reduce_frames
@@ -37,19 +41,6 @@ def chains(n, n_beads, rng):
     return R
 
 
-def timed(fn, min_time=0.3, repeat=3):
-    """Best (wall, process CPU) seconds per call (CPU: all threads, less sensitive to machine load)."""
-    best = (np.inf, np.inf)
-    for _ in range(repeat):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            fn()
-            n += 1
-            if time.perf_counter() - t0 >= min_time:
-                break
-        best = (min(best[0], (time.perf_counter() - t0) / n), min(best[1], (time.process_time() - c0) / n))
-    return best
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -69,7 +60,7 @@ def main():
         D = descriptor(R[:centres], quads)
         model = GDMLModel(D, 1e-3 * rng.standard_normal(D.shape), 2.0, quads, 1.0, 0.0, n_beads)
         Rq = R[centres:]
-        force_wall, force_cpu = timed(lambda: model.predict_forces(Rq))
+        force_wall, force_cpu = best_wall_and_cpu(lambda: model.predict_forces(Rq))
         r = 3 * n_beads - 6
         m = args.max_reduced // r
         Du, Wu, _, _ = reduce_frames(R[:m], np.zeros_like(R[:m]), quads)
@@ -77,8 +68,8 @@ def main():
             k = min(k, m * r)
             post = ForcePosterior(Du, Wu, 2.0, quads, 1.0, n_beads, 1.0, 1.0,
                                   1e-2 * rng.standard_normal((m * r, k)), np.zeros((1, m, Du.shape[1])))
-            unc_wall, unc_cpu = timed(lambda: post.force_variance(Rq))
-            bead_wall, _ = timed(lambda: post.force_variance(Rq, per_bead=True))
+            unc_wall, unc_cpu = best_wall_and_cpu(lambda: post.force_variance(Rq))
+            bead_wall, _ = best_wall_and_cpu(lambda: post.force_variance(Rq, per_bead=True))
             print(f"| {n_beads} | {centres} | {m} ({m * r}) | {k} | {1e3 * force_wall:.2f} ({1e3 * force_cpu:.2f}) | "
                   f"{1e3 * unc_wall:.1f} ({1e3 * unc_cpu:.1f}) | {unc_wall / force_wall:.0f}x "
                   f"({unc_cpu / force_cpu:.0f}x) | {1e3 * bead_wall:.1f} |", flush=True)
