@@ -1,4 +1,4 @@
-"""The selection rule (cgdml.selection.decide): one standard error, then the smoothest; grid edges; the record
+"""The selection rule (cgdml.selection.decide): the lowest score, ties within one standard error reported; grid edges; the record
 and its one-line note, on synthetic score tables."""
 import json
 
@@ -39,27 +39,27 @@ def test_clear_winner_inside_the_grid_is_decisive():
     json.dumps(rec)  # JSON-ready, as MODEL.json keeps it
 
 
-def test_tie_within_one_standard_error_takes_the_smoothest_and_says_not_decisive():
+def test_tie_within_one_standard_error_takes_the_lowest_and_says_not_decisive():
     # the lowest is (4, 1e-3); (8, 1e-3) and (4, 1e-2) are within one SE (0.5 / sqrt 5 = 0.22); (8, 1e-2) is not
     scores = [[5.0, 4.0, 5.0], [4.0, 1.0, 1.2], [5.0, 1.1, 1.5]]
     winner, rec = decide(table(scores, folds_sd=0.5))
-    assert (winner["sigma"], winner["lam"]) == (8.0, 1e-3)   # the largest sigma first, then the largest lam
+    assert (winner["sigma"], winner["lam"]) == (4.0, 1e-3)   # the lowest, not the smoothest of the tied
     assert rec["decisive"] is False and rec["n_tied"] == 3 and rec["n_candidates"] == 9
     assert (rec["lowest"]["sigma"], rec["lowest"]["lam"]) == (4.0, 1e-3)
     assert rec["standard_error"] == standard_error(table(scores, folds_sd=0.5)[4])
-    assert rec["edges"] == ["sigma at the upper edge"]
+    assert rec["edges"] == []
     note = selection_note(rec)
-    assert "\n" not in note and "not decisive" in note and "3 of 9" in note and "sigma at the upper edge" in note
+    assert "\n" not in note and "not decisive" in note and "3 of 9" in note and "edge" not in note
     # the same scores with tight folds: decisive, the lowest wins
     winner, rec = decide(table(scores, folds_sd=0.01))
     assert (winner["sigma"], winner["lam"]) == (4.0, 1e-3) and rec["decisive"] is True
 
 
-def test_smoother_lam_wins_a_tie_at_equal_sigma():
+def test_a_tie_at_equal_sigma_keeps_the_lowest_and_its_edge():
     scores = [[5.0, 5.0, 5.0], [1.0, 1.05, 1.1], [5.0, 5.0, 5.0]]
     winner, rec = decide(table(scores, folds_sd=0.5))
-    assert (winner["sigma"], winner["lam"]) == (4.0, 1e-2) and rec["decisive"] is False
-    assert rec["edges"] == ["lam at the upper edge"]
+    assert (winner["sigma"], winner["lam"]) == (4.0, 1e-4) and rec["decisive"] is False and rec["n_tied"] == 3
+    assert rec["edges"] == ["lam at the lower edge"]
 
 
 def test_edge_is_reported_even_when_decisive():
@@ -105,7 +105,7 @@ def test_holdout_scores_carry_their_standard_error():
     a = dict(sigma=2.0, lam=1e-3, **entry)
     b = dict(sigma=4.0, lam=1e-3, **{**entry, "mse": entry["mse"] + 0.1 * entry["mse_se"]})
     winner, rec = decide([a, b])
-    assert winner is b and rec["decisive"] is False
+    assert winner is a and rec["decisive"] is False and rec["n_tied"] == 2
 
 
 def test_fit_command_records_the_selection_and_says_when_it_hit_an_edge(noisy_toy, tmp_path, capsys):

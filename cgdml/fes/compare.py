@@ -302,11 +302,11 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
         single = len(headline) == 1
         outside = [e for e in results["panels"] if e.get("model_outside_range", 0) > 0]
         if single and len(panels) == 1 and outside:
-            warnings.warn(f"{outside[0]['model_outside_range']:.1%} of the model frames fall outside the "
+            warnings.warn(f"{100 * outside[0]['model_outside_range']:.2g}% of the model frames fall outside the "
                           "reference's range of this landscape and are not counted by the metric")
         elif outside:
             warnings.warn("some model frames fall outside the reference's range of these landscapes and are not "
-                          "counted by the metric: " + ", ".join(f"{e['label']} {e['model_outside_range']:.1%}"
+                          "counted by the metric: " + ", ".join(f"{e['label']} {100 * e['model_outside_range']:.2g}%"
                                                                 for e in outside))
         if single:
             e = headline[0]
