@@ -23,14 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._io import WorkCache
 from .data import check_coords_forces, learner_arrays
 from .distributed import TaskRunner
 from .features import as_quads, chain_quads
-from .gdml import GDML, POSITIVE, dihedral_quads
+from .gdml import GDML, POSITIVE, PredictsWithModel, dihedral_quads
 from .sampling import stratified_batch, stratified_folds
 from .selection import SCORES, cross_validate_two_layer, decide, fold_sets, resolve_score, score_projection
 from .validation import N_JOBS, N_MODELS, SEED, SIGMA, Grid, Interval, Options, ParameterError, check_params
@@ -76,7 +75,7 @@ class _Work:
             self.bar.set_description(f"fit: {name}", refresh=True)
 
 
-class TwoLayerGDML(BaseEstimator):
+class TwoLayerGDML(PredictsWithModel, BaseEstimator):
     """Two-layer GDML force matching, a learner: ``fit(R, F, groups)`` sets ``model_``, the layer-2
     :class:`cgdml.model.GDMLModel`. :class:`cgdml.pipeline.CGEstimator` (``method="two-layer"``) fits it on the
     residual forces of a CG dataset.
@@ -346,12 +345,3 @@ class TwoLayerGDML(BaseEstimator):
         h.update(json.dumps(params, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
-    def predict(self, R):
-        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm of the layer-2 model."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict(R)
-
-    def predict_forces(self, R):
-        """Forces (n, n_beads, 3) kJ/mol/nm of the layer-2 model."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict_forces(R)

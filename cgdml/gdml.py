@@ -54,7 +54,23 @@ def mean_kernel_diagonal(sigma, mean_sq_jacobian):
     return 5.0 / (3.0 * sigma ** 2) * mean_sq_jacobian
 
 
-class GDML(BaseEstimator):
+class PredictsWithModel:
+    """``predict`` and ``predict_forces`` of a fitted learner: those of its ``model_`` (a
+    :class:`cgdml.model.GDMLModel`), after checking that it was fitted."""
+
+    def predict(self, R):
+        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm of the fitted model at R
+        (n, n_beads, 3) nm."""
+        check_is_fitted(self, "model_")
+        return self.model_.predict(R)
+
+    def predict_forces(self, R):
+        """Forces (n, n_beads, 3) kJ/mol/nm of the fitted model at R (n, n_beads, 3) nm."""
+        check_is_fitted(self, "model_")
+        return self.model_.predict_forces(R)
+
+
+class GDML(PredictsWithModel, BaseEstimator):
     """Gradient-domain machine learning of a conservative force field on bead coordinates (an estimator).
 
     Parameters: ``sigma`` kernel length scale (nm^-1, descriptor units); ``lam`` ridge regularisation, absolute
@@ -204,13 +220,3 @@ class GDML(BaseEstimator):
                   time.perf_counter() - t1)
         return a, lam
 
-    # -------------------------------------------------------------------------------------------- predict
-    def predict(self, R):
-        """Energies (n,) kJ/mol and forces (n, n_beads, 3) kJ/mol/nm of the fitted model (see ``model_``)."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict(R)
-
-    def predict_forces(self, R):
-        """Forces (n, n_beads, 3) kJ/mol/nm of the fitted model."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict_forces(R)

@@ -42,13 +42,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
 
 from . import kernels
 from ._io import CgdmlError, Fields, WorkCache, as_array, as_float, as_int, load_npz, save_npz
 from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads
-from .gdml import POSITIVE, dihedral_quads, mean_kernel_diagonal, reduce_frames
+from .gdml import POSITIVE, PredictsWithModel, dihedral_quads, mean_kernel_diagonal, reduce_frames
 from .linalg import SampledPreconditioner, default_precond_frames, pcg, refine
 from .model import GDMLModel
 from .sampling import stratified_batch
@@ -202,7 +201,7 @@ class _WarmStart:
         return self.x0
 
 
-class NystromGDML(BaseEstimator):
+class NystromGDML(PredictsWithModel, BaseEstimator):
     """Inducing-point GDML fitted by least squares on every frame, its (sigma, lam) chosen by hold-out (see the
     module docstring). ``fit(R, F, groups=None)`` sets ``model_``, a :class:`cgdml.model.GDMLModel`.
 
@@ -429,12 +428,3 @@ class NystromGDML(BaseEstimator):
         Path(workdir).mkdir(parents=True, exist_ok=True)
         return Path(workdir) / f"nystrom_cg_{h.hexdigest()[:16]}.npz"
 
-    def predict(self, R):
-        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict(R)
-
-    def predict_forces(self, R):
-        """Forces (n, n_beads, 3) kJ/mol/nm."""
-        check_is_fitted(self, "model_")
-        return self.model_.predict_forces(R)
