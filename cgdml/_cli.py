@@ -21,7 +21,9 @@ from ._interrupt import MESSAGE as INTERRUPTED, STATUS as INTERRUPT_STATUS, quit
 from ._io import (FIGURE_FORMATS, CgdmlError, OutputLock, figure_owner, numpy_file_kind, one_line,
                   remove_stale_temps)
 from .data import CGDataset
+from .io.allatom import count_frames
 from .io.arrays import load_cg_arrays
+from .io.shipped import default_dataset_paths
 from .mapping import FORCE_MAPS, available_presets, load_default_cg_dataset
 
 
@@ -441,10 +443,13 @@ def add_dataset_arguments(parser, positional=True, map_options=True):
     g.add_argument("--bonds", default=None, help="CG bonds of the arrays as bead index pairs, e.g. 0-1,1-2,2-3 "
                    "(default: the preset's bonds, else a chain in bead order, with a warning)")
     g = parser.add_argument_group("input units, temperature and frames")
-    g.add_argument("--length-unit", default="nm", help="length unit of the inputs: nm (default), angstrom, pm")
-    g.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the inputs: kJ/mol (default), kcal/mol, eV, kT")
+    g.add_argument("--length-unit", default=None, help="length unit of the inputs: nm (default), angstrom, pm; not "
+                   "with a dataset file or the shipped reference, which carry their units")
+    g.add_argument("--energy-unit", default=None, help="energy unit of the inputs: kJ/mol (default), kcal/mol, eV, kT; "
+                   "not with a dataset file or the shipped reference")
     g.add_argument("--temperature", type=float, default=None, help="K (default: from the data, else 300)")
-    g.add_argument("--stride", type=int, default=1, help="keep every N-th frame (default 1)")
+    g.add_argument("--stride", type=int_between(1, COUNT_MAX, "frames"), default=1,
+                   help="keep every N-th frame (default 1; at least 2 frames must remain)")
     if map_options:
         g = parser.add_argument_group("shipped reference (when no dataset or arrays are given)")
         g.add_argument("--map", default=None,
@@ -453,10 +458,40 @@ def add_dataset_arguments(parser, positional=True, map_options=True):
     return parser
 
 
+def unit_options(args):
+    """(length unit, energy unit) of --length-unit/--energy-unit: nm and kJ/mol where not given."""
+    return args.length_unit or "nm", args.energy_unit or "kJ/mol"
+
+
+def refuse_unit_options(args, what):
+    """--length-unit/--energy-unit given for an input that carries its own units (``what``): a one-line error."""
+    given = [f for f, v in (("--length-unit", args.length_unit), ("--energy-unit", args.energy_unit)) if v]
+    if given:
+        raise CgdmlError(f"{' and '.join(given)} describe{'s' if len(given) == 1 else ''} raw input arrays; {what} "
+                         f"carries its own units (nm, kJ/mol): leave {'it' if len(given) == 1 else 'them'} out")
+
+
 def stride_option(args):
     if args.stride < 1:
         raise CgdmlError(f"--stride must be >= 1, got {args.stride}")
     return args.stride
+
+
+def check_stride_frames(args, n_frames, what):
+    """Refuse, before any work, a --stride that keeps fewer than 2 of the ``n_frames`` frames of one input
+    (``what``; ``n_frames`` None where it cannot be counted without reading the input)."""
+    stride = stride_option(args)
+    if n_frames is not None and n_frames >= 2 and stride > 1 and -(-n_frames // stride) < 2:
+        raise CgdmlError(f"--stride must be between 1 and {n_frames - 1} to keep at least 2 of the {n_frames} frames "
+                         f"of {what}, got {stride}")
+
+
+def check_strided_dataset(args, dataset):
+    """The rule of :func:`check_stride_frames` after reading, for inputs whose frames could not be counted."""
+    stride = stride_option(args)
+    if stride > 1 and dataset.n_frames < 2:
+        raise CgdmlError(f"--stride {stride} keeps {dataset.n_frames} frame of the input; at least 2 must remain: "
+                         "give a smaller --stride")
 
 
 def check_temperature_option(args):
@@ -477,16 +512,24 @@ def dataset_from_args(args):
         raise CgdmlError("--map maps all-atom data (the shipped reference when nothing else is given), not a "
                          "dataset file or pre-mapped arrays")
     if dataset_path:
+        refuse_unit_options(args, f"the dataset {dataset_path}")
         ds = CGDataset.load(dataset_path)
         if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
             raise CgdmlError(f"{dataset_path}: dataset is at {ds.temperature:g} K, not {args.temperature:g} K")
+        check_stride_frames(args, ds.n_frames, dataset_path)
         return ds.subset(slice(None, None, stride)) if stride > 1 else ds
     if args.coords or args.cg_forces:
         if not (args.coords and args.cg_forces):
             raise CgdmlError("--coords and --cg-forces go together")
-        return load_cg_arrays(args.coords, args.cg_forces, beads=args.beads, bonds=args.bonds,
-                              length_unit=args.length_unit, energy_unit=args.energy_unit,
-                              temperature=300.0 if args.temperature is None else args.temperature, stride=stride)
+        length_unit, energy_unit = unit_options(args)
+        check_stride_frames(args, count_frames(args.coords), args.coords)
+        ds = load_cg_arrays(args.coords, args.cg_forces, beads=args.beads, bonds=args.bonds,
+                            length_unit=length_unit, energy_unit=energy_unit,
+                            temperature=300.0 if args.temperature is None else args.temperature, stride=stride)
+        check_strided_dataset(args, ds)
+        return ds
+    refuse_unit_options(args, "the shipped reference (used when no input is given)")
+    check_stride_frames(args, count_frames(default_dataset_paths().trajectory), "the shipped reference")
     ds = load_default_cg_dataset(map=args.map or "ala2-5", force_map=args.force_map, stride=stride)
     if args.temperature is not None and abs(args.temperature - ds.temperature) > 1e-9:
         raise CgdmlError(f"the shipped reference is at {ds.temperature:g} K, not {args.temperature:g} K")

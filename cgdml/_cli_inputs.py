@@ -59,8 +59,9 @@ def mlcg_dataset_from_args(args):
     if args.stride < 1:
         raise CgdmlError(f"--stride must be >= 1, got {args.stride}")
     names, topology, masses = resolve_beads(args.beads)
-    ds = load_mlcg(args.mlcg, args.molecule, forces_key=args.mlcg_forces, length_unit=args.length_unit,
-                   energy_unit=args.energy_unit, temperature=300.0 if args.temperature is None else args.temperature,
+    ds = load_mlcg(args.mlcg, args.molecule, forces_key=args.mlcg_forces, length_unit=args.length_unit or "nm",
+                   energy_unit=args.energy_unit or "kJ/mol",
+                   temperature=300.0 if args.temperature is None else args.temperature,
                    bead_names=names, topology=topology, bonds=parse_bonds(args.bonds) if args.bonds else None,
                    masses=masses, stride=args.stride)
     ds.info["beads"] = args.beads

@@ -24,11 +24,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, check_temperature_option,
-                   claim_outputs, configure_logging, dataset_from_args, dataset_summary, pdb_with_provenance,
-                   positive_int, run_cli, show_progress, stride_option)
+from ._cli import (COUNT_MAX, ArgumentParser, add_dataset_arguments, add_verbosity_arguments, check_stride_frames,
+                   check_strided_dataset, check_temperature_option, claim_outputs, configure_logging,
+                   dataset_from_args, dataset_summary, int_between, pdb_with_provenance, run_cli, show_progress,
+                   stride_option, unit_options)
 from ._cli_inputs import add_force_map_argument, add_format_arguments, check_format_options, mlcg_dataset_from_args
 from ._io import CgdmlError, atomic_path, check_output
+from .io.allatom import count_frames
 from .mapping import available_presets, map_allatom
 
 COMMAND = "cgdml.map"
@@ -54,7 +56,8 @@ def build_parser():
     aa.add_argument("--map", help=f"CG map, required with all-atom input: a TOML file or a preset "
                     f"({', '.join(available_presets())})")
     add_force_map_argument(aa)
-    aa.add_argument("--chunk", type=positive_int, default=1000, help="frames read at a time (default 1000)")
+    aa.add_argument("--chunk", type=int_between(1, COUNT_MAX, "frames"), default=1000,
+                    help="frames read at a time (default 1000; a longer chunk than a file reads the whole file)")
     aa.add_argument("--constraints", choices=("hbonds", "detect", "none"), default="hbonds",
                     help="constrained atom pairs: bonds to H (default), detected from positions, or none")
     add_dataset_arguments(p, positional=False, map_options=False)
@@ -89,15 +92,19 @@ def main(argv=None):
                 if a.beads or a.bonds:
                     raise CgdmlError("--beads and --bonds describe pre-mapped arrays; with all-atom input the map "
                                      "(--map) gives the beads and bonds")
+                if len(a.traj) == 1:
+                    check_stride_frames(a, count_frames(a.traj), a.traj[0])
                 ds = map_allatom(a.top, a.traj, a.forces, a.map, force_map=a.force_map,
                                  temperature=300.0 if a.temperature is None else a.temperature,
-                                 length_unit=a.length_unit, energy_unit=a.energy_unit, stride=stride_option(a),
+                                 length_unit=unit_options(a)[0], energy_unit=unit_options(a)[1],
+                                 stride=stride_option(a),
                                  chunk=a.chunk, constraints=a.constraints, progress=show_progress(a),
                                  lammps_units=a.lammps_units)
             elif a.mlcg:
                 ds = mlcg_dataset_from_args(a)
             else:
                 ds = dataset_from_args(a)
+            check_strided_dataset(a, ds)
         ds.save(out)
         with atomic_path(pdb) as tmp:  # the CG topology, for VMD, PyMOL and fes --top
             tmp.write_text(pdb_with_provenance(ds.cg_topology.to_pdb(ds.coords[0]), COMMAND, out))

@@ -56,10 +56,15 @@ def load_map_spec(source):
         label = str(path)
         if not path.exists():
             raise CgdmlError(f"{path}: no such map file (presets: {', '.join(available_presets())})")
+        if path.is_dir():
+            raise CgdmlError(f"{path}: is a directory, not a map file (a TOML file or a preset: "
+                             f"{', '.join(available_presets())})")
     try:
         spec = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CgdmlError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise CgdmlError(f"{path}: cannot read the map file ({exc.strerror or exc})") from None
     bad = set(spec) - _TOP_KEYS
     if bad:
         raise CgdmlError(f"{path}: unknown key {sorted(bad)[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})")
@@ -212,8 +217,20 @@ class CGMap:
             res_ids.append(atom.residue.resSeq)
             res_names.append(atom.residue.name)
             elements.append(element.symbol if element is not None else "C")
+        pairs = self._bonded_bead_pairs()
         if self.bonds is not None:
+            self._check_map_bonds(pairs)
             return CGTopology(names, self.bonds, res_ids, res_names, elements)
+        try:
+            return CGTopology(names, sorted(pairs), res_ids, res_names, elements)
+        except CgdmlError as exc:
+            where = f"{self.label}: " if self.label else ""
+            raise CgdmlError(f"{where}{exc} (or add bonds = [[i, j], ...] to the map file)") from None
+
+    def _bonded_bead_pairs(self):
+        """{(i, j)}, i < j: the bead pairs whose atom groups are bonded in the all-atom topology, directly or
+        through atoms of no bead."""
+        top = self.topology_
         neighbours = [[] for _ in range(top.n_atoms)]
         for a, b in top.bonds:
             neighbours[a.index].append(b.index)
@@ -230,11 +247,39 @@ class CGMap:
                         stack.append(b)
                     elif owner[b] != i:
                         pairs.add((min(i, owner[b]), max(i, owner[b])))
-        try:
-            return CGTopology(names, sorted(pairs), res_ids, res_names, elements)
-        except CgdmlError as exc:
-            where = f"{self.label}: " if self.label else ""
-            raise CgdmlError(f"{where}{exc} (or add bonds = [[i, j], ...] to the map file)") from None
+        return pairs
+
+    def _check_map_bonds(self, pairs):
+        """Check the map file's own ``bonds`` against the atom groups (``pairs``: :meth:`_bonded_bead_pairs`).
+
+        A bond between beads of one molecule whose atom groups are not bonded (the covalent path between them
+        passes through another bead's atoms) is refused: it would give the prior a bond, angles and dihedrals
+        that are not there (almost always a wrong index). A bond between groups that no covalent path joins is kept
+        with a warning: the all-atom topology may lack bonds there (a PDB without CONECT records), which is why a
+        map lists its bonds."""
+        top = self.topology_
+        where = f"{self.label}: " if self.label else ""
+        atom_bonds = np.array([(a.index, b.index) for a, b in top.bonds], dtype=int).reshape(-1, 2)
+        graph = coo_matrix((np.ones(len(atom_bonds)), (atom_bonds[:, 0], atom_bonds[:, 1])),
+                           shape=(top.n_atoms, top.n_atoms))
+        molecule = connected_components(graph, directed=False)[1]
+        unjoined = []
+        for i, j in np.asarray(self.bonds, dtype=int).reshape(-1, 2).tolist():
+            if not (0 <= i < self.n_beads and 0 <= j < self.n_beads) or i == j or (min(i, j), max(i, j)) in pairs:
+                continue  # out of range or a self-bond: CGTopology's one-line errors
+            label = f"bond {i}-{j} ({self.bead_names_[i]}-{self.bead_names_[j]})"
+            if molecule[self.bead_atoms_[i][0]] == molecule[self.bead_atoms_[j][0]]:
+                near = sorted({b for p in pairs if i in p for b in p} - {i})
+                shown = ", ".join(f"{b} ({self.bead_names_[b]})" for b in near) or "none"
+                raise CgdmlError(f"{where}{label}: the atoms of these beads are not bonded in the all-atom topology, "
+                                 f"the covalent path between them passes through other beads (bead {i} is bonded to "
+                                 f"{shown}); a CG bond joins beads whose atom groups are bonded: fix the bead indices "
+                                 "(0-based, in the order of the [[bead]] tables)")
+            unjoined.append(label)
+        if unjoined:
+            warnings.warn(f"{where}{', '.join(unjoined)}: no covalent path joins the atoms of these beads in the "
+                          "all-atom topology (it may lack bonds there); kept as the map file gives them",
+                          stacklevel=4)
 
     # ------------------------------------------------------------------ force maps
     def fit_force_map(self, kind="aggregate", forces_sample=None, positions_sample=None, *, force_cov=None):

@@ -84,3 +84,39 @@ def test_far_from_origin_coordinates_keep_their_precision(frames, tmp_path):
     shifted.save(tmp_path / "far.npz")
     back = CGDataset.load(tmp_path / "far.npz")
     np.testing.assert_allclose(lengths(back.coords), lengths(shifted.coords), atol=1e-9)
+
+
+@pytest.mark.parametrize("fmt", ["dcd", "xtc"])
+def test_far_from_origin_trajectories_read_by_mdtraj_are_centred(frames, tmp_path, fmt):
+    """A dcd or xtc 1e4 Angstrom from the origin maps as the same trajectory at the origin: each frame is centred
+    (one note), so the dataset lies near the origin and is stored in float32 without loss, and bond lengths and
+    forces equal those of the unshifted file within the precision the file format itself kept."""
+    import mdtraj as md
+
+    top = md.load_topology(TOP)
+    x = np.load(frames / "x_plain.npy").astype(np.float64)
+    shift = np.array([1000.0, -1000.0, 1000.0])                     # nm: 1e4 Angstrom
+    md.Trajectory(x, top).save(str(tmp_path / f"plain.{fmt}"))
+    md.Trajectory(x + shift, top).save(str(tmp_path / f"far.{fmt}"))
+    # what the format kept: the far file read back and shifted home, against the plain file
+    kept = np.abs((md.load(str(tmp_path / f"far.{fmt}"), top=top).xyz - shift)
+                  - md.load(str(tmp_path / f"plain.{fmt}"), top=top).xyz).max()
+    plain = map_allatom(TOP, tmp_path / f"plain.{fmt}", frames / "f_plain.npy", "ala2-5")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        far = map_allatom(TOP, tmp_path / f"far.{fmt}", frames / "f_plain.npy", "ala2-5", chunk=50)
+    assert sum("each frame is centred" in str(w.message) for w in caught) == 1       # one note, not one per chunk
+    assert np.abs(far.coords).max() < 2.0                                           # centred, not at 1000 nm
+    bonds = plain.bonds
+
+    def lengths(c):
+        return np.linalg.norm(c[:, bonds[:, 1]] - c[:, bonds[:, 0]], axis=-1)
+
+    # a bond length moves by at most the two ends' position errors
+    np.testing.assert_allclose(lengths(far.coords), lengths(plain.coords), atol=2 * np.sqrt(3) * kept + 1e-6)
+    np.testing.assert_array_equal(far.forces, plain.forces)
+    far.save(tmp_path / "far.npz")
+    with np.load(tmp_path / "far.npz") as z:
+        assert z["coords"].dtype == np.float32                     # near the origin, float32 loses nothing
+    back = CGDataset.load(tmp_path / "far.npz")
+    np.testing.assert_allclose(lengths(back.coords), lengths(far.coords), atol=1e-6)

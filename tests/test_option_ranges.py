@@ -127,3 +127,65 @@ def test_a_reference_seed_of_2_to_the_31_runs(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     a, b = (np.load(next((tmp_path / str(i)).glob("ala2_*.npz")))["positions"] for i in range(2))
     np.testing.assert_array_equal(a, b)                 # a derived seed is a seed: the same run twice
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """200 all-atom frames of the shipped reference (x.npy, f.npy, and as plain.dcd), their 5-bead dataset cg.npz
+    and a 50-frame CG trajectory cg.h5."""
+    import mdtraj as md
+
+    from cgdml.mapping import map_allatom
+
+    d = tmp_path_factory.mktemp("frames")
+    shipped = REPO / "data" / "ala2_implicit_300K"
+    with np.load(str(shipped) + ".npz") as z:
+        np.save(d / "x.npy", z["positions"][:2000:10])
+        np.save(d / "f.npy", z["forces"][:2000:10])
+    top = str(shipped) + ".pdb"
+    md.Trajectory(np.load(d / "x.npy"), md.load_topology(top)).save_dcd(str(d / "plain.dcd"))
+    ds = map_allatom(top, d / "x.npy", d / "f.npy", "ala2-5")
+    ds.save(d / "cg.npz")
+    np.save(d / "c.npy", ds.coords)
+    np.save(d / "g.npy", ds.forces)
+    md.Trajectory(ds.coords[:50].astype(np.float32), ds.topology).save_hdf5(str(d / "cg.h5"))
+    return d, top
+
+
+def test_frame_options_are_bounded_by_the_data(frames, tmp_path):
+    """--stride keeps at least 2 frames, --chunk is a count (and one longer than the file reads the whole file, not
+    a chunk-sized allocation), --block and --lagtime fit in the frames; each out-of-range value is one line naming
+    the option and its range, before any work."""
+    d, top = frames
+    aa = ["map", "--top", top, "--traj", d / "x.npy", "--forces", d / "f.npy", "--map", "ala2-5", "--quiet"]
+    h5 = ["fes", d / "cg.h5"]
+    cases = [
+        (aa + ["--stride", "1000", "-o", tmp_path / "a1.npz"],
+         "--stride must be between 1 and 199 to keep at least 2 of the 200 frames of"),
+        (aa + ["--stride", BIG, "-o", tmp_path / "a2.npz"], "--stride must be <= 1000000000"),
+        (aa + ["--chunk", BIG, "-o", tmp_path / "a3.npz"], "--chunk must be <= 1000000000"),
+        (["map", "--coords", d / "c.npy", "--cg-forces", d / "g.npy", "--beads", "ala2-5", "--stride", "200", "-o",
+          tmp_path / "a4.npz"], "--stride must be between 1 and 199"),
+        (["map", "--stride", "20000", "-o", tmp_path / "a5.npz"], "of the shipped reference, got 20000"),
+        (["fit", d / "cg.npz", "--stride", "300", "-o", tmp_path / "m.npz"], "--stride must be between 1 and 199"),
+        (h5 + ["--reference", d / "cg.npz", "--block", "51", "-o", tmp_path / "f1.png"],
+         "--block (the bootstrap block length) must be between 1 and 50, the model frames, got 51"),
+        (h5 + ["--cv", "tica", "--lagtime", "50", "-o", tmp_path / "f2.png"],
+         "--lagtime (the TICA lag time) must be between 1 and 49 frames, shorter than the shortest trajectory"),
+        (h5 + ["--reference", d / "cg.npz", "--cv", "tica", "--lagtime", "200", "-o", tmp_path / "f3.png"],
+         "--lagtime (the TICA lag time) must be between 1 and 199 frames, shorter than the reference"),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda c: _run(*c[0]), cases))
+    for (args, needle), r in zip(cases, results):
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr[-2000:])
+        assert needle in lines[0], (args, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # the largest stride that keeps 2 frames, and a chunk far longer than the file (mdtraj would allocate 246 GB)
+    r = _run("map", "--top", top, "--traj", d / "plain.dcd", "--forces", d / "f.npy", "--map", "ala2-5", "--quiet",
+             "--stride", "199", "--chunk", "1000000000", "-o", tmp_path / "s.npz")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from cgdml.data import CGDataset
+
+    assert CGDataset.load(tmp_path / "s.npz").n_frames == 2

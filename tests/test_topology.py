@@ -199,3 +199,74 @@ def test_longer_peptides_keep_backbone_strata_and_dihedral_scores():
     learner = CGEstimator(TwoLayerGDML(cv_score="dihedral"))._learner_for(ds)   # the topology's score dihedrals
     assert learner.score_dihedrals.tolist() == ds.cg_topology.backbone_quads().tolist()
     assert len(learner.score_dihedrals) == 6
+
+
+def _bare(top):
+    """``top`` (an mdtraj Topology) without its bonds, as read from a PDB without CONECT records for them."""
+    import mdtraj as md
+
+    bare = md.Topology()
+    for chain in top.chains:
+        c = bare.add_chain()
+        for res in chain.residues:
+            r = bare.add_residue(res.name, c, res.resSeq)
+            for atom in res.atoms:
+                bare.add_atom(atom.name, atom.element, r)
+    return bare
+
+
+@pytest.mark.parametrize("molecule, beads, good, bad, message", [
+    # alanine dipeptide, backbone map: C-CA skips N; 0-based indices shifted by one bead skip C
+    ("ala2", [(0, "C"), (1, "N"), (1, "CA"), (1, "C"), (2, "N")], [[0, 1], [1, 2], [2, 3], [3, 4]],
+     [[0, 1], [1, 2], [2, 3], [3, 4], [0, 2]], r"bond 0-2 \(C-CA\): .*bead 0 is bonded to 1 \(N\)"),
+    ("ala2", [(0, "C"), (1, "N"), (1, "CA"), (1, "C"), (2, "N")], [[0, 1], [1, 2], [2, 3], [3, 4]],
+     [[0, 1], [1, 2], [2, 3], [2, 4]], r"bond 2-4 \(CA-N\): .*bead 2 is bonded to 1 \(N\), 3 \(C\)"),
+    # ACE-AAA-NME, C-alpha map: a bond from the first to the third C-alpha passes the second
+    ("ace-aaa-nme", [(1, "CA"), (2, "CA"), (3, "CA")], [[0, 1], [1, 2]], [[0, 2], [1, 2]],
+     r"bond 0-2 \(CA-CA\): .*passes through other beads"),
+])
+def test_map_file_bonds_are_checked_against_the_atom_groups(molecule, beads, good, bad, message, tmp_path):
+    """A map file's bond between beads whose atom groups are not bonded (directly or through atoms of no bead) is
+    refused, naming the bond and the bead's real neighbours; the bonds the atom graph gives are accepted without a
+    word; on a topology without bonds the map's bonds are kept, with a warning."""
+    import mdtraj as md
+
+    from pathlib import Path
+
+    from cgdml.io.shipped import ala2_pdb_path
+    from cgdml.mapping import CGMap
+
+    data = Path(__file__).resolve().parent.parent / "cgdml" / "_data"
+    top = md.load_topology(str(ala2_pdb_path() if molecule == "ala2" else data / f"{molecule}_implicit_300K.pdb"))
+    spec = [{"name": name, "select": f"resid {res} and name {name}"} for res, name in beads]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        derived = CGMap(spec).fit(top).cg_topology_.bonds.tolist()
+        assert derived == good
+        assert CGMap(spec, bonds=np.array(good)).fit(top).cg_topology_.bonds.tolist() == good
+    with pytest.raises(CgdmlError, match=rf"map.toml: {message}.*fix the bead indices"):
+        CGMap(spec, bonds=np.array(bad), label="map.toml").fit(top)
+    with pytest.warns(UserWarning, match=r"no covalent path joins the atoms of these beads .* kept as the map file "
+                                         r"gives them"):
+        kept = CGMap(spec, bonds=np.array(bad)).fit(_bare(top))
+    assert sorted(map(sorted, kept.cg_topology_.bonds.tolist())) == sorted(map(sorted, bad))
+
+
+def test_a_map_file_with_a_bond_that_skips_a_bead_is_one_line_through_the_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    top_path, x, f = shipped_subset(tmp_path)
+    spec = tmp_path / "skip.toml"
+    spec.write_text("bonds = [[0, 1], [1, 2], [2, 3], [3, 4], [0, 2]]\n" + "".join(
+        f'[[bead]]\nname = "{n}"\nselect = "resid {r} and name {n}"\n'
+        for r, n in [(0, "C"), (1, "N"), (1, "CA"), (1, "C"), (2, "N")]))
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "cgdml.map", "--top", top_path, "--traj", x, "--forces", f, "--map", spec,
+                        "-o", tmp_path / "cg.npz", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "bond 0-2 (C-CA)" in lines[0], r.stderr[-2000:]
+    assert not (tmp_path / "cg.npz").exists()

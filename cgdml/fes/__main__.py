@@ -31,6 +31,7 @@ import numpy as np
 from .._cli import (ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, int_between,
                     positive_float, positive_int, run_cli, with_provenance)
 from .._io import CgdmlError, check_output, save_json
+from ..validation import ParameterError
 from .compare import SELF_DESCRIBING, compare_landscapes
 from .reweight import as_grid
 
@@ -172,8 +173,14 @@ def _fes(a, out):
             raise CgdmlError(f"{p}: this format carries no topology; give --top")
     if a.temperature is not None and a.model is None:
         raise CgdmlError("--temperature applies only with --model (it is the temperature of the reweighting)")
-    report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
-                                block=a.block, lagtime=a.lagtime, plot=out, model=a.model, temperature=a.temperature)
+    try:
+        report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
+                                    block=a.block, lagtime=a.lagtime, plot=out, model=a.model,
+                                    temperature=a.temperature)
+    except ParameterError as exc:
+        if exc.name not in ("block", "lagtime"):
+            raise
+        raise CgdmlError(f"--{exc.name} {exc.problem}") from None
     for kind, why in report.get("missing", {}).items():
         print(f"no {kind} landscape: {why}")
     rw = report.get("reweighting")

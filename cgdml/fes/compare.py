@@ -242,6 +242,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     loaded = iter(load_trajectories(files, top_file))
     trajs = [next(loaded) if isinstance(t, (str, Path)) else t for t in items]
     xyz_list = [np.asarray(t.xyz if hasattr(t, "xyz") else t, dtype=np.float64) for t in trajs]
+    if block is not None and n_boot and (reference is not None or model is not None):   # before any work
+        check_bootstrap(sum(len(x) for x in xyz_list), n_boot, block)
     traj_topology = next((t.topology for t in trajs if hasattr(t, "topology")), None)
     ref, ref_name = reference, None
     if isinstance(reference, (str, Path)):

@@ -300,7 +300,11 @@ def _tica_panel(model_list, topo, reference, lagtime=None, chunk=20000):
     shortest = min(len(x) for x in fit_on)
     lag = max(1, min(5, shortest // 10)) if lagtime is None else int(lagtime)
     if lag < 1 or lag >= shortest:
-        raise CgdmlError(f"TICA lag time must be between 1 and {shortest - 1} frames, got {lag}")
+        from ..validation import ParameterError
+
+        raise ParameterError("lagtime", f"(the TICA lag time) must be between 1 and {shortest - 1} frames, shorter "
+                                        f"than the {'reference' if reference is not None else 'shortest trajectory'} "
+                                        f"({shortest} frames), got {lag}")
     n_desc = topo.n_beads * (topo.n_beads - 1) // 2 + len(quads)
     est = TICA(lagtime=lag, dim=min(2, n_desc))
     for x in fit_on:

@@ -138,7 +138,10 @@ def block_resamples(n, n_boot, block, seed):
 def check_bootstrap(n, n_boot, block):
     block = max(1, n // 50) if block is None else int(block)
     if block < 1 or block > n:
-        raise CgdmlError(f"bootstrap block must be between 1 and the {n} model frames, got {block}")
+        from ..validation import ParameterError
+
+        raise ParameterError("block", f"(the bootstrap block length) must be between 1 and {n}, the model frames, "
+                                      f"got {block}")
     if int(n_boot) < 2:
         raise CgdmlError(f"n_boot must be >= 2, got {n_boot}")
     return block

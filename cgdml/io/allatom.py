@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import CgdmlError, numpy_file_kind
+from .._io import CgdmlError, check_memory, numpy_file_kind
 from ..data import check_bonded_distances, check_finite
 from ..units import force_factor, length_factor
 from .formats import MDA_ONLY_TRAJECTORIES, MDAReader, is_mda_file, position_chunks, reader_chunks
@@ -26,6 +26,7 @@ COVALENT_RADIUS_NM = {"H": 0.031, "C": 0.076, "N": 0.071, "O": 0.066, "F": 0.057
                       "Cl": 0.102, "Se": 0.120, "Br": 0.120, "I": 0.139, "B": 0.084, "Si": 0.111}
 COVALENT_TOLERANCE = 0.25
 COVALENT_SAMPLE = 5          # frames checked at the start of every chunk (the first frames and a sample after)
+CHUNK_BYTES = 32             # per atom coordinate of a chunk: positions and forces in float32, float64 copies to map
 _POSITION_KEYS = ("positions", "coords", "coordinates", "xyz")
 _FORCE_KEYS = ("forces",)
 
@@ -250,17 +251,24 @@ def _same_mda_file(tpath, reader):
 
 def _chunk_pairs(tpath, reader, topology, stride, chunk, atom_indices, units):
     """Yield (positions, forces) chunks of one trajectory and its forces reader; positions come from the forces
-    file itself when it is the trajectory (MDAnalysis formats), else chunk by chunk from the trajectory."""
+    file itself when it is the trajectory (MDAnalysis formats), else chunk by chunk from the trajectory. Positions
+    beyond :data:`FAR_NM` from the origin are centred per frame, whatever the format (raw arrays are centred by
+    their reader, before float32)."""
     if _same_mda_file(tpath, reader):
-        for f in reader_chunks(reader, tpath, topology, chunk, stride, atom_indices):
-            yield reader.last_positions, f
-        return
-    if tpath.suffix.lower() in MDA_ONLY_TRAJECTORIES:
-        chunks = position_chunks(tpath, topology, stride, chunk, atom_indices, **units)
+        pairs = ((reader.last_positions, f) for f in reader_chunks(reader, tpath, topology, chunk, stride,
+                                                                    atom_indices))
     else:
-        chunks = _position_chunks(tpath, topology, stride, chunk, atom_indices, units["length_unit"])
-    for xyz in chunks:
-        yield xyz, reader.read(len(xyz), stride, atom_indices)
+        if tpath.suffix.lower() in MDA_ONLY_TRAJECTORIES:
+            chunks = position_chunks(tpath, topology, stride, chunk, atom_indices, **units)
+        else:
+            chunks = _position_chunks(tpath, topology, stride, chunk, atom_indices, units["length_unit"])
+        pairs = ((xyz, reader.read(len(xyz), stride, atom_indices)) for xyz in chunks)
+    centring = False
+    for xyz, f in pairs:
+        if len(xyz) and np.abs(xyz).max() > FAR_NM:
+            xyz = _centred(xyz, tpath, warn=not centring).astype(np.float32)
+            centring = True
+        yield xyz, f
 
 
 def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", stride=1, chunk=1000,
@@ -316,7 +324,11 @@ def load_allatom(top, trajs, forces, *, length_unit="nm", energy_unit="kJ/mol", 
                       if tpath.suffix.lower() in RAW_SUFFIXES else _trajectory_frames(tpath, units))
             if n_traj is not None and n_traj != reader.n_frames:
                 raise CgdmlError(f"{reader.path}: {reader.n_frames} force frames but {tpath} has {n_traj} frames")
-        for tpath, reader in zip(traj_paths, readers):
+        # a chunk longer than a file reads the whole file (mdtraj allocates the whole chunk before reading)
+        chunks = [max(1, min(chunk, -(-reader.n_frames // stride))) for reader in readers]
+        check_memory(max(chunks) * n_all * 3 * CHUNK_BYTES, f"reading {max(chunks)} frames of {n_all} atoms at a time",
+                     "lower the chunk length (--chunk)")
+        for tpath, reader, chunk in zip(traj_paths, readers, chunks):
             frame, reference = 0, None
             unit = f"length unit {length_unit!r}" if tpath.suffix.lower() in RAW_SUFFIXES else "its format's length unit"
             for xyz, f in _chunk_pairs(tpath, reader, topology, stride, chunk, atom_indices, units):
