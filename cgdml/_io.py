@@ -138,6 +138,21 @@ def check_output(path):
     os.unlink(probe)
 
 
+def check_own_directory(directory, command, is_ours):
+    """Refuse (one line) to write into ``directory`` when it exists, holds files (dot files aside: temporary and
+    lock files) and ``is_ours(directory)`` does not find the marker that an earlier run of ``command`` left there
+    (export: its README.txt; reference: its run.json). A new or empty directory is accepted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    found = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    if not found or is_ours(directory):
+        return
+    shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+    raise CgdmlError(f"{directory}: holds files that {command} did not write there ({shown}); this run would "
+                     "write into it: choose a new or empty directory")
+
+
 def _umask():
     mask = os.umask(0o022)
     os.umask(mask)
@@ -214,18 +229,20 @@ def numpy_file_kind(path):
     return None
 
 
-def load_npz(path, what="file"):
-    """Open an ``.npz`` written by cgdml, turning any read failure into a one-line :class:`CgdmlError`."""
+def load_npz(path, what="file", fix=None):
+    """Open an ``.npz`` written by cgdml, turning any read failure into a one-line :class:`CgdmlError`; ``fix``
+    (e.g. "delete it to start afresh", for checkpoints) ends the message of a damaged file."""
     path = Path(path)
     if not path.exists():
         raise CgdmlError(f"{path}: no such {what}")
+    end = f"; {fix}" if fix else ""
     if path.is_file() and numpy_file_kind(path) != "npz":
-        raise CgdmlError(f"{path}: not a readable {what} (not a NumPy .npz archive)")
+        raise CgdmlError(f"{path}: not a readable {what} (not a NumPy .npz archive){end}")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile, pickle, OSError, ValueError ...
-        raise CgdmlError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+        raise CgdmlError(f"{path}: not a readable {what} ({type(exc).__name__}: {one_line(exc, 200)}){end}") from None
 
 
 _MISSING = object()
@@ -318,19 +335,27 @@ def as_array(value, kind="f", ndim=None, shape=None, finite=True, dtype=None):
 
 
 class TempFile:
-    """A temporary file name (``with TempFile(".pdb") as path``), removed with its directory afterwards."""
+    """A temporary file name (``with TempFile(".pdb") as path``), removed with its directory afterwards. A write
+    error in the block (a full temporary disk) is a one-line :class:`CgdmlError` naming the directory."""
 
     def __init__(self, suffix):
         import tempfile
 
-        self._dir = tempfile.TemporaryDirectory()
+        try:
+            self._dir = tempfile.TemporaryDirectory()
+        except OSError as exc:
+            raise CgdmlError(f"{tempfile.gettempdir()}: cannot create a temporary directory ({exc.strerror or exc}); "
+                             "free space there or set TMPDIR to another directory") from None
         self.path = str(Path(self._dir.name) / ("t" + suffix))
 
     def __enter__(self):
         return self.path
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, exc, tb):
         self._dir.cleanup()
+        if isinstance(exc, OSError):
+            raise CgdmlError(f"{Path(self._dir.name).parent}: cannot write a temporary file ({exc.strerror or exc}); "
+                             "free space there or set TMPDIR to another directory") from None
 
 
 class WorkCache:
@@ -345,6 +370,9 @@ class WorkCache:
         self.dir = Path(workdir) if workdir else None
         self.mem = {}
         if self.dir:
+            if self.dir.exists() and not self.dir.is_dir():
+                raise CgdmlError(f"{self.dir}: exists and is not a directory; the fit keeps its checkpoints there: "
+                                 "move or delete it, or choose another output")
             self.dir.mkdir(parents=True, exist_ok=True)
             manifest = self.dir / "manifest.json"
             if manifest.exists():
@@ -377,7 +405,7 @@ class WorkCache:
             return self.mem[key]
         path = self.dir / f"{key}.npz" if self.dir else None
         if path is not None and path.exists():
-            arrays = load_npz(path, "fit checkpoint")
+            arrays = load_npz(path, "fit checkpoint", fix="delete it (the fit recomputes it)")
             fields = Fields(arrays)
             try:
                 for name, shape in (expect or {}).items():
@@ -471,8 +499,15 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock's few bytes do not fit
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
+            os.close(fd)
+            raise CgdmlError(f"{self.path}: cannot write the lock file {self.lock_path} ({exc.strerror or exc}); "
+                             "nothing was written") from None
         self.fd = fd
         return self
 

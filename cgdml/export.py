@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ._cli import ArgumentParser, add_verbosity_arguments, claim_outputs, configure_logging, run_cli
-from ._io import CgdmlError
+from ._io import CgdmlError, check_own_directory
 
 COMMAND = "cgdml.export"
 FILES = ("topology.pdb", "system.xml", "README.txt")
@@ -47,22 +47,16 @@ def main(argv=None):
 
 def _check_directory(out):
     """Refuse (one line) a non-empty ``out`` without the README.txt of an earlier export."""
-    if not out.is_dir():
-        return
     from .openmm import README_TITLE
 
-    found = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))   # dot files: temps and locks
-    if not found:
-        return
-    try:
-        with open(out / "README.txt", errors="replace") as fh:
-            ours = fh.readline().startswith(README_TITLE)
-    except OSError:
-        ours = False
-    if not ours:
-        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
-        raise CgdmlError(f"{out}: holds files that cgdml.export did not write there ({shown}); this run would "
-                         "write into it: choose a new or empty directory")
+    def ours(directory):
+        try:
+            with open(directory / "README.txt", errors="replace") as fh:
+                return fh.readline().startswith(README_TITLE)
+        except OSError:
+            return False
+
+    check_own_directory(out, COMMAND, ours)
 
 
 def cli():

@@ -127,6 +127,9 @@ def main(argv=None):
     check_output(output)
     summary = output.with_suffix(".json")
     workdir = output.with_name(output.name + ".work")
+    if workdir.exists() and not workdir.is_dir():
+        raise CgdmlError(f"{workdir}: exists and is not a directory; the fit keeps its checkpoints there: move or "
+                         "delete it, or choose another output name")
     typed = {name: next((o for o in _flags(name) if any(x == o or x.startswith(o + "=") for x in argv)),
                         _flags(name)[0]) for name in HELP if getattr(args, name) is not None}
     with claim_outputs(COMMAND, [output], sidecars={summary: output}, kinds={output: "model"}, temps=[workdir],
@@ -142,6 +145,8 @@ def read_config(path):
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise CgdmlError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise CgdmlError(f"{path}: is a directory, not a TOML config file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CgdmlError(f"{path}: invalid TOML ({exc})") from None
     except OSError as exc:

@@ -377,7 +377,7 @@ class NystromGDML(PredictsWithModel, BaseEstimator):
         ckpt = self._checkpoint_path(frames, idx, sigma, lam, workdir)
         state = None
         if ckpt is not None and ckpt.exists():
-            f = Fields(load_npz(ckpt, "Nyström checkpoint"))
+            f = Fields(load_npz(ckpt, "Nyström checkpoint", fix="delete it (the fit recomputes it)"))
             try:
                 state = {key: f.get(key, lambda v: as_array(v, shape=b.shape)) for key in ("x", "r", "p")}
                 state.update(rz=f.get("rz", as_float), k=f.get("k", as_int))

@@ -39,6 +39,7 @@ Units: nm, kJ/mol, kJ/mol/nm, ps, amu, radians (OpenMM's own).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -298,6 +299,27 @@ It holds the prior and the offsets only; rebuild the full System as below.
 """
 
 
+def _write_files(openmm, model, system, topology, paths):
+    """Write the three files of :func:`write_openmm` to ``paths``, each atomically."""
+    try:
+        xml = openmm.XmlSerializer.serialize(system)
+        note = _NOTE_FULL
+    except openmm.OpenMMException as exc:  # the PythonForce's computation could not be pickled
+        for index in reversed(range(system.getNumForces())):
+            if isinstance(system.getForce(index), openmm.PythonForce):
+                system.removeForce(index)
+        xml = openmm.XmlSerializer.serialize(system)
+        note = _NOTE_PARTIAL.format(reason=" ".join(f"{type(exc).__name__}: {exc}".split())[:200])
+    positions = np.asarray(model.train_coords_sample[0], dtype=np.float64)
+    with atomic_path(paths[0]) as tmp:
+        with open(tmp, "w") as fh:
+            openmm.app.PDBFile.writeFile(topology, [openmm.Vec3(*x) for x in positions] * openmm.unit.nanometer, fh)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(xml)
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(_README.format(n_beads=model.n_beads, temperature=model.temperature, gdml_note=note))
+
+
 def write_openmm(model, directory):
     """Write ``topology.pdb``, ``system.xml`` and ``README.txt`` of ``model`` into ``directory`` (created if its
     parent exists). Returns the list of paths written. Each file is written atomically."""
@@ -310,26 +332,19 @@ def write_openmm(model, directory):
     system, topology = to_openmm(model)
     if len(model.train_coords_sample) == 0:
         raise CgdmlError("the model has no start configuration (empty training sample)")
+    created = not directory.exists()
     try:
         directory.mkdir(exist_ok=True)
     except OSError as exc:
         raise CgdmlError(f"{directory}: cannot create directory ({exc.strerror or exc})") from None
-    try:
-        xml = openmm.XmlSerializer.serialize(system)
-        note = _NOTE_FULL
-    except openmm.OpenMMException as exc:  # the PythonForce's computation could not be pickled
-        for index in reversed(range(system.getNumForces())):
-            if isinstance(system.getForce(index), openmm.PythonForce):
-                system.removeForce(index)
-        xml = openmm.XmlSerializer.serialize(system)
-        note = _NOTE_PARTIAL.format(reason=" ".join(f"{type(exc).__name__}: {exc}".split())[:200])
-    positions = np.asarray(model.train_coords_sample[0], dtype=np.float64)
     paths = [directory / "topology.pdb", directory / "system.xml", directory / "README.txt"]
-    with atomic_path(paths[0]) as tmp:
-        with open(tmp, "w") as fh:
-            openmm.app.PDBFile.writeFile(topology, [openmm.Vec3(*x) for x in positions] * openmm.unit.nanometer, fh)
-    with atomic_path(paths[1]) as tmp:
-        tmp.write_text(xml)
-    with atomic_path(paths[2]) as tmp:
-        tmp.write_text(_README.format(n_beads=model.n_beads, temperature=model.temperature, gdml_note=note))
+    try:
+        _write_files(openmm, model, system, topology, paths)
+    except BaseException:
+        if created:  # a failed export (a full disk) leaves no directory that a rerun would take for a stranger's
+            for path in paths:
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
     return paths

@@ -532,6 +532,113 @@ def test_full_disk_in_process(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ds.npz"]
 
 
+def test_full_disk_at_the_lock_names_the_path(inputs, tmp_path, monkeypatch):
+    """ENOSPC on the few bytes of the lock file (the first write of every command): one line naming the output,
+    exit 2, and no lock file left behind, in process and through the command line (EFBIG at a 1-byte limit)."""
+    import errno
+
+    from cgdml.map import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    args = [_resolve(a, inputs.d, tmp_path) for a in _map()]
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", full)
+        with pytest.raises(CgdmlError, match=r"cg.npz: cannot write the lock file .*\(No space left on device\); "
+                                             r"nothing was written"):
+            main(args)
+    assert not list(tmp_path.iterdir())
+    # the temporary PDB of the CG topology, on a full temporary disk: the directory is named
+    import tempfile
+
+    import mdtraj as md
+
+    with monkeypatch.context() as m:
+        m.setattr(md.Trajectory, "save_pdb", full)
+        with pytest.raises(CgdmlError, match=rf"{re.escape(tempfile.gettempdir())}: cannot write a temporary file "
+                                             r"\(No space left on device\); free space there or set TMPDIR"):
+            main(args)
+    assert not list(tmp_path.iterdir())
+    r = run_limited("map", *args, max_file_bytes=1)       # every file write fails (the lock's bytes are cut to 1)
+    assert_clean_failure(r, ["File too large"], [tmp_path / "cg.npz"])
+    assert re.match(r"error: /\S+: ", r.stderr) and r.returncode == 2 and not list(tmp_path.iterdir()), r.stderr
+
+
+def test_export_on_a_full_disk_leaves_no_directory(inputs, tmp_path):
+    """The disk fills after topology.pdb: export removes what it wrote and the directory it created (a rerun would
+    take a half-written directory for another tool's), and the rerun with room succeeds."""
+    pytest.importorskip("openmm")
+    out = tmp_path / "omm"
+    r = run_limited("export", inputs.d / "model.npz", "-o", out, max_file_bytes=4096)
+    assert_clean_failure(r, ["system.xml", "write failed", "File too large"], [])
+    assert r.returncode == 2 and not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+    r = run("export", inputs.d / "model.npz", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "system.xml", "topology.pdb"]
+
+
+def test_units_with_a_dataset_are_refused(inputs, tmp_path):
+    """A dataset file (and the shipped reference) carries its units: --length-unit/--energy-unit with it would do
+    nothing, so they are refused, not ignored."""
+    cases = [("fit", [inputs.d / "cg.npz", "--length-unit", "angstrom", "-o", tmp_path / "m1.npz"],
+              ["--length-unit describes raw input arrays", "cg.npz carries its own units", "leave it out"]),
+             ("fit", [inputs.d / "cg.npz", "--length-unit", "nm", "--energy-unit", "kcal/mol",
+                      "-o", tmp_path / "m2.npz"],
+              ["--length-unit and --energy-unit describe raw input arrays", "leave them out"]),
+             ("fit", ["--energy-unit", "kcal/mol", "-o", tmp_path / "m3.npz"], ["the shipped reference"]),
+             ("map", ["--length-unit", "angstrom", "-o", tmp_path / "cg.npz"], ["the shipped reference"])]
+    for module, args, needles in cases:
+        r = run(module, *args)
+        assert_clean_failure(r, needles, [])
+        assert r.returncode == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_directory_or_file_in_the_wrong_place_exits_2(inputs, tmp_path):
+    """A directory given as the TOML map or fit config, and a file where the fit keeps its work directory: one line
+    and exit 2 (a user mistake), not exit 1; the file is left as it was."""
+    (tmp_path / "maps").mkdir()
+    work = tmp_path / "model.npz.work"
+    work.write_text("my notes")
+    cases = [("map", _with(_map(out=str(tmp_path / "cg.npz")), "--map", str(tmp_path / "maps")),
+              ["maps: is a directory, not a map file"]),
+             ("fit", _fit("--config", str(tmp_path / "maps"), out=str(tmp_path / "m.npz")),
+              ["maps: is a directory, not a TOML config file"]),
+             ("fit", _fit(out=str(tmp_path / "model.npz")),
+              ["model.npz.work: exists and is not a directory", "move or delete it"])]
+    for module, args, needles in cases:
+        r = run(module, *[_resolve(a, inputs.d, tmp_path) for a in args])
+        assert_clean_failure(r, needles, [])
+        assert r.returncode == 2, (module, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "model.npz.work"]
+    assert work.read_text() == "my notes"
+
+
+def test_a_truncated_checkpoint_names_the_file_and_says_to_delete_it(inputs, tmp_path):
+    """A checkpoint cut short (a disk that filled during a copy): simulate and fit name the file and say to delete
+    it; the simulation rerun after deleting it runs."""
+    import shutil
+
+    raw = (inputs.d / "ck_novel.h5.ckpt.npz").read_bytes()
+    ckpt = tmp_path / "ck.h5.ckpt.npz"
+    ckpt.write_bytes(raw[: len(raw) // 2])
+    args = [_resolve(a, inputs.d, tmp_path) for a in _sim("D/model.npz", *SIM_CKPT[-4:], out="O/ck.h5")]
+    r = run("simulate", *args)
+    assert_clean_failure(r, ["ck.h5.ckpt.npz: not a readable simulation checkpoint", "delete it to start afresh"], [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5.ckpt.npz"]       # kept, for the user to judge
+    ckpt.unlink()
+    assert run("simulate", *args).returncode == 0
+    work = tmp_path / "badckpt.npz.work"
+    shutil.copytree(inputs.d / "badckpt.npz.work", work)
+    part = work / "l1_s2_l1_f-1_m0.npz"
+    part.write_bytes(part.read_bytes()[:100])
+    r = run("fit", *[_resolve(a, inputs.d, tmp_path) for a in _fit(out="O/badckpt.npz")])
+    assert_clean_failure(r, ["l1_s2_l1_f-1_m0.npz: not a readable fit checkpoint", "delete it (the fit recomputes it)"],
+                         [])
+    assert not (tmp_path / "badckpt.npz").exists()
+
+
 # ------------------------------------------------------------------------------------------------- kill + resume
 
 def _kill_when(proc, pattern_dir, glob, timeout=120):

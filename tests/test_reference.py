@@ -96,3 +96,67 @@ def test_resume_with_other_settings_is_refused(short_run, tmp_path):
     shutil.copytree(d, tmp_path / "run")
     with pytest.raises(CgdmlError, match="other settings.*temperature"):
         run_reference(tmp_path / "run", **{**SHORT, "temperature": 350.0})
+
+
+def test_a_directory_that_is_not_a_run_is_refused(short_run, tmp_path):
+    """run.json marks a run directory: another directory that holds files is neither written into nor resumed in
+    (its files stay as they were), while a new, an empty and the run's own directory are accepted."""
+    import shutil
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run")
+    d, pdb, _ = short_run
+    shutil.copy(d / "chunk_00000.npz", other)               # chunks without run.json: not a run to resume either
+    with pytest.raises(CgdmlError, match=r"other: holds files that cgdml.reference did not write there "
+                                         r"\(chunk_00000.npz, notes.txt\).*choose a new or empty directory"):
+        run_reference(other, **SHORT)
+    assert sorted(p.name for p in other.iterdir()) == ["chunk_00000.npz", "notes.txt"]
+    (tmp_path / "empty").mkdir()
+    run_reference(tmp_path / "empty", **{**SHORT, "ns": 0.001})
+    run_reference(tmp_path / "empty", **{**SHORT, "ns": 0.001})   # its own directory: reassembled
+
+
+def _damaged_copy(short_run, tmp_path, edit):
+    """A copy of the short run whose first chunk is ``edit(arrays)`` (a dict, or bytes to write as they are), the
+    second chunk and the assembly removed (as if killed during the second chunk)."""
+    import shutil
+
+    d, _, npz = short_run
+    run = tmp_path / "run"
+    shutil.copytree(d, run)
+    chunk = run / "chunk_00000.npz"
+    with np.load(chunk) as z:
+        arrays = dict(z)
+    new = edit(arrays, chunk.read_bytes())
+    if isinstance(new, bytes):
+        chunk.write_bytes(new)
+    else:
+        np.savez(chunk, **new)
+    (run / "chunk_00001.npz").unlink()
+    (run / npz.name).unlink()
+    return run, chunk
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda z, raw: {k: v for k, v in z.items() if k != "positions"}, "missing field 'positions'"),
+    (lambda z, raw: {k: v for k, v in z.items() if k != "forces"}, "missing field 'forces'"),
+    (lambda z, raw: {**z, "positions": z["positions"][:, :5]}, r"shaped \(10, 5, 3\), expected \(n, 22, 3\)"),
+    (lambda z, raw: {**z, "forces": z["forces"][:4]}, "differ in shape"),
+    (lambda z, raw: raw[: len(raw) // 2], "not a readable reference chunk"),
+    (lambda z, raw: {**z, "checkpoint": np.frombuffer(b"garbage" * 9, np.uint8), "state_xml": np.array("<x/>")},
+     "neither its checkpoint nor its state can be restored"),
+    (lambda z, raw: {k: v for k, v in z.items() if k not in ("checkpoint", "state_xml")},
+     "neither its checkpoint nor its state can be restored"),
+])
+def test_a_damaged_chunk_is_one_line_naming_it_and_the_advice_works(short_run, tmp_path, damage, message):
+    """A chunk with a field missing, misshapen, truncated, or with a checkpoint that cannot be restored: one line
+    naming the file and telling to delete it; after that, the rerun resumes from the chunk before (here: starts
+    afresh) and gives the same trajectory as the uninterrupted run."""
+    run, chunk = _damaged_copy(short_run, tmp_path, damage)
+    with pytest.raises(CgdmlError, match=rf"chunk_00000.npz: .*{message}.*delete it and rerun") as caught:
+        run_reference(run, **SHORT)
+    assert "\n" not in str(caught.value)
+    chunk.unlink()
+    _, npz = run_reference(run, **SHORT)
+    np.testing.assert_array_equal(np.load(npz)["positions"], np.load(short_run[2])["positions"])

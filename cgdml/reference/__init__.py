@@ -8,9 +8,10 @@ the same parameters in OpenMM's native, faster GBSAOBCForce; explicit: TIP3P, PM
 repartitions hydrogen mass, minimises, equilibrates and runs Langevin dynamics (LangevinMiddleIntegrator). Every
 ``save_every_ps`` it stores the peptide positions (nm) and forces (kJ/mol/nm; ``getState(getForces=True)``, which
 excludes constraint forces). Frames are written in chunk files, each written atomically and carrying an OpenMM
-checkpoint, so a killed run resumes from its last finished chunk when rerun with the same command. At the end the
-chunks are assembled into ``DIR/NAME.pdb`` (topology) and ``DIR/NAME.npz`` (``positions``, ``forces``: float32
-(n_frames, n_atoms, 3); ``time_ps``; ``temperature``; ``info_json``).
+checkpoint, so a killed run resumes from its last finished chunk when rerun with the same command (a damaged chunk
+is refused, naming the file). DIR must be new, empty, or a run directory of this command (its ``run.json``): other
+files there are refused. At the end the chunks are assembled into ``DIR/NAME.pdb`` (topology) and ``DIR/NAME.npz``
+(``positions``, ``forces``: float32 (n_frames, n_atoms, 3); ``time_ps``; ``temperature``; ``info_json``).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import (CgdmlError, OutputLock, atomic_path, check_memory, load_npz, remove_stale_temps, save_json,
-                   save_npz)
+from .._io import (CgdmlError, Fields, OutputLock, as_array, atomic_path, check_memory, check_own_directory, load_npz,
+                   one_line, remove_stale_temps, save_json, save_npz)
 from ..io.shipped import ala2_pdb_path
 from ..units import check_temperature
 
@@ -253,14 +254,32 @@ class _Run:
     def chunk_frames(self, i):
         return min(self.frames_per_chunk, self.n_frames - i * self.frames_per_chunk)
 
-    def finished_chunks(self):
-        """Number of leading chunk files present (later ones are ignored and redone)."""
+    def finished_chunks(self, n_atoms=None):
+        """Number of leading chunk files present (later ones are ignored and redone); each is checked
+        (:func:`read_chunk`, ``n_atoms`` atoms)."""
         i = 0
         while i < self.n_chunks and self.chunk_path(i).exists():
-            if len(load_npz(self.chunk_path(i), "reference chunk")["positions"]) != self.chunk_frames(i):
+            if len(read_chunk(self.chunk_path(i), n_atoms)["positions"]) != self.chunk_frames(i):
                 break  # a shorter earlier run ended here with a partial chunk: redo it
             i += 1
         return i
+
+
+CHUNK_FIX = "delete it and rerun (the run resumes from the chunk before it)"
+
+
+def read_chunk(path, n_atoms=None):
+    """{"positions", "forces"}: float32 (n, n_atoms, 3) of the chunk file ``path``; a damaged or foreign chunk
+    (unreadable, a field missing, misshapen or not finite) is a one-line :class:`CgdmlError` naming the file."""
+    fields = Fields(load_npz(path, "reference chunk", fix=CHUNK_FIX))
+    try:
+        out = {name: fields.get(name, lambda v: as_array(v, "f", shape=(None, n_atoms, 3), dtype=np.float32))
+               for name in ("positions", "forces")}
+        if out["positions"].shape != out["forces"].shape:
+            raise CgdmlError(f"positions {out['positions'].shape} and forces {out['forces'].shape} differ in shape")
+    except CgdmlError as exc:
+        raise CgdmlError(f"{path}: damaged reference chunk: {exc}; {CHUNK_FIX}") from None
+    return out
 
 
 COMMAND = "cgdml.reference"
@@ -378,6 +397,7 @@ def _run(outdir, plan, settings, plat, props, topology, positions, system, n_sol
     import openmm
     from openmm import unit
 
+    check_own_directory(outdir, COMMAND, lambda d: (d / "run.json").is_file())   # run.json: the run's marker
     _check_settings(outdir / "run.json", settings)
 
     if solvent == "explicit":
@@ -387,7 +407,7 @@ def _run(outdir, plan, settings, plat, props, topology, positions, system, n_sol
     integrator.setRandomNumberSeed(int(seed))
     context = openmm.Context(system, integrator, plat, props)
 
-    done = plan.finished_chunks()
+    done = plan.finished_chunks(n_solute)
     if done:
         _restore(context, plan.chunk_path(done - 1))
         log(f"resuming {outdir}: {done}/{plan.n_chunks} chunks done")
@@ -451,11 +471,18 @@ def _restore(context, chunk_path):
     """Continue from the checkpoint stored in a chunk (state XML when the platform differs)."""
     import openmm
 
-    z = load_npz(chunk_path, "reference chunk")
+    z = load_npz(chunk_path, "reference chunk", fix=CHUNK_FIX)
     try:
         context.loadCheckpoint(z["checkpoint"].tobytes())
-    except Exception:
+        return
+    except Exception:  # another platform or OpenMM version: the state XML
+        pass
+    try:
         context.setState(openmm.XmlSerializer.deserialize(str(z["state_xml"])))
+    except Exception as exc:
+        why = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {one_line(exc, 120)}"
+        raise CgdmlError(f"{chunk_path}: damaged reference chunk: neither its checkpoint nor its state can be "
+                         f"restored ({why}); {CHUNK_FIX}") from None
 
 
 def _solute_pdb(context, topology, n_solute):
@@ -485,10 +512,12 @@ def assemble_reference(outdir, plan, pdb_text, settings, *, name=None):
     outdir = Path(outdir)
     name = name or default_name(settings.get("sequence", DIPEPTIDE), settings["solvent"], settings["temperature"])
     pos, frc = [], []
+    n_atoms = None
     for i in range(plan.n_chunks):
-        z = load_npz(plan.chunk_path(i), "reference chunk")
+        z = read_chunk(plan.chunk_path(i), n_atoms)
         pos.append(z["positions"])
         frc.append(z["forces"])
+        n_atoms = z["positions"].shape[1]
     pos, frc = np.concatenate(pos), np.concatenate(frc)
     time_ps = plan.s["save_every_ps"] * np.arange(1, len(pos) + 1)
     pdb_path, npz_path = outdir / f"{name}.pdb", outdir / f"{name}.npz"

@@ -9,7 +9,8 @@ from ..reference import GB_MODELS, run_reference
 
 def build_parser():
     p = ArgumentParser(prog="python -m cgdml.reference", description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files)")
+    p.add_argument("-o", "--output", required=True, help="run directory (chunks, checkpoint, assembled files): new, "
+                   "empty, or an earlier run's (with its run.json)")
     p.add_argument("--ns", type=float_between(0, 1e6, "ns", low_open=True), default=20.0, help="production length in ns (default 20)")
     p.add_argument("--save-every-ps", type=float_between(0, 1e6, "ps", low_open=True), default=1.0, help="frame spacing in ps (default 1)")
     p.add_argument("--temperature", type=float_between(0, 1e4, "K", low_open=True), default=300.0, help="K (default 300)")

@@ -318,9 +318,10 @@ class CheckpointReporter(Reporter):
         path = self.path
         if not path.exists():
             return False
-        f = Fields(load_npz(path, "simulation checkpoint"))
+        fix = "delete it to start afresh (or choose another output)"
+        f = Fields(load_npz(path, "simulation checkpoint", fix=fix))
         if "settings_json" not in f or "positions" not in f:
-            raise CgdmlError(f"{path}: not a cgdml simulation checkpoint")
+            raise CgdmlError(f"{path}: not a cgdml simulation checkpoint; {fix}")
         try:
             version = f.get("format_version", as_int, 0)
             if version != CHECKPOINT_VERSION:
