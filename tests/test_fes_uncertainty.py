@@ -401,3 +401,18 @@ def test_refits_widen_the_band_and_coverage(toy, tmp_path):
         compare_landscapes(xyz, ds, model=model, refits=[model])
     with pytest.raises(CgdmlError, match="need the model"):
         compare_landscapes(xyz, ds, refits=[model, model])
+
+
+def test_cli_refits_option(toy, tmp_path, capsys):
+    ds, model, xyz = toy
+    traj, ref, path = write_files(tmp_path, toy, True)
+    js = tmp_path / "m.json"
+    args = [str(traj), "--reference", str(ref), "--model", str(path), "-o", str(tmp_path / "f.png"), "--json",
+            str(js), "--n-boot", "5", "--block", "100", "--bins", "8"]
+    assert main(args + ["--refits", str(path), str(path)]) == 0
+    assert "and 2 jackknife refits" in capsys.readouterr().out
+    u = json.loads(js.read_text())["model_uncertainty"]
+    assert u["n_refits"] == 2 and "inside_without_refits" in u["coverage"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, args[:3] + ["-o", str(tmp_path / "g.png"), "--refits", str(path), str(path)])
+    assert exc.value.code == 2 and "--refits applies only with --model" in capsys.readouterr().err

@@ -187,6 +187,10 @@ def _fes(a, out):
         e = rw["ess_fraction"]
         print(f"model band: {rw['n_samples']} posterior samples reweight the {rw['n_frames']} frames (effective "
               f"sample size {e['min']:.0%}-{e['max']:.0%} of them)")
+        if rw.get("n_refits"):
+            r = rw["refit_ess_fraction"]
+            print(f"and {rw['n_refits']} jackknife refits (effective sample size {r['min']:.0%}-{r['max']:.0%}); "
+                  "their spread is in the model band")
     if not a.reference:
         single = len(report["panels"]) == 1
         for e in report["panels"]:
