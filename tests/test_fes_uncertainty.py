@@ -386,7 +386,8 @@ def test_refits_widen_the_band_and_coverage(toy, tmp_path):
         m.uncertainty = model.uncertainty
         return m
 
-    wide = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8, refits=[shifted(c) for c in (0.3, 0.6)])
+    wide = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8,
+                              refits=[shifted(c) for c in (0.3, 0.6)])
     u = wide["model_uncertainty"]
     assert np.nanmedian(as_grid(u["bins"]["refit_std"])) > 0
     assert u["coverage"]["inside"] >= u["coverage"]["inside_without_refits"] == cu["inside"]

@@ -179,7 +179,8 @@ def _fes(a, out):
     if a.refits and a.model is None:
         raise CgdmlError("--refits applies only with --model (they are refits of it)")
     report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
-                                block=a.block, lagtime=a.lagtime, plot=out, model=a.model, temperature=a.temperature, refits=a.refits)
+                                block=a.block, lagtime=a.lagtime, plot=out, model=a.model, temperature=a.temperature,
+                                refits=a.refits)
     for kind, why in report.get("missing", {}).items():
         print(f"no {kind} landscape: {why}")
     rw = report.get("reweighting")
