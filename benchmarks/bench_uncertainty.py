@@ -470,9 +470,12 @@ def write_report(rows, args, say):
     else:
         fit = "Inducing-point fits on all frames but the last 10% of the trajectory (held out)"
     say(f"{time.strftime('%Y-%m-%d')}, load {load_str()} on this shared 2-core machine; `{cmd}`. {fit}, with "
-        "fixed (sigma, relative lam), the pipeline's choices in bench_maps.md; DTC posterior with m r <= "
-        f"{args.max_reduced} farthest-point inducing observations, G on {args.sample_frames} sampled frames, "
-        "default rank tolerance, 32 posterior samples."
+        "fixed (sigma, relative lam), the pipeline's choices in bench_maps.md; DTC posterior: "
+        + "; ".join(f"{r['case']} m r {r['posterior']['reduced_size']} ({r['posterior']['n_inducing']} inducing "
+                    f"configurations), G on {r['posterior']['n_sample']} frames, rank {r['posterior']['rank']}"
+                    for r in rows)
+        + " (the fit's own, cgdml.pipeline.POSTERIOR_SETTINGS, when the model carries one; else built with "
+        f"m r <= {args.max_reduced} and G on {args.sample_frames} frames), 32 posterior samples."
         + (" Label noise from `instantaneous_noise` on the training frames (min_separation 2 frames)."
            if {"calibration", "detection"} & args.parts else ""))
     say()
