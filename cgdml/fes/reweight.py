@@ -11,12 +11,13 @@ sample gives one landscape per sample; their spread per bin (kT) and the spread 
 Reweighting is trustworthy only while no sample's weights sit on a few frames: :class:`ModelWeights` checks the
 Kish effective sample size of every sample, and below ``min_ess`` (a fraction of the frames) reports no number.
 
+Free energies are aligned as the metric aligns them (docs/method.md §3): F(b) - sum_b w(b) F(b) with w the
+reference's population (the model's own without a reference), an empty bin counting as half a sample.
+
 The posterior is that of one fit at fixed hyperparameters, and misses what a refit of the whole estimator (prior,
 inducing points, basin offsets) on other data would change. Block-jackknife refits (the same fit, each without one
 of K contiguous blocks of the training frames) reweight the frames too, with weights exp(-(U_k - U) / kT), and their
 jackknife variance (K - 1) / K sum_k (F_k - mean F)^2 per bin is added to the posterior's (docs/uncertainty.md §11).
-Free energies are aligned as the metric aligns them (docs/method.md §3): F(b) - sum_b w(b) F(b) with w the
-reference's population (the model's own without a reference), an empty bin counting as half a sample.
 """
 from __future__ import annotations
 
