@@ -17,14 +17,17 @@ Steps (each cached in ``--workdir``/CASE, so a rerun resumes):
    once the model carries one, the issue-25 contract).
 2. Calibration: on the held-out block, the squared force error against predicted variance + label noise
    (cgdml.uncertainty.instantaneous_noise on the training frames), per bead: z = error / sqrt(var + noise),
-   fractions within 1 and 2 (Gaussian: 68.3% and 95.4%) and mean z^2 (1).
+   fractions within 1 and 2 (Gaussian: 68.3% and 95.4%) and mean z^2 (1); and whether held-out forces could
+   calibrate the posterior's scale: the mean product of the force errors of nearest held-out frame pairs (the
+   label noise cancels) over the predicted variance, with its standard error.
 3. Out-of-data detection: the same fit without any training frame whose psi (the first residue's; the middle
    residue's for the tetrapeptide) lies in (-120, 60) deg; the predicted force std on the removed frames against
    held-out kept frames: ratio of medians and ROC AUC (with the plain descriptor distance to the nearest
    inducing centre as a yardstick), and the calibration on the removed frames.
 4. Band coverage: simulate the model (the simulate command's defaults), then cgdml.fes.compare_landscapes with
    the model: how often the reference lies inside the 95% band (sampling and model) over bins with >= 20
-   reference frames, and the model's share.
+   reference frames, and the model's share; with ``--refits K``, again with K block-jackknife refits of the fit
+   (each without one of K contiguous blocks of the training frames) added to the band.
 5. Cost: the force std of 100 replica configurations against one force call on them.
 6. Two-layer (``ala2`` only, ``--two-layer``): the two-layer scheme with fixed hyperparameters, rebuilt here so
    that its layer-1 sub-models are kept: their spread against the final layer's posterior, calibrated and as a
@@ -181,6 +184,28 @@ def calibration(err, var_bead, noise_bead):
             "excess_ratio": float((sq - noise_bead.mean()) / var_bead.mean())}
 
 
+def pair_scale(err, R, var, quads, chiral_scale, min_separation):
+    """The posterior's scale as held-out forces see it, without the label noise: each held-out frame i is paired
+    with its nearest frame j in descriptor space more than ``min_separation`` frames away; the mean of
+    e_i . Rot e_j (per component; Rot the rigid alignment of R_j onto R_i) estimates the model's error variance
+    where the labels' independent noise cancels, and its ratio to the mean predicted sqrt(var_i var_j) is the
+    scale s^2 would need. Returns the ratio, its standard error and the number of pairs."""
+    from cgdml.features import descriptor
+    from cgdml.uncertainty import _kabsch
+
+    D = descriptor(R, quads, chiral_scale)
+    sq = np.einsum("nd,nd->n", D, D)
+    d2 = sq[:, None] + sq[None] - 2.0 * D @ D.T
+    idx = np.arange(len(R))
+    d2[np.abs(idx[:, None] - idx[None]) <= min_separation] = np.inf
+    j = np.argmin(d2, axis=1)
+    ej = np.einsum("nac,nkc->nak", err[j], _kabsch(R[j], R))
+    prod = (err * ej).sum(-1).mean(-1) / 3.0
+    pv = np.sqrt(var * var[j]).mean()
+    return {"scale": float(prod.mean() / pv), "se": float(prod.std(ddof=1) / np.sqrt(len(prod)) / pv),
+            "n_pairs": int(len(prod)), "min_separation": int(min_separation)}
+
+
 def detection(u_removed, u_kept):
     from sklearn.metrics import roc_auc_score
 
@@ -245,7 +270,13 @@ def bench_case(case, args, log):
         err = ds.forces[held] - model.forces(ds.coords[held])
         row["calibration"] = calibration(err, post.force_variance(ds.coords[held], per_bead=True), noise_bead)
         save()
-    log(f"{case}: calibration {row.get('calibration')}")
+    if "calibration" in args.parts and "pair_scale" not in row:
+        block = held_idx[:2000]                     # contiguous: the first 2000 held-out frames
+        R, err = ds.coords[block], ds.forces[block] - model.forces(ds.coords[block])
+        row["pair_scale"] = pair_scale(err, R, post.force_variance(R), post.quads, post.chiral_scale,
+                                       settings["min_separation"])
+        save()
+    log(f"{case}: calibration {row.get('calibration')}, pair scale {row.get('pair_scale')}")
 
     # out-of-data detection
     if "detection" in args.parts and "detection" not in row:
@@ -273,6 +304,11 @@ def bench_case(case, args, log):
     if "coverage" in args.parts and "coverage" not in row:
         row["coverage"] = landscape(model, post, ref, args, work, case, log)
         save()
+    key = f"coverage_refits{args.refits}"
+    if "coverage" in args.parts and args.refits and key not in row:
+        refits = jackknife_refits(train, settings, args, work, log)
+        row[key] = landscape(model, post, ref, args, work, case, log, refits)
+        save()
     # cost for 100 replicas
     if "cost" in args.parts and "cost" not in row and (work / "traj.npy").exists():
         R100 = np.load(work / "traj.npy")[-100:].astype(np.float64)
@@ -290,7 +326,21 @@ def bench_case(case, args, log):
     return row
 
 
-def landscape(model, post, ref, args, work, case, log):
+def jackknife_refits(train, settings, args, work, log):
+    """``args.refits`` block-jackknife refits of the model: the same fit, each without one of K contiguous blocks
+    of the (time-ordered) training frames, cached as refitK_k.npz."""
+    K = args.refits
+    blocks = np.array_split(np.arange(train.n_frames), K)
+    out = []
+    for k, b in enumerate(blocks):
+        t = time.perf_counter()
+        out.append(fitted(train.subset(np.delete(np.arange(train.n_frames), b)), settings, args, work,
+                          f"refit{K}_{k}")[0])
+        log(f"jackknife refit {k + 1} of {K}: {time.perf_counter() - t:.0f} s")
+    return out
+
+
+def landscape(model, post, ref, args, work, case, log, refits=None):
     from cgdml.fes import compare_landscapes
     from cgdml.simulate import simulate_model
 
@@ -309,10 +359,12 @@ def landscape(model, post, ref, args, work, case, log):
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rep = compare_landscapes(xyz, ref, model=model, block=block, min_ess=args.min_ess, plot=work / "fes.png")
+        rep = compare_landscapes(xyz, ref, model=model, block=block, min_ess=args.min_ess, refits=refits,
+                                 plot=work / ("fes.png" if refits is None else f"fes_refits{len(refits)}.png"))
     band_s = time.perf_counter() - t
     out = {"n_frames": int(len(xyz)), "block": block, "reweighting": rep.get("reweighting"), "band_s": band_s,
-           "undefined": rep.get("model_uncertainty_undefined"), "panels": []}
+           "undefined": rep.get("model_uncertainty_undefined"), "panels": [],
+           "n_refits": 0 if refits is None else len(refits)}
     for e in rep["panels"]:
         u = e.get("model_uncertainty") or {}
         out["panels"].append({"label": e["label"], "metrics": e["metrics"], "floor": e["noise_floor"],
@@ -320,6 +372,7 @@ def landscape(model, post, ref, args, work, case, log):
                                             for k in ("fes_rmse", "js")},
                               "band": u.get("band"), "coverage": u.get("coverage"),
                               "median_model_std": _median(u, "model_std"),
+                              "median_refit_std": _median(u, "refit_std"),
                               "median_sampling_std": _median(u, "sampling_std")})
     log(f"{case}: landscape {json.dumps(out)[:600]}")
     return out
@@ -334,6 +387,11 @@ def _median(u, key):
 
 
 # ------------------------------------------------------------------------------------------------ two-layer
+def two_layer_settings(args):
+    """TWO_LAYER, with fewer and smaller sub-models in the reduced configuration."""
+    return dict(TWO_LAYER, **(dict(n_models=4, batch_size=300, mean_set_size=300) if args.quick else {}))
+
+
 def two_layer_fit(R, F, strata, quads, args, seed):
     """Layer-1 GDML sub-models on stratified batches, the mean-set labels and the layer-2 GDML (fixed
     hyperparameters, as cgdml.ensemble.TwoLayerGDML without cross-validation): (sub-models, layer-2 estimator,
@@ -341,7 +399,7 @@ def two_layer_fit(R, F, strata, quads, args, seed):
     from cgdml.gdml import GDML
     from cgdml.sampling import stratified_batch
 
-    p = dict(TWO_LAYER, **(dict(n_models=4, batch_size=300, mean_set_size=300) if args.quick else {}))
+    p = two_layer_settings(args)
     rng = np.random.default_rng([seed, 77])
     subs = []
     for _ in range(p["n_models"]):
@@ -361,7 +419,7 @@ def two_layer(ds, train_idx, held, in_region, noise_bead, args, work, log):
     from cgdml.prior import CGPrior
     from cgdml.sampling import make_strata
 
-    out = {"settings": TWO_LAYER}
+    out = {"settings": two_layer_settings(args)}
     removed = subsample(np.nonzero(in_region)[0], args.max_eval, 3)
     for name, frames in (("full", train_idx), ("cut", train_idx[~in_region[train_idx]])):
         t = time.perf_counter()
@@ -412,14 +470,19 @@ def write_report(rows, args, say):
     else:
         fit = "Inducing-point fits on all frames but the last 10% of the trajectory (held out)"
     say(f"{time.strftime('%Y-%m-%d')}, load {load_str()} on this shared 2-core machine; `{cmd}`. {fit}, with "
-        "fixed (sigma, relative lam), the pipeline's choices in bench_maps.md; DTC posterior with m r <= "
-        f"{args.max_reduced} farthest-point inducing observations, G on {args.sample_frames} sampled frames, "
-        "default rank tolerance, 32 posterior samples."
+        "fixed (sigma, relative lam), the pipeline's choices in bench_maps.md; DTC posterior: "
+        + "; ".join(f"{r['case']} m r {r['posterior']['reduced_size']} ({r['posterior']['n_inducing']} inducing "
+                    f"configurations), G on {r['posterior']['n_sample']} frames, rank {r['posterior']['rank']}"
+                    for r in rows)
+        + " (the fit's own, cgdml.pipeline.POSTERIOR_SETTINGS, when the model carries one; else built with "
+        f"m r <= {args.max_reduced} and G on {args.sample_frames} frames), 32 posterior samples."
         + (" Label noise from `instantaneous_noise` on the training frames (min_separation 2 frames)."
            if {"calibration", "detection"} & args.parts else ""))
     say()
     if any("calibration" in r and "detection" in r for r in rows):
         calibration_table(rows, say)
+    if any("pair_scale" in r for r in rows):
+        pair_table(rows, say)
     if any("coverage" in r for r in rows):
         coverage_table(rows, args, say)
     if any("cost" in r for r in rows):
@@ -455,6 +518,27 @@ def calibration_table(rows, say):
     say()
 
 
+def pair_table(rows, say):
+    say("## Can held-out forces calibrate the posterior's scale?")
+    say()
+    say("Every frame of the held-out block (its first 2000 frames) paired with its nearest held-out frame in "
+        "descriptor space more than min_separation frames away; the mean of e_i . Rot e_j (force errors, Rot the "
+        "rigid alignment) estimates the "
+        "model's error variance with the label noise cancelled; scale: its ratio to the posterior's mean predicted "
+        "variance (1: calibrated), with its standard error. Excess ratio: (mean squared error - data noise) / mean "
+        "model variance on the same kind of frames (the calibration table's held-out sample), which rests on the "
+        "noise estimate.")
+    say()
+    say("| case | pairs | scale | standard error | excess ratio |")
+    say("|---|---|---|---|---|")
+    for r in (r for r in rows if "pair_scale" in r):
+        ps, c = r["pair_scale"], r.get("calibration") or {}
+        say(f"| {r['case']} | {ps['n_pairs']} | {ps['scale']:.2f} | {ps['se']:.2f} | "
+            f"{c['excess_ratio']:.2f} |" if c else f"| {r['case']} | {ps['n_pairs']} | {ps['scale']:.2f} | "
+            f"{ps['se']:.2f} | |")
+    say()
+
+
 def coverage_table(rows, args, say):
     say("## Landscape band coverage")
     say()
@@ -472,16 +556,16 @@ def coverage_table(rows, args, say):
     say("Metrics with their spread over the posterior samples (model std) and over the bootstrap (sampling std); "
         "floor: the reference's split-half noise floor.")
     say()
-    say("| case | panel | model frames | fes_rmse (kT) | model std | sampling std | floor | js (nats) | model std | "
-        "sampling std | floor |")
-    say("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in (r for r in rows if "coverage" in r):
-        cov = r["coverage"]
+    say("| case | model band | panel | model frames | fes_rmse (kT) | model std | sampling std | floor | js (nats) | "
+        "model std | sampling std | floor |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r, cov in coverage_entries(rows):
         for p in cov["panels"]:
             b, m, f = p.get("band"), p["metrics"], p["floor"]
             sp = {k: ("undefined", "") if not b else (f"{b[k]['model_std']:.{d}f}", f"{b[k]['sampling_std']:.{d}f}")
                   for k, d in (("fes_rmse", 3), ("js", 4))}
-            say(f"| {r['case']} | {p['label']} | {cov['n_frames']} | {m['fes_rmse']:.3f} | {sp['fes_rmse'][0]} | "
+            say(f"| {r['case']} | {band_name(cov)} | {p['label']} | {cov['n_frames']} | {m['fes_rmse']:.3f} | "
+                f"{sp['fes_rmse'][0]} | "
                 f"{sp['fes_rmse'][1]} | {f['fes_rmse']:.3f} | {m['js']:.4f} | {sp['js'][0]} | {sp['js'][1]} | "
                 f"{f['js']:.4f} |")
     say()
@@ -494,27 +578,51 @@ def coverage_table(rows, args, say):
         "widen to cover 95% of the bins; median bin std over the visited bins; band s: "
         "wall time of the whole `compare_landscapes` call with the model band.")
     say()
-    say("| case | reference | ESS min / median | bins | missed | inside band | model only | sampling only | with "
-        "reference noise | widen | median bin std model / sampling (kT) | band s |")
-    say("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in (r for r in rows if "coverage" in r):
-        cov = r["coverage"]
-        e = (cov.get("reweighting") or {}).get("ess_fraction") or {}
+    say("Model band: the posterior samples alone, or with K block-jackknife refits (the fit repeated K times, each "
+        "without one of K contiguous blocks of the training frames; their jackknife variance per bin added to the "
+        "posterior's); refit ESS: the refits' effective sample size, min over the refits; without refits: the "
+        "coverage of the same run's band without the refit term; median bin std: model (posterior and refits) / "
+        "refits alone / sampling.")
+    say()
+    say("| case | reference | model band | ESS min / median | refit ESS min | bins | missed | inside band | without "
+        "refits | model only | sampling only | with reference noise | widen | median bin std model / refits / "
+        "sampling (kT) | band s |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r, cov in coverage_entries(rows):
+        rw = cov.get("reweighting") or {}
+        e = rw.get("ess_fraction") or {}
         ess = f"{e['min']:.0%} / {e['median']:.0%}" if e else "-"
+        re_ = rw.get("refit_ess_fraction")
+        ress = f"{re_['min']:.0%}" if re_ else "-"
         ref = "independent run" if r.get("independent_reference") else "the data set (all frames)"
         for p in cov["panels"]:
             cv = p.get("coverage")
             if not cv or not cv.get("n_bins"):
-                say(f"| {r['case']} | {ref} | {ess} | undefined: {cov.get('undefined')} | | | | | | | | |")
+                say(f"| {r['case']} | {ref} | {band_name(cov)} | {ess} | {ress} | undefined: {cov.get('undefined')} "
+                    "| | | | | | | | | |")
                 continue
             pct = lambda k: "-" if k not in cv else f"{cv[k]:.0%}"  # noqa: E731
-            say(f"| {r['case']} | {ref} | {ess} | {cv['n_bins']} | {cv['missed_by_model']} | {pct('inside')} | "
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            say(f"| {r['case']} | {ref} | {band_name(cov)} | {ess} | {ress} | {cv['n_bins']} | "
+                f"{cv['missed_by_model']} | {pct('inside')} | {pct('inside_without_refits')} | "
                 f"{pct('inside_model_only')} | {pct('inside_sampling_only')} | "
                 f"{pct('inside_with_reference_noise')} | "
                 f"{'-' if cv.get('widen_to_95') is None else format(cv['widen_to_95'], '.2f')} | "
-                f"{p['median_model_std']:.2f} / "
-                f"{p['median_sampling_std']:.2f} | {cov['band_s']:.0f} |")
+                f"{fmt(p['median_model_std'])} / {fmt(p.get('median_refit_std'))} / "
+                f"{fmt(p['median_sampling_std'])} | {cov['band_s']:.0f} |")
     say()
+
+
+def coverage_entries(rows):
+    """(row, coverage entry) for every landscape measured: the posterior band, then any with refits."""
+    for r in rows:
+        for k in sorted(k for k in r if k.startswith("coverage")):
+            yield r, r[k]
+
+
+def band_name(cov):
+    K = cov.get("n_refits") or 0
+    return "posterior" if not K else f"posterior + {K} jackknife refits"
 
 
 def cost_table(rows, say):
@@ -580,13 +688,18 @@ def main(argv=None):
                    "QUICK's with --quick)")
     p.add_argument("--steps", type=int, help="steps of the coverage run (default: the simulate default, QUICK's "
                    "with --quick)")
+    p.add_argument("--refits", type=int, default=0, help="block-jackknife refits for the landscape band (0: none; "
+                   "the band with the posterior alone is always measured)")
     p.add_argument("--min-ess", type=float, default=0.1, help="smallest effective sample size of the reweighting, "
                    "a fraction of the frames (default 0.1, the library's; 0: a diagnostic band however unreliable)")
     p.add_argument("--output", default=str(RESULTS / "bench_uncertainty.md"))
     args = p.parse_args(argv)
     args.parts = set(args.parts)
     sizes = ("max_reduced", "sample_frames", "max_eval", "replicas", "steps")
-    args.given = [k for k in sizes if getattr(args, k) is not None] + ["min_ess"] * (args.min_ess != 0.1)
+    args.given = ([k for k in sizes if getattr(args, k) is not None] + ["min_ess"] * (args.min_ess != 0.1)
+                  + ["refits"] * bool(args.refits))
+    if args.refits == 1 or args.refits < 0:
+        raise SystemExit("--refits must be 0 or at least 2")
     base = QUICK if args.quick else dict(max_reduced=4000, sample_frames=5000, max_eval=2000, replicas=None,
                                          steps=None)
     for k in sizes:

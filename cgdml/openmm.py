@@ -35,12 +35,21 @@ OpenMM replica is not faster than ``cgdml.simulate``, which batches replicas int
 replica-steps/s at 100 replicas); for small CG systems the Reference platform also beats the CPU platform,
 whose per-step overhead (50-250 us on a busy 2-core machine) exceeds the work. See benchmarks/bench_openmm.py.
 
+The simulation guard of ``cgdml.simulate`` (docs/uncertainty.md §10) is not part of the System: an
+``openmm.System`` holds forces, not checks. :class:`UncertaintyReporter` carries it to an
+``openmm.app.Simulation`` as a reporter: every ``every`` steps it evaluates ``model.force_uncertainty`` on the
+simulation's positions and, above the threshold (the model's by default), records an event and warns once
+("warn") or raises :class:`GuardStop` out of ``simulation.step`` ("stop"; one Simulation is one replica, so
+``stop-replica`` and ``stop-run`` are the same thing here).
+
 Units: nm, kJ/mol, kJ/mol/nm, ps, amu, radians (OpenMM's own).
 """
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+
+import warnings
 
 import numpy as np
 
@@ -261,6 +270,82 @@ def to_openmm(model, n_table=None):
     return system, topology
 
 
+class GuardStop(CgdmlError):
+    """Raised out of ``simulation.step`` by an :class:`UncertaintyReporter` with action "stop"."""
+
+
+GUARD_ACTIONS = ("warn", "stop")
+
+
+class UncertaintyReporter:
+    """The ``cgdml.simulate`` guard for an OpenMM Simulation of an exported model (an OpenMM reporter: add it to
+    ``simulation.reporters``).
+
+    Every ``every`` steps (default ``cgdml.simulate.DEFAULTS["guard_every"]``) it evaluates
+    ``model.force_uncertainty`` (kJ/mol/nm) at the simulation's positions; a value above ``threshold`` (default
+    ``model.uncertainty_threshold``) or NaN means the simulation has left the training data. ``action`` "warn"
+    (default) records the event and warns once, and the run goes on unchanged; "stop" records it and raises
+    :class:`GuardStop` from ``simulation.step`` (the positions stay those of the step checked). ``events``: dicts
+    with step, time_ps, value, reason "force uncertainty" and stopped, as in the trajectory JSON of
+    ``cgdml.simulate``; ``values``: (step, value) of every check. OpenMM asks a reporter nothing at step 0: call
+    :meth:`check` for the start configuration. A model without a posterior (or threshold, unless one is given) is
+    a one-line :class:`CgdmlError`.
+    """
+
+    reason = "force uncertainty"
+
+    def __init__(self, model, every=None, threshold=None, action="warn"):
+        from .simulate import DEFAULTS
+
+        if model.uncertainty is None:
+            raise CgdmlError("this model has no force uncertainty (fitted by an older cgdml, or with "
+                             "--no-uncertainty): nothing to guard with; refit to get one")
+        threshold = model.uncertainty_threshold if threshold is None else threshold
+        if threshold is None or not (np.isfinite(threshold) and threshold > 0):
+            raise CgdmlError(f"the guard needs a positive threshold (kJ/mol/nm): the model stores none, give one "
+                             f"(got {threshold!r})")
+        every = DEFAULTS["guard_every"] if every is None else every
+        if not (isinstance(every, (int, np.integer)) and every >= 1):
+            raise CgdmlError(f"every must be an integer >= 1, got {every!r}")
+        if action not in GUARD_ACTIONS:
+            raise CgdmlError(f"action must be one of {', '.join(GUARD_ACTIONS)}, got {action!r}")
+        self.model, self.every, self.threshold, self.action = model, int(every), float(threshold), action
+        self.events, self.values = [], []
+
+    def describeNextReport(self, simulation):  # noqa: N802 (OpenMM's name)
+        """Steps to the next multiple of ``every``; positions only."""
+        return {"steps": self.every - simulation.currentStep % self.every, "periodic": None,
+                "include": ["positions"]}
+
+    def report(self, simulation, state):
+        """Check the positions of ``state`` (called by OpenMM)."""
+        import openmm.unit as unit
+
+        R = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
+        self._check(R, simulation.currentStep, state.getTime().value_in_unit(unit.picosecond))
+
+    def check(self, simulation):
+        """Check the simulation's current positions now (e.g. the start configuration, before any step)."""
+        self.report(simulation, simulation.context.getState(getPositions=True))
+
+    def _check(self, R, step, time_ps):
+        value = float(self.model.force_uncertainty(R[None])[0])
+        self.values.append((int(step), value))
+        if value <= self.threshold:
+            return
+        stop = self.action == "stop"
+        event = {"step": int(step), "time_ps": float(time_ps), "value": value, "reason": self.reason,
+                 "stopped": stop}
+        if stop:
+            self.events.append(event)
+            raise GuardStop(f"{self.reason} {value:.4g} kJ/mol/nm above the threshold {self.threshold:.4g} at step "
+                            f"{step} ({time_ps:g} ps): the simulation left the training data, stopped")
+        if not self.events:
+            self.events.append(event)
+            warnings.warn(f"{self.reason} {value:.4g} kJ/mol/nm crossed the threshold {self.threshold:.4g} at step "
+                          f"{step} ({time_ps:g} ps): the simulation has left the training data and runs on")
+
+
 README_TITLE = "OpenMM files of a cgdml coarse-grained model"   # the first line of README.txt: export's mark
 _README = README_TITLE + """ ({n_beads} beads at {temperature:g} K)
 
@@ -284,6 +369,16 @@ Simulate, e.g. with the model's temperature and 2 fs steps:
     simulation = app.Simulation(pdb.topology, system, integrator, openmm.Platform.getPlatformByName("CPU"))
     simulation.context.setPositions(pdb.positions)
     simulation.step(1000)
+
+The System runs unguarded. The force-uncertainty guard of python -m cgdml.simulate is a reporter here (needs
+cgdml and the model file; "warn" warns once and records events, "stop" raises cgdml.openmm.GuardStop):
+
+    from cgdml.openmm import UncertaintyReporter
+    guard = UncertaintyReporter(CGModel.load("MODEL.npz"), every=1000, action="warn")
+    simulation.reporters.append(guard)
+    guard.check(simulation)            # the start configuration
+    simulation.step(100000)
+    print(guard.events)
 """
 
 _NOTE_FULL = """\

@@ -15,9 +15,10 @@ from cgdml.data import CGDataset
 from cgdml.fes import compare_landscapes, compare_panels, histogram_fes
 from cgdml.fes.__main__ import main
 from cgdml.fes.cvs import Panel
-from cgdml.fes.reweight import (Z95, ModelWeights, as_grid, coverage, effective_sample_size, model_band,
+from cgdml.fes.reweight import (Z95, ModelWeights, as_grid, coverage, effective_sample_size, jackknife_std, model_band,
                                 sample_energies, sample_weights)
 from cgdml.gdml import GDML
+from cgdml.gdml_model import GDMLModel
 from cgdml.model import CGModel
 from cgdml.prior import CGPrior
 from cgdml.topology import chain_topology
@@ -325,3 +326,94 @@ def test_cli_model_option(toy, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         run_cli(main, [str(traj), "--reference", str(ref), "-o", str(tmp_path / "g.png"), "--temperature", "300"])
     assert exc.value.code == 2 and "--temperature applies only with --model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ jackknife refits
+def test_jackknife_std_of_a_mean_is_its_standard_error():
+    """Delete-one (K = n) jackknife of the sample mean: exactly the textbook standard error s / sqrt(n); with
+    blocks, the same within the block means' spread."""
+    x = np.random.default_rng(8).normal(3.0, 2.0, 400)
+    loo = (x.sum() - x) / (len(x) - 1)
+    assert jackknife_std(loo) == pytest.approx(np.std(x, ddof=1) / np.sqrt(len(x)), rel=1e-12)
+    blocks = np.array_split(x, 8)
+    dropped = np.array([(x.sum() - b.sum()) / (len(x) - len(b)) for b in blocks])
+    means = np.array([b.mean() for b in blocks])
+    assert jackknife_std(dropped) == pytest.approx(np.std(means, ddof=1) / np.sqrt(8), rel=1e-12)
+
+
+def test_refits_add_their_jackknife_variance_per_bin():
+    """Refit energy differences kT c_k x on frames x ~ N(0, 1): each refit's aligned free energy shifts by
+    c_k (xbar_b - sum_b w(b) xbar_b), so the refit std per bin is the jackknife std of c_k times that, and the
+    model std is its quadrature sum with the posterior samples'."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(300_000)
+    edges = np.linspace(-3, 3, 25)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, -1, 24)
+    idx[(x < -3) | (x >= 3)] = -1
+    bs, cs = rng.normal(0.0, 0.1, 30), np.array([0.05, -0.1, 0.12, 0.0])
+    W = sample_weights(KT * bs[:, None] * x[None], KT)
+    Wk = sample_weights(KT * cs[:, None] * x[None], KT)
+    alone, _ = model_band(idx, W, [24], n_boot=0)
+    entry, _ = model_band(idx, W, [24], n_boot=0, refit_weights=Wk)
+    assert entry["n_refits"] == 4
+    counts = np.bincount(idx[idx >= 0], minlength=24)
+    xbar = np.bincount(idx[idx >= 0], weights=x[idx >= 0], minlength=24) / np.maximum(counts, 1)
+    lever = np.abs(xbar - (counts / counts.sum()) @ xbar)
+    pop = counts > 200
+    got = as_grid(entry["bins"]["refit_std"])
+    np.testing.assert_allclose(got[pop], (jackknife_std(cs) * lever)[pop], rtol=0.03, atol=2e-3)
+    post = as_grid(entry["bins"]["posterior_std"])
+    np.testing.assert_allclose(post[pop], as_grid(alone["bins"]["model_std"])[pop], atol=1e-4)
+    np.testing.assert_allclose(as_grid(entry["bins"]["model_std"])[pop], np.hypot(post, got)[pop], atol=2e-4)
+
+
+def test_refits_widen_the_band_and_coverage(toy, tmp_path):
+    """Refits identical to the model add nothing; refits that differ widen the band (coverage can only rise), and
+    keep the band without them as inside_without_refits; a refit whose weights collapse withholds the band."""
+    ds, model, xyz = toy
+    plain = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8)
+    same = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8, refits=[model, model, model])
+    cu, cs = plain["model_uncertainty"]["coverage"], same["model_uncertainty"]["coverage"]
+    assert same["reweighting"]["n_refits"] == 3 and same["model_uncertainty"]["n_refits"] == 3
+    assert cs["inside"] == cu["inside"] == cs["inside_without_refits"]
+    assert np.nanmax(as_grid(same["model_uncertainty"]["bins"]["refit_std"])) == 0.0
+
+    def shifted(c):
+        g = model.gdml
+        m = CGModel(GDMLModel(g.train_descriptors, (1 + c) * g.coefficients, g.sigma, g.quads, g.chiral_scale, 0.0,
+                              g.n_beads), model.prior, model.system,
+                    model.train_coords_sample)
+        m.uncertainty = model.uncertainty
+        return m
+
+    wide = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8,
+                              refits=[shifted(c) for c in (0.3, 0.6)])
+    u = wide["model_uncertainty"]
+    assert np.nanmedian(as_grid(u["bins"]["refit_std"])) > 0
+    assert u["coverage"]["inside"] >= u["coverage"]["inside_without_refits"] == cu["inside"]
+    for k in ("fes_rmse", "js"):
+        assert u["metrics"][k]["model_std"] == pytest.approx(np.hypot(u["metrics"][k]["posterior_std"],
+                                                                      u["metrics"][k]["refit_std"]))
+        assert u["band"][k]["model_std"] > plain["model_uncertainty"]["band"][k]["model_std"]
+    with pytest.warns(UserWarning, match="refit reweighting unreliable"):
+        rep = compare_landscapes(xyz, ds, model=model, n_boot=0, refits=[shifted(c) for c in (1e3, -1e3)])
+    assert "model_uncertainty" not in rep and rep["reweighting"]["low_ess_refits"]
+    with pytest.raises(CgdmlError, match="at least 2 refits"):
+        compare_landscapes(xyz, ds, model=model, refits=[model])
+    with pytest.raises(CgdmlError, match="need the model"):
+        compare_landscapes(xyz, ds, refits=[model, model])
+
+
+def test_cli_refits_option(toy, tmp_path, capsys):
+    ds, model, xyz = toy
+    traj, ref, path = write_files(tmp_path, toy, True)
+    js = tmp_path / "m.json"
+    args = [str(traj), "--reference", str(ref), "--model", str(path), "-o", str(tmp_path / "f.png"), "--json",
+            str(js), "--n-boot", "5", "--block", "100", "--bins", "8"]
+    assert main(args + ["--refits", str(path), str(path)]) == 0
+    assert "and 2 jackknife refits" in capsys.readouterr().out
+    u = json.loads(js.read_text())["model_uncertainty"]
+    assert u["n_refits"] == 2 and "inside_without_refits" in u["coverage"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, args[:3] + ["-o", str(tmp_path / "g.png"), "--refits", str(path), str(path)])
+    assert exc.value.code == 2 and "--refits applies only with --model" in capsys.readouterr().err

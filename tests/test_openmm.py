@@ -232,7 +232,8 @@ def test_export_cli_writes_loadable_files(toy, tmp_path):
     E_ref, F_ref = model.energy_forces(x[None])
     assert np.abs(E - E_ref).max() <= 1e-6 * np.abs(E_ref).max()
     assert np.abs(F - F_ref).max() <= 1e-6 * np.abs(F_ref).max()
-    assert "to_openmm(CGModel.load(" in (out / "README.txt").read_text()
+    readme = (out / "README.txt").read_text()
+    assert "to_openmm(CGModel.load(" in readme and "UncertaintyReporter(CGModel.load(" in readme
 
 
 @pytest.mark.parametrize("case", ["missing model", "not a model", "output is a file"])
@@ -276,3 +277,101 @@ def test_write_openmm_without_a_picklable_gdml_force_says_how_to_rebuild(toy, tm
     assert system.getNumForces() == to_openmm(model)[0].getNumForces() - 1
     readme = (tmp_path / "out" / "README.txt").read_text()
     assert "does NOT contain the GDML force" in readme and "to_openmm(CGModel.load(" in readme
+
+
+# ------------------------------------------------------------------------------------------------ guard
+@pytest.fixture(scope="module")
+def guarded(toy):
+    """The toy model with an exact force posterior on its GDML training frames and the pipeline's threshold rule
+    (1.5 x the 0.99 quantile of the force uncertainty over the data)."""
+    from cgdml.uncertainty import ForcePosterior
+
+    model, ds = toy
+    pick = np.random.default_rng(0).choice(ds.n_frames, size=300, replace=False)
+    post = ForcePosterior.fit(ds.coords[pick], model.prior.residual_forces(ds.coords[pick], ds.forces[pick]),
+                              sigma=model.gdml.sigma, lam=1.0, quads=model.gdml.quads, n_samples=2,
+                              max_reduced=1200)
+    guarded = CGModel(model.gdml, model.prior, model.system, model.train_coords_sample, offsets=model.offsets,
+                      uncertainty=post)
+    u = guarded.force_uncertainty(ds.coords[::3])
+    guarded.uncertainty_threshold = 1.5 * np.quantile(u, 0.99)
+    return guarded, ds
+
+
+def openmm_simulation(model, x0, seed=3):
+    system, top = to_openmm(model)
+    integrator = openmm.LangevinMiddleIntegrator(T * unit.kelvin, FRICTION / unit.picosecond, DT * unit.picoseconds)
+    integrator.setRandomNumberSeed(seed)
+    sim = app.Simulation(top, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(x0)
+    sim.context.setVelocitiesToTemperature(T * unit.kelvin, seed)
+    return sim
+
+
+def test_uncertainty_reporter_checks_every_k_steps_and_warns_once(guarded, recwarn):
+    from cgdml.openmm import UncertaintyReporter
+
+    model, ds = guarded
+    sim = openmm_simulation(model, ds.coords[0])
+    quiet = UncertaintyReporter(model, every=40)
+    sim.reporters.append(quiet)
+    quiet.check(sim)                                                # step 0: a training frame, inside the data
+    sim.step(120)
+    assert [s for s, _ in quiet.values] == [0, 40, 80, 120] and quiet.events == []
+    R = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    assert quiet.values[-1][1] == pytest.approx(float(model.force_uncertainty(np.asarray(R)[None])[0]), rel=1e-9)
+    assert quiet.values[0][1] < model.uncertainty_threshold
+    # a threshold below every value: one event and one warning, and the run goes on
+    low = min(v for _, v in quiet.values) / 2
+    loud = UncertaintyReporter(model, every=40, threshold=low)
+    sim.reporters[:] = [loud]
+    with pytest.warns(UserWarning, match="crossed the threshold"):
+        sim.step(120)
+    assert sim.currentStep == 240 and len(loud.values) == 3 and len(loud.events) == 1
+    e = loud.events[0]
+    assert e["step"] == 160 and e["stopped"] is False and e["reason"] == "force uncertainty" and e["value"] > low
+    assert e["time_ps"] == pytest.approx(160 * DT)
+
+
+def test_uncertainty_reporter_stops_a_run(guarded):
+    """The chain squeezed to 0.8 of a training frame's size (bonds 3 std short, every distance shorter) has a larger
+    force uncertainty than the frame; with a threshold between the two, :meth:`check` passes the frame and
+    "stop" raises GuardStop at the squeezed one; in a run, GuardStop leaves simulation.step at the first check
+    above the threshold."""
+    from cgdml.openmm import GuardStop, UncertaintyReporter
+
+    model, ds = guarded
+    inside, squeezed = ds.coords[0], 0.8 * ds.coords[0]
+    u_in, u_out = (float(model.force_uncertainty(x[None])[0]) for x in (inside, squeezed))
+    assert u_out > 2 * u_in
+    sim = openmm_simulation(model, inside)
+    guard = UncertaintyReporter(model, every=5, threshold=np.sqrt(u_in * u_out), action="stop")
+    guard.check(sim)
+    assert guard.events == [] and guard.values[0][1] == pytest.approx(u_in)
+    sim.context.setPositions(squeezed)
+    with pytest.raises(GuardStop, match="left the training data"):
+        guard.check(sim)
+    assert guard.events[0]["step"] == 0 and guard.events[0]["stopped"] is True
+    sim.context.setPositions(inside)
+    strict = UncertaintyReporter(model, every=5, threshold=u_in / 100, action="stop")
+    sim.reporters.append(strict)
+    with pytest.raises(GuardStop):
+        sim.step(100)
+    assert sim.currentStep == 5 and strict.events[0]["step"] == 5 and len(strict.values) == 1
+
+
+def test_uncertainty_reporter_user_errors(guarded, toy):
+    from cgdml._io import CgdmlError
+    from cgdml.openmm import UncertaintyReporter
+
+    model, _ = guarded
+    with pytest.raises(CgdmlError, match="no force uncertainty"):
+        UncertaintyReporter(toy[0])
+    with pytest.raises(CgdmlError, match="action must be one of warn, stop"):
+        UncertaintyReporter(model, action="stop-run")
+    with pytest.raises(CgdmlError, match="every must be an integer"):
+        UncertaintyReporter(model, every=0)
+    bare = CGModel(model.gdml, model.prior, model.system, model.train_coords_sample, uncertainty=model.uncertainty)
+    with pytest.raises(CgdmlError, match="positive threshold"):
+        UncertaintyReporter(bare)
+    assert UncertaintyReporter(bare, threshold=5.0).threshold == 5.0

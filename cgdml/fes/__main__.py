@@ -19,7 +19,8 @@ reweighted with the model's posterior function samples (docs/uncertainty.md §11
 combined with the bootstrap into a 95% band, a map of the per-bin standard deviation beside the difference map,
 and the JSON keys ``model``, ``reweighting`` and, per panel, ``model_uncertainty`` (or
 ``model_uncertainty_undefined``: why not; see :func:`cgdml.fes.compare.compare_panels`). A model fitted by an
-older cgdml has no posterior: one warning line, no model band.
+older cgdml has no posterior: one warning line, no model band. ``--refits R1.npz R2.npz ...`` (block-jackknife
+refits of the model) add the spread of refitting the whole estimator to the model band.
 """
 from __future__ import annotations
 
@@ -142,6 +143,9 @@ def build_parser():
     p.add_argument("--model", help="the model (.npz) that made the trajectories: adds the model's share of the "
                    "uncertainty (its posterior function samples reweight the frames) per bin and for the metrics, "
                    "a 95%% band with the bootstrap, and a map of the per-bin standard deviation")
+    p.add_argument("--refits", nargs="+", metavar="REFIT", help="with --model: K >= 2 block-jackknife refits of "
+                   "the model (the same fit, each without one of K contiguous blocks of the training frames); their "
+                   "spread joins the model band (docs/uncertainty.md section 11)")
     p.add_argument("--temperature", type=positive_float, default=None, help="with --model: the temperature (K) "
                    "the trajectories were run at (default: the model's)")
     p.add_argument("-o", "--output", required=True, help="plot file (.png, .pdf, .svg)")
@@ -161,7 +165,7 @@ def main(argv=None):
     if a.json and Path(a.json).resolve() == out.resolve():
         raise CgdmlError(f"{a.json}: --json and -o name the same file")
     with claim_outputs(COMMAND, [out, a.json], sidecars={out: out, **({a.json: a.json} if a.json else {})},
-                       inputs=[a.traj, a.reference, a.top, a.model]):
+                       inputs=[a.traj, a.reference, a.top, a.model, a.refits]):
         return _fes(a, out)
 
 
@@ -173,10 +177,12 @@ def _fes(a, out):
             raise CgdmlError(f"{p}: this format carries no topology; give --top")
     if a.temperature is not None and a.model is None:
         raise CgdmlError("--temperature applies only with --model (it is the temperature of the reweighting)")
+    if a.refits and a.model is None:
+        raise CgdmlError("--refits applies only with --model (they are refits of it)")
     try:
         report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
                                     block=a.block, lagtime=a.lagtime, plot=out, model=a.model,
-                                    temperature=a.temperature)
+                                    temperature=a.temperature, refits=a.refits)
     except ParameterError as exc:
         if exc.name not in ("block", "lagtime"):
             raise
@@ -188,6 +194,10 @@ def _fes(a, out):
         e = rw["ess_fraction"]
         print(f"model band: {rw['n_samples']} posterior samples reweight the {rw['n_frames']} frames (effective "
               f"sample size {e['min']:.0%}-{e['max']:.0%} of them)")
+        if rw.get("n_refits"):
+            r = rw["refit_ess_fraction"]
+            print(f"and {rw['n_refits']} jackknife refits (effective sample size {r['min']:.0%}-{r['max']:.0%}); "
+                  "their spread is in the model band")
     if not a.reference:
         single = len(report["panels"]) == 1
         for e in report["panels"]:

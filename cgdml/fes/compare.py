@@ -128,20 +128,23 @@ def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_wei
         h_ref = None if p.reference is None else bin_counts(p.reference, edges)
         ref_idx = None if p.reference is None else bin_index(p.reference, edges)
         band, metrics = model_band(bin_index(p.model, edges), model_weights.weights, shape, h_ref, n_boot, block,
-                                   seed, ref_idx, min_count)
+                                   seed, ref_idx, min_count, model_weights.refit_weights)
         if metrics is not None:
-            band["band"] = {k: metric_band(e["metrics"][k], metrics[k], (e.get("bootstrap") or {}).get(k))
-                            for k in METRICS}
+            band["band"] = {k: metric_band(e["metrics"][k], metrics[k], (e.get("bootstrap") or {}).get(k),
+                                           metrics.get(k + "_refits")) for k in METRICS}
             if not p.extra:   # the mean is over the headline landscapes
                 samples.append(metrics)
         e["model_uncertainty"] = band
     if mean and samples:
-        per_sample = {k: np.mean([s[k] for s in samples], axis=0) for k in METRICS}
+        per_sample = {k: np.mean([s[k] for s in samples], axis=0) for k in samples[0]}
         mean["model_uncertainty"] = {
             "n_samples": model_weights.n_samples,
             "metrics": {k: {"point": mean[k], "model_mean": float(per_sample[k].mean()),
                             "model_std": float(per_sample[k].std(ddof=1))} for k in METRICS},
-            "band": {k: metric_band(mean[k], per_sample[k], (mean.get("bootstrap") or {}).get(k)) for k in METRICS}}
+            "band": {k: metric_band(mean[k], per_sample[k], (mean.get("bootstrap") or {}).get(k),
+                                    per_sample.get(k + "_refits")) for k in METRICS}}
+        if model_weights.n_refits:
+            mean["model_uncertainty"]["n_refits"] = model_weights.n_refits
 
 
 def load_trajectories(paths, topology=None):
@@ -194,7 +197,7 @@ def _as_list(x):
 
 def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None, bins=36, n_boot=200, block=None,
                        lagtime=None, seed=0, plot=None, model=None, temperature=None, min_ess=MIN_ESS,
-                       min_count=MIN_COUNT):
+                       min_count=MIN_COUNT, refits=None):
     """Free-energy landscapes of CG trajectories compared with a reference: what ``python -m cgdml.fes`` does.
 
     ``trajectories``: a trajectory file (.h5 carries its topology), an mdtraj Trajectory, coordinates
@@ -211,6 +214,9 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     at ``temperature`` K (the trajectories'; default the model's), reported only while every sample's weights
     keep an effective sample size of ``min_ess`` of the frames; the coverage counts bins with ``min_count``
     reference frames. A model without a force posterior gets a one-line warning and no model band.
+    ``refits``: K >= 2 block-jackknife refits of ``model`` (CGModels or paths: the same fit, each without one of K
+    contiguous blocks of its training frames); the frames are reweighted with their energy differences too, and
+    their jackknife variance is added to the model band (docs/uncertainty.md §11).
 
     Returns the report the command writes as JSON: trajectories (file names, None for objects), n_frames, cv,
     bins, topology, panels (the headline landscapes: label, cvs, range, periodic, kind, group, metrics,
@@ -265,6 +271,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
         raise CgdmlError("plain coordinates need a topology (a CGTopology or mdtraj Topology) or a reference")
     ref_xyz = None if ref is None else ref.coords
     cg_model, model_name = _load_model(model, n_beads)
+    if refits is not None and cg_model is None:
+        raise CgdmlError("refits need the model they are refits of (give model)")
     cv_sets = None if cvs is None else [c for c in _as_list(cvs) if c != "phi-psi"] or None
     panels = landscape_panels(xyz_list, topo, ref_xyz, cv_sets, lagtime=lagtime)
 
@@ -278,7 +286,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     weights = None
     if cg_model is not None:
         report["model"] = model_name
-        weights, why = _model_weights(cg_model, model_name, np.concatenate(xyz_list), temperature, min_ess)
+        weights, why = _model_weights(cg_model, model_name, np.concatenate(xyz_list), temperature, min_ess,
+                                      _load_refits(refits, n_beads))
         if weights is not None:
             report["reweighting"] = weights.summary()
             why = weights.why()
@@ -351,7 +360,17 @@ def _load_model(model, n_beads):
     return model, name
 
 
-def _model_weights(model, name, xyz, temperature, min_ess):
+def _load_refits(refits, n_beads):
+    """The jackknife refits as CGModels (None for None), checked against the trajectories' bead count."""
+    if refits is None:
+        return None
+    models = [_load_model(r, n_beads)[0] for r in _as_list(refits)]
+    if len(models) < 2:
+        raise CgdmlError(f"a jackknife needs at least 2 refits, got {len(models)}")
+    return models
+
+
+def _model_weights(model, name, xyz, temperature, min_ess, refits=None):
     """(ModelWeights, None), or (None, why) for a model without a force posterior."""
     posterior = getattr(model, "uncertainty", None)
     if posterior is None:
@@ -359,7 +378,12 @@ def _model_weights(model, name, xyz, temperature, min_ess):
                       "refit it to get one")
     from ..units import kT
 
-    return model_weights(posterior, xyz, kT(model.temperature if temperature is None else temperature), min_ess), None
+    dE = None
+    if refits:
+        E = model.energy_forces(xyz)[0]
+        dE = np.array([r.energy_forces(xyz)[0] - E for r in refits])
+    return model_weights(posterior, xyz, kT(model.temperature if temperature is None else temperature), min_ess,
+                         dE), None
 
 
 def _cv_name(cv_sets, panels):

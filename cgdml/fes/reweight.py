@@ -10,8 +10,14 @@ sample gives one landscape per sample; their spread per bin (kT) and the spread 
 
 Reweighting is trustworthy only while no sample's weights sit on a few frames: :class:`ModelWeights` checks the
 Kish effective sample size of every sample, and below ``min_ess`` (a fraction of the frames) reports no number.
+
 Free energies are aligned as the metric aligns them (docs/method.md §3): F(b) - sum_b w(b) F(b) with w the
 reference's population (the model's own without a reference), an empty bin counting as half a sample.
+
+The posterior is that of one fit at fixed hyperparameters, and misses what a refit of the whole estimator (prior,
+inducing points, basin offsets) on other data would change. Block-jackknife refits (the same fit, each without one
+of K contiguous blocks of the training frames) reweight the frames too, with weights exp(-(U_k - U) / kT), and their
+jackknife variance (K - 1) / K sum_k (F_k - mean F)^2 per bin is added to the posterior's (docs/uncertainty.md §11).
 """
 from __future__ import annotations
 
@@ -90,10 +96,16 @@ class ModelWeights:
     weights: np.ndarray
     kT: float
     min_ess: float = MIN_ESS
+    #: reweighting factors (n_refits, n_frames) of block-jackknife refits of the model, or None
+    refit_weights: np.ndarray = None
 
     @property
     def n_samples(self):
         return self.weights.shape[0]
+
+    @property
+    def n_refits(self):
+        return 0 if self.refit_weights is None else self.refit_weights.shape[0]
 
     @property
     def ess_fraction(self):
@@ -101,20 +113,39 @@ class ModelWeights:
         return effective_sample_size(self.weights) / self.weights.shape[1]
 
     @property
+    def refit_ess_fraction(self):
+        """The same for each refit's weights (n_refits,), empty without refits."""
+        if self.refit_weights is None:
+            return np.zeros(0)
+        return effective_sample_size(self.refit_weights) / self.refit_weights.shape[1]
+
+    @property
     def low_ess_samples(self):
         """Indices of the samples whose effective sample size is below ``min_ess``."""
         return np.flatnonzero(self.ess_fraction < self.min_ess)
 
     @property
+    def low_ess_refits(self):
+        """Indices of the refits whose effective sample size is below ``min_ess``."""
+        return np.flatnonzero(self.refit_ess_fraction < self.min_ess)
+
+    @property
     def too_small(self):
-        """True when some sample's effective sample size is below ``min_ess``: no model band is reported (dropping
-        those samples would keep the ones closest to the mean, and the band would understate the spread)."""
-        return bool(len(self.low_ess_samples))
+        """True when some sample's (or refit's) effective sample size is below ``min_ess``: no model band is
+        reported (dropping those samples would keep the ones closest to the mean, and the band would understate
+        the spread)."""
+        return bool(len(self.low_ess_samples) or len(self.low_ess_refits))
 
     def why(self):
         """One line on why no model band is reported (None when it is)."""
         if not self.too_small:
             return None
+        if not len(self.low_ess_samples):
+            e = self.refit_ess_fraction
+            return (f"refit reweighting unreliable: the effective sample size of a jackknife refit's weights falls "
+                    f"to {e.min():.1%} of the frames ({len(self.low_ess_refits)} of {self.n_refits} refits below "
+                    f"{self.min_ess:.0%}); the refits differ too much from the model over these frames for "
+                    "reweighting, so no model band is reported (the band would understate it)")
         e = self.ess_fraction
         return (f"posterior reweighting unreliable: the effective sample size of the weights falls to "
                 f"{e.min():.1%} of the frames ({len(self.low_ess_samples)} of {self.n_samples} samples below "
@@ -124,22 +155,45 @@ class ModelWeights:
 
     def summary(self):
         """The report's description: n_samples, kT, n_frames, the ESS fractions (min, median, max),
-        min_ess_fraction, low_ess_samples (indices) and the flag ess_too_small."""
+        min_ess_fraction, low_ess_samples (indices) and the flag ess_too_small; with refits also n_refits,
+        refit_ess_fraction (min, median, max) and low_ess_refits."""
         e = self.ess_fraction
-        return {"n_samples": int(self.n_samples), "kT": float(self.kT), "n_frames": int(self.weights.shape[1]),
-                "ess_fraction": {"min": float(e.min()), "median": float(np.median(e)), "max": float(e.max())},
-                "min_ess_fraction": float(self.min_ess), "low_ess_samples": self.low_ess_samples.tolist(),
-                "ess_too_small": self.too_small}
+        out = {"n_samples": int(self.n_samples), "kT": float(self.kT), "n_frames": int(self.weights.shape[1]),
+               "ess_fraction": {"min": float(e.min()), "median": float(np.median(e)), "max": float(e.max())},
+               "min_ess_fraction": float(self.min_ess), "low_ess_samples": self.low_ess_samples.tolist(),
+               "ess_too_small": self.too_small}
+        if self.n_refits:
+            r = self.refit_ess_fraction
+            out.update(n_refits=self.n_refits, low_ess_refits=self.low_ess_refits.tolist(),
+                       refit_ess_fraction={"min": float(r.min()), "median": float(np.median(r)),
+                                           "max": float(r.max())})
+        return out
 
 
-def model_weights(posterior, R, kT, min_ess=MIN_ESS):
+def model_weights(posterior, R, kT, min_ess=MIN_ESS, refit_energies=None):
     """:class:`ModelWeights` of frames R (n, n_beads, 3) nm under the samples of ``posterior`` (a
-    :class:`cgdml.uncertainty.ForcePosterior`) at ``kT`` kJ/mol (the temperature the frames were sampled at)."""
+    :class:`cgdml.uncertainty.ForcePosterior`) at ``kT`` kJ/mol (the temperature the frames were sampled at).
+    ``refit_energies`` (K, n) kJ/mol: U_k - U at the frames for K >= 2 block-jackknife refits of the model (any
+    constant per row), or None."""
     if posterior.n_samples < 2:
         raise CgdmlError(f"a model band needs at least 2 posterior samples, the posterior has {posterior.n_samples}")
     if not 0 <= min_ess <= 1:
         raise CgdmlError(f"min_ess must be a fraction of the frames in [0, 1], got {min_ess!r}")
-    return ModelWeights(sample_weights(sample_energies(posterior, R), kT), float(kT), float(min_ess))
+    refit = None
+    if refit_energies is not None:
+        E = np.atleast_2d(np.asarray(refit_energies, dtype=np.float64))
+        if E.shape[0] < 2 or E.shape[1] != len(R):
+            raise CgdmlError(f"refit energies shaped {E.shape}, expected (at least 2 refits, {len(R)} frames)")
+        refit = sample_weights(E, kT)
+    return ModelWeights(sample_weights(sample_energies(posterior, R), kT), float(kT), float(min_ess), refit)
+
+
+def jackknife_std(values):
+    """Block-jackknife standard deviation of K delete-one-block estimates ``values`` (K, ...):
+    sqrt((K - 1) / K sum_k (v_k - mean v)^2), elementwise."""
+    v = np.asarray(values, dtype=np.float64)
+    K = len(v)
+    return np.sqrt((K - 1) / K * np.sum((v - v.mean(axis=0)) ** 2, axis=0))
 
 
 # ------------------------------------------------------------------------------------------------ per bin
@@ -187,7 +241,8 @@ def as_grid(values):
     return np.array(values, dtype=np.float64)
 
 
-def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, ref_idx=None, min_count=MIN_COUNT):
+def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, ref_idx=None, min_count=MIN_COUNT,
+               refit_weights=None):
     """The model band of one landscape: per-bin standard deviations and, with a reference, the metrics' spread
     and the coverage of the reference by the 95% band.
 
@@ -196,11 +251,13 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
     (n_bins,) reference counts or None; ``n_boot``/``block``/``seed`` the block bootstrap of the sampling part
     (``n_boot`` 0: no sampling part, the band is the model's alone); ``ref_idx`` (n_ref,) the reference frames'
     bin indices, time-ordered, for the reference's own sampling noise in the coverage; ``min_count`` the
-    reference frames a bin needs to count in the coverage.
+    reference frames a bin needs to count in the coverage; ``refit_weights`` (K, n) the reweighting factors of K
+    block-jackknife refits, whose jackknife variance (:func:`jackknife_std`) adds to the posterior samples' in
+    ``model_std`` (the two parts are kept as ``posterior_std`` and ``refit_std``), or None.
 
     Returns (entry, sample_metrics): entry is the report's ``model_uncertainty`` of the landscape (keys in
-    :func:`cgdml.fes.compare.compare_panels`), sample_metrics {metric: (S,)} for averaging over landscapes
-    (None without a reference).
+    :func:`cgdml.fes.compare.compare_panels`), sample_metrics {metric: (S,)} for averaging over landscapes, with
+    {metric + "_refits": (K,)} when there are refits (None without a reference).
     """
     n_bins = int(np.prod(shape))
     inside = idx >= 0
@@ -211,8 +268,15 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
     H = reweighted_counts(idx, weights, n_bins)                     # (S, n_bins)
     F_s = aligned_free_energy(H, np.full(len(H), n_in), align)
     visited = h_model > 0
-    model_std = np.where(visited, np.std(F_s, axis=0, ddof=1), np.nan)
+    posterior_std = np.where(visited, np.std(F_s, axis=0, ddof=1), np.nan)
+    model_std, refit_std, H_k = posterior_std, None, None
     entry = {"n_samples": int(len(H)), "sampling": bool(n_boot)}
+    if refit_weights is not None:
+        H_k = reweighted_counts(idx, refit_weights, n_bins)
+        refit_std = np.where(visited, jackknife_std(aligned_free_energy(H_k, np.full(len(H_k), n_in), align)),
+                             np.nan)
+        model_std = np.hypot(posterior_std, refit_std)
+        entry["n_refits"] = int(len(H_k))
     if n_boot:
         block = check_bootstrap(len(idx), n_boot, block)
         sampling_std = np.where(visited, bootstrap_bin_std(idx, align, n_boot, block, seed), np.nan)
@@ -222,6 +286,8 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
     F = aligned_free_energy(h_model, n_in, align)
     bins = {"shape": [int(s) for s in shape], "free_energy": F, "model_std": model_std,
             "sampling_std": sampling_std if n_boot else None, "std": std}
+    if refit_std is not None:
+        bins.update(posterior_std=posterior_std, refit_std=refit_std)
     sample_metrics = None
     if h_ref is not None:
         point = metrics_from_counts(h_model, h_ref)
@@ -230,6 +296,13 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
         for k in METRICS:
             entry["metrics"][k] = {"point": float(point[k]), "model_mean": float(sample_metrics[k].mean()),
                                    "model_std": float(sample_metrics[k].std(ddof=1))}
+        if H_k is not None:
+            for k in METRICS:
+                refit = np.array([metrics_from_counts(h, h_ref)[k] for h in H_k])
+                e = entry["metrics"][k]
+                e["posterior_std"], e["refit_std"] = e["model_std"], float(jackknife_std(refit))
+                e["model_std"] = float(np.hypot(e["posterior_std"], e["refit_std"]))
+                sample_metrics[k + "_refits"] = refit
         F_ref = aligned_free_energy(h_ref, h_ref.sum(), align)
         diff = np.where(h_ref > 0, F - F_ref, np.nan)
         bins["difference"] = diff
@@ -240,16 +313,18 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
                 ref_std = bootstrap_bin_std(ref_idx, align, n_boot, ref_block, seed + 1)
                 bins["reference_std"] = np.where(h_ref > 0, ref_std, np.nan)
         entry["coverage"] = coverage(diff, model_std, sampling_std if n_boot else None, h_ref, visited, ref_std,
-                                     min_count)
+                                     min_count, posterior_std if refit_std is not None else None)
     entry["bins"] = {k: (v if v is None or k == "shape" else json_grid(v, shape)) for k, v in bins.items()}
     return entry, sample_metrics
 
 
-def coverage(diff, model_std, sampling_std, h_ref, visited, ref_std=None, min_count=MIN_COUNT):
+def coverage(diff, model_std, sampling_std, h_ref, visited, ref_std=None, min_count=MIN_COUNT, posterior_std=None):
     """How often the reference lies inside the 95% band, over the bins with at least ``min_count`` reference
     frames: |F_model - F_ref - offset| <= 1.96 sigma per bin. ``inside``: sigma^2 = model^2 + sampling^2 (the
     band); ``inside_sampling_only`` and ``inside_model_only`` its parts; ``inside_with_reference_noise`` adds the
-    reference's own bootstrap variance. A populated bin the model never visits counts as outside.
+    reference's own bootstrap variance; with ``posterior_std`` (when ``model_std`` includes jackknife refits)
+    ``inside_without_refits`` is the band of the posterior samples and sampling alone. A populated bin the model
+    never visits counts as outside.
     ``widen_to_95``: the factor by which the band would have to widen for the reference to lie inside it in 95%
     of these bins (the 95th percentile of |difference| / (1.96 sigma); None when over 5% of them are missed)."""
     populated = h_ref >= min_count
@@ -275,13 +350,18 @@ def coverage(diff, model_std, sampling_std, h_ref, visited, ref_std=None, min_co
             out["inside_sampling_only"] = frac(s)
         if ref_std is not None:
             out["inside_with_reference_noise"] = frac(np.sqrt(m ** 2 + s ** 2 + ref_std[populated] ** 2))
+        if posterior_std is not None:
+            out["inside_without_refits"] = frac(np.sqrt(posterior_std[populated] ** 2 + s ** 2))
     return out
 
 
-def metric_band(point, model_samples, bootstrap=None):
-    """The 95% interval of a metric from the model's samples (S,) and, when given, the bootstrap summary
-    (:func:`cgdml.fes.histograms.bootstrap_summary`) in quadrature: point, model_std, sampling_std, std, lo, hi."""
+def metric_band(point, model_samples, bootstrap=None, refits=None):
+    """The 95% interval of a metric from the model's samples (S,), the jackknife refits' values (K,) when given,
+    and the bootstrap summary (:func:`cgdml.fes.histograms.bootstrap_summary`) when given, in quadrature: point,
+    model_std (posterior and refits), sampling_std, std, lo, hi."""
     m = float(np.std(model_samples, ddof=1))
+    if refits is not None:
+        m = float(np.hypot(m, jackknife_std(refits)))
     s = float(bootstrap["std"]) if bootstrap else 0.0
     std = float(np.hypot(m, s))
     return {"point": float(point), "model_std": m, "sampling_std": s if bootstrap else None, "std": std,
