@@ -413,6 +413,19 @@ def show_progress(args):
     return not (getattr(args, "quiet", False) or getattr(args, "no_progress", False))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is when a record is emitted, not the one it was made with
+    (which a redirect or an earlier test's capture may have closed since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(args):
     """Send the ``cgdml`` logger to stderr at the level -v/--quiet ask for (INFO by default)."""
     level = logging.DEBUG if getattr(args, "verbose", False) else \
@@ -420,7 +433,7 @@ def configure_logging(args):
     logger = logging.getLogger("cgdml")
     logger.setLevel(level)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
 
