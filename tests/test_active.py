@@ -84,3 +84,104 @@ def test_force_matching_on_biased_frames_finds_the_mean_force():
     grid = np.linspace(-1.6, 1.6, 33)
     fitted = np.vander(grid, 6) @ coef
     assert np.abs(fitted - _mean_force(grid)).max() < 0.08 * np.abs(_mean_force(grid)).max()
+
+
+# ---------------------------------------------------------------- datasets that know which frames are Boltzmann samples
+@pytest.fixture(scope="module")
+def ala2():
+    from cgdml.mapping import load_default_cg_dataset
+
+    return load_default_cg_dataset(stride=10)
+
+
+def _with_biased_frames(ds, seed=0):
+    """``ds`` joined with 400 restrained-like frames (weight 0), all in the phi > 0 corner, with noise."""
+    from cgdml.data import CGDataset
+    from cgdml.geometry import dihedral
+
+    rng = np.random.default_rng(seed)
+    phi = dihedral(ds.coords, ds.cg_topology.backbone_quads()[0])[0]
+    pool = np.flatnonzero(phi < -2.0)           # one corner of the (phi, psi) plane
+    pick = rng.choice(pool, 400)
+    coords = ds.coords[pick] + rng.normal(0, 0.003, size=(400, ds.n_beads, 3))
+    forces = ds.forces[pick] + rng.normal(0, 50.0, size=(400, ds.n_beads, 3))
+    extra = CGDataset(coords, forces, ds.system, {"restrained": True}, np.zeros(400))
+    return CGDataset.concatenate([ds, extra])
+
+
+def test_weights_are_saved_checked_on_load_and_joined(ala2, tmp_path):
+    from cgdml._io import CgdmlError
+    from cgdml.data import CGDataset
+
+    assert np.all(ala2.weights == 1) and not ala2.biased.any()
+    joined = _with_biased_frames(ala2)
+    assert joined.n_frames == ala2.n_frames + 400 and joined.biased.sum() == 400
+    assert joined.info["joined"][1] == {"restrained": True}
+    joined.save(tmp_path / "j.npz")
+    back = CGDataset.load(tmp_path / "j.npz")
+    assert np.array_equal(back.weights, joined.weights)
+    assert int(np.load(tmp_path / "j.npz")["format_version"]) == 2
+    ala2.save(tmp_path / "plain.npz")                       # all ones: written as before (no weights field)
+    z = dict(np.load(tmp_path / "plain.npz"))
+    assert "weights" not in z and int(z["format_version"]) == 1
+    assert np.all(CGDataset.load(tmp_path / "plain.npz").weights == 1)
+    assert np.array_equal(back.subset(slice(-5, None)).weights, np.zeros(5))
+    for bad, msg in ((np.full(ala2.n_frames, np.nan), "NaN"), (-np.ones(ala2.n_frames), ">= 0"),
+                     (np.ones(3), "one number per frame"), (np.zeros(ala2.n_frames), "every frame has weight 0")):
+        np.savez(tmp_path / "bad.npz", **dict(z, weights=bad, format_version=np.int64(2)))
+        with pytest.raises(CgdmlError, match=msg) as err:
+            CGDataset.load(tmp_path / "bad.npz")
+        assert "bad.npz" in str(err.value) and "\n" not in str(err.value)
+    other = CGDataset(ala2.coords, ala2.forces, ala2.system.__class__(ala2.system.topology, ala2.masses, 350.0))
+    with pytest.raises(CgdmlError, match="dataset 1 differs from dataset 0 in its temperature"):
+        CGDataset.concatenate([ala2, other])
+
+
+def test_biased_frames_do_not_change_populations(ala2):
+    """Prior tables, k-means strata, start frames, arc populations and landscape floors read only weight > 0."""
+    from cgdml.basins import sampled_arcs
+    from cgdml.fes import compare_landscapes
+    from cgdml.prior import CGPrior
+    from cgdml.sampling import make_strata
+
+    joined = _with_biased_frames(ala2)
+    n = ala2.n_frames
+    for kw in (dict(bonded="tabulated", dihedrals=True), dict(bonded="auto", dihedrals=False)):
+        plain = CGPrior(**kw).fit(ala2.coords, ala2.temperature, ala2.cg_topology)
+        weighted = CGPrior(**kw).fit(joined.coords, joined.temperature, joined.cg_topology, weights=joined.weights)
+        blind = CGPrior(**kw).fit(joined.coords, joined.temperature, joined.cg_topology)   # what it guards against
+        for name in ("bond_r0_", "bond_k_", "angle_theta0_", "angle_k_", "bond_splines_", "angle_splines_",
+                     "dihedral_splines_", "bond_tabulated_", "angle_tabulated_"):
+            assert np.array_equal(getattr(plain, name), getattr(weighted, name)), name
+        assert not np.allclose(plain.angle_theta0_, blind.angle_theta0_, rtol=0, atol=1e-5)
+    labels, method = make_strata(ala2, "kmeans", n_strata=12)
+    joined_labels, _ = make_strata(joined, "kmeans", n_strata=12)
+    assert method == "kmeans" and np.array_equal(labels, joined_labels[:n])
+    grid, grid_joined = make_strata(ala2)[0], make_strata(joined)[0][:n]        # the (phi, psi) grid: same cells
+    assert len(np.unique(grid)) == np.unique(np.stack([grid, grid_joined]), axis=1).shape[1] == len(np.unique(grid_joined))
+    # arcs: where any frame is; populations: the weighted frames
+    rng = np.random.default_rng(1)
+    angles = np.concatenate([rng.normal(-1.5, 0.3, 900), rng.normal(1.0, 0.2, 100)])
+    biased = rng.normal(1.0, 0.05, 500)                  # inside the second arc
+    arcs, counts = sampled_arcs(angles)
+    arcs_w, counts_w = sampled_arcs(np.concatenate([angles, biased]), weights=np.r_[np.ones(1000), np.zeros(500)])
+    assert len(arcs) == 2 and np.allclose(arcs, arcs_w) and np.allclose(counts, counts_w)
+    # landscapes: the reference's histograms and split-half floor are those of its Boltzmann frames
+    traj = ala2.coords[::3]
+    a = compare_landscapes(traj, ala2, topology=ala2.cg_topology, n_boot=0)
+    b = compare_landscapes(traj, joined, topology=joined.cg_topology, n_boot=0)
+    assert a["noise_floor"] == b["noise_floor"] and a["metrics"] == b["metrics"]
+    assert b["n_ref_frames"] == n
+
+
+def test_weighted_prior_equals_repeated_frames(ala2):
+    """A frame of weight 2 counts as two frames (weighted means, variances and histograms)."""
+    from cgdml.prior import CGPrior
+
+    w = np.ones(ala2.n_frames)
+    w[:300] = 2.0
+    repeated = np.concatenate([ala2.coords, ala2.coords[:300]])
+    a = CGPrior(dihedrals=True, bonded="harmonic").fit(ala2.coords, ala2.temperature, ala2.cg_topology, weights=w)
+    b = CGPrior(dihedrals=True, bonded="harmonic").fit(repeated, ala2.temperature, ala2.cg_topology)
+    for name in ("bond_r0_", "bond_k_", "angle_theta0_", "angle_k_", "dihedral_splines_"):
+        assert np.allclose(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9), name
