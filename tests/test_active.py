@@ -185,3 +185,166 @@ def test_weighted_prior_equals_repeated_frames(ala2):
     b = CGPrior(dihedrals=True, bonded="harmonic").fit(repeated, ala2.temperature, ala2.cg_topology)
     for name in ("bond_r0_", "bond_k_", "angle_theta0_", "angle_k_", "dihedral_splines_"):
         assert np.allclose(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9), name
+
+
+# ---------------------------------------------------------------- restrained labelling, choice and the loop (OpenMM)
+FAST_LABELS = dict(n_frames=2, equilibrate_ps=0.04, save_every_ps=0.02, minimise_steps=100)
+FAST_FIT = dict(method="single", n_frames=60, balance_basins=False, progress=False)
+FAST_SIM = dict(replicas=3, steps=200, save_every=20)
+
+
+@pytest.fixture(scope="module")
+def allatom():
+    pytest.importorskip("openmm")
+    from cgdml.io.shipped import default_dataset_paths
+    from cgdml.learn import allatom_map, load_allatom_reference, map_reference
+
+    paths = default_dataset_paths()
+    ref = load_allatom_reference(paths.topology, paths.trajectory)
+    cgmap = allatom_map(ref, "ala2-5")
+    return ref, cgmap, map_reference(ref, cgmap, slice(0, 300))
+
+
+def test_restrained_labels_are_the_unrestrained_mapped_forces(allatom):
+    import openmm
+    from openmm import unit
+
+    from cgdml._io import CgdmlError
+    from cgdml.learn import RestrainedLabeller, superposed_rmsd
+    from cgdml.learn.label import superpose
+
+    ref, cgmap, ds = allatom
+    rng = np.random.default_rng(0)
+    targets = cgmap.map_coords(ref.positions[[5000, 12000]])
+    # a rigid motion of a target changes neither the start frame nor the superposed RMSD
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    rot *= np.sign(np.linalg.det(rot))
+    moved = targets[0] @ rot.T + np.array([1.0, -2.0, 0.5])
+    images = cgmap.map_coords(ref.positions[:300])
+    assert np.allclose(superposed_rmsd(images, moved), superposed_rmsd(images, targets[0]), atol=1e-9)
+    assert np.allclose(superpose(moved, targets[0]), targets[0], atol=1e-9)
+    labeller = RestrainedLabeller(ref, cgmap, ds.system, **FAST_LABELS, k_restraint=5000.0, seed=3)
+    chunk, record = labeller.label(np.stack([moved, targets[1]]), ref.positions[:300], round_index=4)
+    assert chunk.n_frames == 4 and np.all(chunk.weights == 0) and chunk.bead_names == ds.bead_names
+    assert record["allatom_ns"] == pytest.approx(2 * labeller.ns_per_configuration)
+    # the beads sit at the (superposed) target within the restraint's thermal spread (sqrt(3 kT / k) = 0.04 nm)
+    for i, target in enumerate((targets[0], targets[1])):
+        assert superposed_rmsd(chunk.coords[2 * i:2 * i + 2], target).max() < 0.06
+    # the label is the mapped force of the system without the restraint
+    plain = openmm.Context(ref.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    plain.setPositions(record["final_positions"][1] * unit.nanometer)
+    f = plain.getState(getForces=True).getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    mapped = cgmap.map_forces(np.asarray(f)[None])[0]
+    assert np.abs(mapped - chunk.forces[-1]).max() < 1e-3 * np.abs(mapped).max()
+    stiff = RestrainedLabeller(ref, cgmap, ds.system, **dict(FAST_LABELS, minimise_steps=0), k_restraint=1e13,
+                               timestep_fs=4.0)
+    with pytest.raises(CgdmlError, match="round 7, configuration 0: the restrained all-atom run blew up") as err:
+        stiff.label(targets[1:] + 0.3, ref.positions[:300], round_index=7)
+    assert "\n" not in str(err.value)
+
+
+def test_choose_configurations_takes_uncertain_and_spread_frames():
+    from types import SimpleNamespace
+
+    from cgdml.learn import choose_configurations
+
+    rng = np.random.default_rng(0)
+    base = np.array([[0, 0, 0], [0.15, 0, 0], [0.2, 0.14, 0], [0.35, 0.15, 0.05]], dtype=float)
+    frames = base + rng.normal(0, 0.01, size=(300, 4, 3))
+    frames[:100, 3] += 0.3                     # region A: most uncertain
+    frames[100:150, 3] -= 0.3                  # region B: uncertain, a little less
+    u = np.r_[np.full(100, 10.0), np.full(50, 9.0), np.ones(150)] + rng.random(300) * 0.1
+    model = SimpleNamespace(force_uncertainty=lambda R: None, gdml=SimpleNamespace(quads=np.zeros((0, 4), int),
+                                                                                   chiral_scale=1.0))
+    index, _ = choose_configurations(model, frames, 4, top_fraction=0.5, uncertainty=u)
+    assert len(index) == 4 and index[0] == np.argmax(u) and np.all(index < 150)
+    assert (index < 100).any() and ((index >= 100) & (index < 150)).any()   # both regions, not 4 from A
+
+
+def test_active_learning_loop_resumes_after_a_kill(allatom, tmp_path, monkeypatch):
+    import json
+
+    from cgdml import fit_cg_model
+    from cgdml.learn import RestrainedLabeller, active_learn
+
+    ref, cgmap, ds = allatom
+    fits = []
+
+    def fit(data):
+        fits.append(data.n_frames)
+        return fit_cg_model(data, **FAST_FIT)
+
+    labeller = RestrainedLabeller(ref, cgmap, ds.system, **FAST_LABELS)
+    budget = 3.5 * 2 * labeller.ns_per_configuration     # three rounds of two, then half a round
+    kw = dict(budget_ns=budget, per_round=2, fit=fit, simulate=FAST_SIM, labeller=FAST_LABELS, progress=False,
+              reference=ds)
+    real_label = RestrainedLabeller.label
+
+    def killed(self, targets, pool=None, *, round_index=0, progress=False):
+        if round_index == 1:
+            raise KeyboardInterrupt("killed in round 1")
+        return real_label(self, targets, pool, round_index=round_index, progress=progress)
+
+    monkeypatch.setattr(RestrainedLabeller, "label", killed)
+    with pytest.raises(KeyboardInterrupt):
+        active_learn(ref, cgmap, ds, tmp_path / "run", **kw)
+    assert fits == [300, 304]
+    round0 = tmp_path / "run" / "round_000"
+    stamp = {p.name: p.stat().st_mtime_ns for p in round0.iterdir()}
+    assert (round0 / "round.json").exists() and not (tmp_path / "run" / "round_001" / "round.json").exists()
+    assert (tmp_path / "run" / "round_001" / "selected.npz").exists()
+    monkeypatch.setattr(RestrainedLabeller, "label", real_label)
+    result = active_learn(ref, cgmap, ds, tmp_path / "run", **kw)
+    # round 0 and round 1's fit, simulation and choice were not redone
+    assert fits == [300, 304, 308, 312, 314]
+    assert {p.name: p.stat().st_mtime_ns for p in round0.iterdir()} == stamp
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+    assert [r.get("n_labelled", 0) for r in rounds] == [2, 2, 2, 1, 0]
+    assert rounds[-1]["stopped"].startswith("the all-atom budget") and rounds[-1]["allatom_ns_total"] <= budget
+    assert rounds[-1]["n_restrained"] == 7 * FAST_LABELS["n_frames"]
+    assert all("js" in r and set(r["uncertainty_quantiles"]) == {"0.5", "0.9", "0.99"} for r in rounds)
+    assert json.loads((tmp_path / "run" / "log.json").read_text())["final_model"].endswith("round_004/model.npz")
+    again = active_learn(ref, cgmap, ds, tmp_path / "run", **kw)            # a finished run is not redone
+    assert fits[-1] == 314 and len(fits) == 5 and again["rounds"] == rounds
+
+
+def test_active_learning_bad_input(allatom, tmp_path):
+    from cgdml._io import CgdmlError
+    from cgdml.learn import active_learn, allatom_map
+
+    ref, cgmap, ds = allatom
+    kw = dict(per_round=1, fit=FAST_FIT, simulate=FAST_SIM, labeller=FAST_LABELS, progress=False)
+    for budget in (0, -1.0, float("nan"), "lots"):
+        with pytest.raises(CgdmlError, match="budget must be a number of ns > 0"):
+            active_learn(ref, cgmap, ds, tmp_path / "zero", budget_ns=budget, **kw)
+    six = allatom_map(ref, "ala2-6")
+    with pytest.raises(CgdmlError, match="the map does not fit the data"):
+        active_learn(ref, six, ds, tmp_path / "six", budget_ns=1.0, **kw)
+    from cgdml.mapping import CGMap, load_map_spec
+    from cgdml.reference import build_peptide
+
+    pytest.importorskip("PeptideBuilder")
+    import mdtraj as md
+
+    top, pos = build_peptide("AA")
+    other = CGMap(load_map_spec("ala2-5")[0]).fit(md.Topology.from_openmm(top)).fit_force_map("aggregate")
+    with pytest.raises(CgdmlError, match="atoms, the all-atom system has 22"):
+        active_learn(ref, other, ds, tmp_path / "other", budget_ns=1.0, **kw)
+    with pytest.raises(CgdmlError, match="round 0, configuration 0: the restrained all-atom run blew up") as err:
+        active_learn(ref, cgmap, ds, tmp_path / "stiff", budget_ns=1.0,
+                     **dict(kw, labeller=dict(FAST_LABELS, k_restraint=1e13, timestep_fs=4.0, minimise_steps=0)))
+    assert "\n" not in str(err.value)
+    kept = tmp_path / "stiff" / "round_000"
+    assert (kept / "model.npz").exists() and (kept / "selected.npz").exists() and not (kept / "labels.npz").exists()
+
+
+def test_learn_command_refuses_a_zero_budget(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "cgdml.learn", "-o", str(tmp_path / "run"), "--budget-ns", "0",
+                          "--start-ns", "0.1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    lines = [x for x in out.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "budget must be a number of ns > 0" in lines[0], out.stderr
