@@ -25,7 +25,7 @@ def _force_x1(x):
     return -_V_prime(x[:, 0]) - 0.5 * x[:, 0] * x[:, 1] ** 2
 
 
-def _sample(bias, n_chains=20000, n_steps=600, step=0.7, seed=0):
+def _sample(bias, n_chains=20000, n_steps=300, step=0.8, seed=0):
     """Independent samples of exp(-(u + bias)) (the last state of each of ``n_chains`` Metropolis chains)."""
     rng = np.random.default_rng(seed)
 
@@ -275,7 +275,7 @@ def test_active_learning_loop_resumes_after_a_kill(allatom, tmp_path, monkeypatc
         return fit_cg_model(data, **FAST_FIT)
 
     labeller = RestrainedLabeller(ref, cgmap, ds.system, **FAST_LABELS)
-    budget = 3.5 * 2 * labeller.ns_per_configuration     # three rounds of two, then half a round
+    budget = 2.5 * 2 * labeller.ns_per_configuration     # two rounds of two, then half a round
     kw = dict(budget_ns=budget, per_round=2, fit=fit, simulate=FAST_SIM, labeller=FAST_LABELS, progress=False,
               reference=ds)
     real_label = RestrainedLabeller.label
@@ -296,17 +296,17 @@ def test_active_learning_loop_resumes_after_a_kill(allatom, tmp_path, monkeypatc
     monkeypatch.setattr(RestrainedLabeller, "label", real_label)
     result = active_learn(ref, cgmap, ds, tmp_path / "run", **kw)
     # round 0 and round 1's fit, simulation and choice were not redone
-    assert fits == [300, 304, 308, 312, 314]
+    assert fits == [300, 304, 308, 310]
     assert {p.name: p.stat().st_mtime_ns for p in round0.iterdir()} == stamp
     rounds = result["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
-    assert [r.get("n_labelled", 0) for r in rounds] == [2, 2, 2, 1, 0]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert [r.get("n_labelled", 0) for r in rounds] == [2, 2, 1, 0]
     assert rounds[-1]["stopped"].startswith("the all-atom budget") and rounds[-1]["allatom_ns_total"] <= budget
-    assert rounds[-1]["n_restrained"] == 7 * FAST_LABELS["n_frames"]
+    assert rounds[-1]["n_restrained"] == 5 * FAST_LABELS["n_frames"]
     assert all("js" in r and set(r["uncertainty_quantiles"]) == {"0.5", "0.9", "0.99"} for r in rounds)
-    assert json.loads((tmp_path / "run" / "log.json").read_text())["final_model"].endswith("round_004/model.npz")
+    assert json.loads((tmp_path / "run" / "log.json").read_text())["final_model"].endswith("round_003/model.npz")
     again = active_learn(ref, cgmap, ds, tmp_path / "run", **kw)            # a finished run is not redone
-    assert fits[-1] == 314 and len(fits) == 5 and again["rounds"] == rounds
+    assert len(fits) == 4 and again["rounds"] == rounds
 
 
 def test_active_learning_bad_input(allatom, tmp_path):
