@@ -348,3 +348,33 @@ def test_learn_command_refuses_a_zero_budget(tmp_path):
     assert out.returncode != 0
     lines = [x for x in out.stderr.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and "budget must be a number of ns > 0" in lines[0], out.stderr
+
+
+def test_dihedral_uncertainty_is_the_posterior_spread_of_the_generalised_force(allatom):
+    """dihedral_uncertainty equals the std over posterior samples of b . F computed by finite differences of the
+    dihedral (b = grad phi / |grad phi|^2), and choose_configurations ranks by it with score='dihedral'."""
+    from cgdml import fit_cg_model
+    from cgdml.geometry import dihedral
+    from cgdml.learn import choose_configurations, dihedral_uncertainty
+
+    _, _, ds = allatom
+    model = fit_cg_model(ds, **FAST_FIT)
+    frames = ds.coords[::30]
+    u = dihedral_uncertainty(model, frames)
+    samples = model.uncertainty.sample_forces(frames)
+    var = np.zeros(len(frames))
+    quads = model.cg_topology.soft_dihedrals()
+    h = 1e-6
+    for quad in quads:
+        grad = np.zeros((len(frames), 4, 3))
+        for a in range(4):
+            for c in range(3):
+                step = np.zeros_like(frames)
+                step[:, quad[a], c] = h
+                grad[:, a, c] = (np.angle(np.exp(1j * (dihedral(frames + step, quad)[0]
+                                                       - dihedral(frames - step, quad)[0])))) / (2 * h)
+        b = grad / (grad ** 2).sum((1, 2))[:, None, None]
+        var += np.einsum("snkc,nkc->sn", samples[:, :, quad], b).var(0)
+    assert len(quads) == 2 and np.allclose(u, np.sqrt(var / len(quads)), rtol=1e-4)
+    index, scores = choose_configurations(model, frames, 2, top_fraction=0.2, score="dihedral")
+    assert np.allclose(scores, u) and index[0] == np.argmax(u)

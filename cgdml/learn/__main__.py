@@ -32,8 +32,8 @@ def build_parser():
     start.add_argument("--dataset", default=None, help="start from this CG dataset (.npz, mapped with --map)")
     p.add_argument("--reference", default=None, help="CG dataset to report js against each round (optional)")
     p.add_argument("--target-uncertainty", type=_positive, default=None,
-                   help="stop when the --quantile of the simulated frames' force uncertainty is below this "
-                        "(kJ/mol/nm)")
+                   help="stop when the --quantile of the simulated frames' --score uncertainty is below this "
+                        "(kJ/mol/nm or kJ/mol/rad)")
     p.add_argument("--quantile", type=float_between(0, 1, low_open=True), default=LOOP_DEFAULTS["quantile"],
                    help=f"quantile of the stopping rule (default {LOOP_DEFAULTS['quantile']:g})")
     p.add_argument("--per-round", type=_count, default=LOOP_DEFAULTS["per_round"],
@@ -42,6 +42,9 @@ def build_parser():
                    help=f"choose among this most uncertain fraction (default {LOOP_DEFAULTS['top_fraction']:g})")
     p.add_argument("--max-rounds", type=_count, default=LOOP_DEFAULTS["max_rounds"],
                    help=f"at most this many rounds (default {LOOP_DEFAULTS['max_rounds']})")
+    p.add_argument("--score", choices=("force", "dihedral"), default=LOOP_DEFAULTS["score"],
+                   help="uncertainty that ranks frames and stops the loop: force (RMS force std, kJ/mol/nm) or "
+                        f"dihedral (generalised force along the soft dihedrals, kJ/mol/rad); default {LOOP_DEFAULTS['score']}")
     p.add_argument("--method", default="auto", choices=("auto", "nystrom", "two-layer", "single"),
                    help="fit method of each round (default auto, as python -m cgdml.fit)")
     p.add_argument("--replicas", type=_count, default=sim["replicas"],
@@ -90,7 +93,7 @@ def main(argv=None):
         labeller=dict(k_restraint=a.k_restraint, n_frames=a.label_frames, save_every_ps=a.label_every_ps,
                       equilibrate_ps=a.equilibrate_ps, timestep_fs=a.timestep_fs, platform=a.platform,
                       threads=a.threads),
-        reference=reference, seed=a.seed, progress=show_progress(a))
+        reference=reference, seed=a.seed, progress=show_progress(a), score=a.score)
     print(f"{len(result['rounds'])} round(s); {result['stopped']}; final model {result['final_model']}")
     return 0
 

@@ -4,7 +4,7 @@ Round r (directory ``OUT/round_NNN``, each file written atomically, each step sk
 there, so a killed run resumes where it stopped):
 
 1. ``model.npz``: the model fitted to the starting dataset joined with the restrained chunks of rounds < r;
-2. ``simulation.npz``: a short simulation of it (``coords``, the frames' force ``uncertainty``);
+2. ``simulation.npz``: a short simulation of it (``coords``, the frames' ``uncertainty``: the ``score``);
 3. stop when the ``quantile`` of that uncertainty is below ``target_uncertainty``, or when the all-atom budget
    cannot pay for one more configuration;
 4. ``selected.npz``: the configurations to label (:func:`cgdml.learn.choose.choose_configurations`);
@@ -28,17 +28,17 @@ import numpy as np
 
 from .._io import CgdmlError, OutputLock, load_npz, remove_stale_temps, save_json, save_npz
 from ..data import CGDataset, dataset_argument
-from .choose import choose_configurations
+from .choose import SCORES, choose_configurations, dihedral_uncertainty
 from .label import LABEL_DEFAULTS, RestrainedLabeller, check_map_fits
 
 log = logging.getLogger("cgdml.learn")
 QUANTILES = (0.5, 0.9, 0.99)
-LOOP_DEFAULTS = dict(per_round=8, top_fraction=0.1, quantile=0.9, max_rounds=20,
+LOOP_DEFAULTS = dict(per_round=8, top_fraction=0.1, quantile=0.9, max_rounds=20, score="force",
                      simulate=dict(replicas=20, steps=12000, save_every=100))
 COMMAND = "cgdml.learn"
 # settings that must agree between a run directory and a rerun
 _IDENTITY = ("budget_ns", "per_round", "top_fraction", "quantile", "target_uncertainty", "seed", "labeller", "simulate",
-             "fit", "dataset_frames", "map", "allatom")
+             "fit", "dataset_frames", "map", "allatom", "score")
 
 
 def _say(line, progress):
@@ -97,7 +97,7 @@ def _js(reference, coords, topology):
 def active_learn(allatom, cgmap, dataset, outdir, *, budget_ns, target_uncertainty=None,
                  quantile=LOOP_DEFAULTS["quantile"], per_round=LOOP_DEFAULTS["per_round"],
                  top_fraction=LOOP_DEFAULTS["top_fraction"], max_rounds=LOOP_DEFAULTS["max_rounds"], fit=None,
-                 simulate=None, labeller=None, reference=None, seed=0, progress=True):
+                 simulate=None, labeller=None, reference=None, seed=0, progress=True, score=LOOP_DEFAULTS["score"]):
     """Run (or resume) active learning in ``outdir``; returns the log (dict: settings, rounds, stop reason).
 
     Parameters
@@ -107,9 +107,12 @@ def active_learn(allatom, cgmap, dataset, outdir, *, budget_ns, target_uncertain
         mapped with): a map that does not fit the atoms or the dataset's beads is a one-line error.
     dataset : the starting :class:`cgdml.data.CGDataset` (Boltzmann frames, weight 1).
     budget_ns : all-atom ns the loop may spend on restrained labelling (> 0); a round labels only what still fits.
-    target_uncertainty : kJ/mol/nm; stop when the ``quantile`` of the simulated frames' force uncertainty is
-        below it (None: run until the budget or ``max_rounds``).
+    target_uncertainty : stop when the ``quantile`` of the simulated frames' uncertainty (``score``; kJ/mol/nm or
+        kJ/mol/rad) is below it (None: run until the budget or ``max_rounds``).
     per_round, top_fraction : configurations labelled per round, chosen among the top fraction by uncertainty.
+    score : which uncertainty ranks the frames and stops the loop: "force" (the RMS force std, kJ/mol/nm) or
+        "dihedral" (the generalised force along the soft dihedrals, kJ/mol/rad;
+        :func:`cgdml.learn.choose.dihedral_uncertainty`).
     fit : how each round fits (None: :func:`cgdml.pipeline.fit_cg_model` defaults; a dict of its parameters; a
         :class:`cgdml.pipeline.CGEstimator`; a callable dataset -> CGModel).
     simulate : :func:`cgdml.simulate.simulate_model` parameters of each round's short run (default
@@ -133,6 +136,8 @@ def active_learn(allatom, cgmap, dataset, outdir, *, budget_ns, target_uncertain
         raise CgdmlError(f"quantile must be in (0, 1), got {quantile!r}")
     if not (int(per_round) == per_round and per_round >= 1) or not (int(max_rounds) == max_rounds and max_rounds >= 1):
         raise CgdmlError(f"per_round and max_rounds must be whole numbers >= 1, got {per_round!r}, {max_rounds!r}")
+    if score not in SCORES:
+        raise CgdmlError(f"unknown score {score!r} (choose {' or '.join(SCORES)})")
     check_map_fits(cgmap, allatom, dataset.system)
     sim = dict(LOOP_DEFAULTS["simulate"], **(simulate or {}))
     lab = dict(LABEL_DEFAULTS, **(labeller or {}))
@@ -143,7 +148,7 @@ def active_learn(allatom, cgmap, dataset, outdir, *, budget_ns, target_uncertain
                     labeller={k: v for k, v in lab.items() if k not in ("platform", "threads")},
                     simulate={k: v for k, v in sim.items() if k not in ("threads", "jobs", "scheduler")},
                     fit=_fit_record(fit), dataset_frames=int(dataset.n_frames), map=str(cgmap.label),
-                    allatom=str(Path(allatom.npz).name), ns_per_configuration=cost, command=COMMAND)
+                    allatom=str(Path(allatom.npz).name), ns_per_configuration=cost, command=COMMAND, score=score)
     outdir = Path(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -164,8 +169,9 @@ def _check_settings(path, settings):
         old = json.loads(path.read_text())["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         raise CgdmlError(f"{path}: not the log of a cgdml.learn run; use a new output directory") from None
-    diff = [f"{k} {old.get(k)!r} vs {settings[k]!r}" for k in _IDENTITY
-            if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(settings[k]))]
+    legacy = {"score": "force"}          # logs written before the score option
+    diff = [f"{k} {old.get(k, legacy.get(k))!r} vs {settings[k]!r}" for k in _IDENTITY
+            if json.loads(json.dumps(old.get(k, legacy.get(k)))) != json.loads(json.dumps(settings[k]))]
     if diff:
         raise CgdmlError(f"{path.parent} holds a run with other settings ({'; '.join(diff)}); use a new output "
                          "directory")
@@ -208,7 +214,8 @@ def _loop(outdir, settings, allatom, dataset, labeller, cost, fit, sim, referenc
             coords = np.asarray(run.coordinates(), dtype=np.float64)
             if not len(coords):
                 raise CgdmlError(f"round {r}: the simulation of the model kept no frames")
-            u = model.force_uncertainty(coords)
+            u = model.force_uncertainty(coords) if settings["score"] == "force" else \
+                dihedral_uncertainty(model, coords)
             save_npz(sim_path, coords=coords.astype(np.float32), uncertainty=u)
         quantiles = {f"{p:g}": float(np.quantile(u, p)) for p in sorted(set(QUANTILES) | {q})}
         record = dict(round=r, n_frames=int(data.n_frames), n_restrained=int(data.biased.sum()),
@@ -225,7 +232,7 @@ def _loop(outdir, settings, allatom, dataset, labeller, cost, fit, sim, referenc
             stopped = f"max_rounds ({max_rounds}) reached"
         if stopped:
             record.update(allatom_ns_total=spent, stopped=stopped, wall_s=time.perf_counter() - t0)
-            _finish(outdir, rdir, record, rounds, stopped, progress)
+            _finish(outdir, rdir, record, rounds, stopped, progress, settings["score"])
             break
         k = min(settings["per_round"], afford)
         sel_path = rdir / "selected.npz"
@@ -233,7 +240,8 @@ def _loop(outdir, settings, allatom, dataset, labeller, cost, fit, sim, referenc
             z = load_npz(sel_path, "selected configurations")
             targets, chosen = z["targets"], z["index"]
         else:
-            chosen, _ = choose_configurations(model, coords, k, settings["top_fraction"], uncertainty=u)
+            chosen, _ = choose_configurations(model, coords, k, settings["top_fraction"], uncertainty=u,
+                                              score=settings["score"])
             targets = coords[chosen]
             save_npz(sel_path, targets=targets, index=chosen, uncertainty=u[chosen])
         labels_path = rdir / "labels.npz"
@@ -255,7 +263,7 @@ def _loop(outdir, settings, allatom, dataset, labeller, cost, fit, sim, referenc
                       wall_s=time.perf_counter() - t0)
         chunks.append(chunk)
         pools.append(final)
-        _finish(outdir, rdir, record, rounds, None, progress)
+        _finish(outdir, rdir, record, rounds, None, progress, settings["score"])
     log_path = outdir / "log.json"
     full = json.loads(log_path.read_text())
     full.update(rounds=rounds, stopped=stopped, final_model=str(outdir / f"round_{rounds[-1]['round']:03d}" /
@@ -264,7 +272,7 @@ def _loop(outdir, settings, allatom, dataset, labeller, cost, fit, sim, referenc
     return full
 
 
-def _finish(outdir, rdir, record, rounds, stopped, progress):
+def _finish(outdir, rdir, record, rounds, stopped, progress, score="force"):
     """Write the round's record (marking it done) and the log; say one line."""
     save_json(rdir / "round.json", record)
     rounds.append(record)
@@ -274,7 +282,8 @@ def _finish(outdir, rdir, record, rounds, stopped, progress):
     save_json(log_path, full)
     qs = record["uncertainty_quantiles"]
     line = (f"round {record['round']}: {record['n_frames']} frames ({record['n_restrained']} restrained), "
-            f"uncertainty median {qs['0.5']:.3g} / q0.9 {qs['0.9']:.3g} kJ/mol/nm, all-atom "
+            f"{score} uncertainty median {qs['0.5']:.3g} / q0.9 {qs['0.9']:.3g} "
+            f"{'kJ/mol/nm' if score == 'force' else 'kJ/mol/rad'}, all-atom "
             f"{record['allatom_ns_total']:.3g} ns")
     if "js" in record:
         line += f", js {record['js']:.3g} (floor {record['js_floor']:.3g})"
