@@ -115,7 +115,8 @@ def main():
     say("# Active learning against plain all-atom MD (alanine dipeptide)")
     say()
     say(f"{time.strftime('%Y-%m-%d')}, load {load_str()}. `python benchmarks/bench_active.py --start-ns {a.start_ns:g} "
-        f"--budget-ns {a.budget_ns:g} --per-round {a.per_round} --plain-ns {a.plain_ns}`. Shipped implicit-solvent "
+        f"--budget-ns {a.budget_ns:g} --per-round {a.per_round} --plain-ns {a.plain_ns} --scores {a.scores}` (one "
+        "seed; the steps ran under loads of 6-13 on 2 cores). Shipped implicit-solvent "
         f"alanine dipeptide (20 ns, 1 ps frames), 5-bead map, aggregate force map. Both arms start from the first "
         f"{a.start_ns:g} ns ({start.n_frames} frames) and are fitted with `fit_cg_model(**{FIT})` (basin balancing "
         f"on, force posterior on). Each model is judged by a run of {EVAL['replicas']} replicas x {EVAL['steps']} "
@@ -124,7 +125,7 @@ def main():
     say()
     say(f"Labelling: {json.dumps(result['settings']['labeller'])}; {result['settings']['ns_per_configuration'] * 1000:g} "
         f"ps of all-atom time per configuration; per round {a.per_round} configurations from the top "
-        f"{result['settings']['top_fraction']:g} by force uncertainty of a {ROUND_SIM['replicas']} x "
+        f"{result['settings']['top_fraction']:g} by the arm's score (uncertainty) of a {ROUND_SIM['replicas']} x "
         f"{ROUND_SIM['steps']}-step run. Caveat: the plain-MD arm's frames are a prefix of the reference itself.")
     say()
     for score, (_, rows) in arms.items():
