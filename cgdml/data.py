@@ -171,10 +171,11 @@ class CGDataset:
     provenance (source files, map, units) stored as JSON, and ``weights`` (n_frames,), each frame's Boltzmann
     weight: 1 for frames of an unbiased run (the default), 0 for frames that are good for forces but not for
     populations (restrained all-atom frames, docs/method.md §2.9), or exp(W / kT) up to a constant for a known
-    bias W. A dataset of weight-0 frames only (a chunk of restrained frames) can be built and joined to others,
-    but not fitted or loaded without ``allow_all_biased``. Everything that reads populations from the frames (the prior's Boltzmann inversion, k-means strata,
+    bias W. Everything that reads populations from the frames (the prior's Boltzmann inversion, k-means strata,
     basin balancing, the model's start frames, landscape references) uses the weighted frames of positive weight
-    (:meth:`population`); force matching uses every frame.
+    (:meth:`population`); force matching uses every frame. A dataset of weight-0 frames only (a chunk of
+    restrained frames) can be built and joined to others, but not fitted, nor loaded without
+    ``allow_all_biased``.
 
     Build one from arrays in any unit with :meth:`from_arrays`; read and write ``.npz`` files with :meth:`load`
     and :meth:`save`. The properties ``temperature``, ``masses``, ``bead_names``, ``bonds``, ``cg_topology`` and
