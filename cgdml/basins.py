@@ -143,16 +143,23 @@ class DihedralOffsets:
             raise CgdmlError("damaged dihedral offsets: NaN or inf values")
 
 
-def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap=np.radians(30.0)):
+def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap=np.radians(30.0), weights=None):
     """Arcs of the circle that the angles (n,) rad populate, split by empty stretches of at least ``min_gap``.
 
     Returns a list of (start, width) in radians sorted by start, and the number of angles in each; empty lists
     when no such gap exists. Shorter empty stretches (sparse sampling, not a barrier) belong to the arc around them.
+    ``weights`` (n,), the frames' Boltzmann weights: every frame (any weight) marks where the force data are, so
+    the arcs are those of all angles, but each arc's number is its share of the weight, scaled to the number of
+    frames of positive weight (an arc of restrained frames only holds 0: its population is unknown).
     """
     n_bins = int(round(TWO_PI / bin_width))
     min_gap_bins = int(np.ceil(min_gap / bin_width - 1e-9))
     edges = np.linspace(-np.pi, np.pi, n_bins + 1)
     counts = np.histogram(wrap_angle(angles), bins=edges)[0]
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        population = np.histogram(wrap_angle(angles), bins=edges, weights=weights)[0]
+        population *= (weights > 0).sum() / weights.sum()
     occupied = counts > 0
     if occupied.all() or not occupied.any():
         return [], []
@@ -174,7 +181,9 @@ def sampled_arcs(angles, bin_width=np.radians(5.0), min_gap=np.radians(30.0)):
             arcs[-1].extend(bins)
     if len(arcs) < 2:
         return [], []
-    result = sorted((float(edges[bins[0]]), len(bins) * (TWO_PI / n_bins), int(counts[bins].sum())) for bins in arcs)
+    held = counts if weights is None else population
+    result = sorted((float(edges[bins[0]]), len(bins) * (TWO_PI / n_bins),
+                     int(held[bins].sum()) if weights is None else float(held[bins].sum())) for bins in arcs)
     return [(start, width) for start, width, _ in result], [n for _, _, n in result]
 
 
@@ -310,7 +319,9 @@ def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **u
     They are balanced one after another, each measured on the model with the terms found before it, so the
     later ones see the earlier corrections (a joint correction of coupled dihedrals, to first order).
 
-    Returns (:class:`DihedralOffsets` or None, report list of dicts). ``umbrella`` goes to
+    The arcs are where any frame is; their target populations are the weighted frames of positive weight
+    (:attr:`cgdml.data.CGDataset.weights`; restrained frames say where the forces are known, not how often a
+    state is visited). Returns (:class:`DihedralOffsets` or None, report list of dicts). ``umbrella`` goes to
     :func:`umbrella_profile`.
     """
     kT = thermal_energy(dataset.temperature)
@@ -318,7 +329,9 @@ def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **u
     topo = dataset.cg_topology
     for k, quad in enumerate(topo.soft_dihedrals()):
         quad = tuple(int(q) for q in quad)
-        arcs, counts = sampled_arcs(dihedral(dataset.coords, quad)[0])
+        weights = getattr(dataset, "weights", None)
+        arcs, counts = sampled_arcs(dihedral(dataset.coords, quad)[0],
+                                    weights=None if weights is None or np.all(weights == 1) else weights)
         if sum(c >= min_frames for c in counts) < 2:
             continue
         current = DihedralOffsets.from_terms(terms) if terms else None
@@ -337,7 +350,7 @@ def balance_basins(model, dataset, *, min_frames=20, seed=0, progress=False, **u
         terms.append((quad, arcs, delta))
         report.append({"beads": list(quad),
                        "arcs_deg": [[float(np.degrees(arcs[a][0])), float(np.degrees(sum(arcs[a])))] for a in large],
-                       "frames": [int(counts[a]) for a in large], "target_population": target.tolist(),
+                       "frames": [counts[a] if isinstance(counts[a], int) else round(counts[a], 3) for a in large], "target_population": target.tolist(),
                        "model_population": before.tolist(), "balanced_population": after.tolist(),
                        "offset_kJ_per_mol": delta[large].tolist(), "small_arcs": int(len(arcs) - len(large)),
                        "umbrella": info})

@@ -17,7 +17,7 @@ from .system import CGSystem
 from .topology import CGTopology
 from .units import check_temperature, force_factor, length_factor
 
-DATASET_FORMAT_VERSION = 1
+DATASET_FORMAT_VERSION = 2   # 2: per-frame weights (files whose weights are all 1 are written as version 1)
 
 
 def check_finite(array, name, source="", first_frame=0):
@@ -105,6 +105,28 @@ def dataset_argument(dataset, where):
     raise CgdmlTypeError(f"{where} takes a CGDataset, got {type(dataset).__name__}; {hint}")
 
 
+def check_weights(weights, n_frames, source="", some_positive=True):
+    """Per-frame Boltzmann weights (n_frames,) float64: finite, >= 0 and (``some_positive``) at least one positive;
+    else a one-line :class:`CgdmlError` (prefixed with ``source``). None gives all ones."""
+    where = f"{source}: " if source else ""
+    if weights is None:
+        return np.ones(n_frames)
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CgdmlError(f"{where}weights must be numbers, one per frame") from None
+    if w.ndim != 1 or len(w) != n_frames:
+        raise CgdmlError(f"{where}weights must be one number per frame ({n_frames},), got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise CgdmlError(f"{where}weights contain NaN or inf (frame {int(np.flatnonzero(~np.isfinite(w))[0])})")
+    if (w < 0).any():
+        raise CgdmlError(f"{where}weights must be >= 0 (frame {int(np.flatnonzero(w < 0)[0])} has {w[w < 0][0]:g})")
+    if some_positive and not (w > 0).any():
+        raise CgdmlError(f"{where}every frame has weight 0: a dataset needs some Boltzmann-distributed frames "
+                         "(weight > 0) for the populations its prior and strata read")
+    return np.ascontiguousarray(w)
+
+
 def check_bonded_distances(coords, bonds, context="", first_frame=0, block=200, reference=None):
     """Refuse coordinates (n, n_atoms, 3) nm whose bonds do not look like bonds, with a one-line error.
 
@@ -146,7 +168,14 @@ def check_bonded_distances(coords, bonds, context="", first_frame=0, block=200, 
 class CGDataset:
     """Mapped CG data: ``coords`` and ``forces`` (n_frames, n_beads, 3) in nm and kJ/mol/nm, the ``system`` they
     belong to (a :class:`cgdml.system.CGSystem`: bead graph, masses, temperature) and ``info``, free-form
-    provenance (source files, map, units) stored as JSON.
+    provenance (source files, map, units) stored as JSON, and ``weights`` (n_frames,), each frame's Boltzmann
+    weight: 1 for frames of an unbiased run (the default), 0 for frames that are good for forces but not for
+    populations (restrained all-atom frames, docs/method.md §2.9), or exp(W / kT) up to a constant for a known
+    bias W. Everything that reads populations from the frames (the prior's Boltzmann inversion, k-means strata,
+    basin balancing, the model's start frames, landscape references) uses the weighted frames of positive weight
+    (:meth:`population`); force matching uses every frame. A dataset of weight-0 frames only (a chunk of
+    restrained frames) can be built and joined to others, but not fitted, nor loaded without
+    ``allow_all_biased``.
 
     Build one from arrays in any unit with :meth:`from_arrays`; read and write ``.npz`` files with :meth:`load`
     and :meth:`save`. The properties ``temperature``, ``masses``, ``bead_names``, ``bonds``, ``cg_topology`` and
@@ -157,6 +186,7 @@ class CGDataset:
     forces: np.ndarray
     system: CGSystem
     info: dict = field(default_factory=dict)
+    weights: np.ndarray = None
 
     def __post_init__(self):
         if not isinstance(self.system, CGSystem):
@@ -174,6 +204,7 @@ class CGDataset:
             raise CgdmlError("the dataset has no frames")
         check_finite(self.coords, "coordinates")
         check_finite(self.forces, "forces")
+        self.weights = check_weights(self.weights, len(self.coords), some_positive=False)
         self.info = dict(self.info or {})
 
     @property
@@ -219,9 +250,51 @@ class CGDataset:
 
         return md.Trajectory(self.coords.astype(np.float32), self.topology)
 
+    @property
+    def biased(self) -> np.ndarray:
+        """(n_frames,) bool: frames of weight 0, good for forces only."""
+        return self.weights == 0
+
+    def population(self):
+        """(index, weights): the frames that carry populations (weight > 0), sorted, and their weights
+        normalised to mean 1; the weights are None when they are all equal (plain, unweighted frames)."""
+        check_weights(self.weights, self.n_frames, "dataset")
+        index = np.flatnonzero(self.weights > 0)
+        w = self.weights[index]
+        if np.all(w == w[0]):
+            return index, None
+        return index, w / w.mean()
+
     def subset(self, index):
-        """A new dataset holding the frames ``index`` (an index array, slice or boolean mask)."""
-        return CGDataset(self.coords[index], self.forces[index], self.system, dict(self.info))
+        """A new dataset holding the frames ``index`` (an index array, slice or boolean mask), with their
+        weights."""
+        return CGDataset(self.coords[index], self.forces[index], self.system, dict(self.info), self.weights[index])
+
+    @classmethod
+    def concatenate(cls, datasets, info=None):
+        """One dataset of the frames of ``datasets`` (a sequence of :class:`CGDataset`) in order, with their
+        weights. They must share the CG system (bead names, bonds, temperature; masses within 1e-6 amu), else a
+        one-line error names the first that differs. ``info`` defaults to {"joined": [each dataset's info]}."""
+        datasets = list(datasets)
+        if not datasets or not all(isinstance(d, CGDataset) for d in datasets):
+            raise CgdmlTypeError("CGDataset.concatenate takes a non-empty sequence of CGDatasets")
+        first = datasets[0]
+        for k, d in enumerate(datasets[1:], 1):
+            why = None
+            if d.bead_names != first.bead_names:
+                why = "bead names"
+            elif not np.array_equal(np.sort(np.sort(d.bonds, axis=1), axis=0),
+                                    np.sort(np.sort(first.bonds, axis=1), axis=0)):
+                why = "bonds"
+            elif abs(d.temperature - first.temperature) > 1e-9:
+                why = f"temperature ({d.temperature:g} K against {first.temperature:g} K)"
+            elif not np.allclose(d.masses, first.masses, rtol=0, atol=1e-6):
+                why = "masses"
+            if why:
+                raise CgdmlError(f"cannot join datasets: dataset {k} differs from dataset 0 in its {why}")
+        info = {"joined": [d.info for d in datasets]} if info is None else info
+        return cls(np.concatenate([d.coords for d in datasets]), np.concatenate([d.forces for d in datasets]),
+                   first.system, info, np.concatenate([d.weights for d in datasets]))
 
     @classmethod
     def from_arrays(cls, coords, forces, *, length_unit="nm", energy_unit="kJ/mol", temperature=300.0,
@@ -265,17 +338,21 @@ class CGDataset:
         """Write the dataset atomically as ``.npz`` (nm, kJ/mol/nm): coords, forces, the system's entries
         (:meth:`cgdml.system.CGSystem.to_arrays`), info_json and format_version. Coordinates are stored in
         float32, or in float64 where they lie more than 10 nm from the origin (float32 would round them by more
-        than 1e-6 nm)."""
+        than 1e-6 nm). Weights other than all ones are stored (``weights``, float64) in format version 2, which an
+        older cgdml refuses rather than reading biased frames as Boltzmann samples."""
         far = len(self.coords) and np.abs(self.coords).max() > 10.0
+        plain = bool(np.all(self.weights == 1.0))
+        extra = {} if plain else {"weights": self.weights.astype(np.float64)}
         save_npz(path, coords=self.coords.astype(np.float64 if far else np.float32),
                  forces=self.forces.astype(np.float32),
                  **self.system.to_arrays(), info_json=np.array(json.dumps(self.info)),
-                 format_version=np.int64(DATASET_FORMAT_VERSION))
+                 format_version=np.int64(1 if plain else DATASET_FORMAT_VERSION), **extra)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, allow_all_biased=False):
         """Read a dataset written by :meth:`save`; any defect is a one-line :class:`CgdmlError` naming the file and
-        the field."""
+        the field. Weights must be finite, >= 0, one per frame and, unless ``allow_all_biased`` (a chunk of
+        restrained frames), not all 0."""
         z = load_npz(path, "CG dataset")
         missing = [k for k in ("coords", "forces", "bead_names", "temperature") if k not in z]
         if missing:
@@ -290,6 +367,9 @@ class CGDataset:
                 raise CgdmlError(f"damaged field 'format_version' ({version})")
             info = f.get("info_json", as_json, {})
             coords, forces = (f.get(name, lambda v: as_array(v, finite=False)) for name in ("coords", "forces"))
-            return cls(coords, forces, CGSystem.from_arrays(z), info)
+            weights = f.get("weights", lambda v: as_array(v, finite=False), None)
+            if weights is not None:
+                weights = check_weights(weights, len(coords), "field 'weights'", not allow_all_biased)
+            return cls(coords, forces, CGSystem.from_arrays(z), info, weights)
         except CgdmlError as exc:
             raise CgdmlError(f"{path}: {exc}") from None

@@ -81,10 +81,16 @@ class CGModel:
         """A model of a fitted :class:`GDMLModel` and prior that carries the dataset's system.
 
         It keeps ``n_start`` frames drawn at random from the (Boltzmann-distributed) dataset, not from the
-        stratified training set, so that replicas started there begin near equilibrium.
+        stratified training set, so that replicas started there begin near equilibrium: frames of positive
+        weight only, drawn in proportion to their weights (:meth:`cgdml.data.CGDataset.population`).
         """
         rng = np.random.default_rng([seed, 6])
-        sample = np.sort(rng.choice(dataset.n_frames, size=min(n_start, dataset.n_frames), replace=False))
+        index, w = dataset.population()       # Boltzmann-distributed frames only (weight > 0)
+        if w is None:
+            pick = rng.choice(len(index), size=min(n_start, len(index)), replace=False)
+        else:
+            pick = rng.choice(len(index), size=min(n_start, int((w > 0).sum())), replace=False, p=w / w.sum())
+        sample = np.sort(index[pick])
         return cls(gdml, prior, dataset.system, dataset.coords[sample], info)
 
     @property

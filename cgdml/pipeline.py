@@ -297,7 +297,7 @@ class CGEstimator(BaseEstimator):
         check_fit_frames(dataset, learner)
         coords = dataset.coords
         self.prior_ = CGPrior(repulsion=self.prior_repulsion, dihedrals=self.prior_dihedrals).fit(
-            coords, dataset.temperature, dataset.cg_topology)
+            coords, dataset.temperature, dataset.cg_topology, weights=dataset.weights)
         self.strata_, self.strata_method_ = make_strata(dataset, self.strata, self.grid_bins, self.n_strata, self.seed)
         idx = self.train_index_ = self._training_frames(dataset)
         if idx is None:

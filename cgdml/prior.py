@@ -31,8 +31,10 @@ TABLE_RULE_SMOOTHING = 1.0            # ... the profile smoothed by Silverman's 
 BONDED = ("auto", "tabulated", "harmonic")
 
 
-def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHING, cap_kT=PROFILE_CAP_KT):
-    """Periodic cubic splines of the free energy -kT ln p(phi) of each column of ``angles`` (n_frames, n) in rad.
+def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHING, cap_kT=PROFILE_CAP_KT,
+                      weights=None):
+    """Periodic cubic splines of the free energy -kT ln p(phi) of each column of ``angles`` (n_frames, n) in rad
+    (frames weighted by ``weights`` (n_frames,), default equal).
 
     p is the histogram on 1-degree bins smoothed by a wrapped Gaussian of width ``smoothing`` (rad); the profile
     is capped ``cap_kT`` above its minimum (unsampled arcs become a flat barrier, not an infinite one) and shifted
@@ -46,7 +48,7 @@ def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHI
     grid = -np.pi + np.arange(nodes + 1) * (2 * np.pi / nodes)
     centres = -np.pi + (np.arange(fine) + 0.5) * width   # of the fine bins
     for d in range(angles.shape[1]):
-        counts = np.histogram(angles[:, d], bins=fine, range=(-np.pi, np.pi))[0].astype(float)
+        counts = np.histogram(angles[:, d], bins=fine, range=(-np.pi, np.pi), weights=weights)[0].astype(float)
         p = gaussian_filter1d(counts, smoothing / width, mode="wrap")
         p /= p.sum()
         # values at the nodes, interpolated periodically between the bin centres
@@ -58,16 +60,34 @@ def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHI
     return out
 
 
-def bandwidth(x):
+def weighted_quantiles(x, q, weights):
+    """Quantiles ``q`` of the samples ``x`` (n,) with weights (n,) (the inverse of the weighted empirical CDF,
+    interpolated between the samples' mid-points)."""
+    order = np.argsort(x)
+    x, w = np.asarray(x, dtype=np.float64)[order], np.asarray(weights, dtype=np.float64)[order]
+    cdf = (np.cumsum(w) - 0.5 * w) / w.sum()
+    return np.interp(q, cdf, x)
+
+
+def bandwidth(x, weights=None):
     """Gaussian smoothing width of a density estimate of the samples ``x`` (n,): Silverman's rule,
-    0.9 min(std, IQR / 1.34) n^(-1/5), in the units of x (0 for samples without spread)."""
+    0.9 min(std, IQR / 1.34) n^(-1/5), in the units of x (0 for samples without spread). With ``weights`` (n,),
+    the weighted std and IQR and Kish's effective sample size for n."""
     x = np.asarray(x, dtype=np.float64)
-    q75, q25 = np.percentile(x, [75, 25])
-    spread = min(x.std(), (q75 - q25) / 1.34) or x.std()
-    return 0.9 * spread * len(x) ** -0.2
+    if weights is None:
+        q75, q25 = np.percentile(x, [75, 25])
+        spread = min(x.std(), (q75 - q25) / 1.34) or x.std()
+        return 0.9 * spread * len(x) ** -0.2
+    w = np.asarray(weights, dtype=np.float64)
+    mean = np.average(x, weights=w)
+    std = np.sqrt(np.average((x - mean) ** 2, weights=w))
+    q25, q75 = weighted_quantiles(x, [0.25, 0.75], w)
+    spread = min(std, (q75 - q25) / 1.34) or std
+    return 0.9 * spread * (w.sum() ** 2 / (w ** 2).sum()) ** -0.2
 
 
-def bonded_table(x, kT, kind, intervals=TABLE_INTERVALS, cap_kT=PROFILE_CAP_KT, smoothing=TABLE_BANDWIDTH):
+def bonded_table(x, kT, kind, intervals=TABLE_INTERVALS, cap_kT=PROFILE_CAP_KT, smoothing=TABLE_BANDWIDTH,
+                 weights=None):
     """The Boltzmann-inverted free energy of one bond (``kind`` "bond", x = r in nm) or angle ("angle", x = theta
     in rad) from its samples ``x`` (n,): U(x) = -kT ln[p(x) / J(x)], J = r^2 or sin(theta).
 
@@ -79,10 +99,10 @@ def bonded_table(x, kT, kind, intervals=TABLE_INTERVALS, cap_kT=PROFILE_CAP_KT, 
     the natural cubic spline through U at ``intervals + 1`` equally spaced nodes (the spline OpenMM's
     ``Continuous1DFunction`` builds from the same values). Returns (coefficients (intervals, 4), (lo, hi)): on
     interval k, from x_k = lo + k h, U = ((c0 y + c1) y + c2) y + c3 with y = x - x_k (kJ/mol); None when the
-    samples have no spread.
+    samples have no spread. ``weights`` (n,) weight the samples (default equal).
     """
     x = np.asarray(x, dtype=np.float64)
-    bw = smoothing * bandwidth(x)
+    bw = smoothing * bandwidth(x, weights)
     lo, hi = x.min(), x.max()
     resolution = 1e-6 * max(abs(lo), abs(hi), 1.0)   # spreads below this are rounding (a constrained bond)
     if not bw > 0 or not hi - lo > resolution:
@@ -90,7 +110,7 @@ def bonded_table(x, kT, kind, intervals=TABLE_INTERVALS, cap_kT=PROFILE_CAP_KT, 
     width = bw / 8
     n_bins = int(np.ceil((hi - lo) / width)) + 1
     edges = lo - width / 2 + np.arange(n_bins + 1) * width          # bin centres lo, lo + width, ...
-    counts = np.histogram(x, bins=edges)[0].astype(np.float64)
+    counts = np.histogram(x, bins=edges, weights=weights)[0].astype(np.float64)
     p = gaussian_filter1d(counts, 8.0, mode="constant", truncate=5.0)
     centres = lo + np.arange(n_bins) * width
     jac = centres ** 2 if kind == "bond" else np.sin(np.clip(centres, bw, np.pi - bw))
@@ -208,11 +228,21 @@ class CGPrior(BaseEstimator):
         return (np.array(bonds, dtype=np.int64).reshape(-1, 2), np.array(angles, dtype=np.int64).reshape(-1, 3),
                 np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(quads, dtype=np.int64).reshape(-1, 4))
 
-    def fit(self, R, temperature, topology=None):
+    def fit(self, R, temperature, topology=None, weights=None):
         """Fit to coordinates R (n_frames, n_beads, 3) in nm sampled at ``temperature`` K; ``topology`` (a
-        :class:`cgdml.topology.CGTopology`) says which beads are bonded."""
+        :class:`cgdml.topology.CGTopology`) says which beads are bonded. ``weights`` (n_frames,): each frame's
+        Boltzmann weight (:attr:`cgdml.data.CGDataset.weights`; default equal). The Boltzmann-inverted terms
+        read only frames of positive weight, weighted; the repulsion's closest distances and the longest bond
+        are the range of physical configurations and read every frame."""
         check_params(self)
-        R = np.asarray(R, dtype=np.float64)
+        R_all = R = np.asarray(R, dtype=np.float64)
+        w = None
+        if weights is not None:
+            from .data import check_weights
+
+            w = check_weights(weights, len(R), "prior weights")
+            R, w = R[w > 0], w[w > 0]
+            w = None if np.all(w == w[0]) else w / w.mean()
         n_beads = R.shape[1]
         if n_beads < 2:
             raise CgdmlError("a prior needs at least two beads")
@@ -221,30 +251,31 @@ class CGPrior(BaseEstimator):
         self.dihedrals_ = uses_dihedral_profiles(self.dihedrals, topology)
         self.bond_pairs_, self.angle_triples_, pairs, quads = self._terms(n_beads, topology)
         r = bond_lengths(R, self.bond_pairs_)
-        self.bond_r0_ = r.mean(0)
-        self.bond_k_ = kT / np.maximum(r.var(0), 1e-12)
+        self.bond_r0_, var = _mean_var(r, w)
+        self.bond_k_ = kT / np.maximum(var, 1e-12)
         theta = bond_angles(R, self.angle_triples_)
-        self.angle_theta0_ = theta.mean(0)
-        self.angle_k_ = kT / np.maximum(theta.var(0), 1e-12)
+        self.angle_theta0_, var = _mean_var(theta, w)
+        self.angle_k_ = kT / np.maximum(var, 1e-12)
         for kind, x in (("bond", r), ("angle", theta)):
-            self._fit_tables(kind, x, kT)
+            self._fit_tables(kind, x, kT, w)
         if self.repulsion and len(pairs):
             self.repulsion_pairs_ = pairs
-            self.repulsion_rmin_ = bond_lengths(R, pairs).min(0)
+            self.repulsion_rmin_ = bond_lengths(R_all, pairs).min(0)
         else:
             self.repulsion_pairs_ = np.zeros((0, 2), dtype=np.int64)
             self.repulsion_rmin_ = np.zeros(0)
         self.repulsion_eps_ = kT
         if self.dihedrals_ and len(quads):
             self.dihedral_quads_ = quads
-            self.dihedral_splines_ = dihedral_profiles(dihedrals(R, quads)[0], kT)
+            self.dihedral_splines_ = dihedral_profiles(dihedrals(R, quads)[0], kT, weights=w)
         else:
             self.dihedral_quads_ = np.zeros((0, 4), dtype=np.int64)
             self.dihedral_splines_ = np.zeros((0, PROFILE_NODES, 4))
-        self.max_bond_length_ = float(r.max()) if r.size else 0.0
+        r_all = bond_lengths(R_all, self.bond_pairs_)
+        self.max_bond_length_ = float(r_all.max()) if r_all.size else 0.0
         return self
 
-    def _fit_tables(self, kind, x, kT):
+    def _fit_tables(self, kind, x, kT, weights=None):
         """The tabulated terms of ``kind`` ("bond" or "angle") from its samples x (n_frames, n_terms), by
         ``bonded``: every term, none, or ("auto") those :func:`needs_table` picks on the profile smoothed with
         ``TABLE_RULE_SMOOTHING`` (on 8 draws each of 3,000 and 20,000 samples it tabulated no Gaussian bond or
@@ -256,10 +287,10 @@ class CGPrior(BaseEstimator):
         x0, k = getattr(self, f"{kind}_{'r0' if kind == 'bond' else 'theta0'}_"), getattr(self, f"{kind}_k_")
         for t in range(n if self.bonded != "harmonic" else 0):
             if self.bonded == "auto":  # decided on a smoother profile: sampling noise in the tails is no reason
-                smooth = bonded_table(x[:, t], kT, kind, smoothing=TABLE_RULE_SMOOTHING)
+                smooth = bonded_table(x[:, t], kT, kind, smoothing=TABLE_RULE_SMOOTHING, weights=weights)
                 if smooth is None or not needs_table(smooth[0], *smooth[1], x0[t], k[t], kT):
                     continue
-            table = bonded_table(x[:, t], kT, kind)
+            table = bonded_table(x[:, t], kT, kind, weights=weights)
             if table is not None:
                 tabulated[t], splines[t], ranges[t] = True, table[0], table[1]
         setattr(self, f"{kind}_tabulated_", tabulated)
@@ -388,6 +419,14 @@ class CGPrior(BaseEstimator):
 
 
 HarmonicPrior = CGPrior  # the earlier name (it holds more than harmonic terms), kept for old imports
+
+
+def _mean_var(x, weights=None):
+    """Column means and variances of x (n, m), weighted by ``weights`` (n,) when given."""
+    if weights is None:
+        return x.mean(0), x.var(0)
+    mean = np.average(x, axis=0, weights=weights)
+    return mean, np.average((x - mean) ** 2, axis=0, weights=weights)
 
 
 @numba.njit(cache=True, inline="always")

@@ -36,14 +36,29 @@ def grid_strata(cv, bins=12, range=None, periodic=True):
     return np.unique(cell, return_inverse=True)[1]
 
 
-def kmeans_strata(features, n_strata=50, seed=0):
-    """Stratum label (n_frames,) from MiniBatchKMeans on ``features`` (n_frames, n_features)."""
+def kmeans_strata(features, n_strata=50, seed=0, weights=None):
+    """Stratum label (n_frames,) from MiniBatchKMeans on ``features`` (n_frames, n_features).
+
+    ``weights`` (n_frames,), the frames' Boltzmann weights (:attr:`cgdml.data.CGDataset.weights`): the clusters
+    are fitted to the frames of positive weight, weighted (the populations), and every frame is then labelled
+    by its nearest cluster. Equal weights give the unweighted fit.
+    """
     from sklearn.cluster import MiniBatchKMeans
 
     features = np.asarray(features, dtype=np.float64)
-    n_strata = int(min(n_strata, len(features)))
+    if weights is None or np.all(np.asarray(weights) == weights[0]):
+        fit_on, w = features, None
+    else:
+        weights = np.asarray(weights, dtype=np.float64)
+        keep = weights > 0
+        fit_on, w = features[keep], weights[keep]
+        w = None if np.all(w == w[0]) else w / w.mean()
+    n_strata = int(min(n_strata, len(fit_on)))
     km = MiniBatchKMeans(n_clusters=n_strata, random_state=seed, n_init=3, batch_size=2048)
-    return np.unique(km.fit_predict(features), return_inverse=True)[1]
+    if fit_on is features:
+        return np.unique(km.fit_predict(features, sample_weight=w), return_inverse=True)[1]
+    km.fit(fit_on, sample_weight=w)
+    return np.unique(km.predict(features), return_inverse=True)[1]
 
 
 def stratified_batch(labels, size, rng, replace=False, pool=None):
@@ -110,7 +125,8 @@ def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
     ``auto``: a (phi, psi) grid for a peptide with one residue; k-means on (cos, sin) of every backbone dihedral
     for longer peptides; else k-means in descriptor space (inverse distances and the sines of the graph's
     dihedrals). ``phi-psi`` and ``backbone-kmeans`` force the first two (an error without a backbone),
-    ``kmeans`` the last.
+    ``kmeans`` the last. K-means clusters are fitted to the frames of positive weight (:func:`kmeans_strata`);
+    the (phi, psi) grid does not depend on populations.
     """
     from .features import descriptor
     from .geometry import dihedrals
@@ -129,6 +145,6 @@ def make_strata(dataset, method="auto", grid_bins=12, n_strata=50, seed=0):
         return grid_strata(dihedrals(dataset.coords, backbone)[0], bins=grid_bins), "phi-psi"
     if method in ("auto", "backbone-kmeans") and len(backbone):
         angles = dihedrals(dataset.coords, backbone)[0]
-        return kmeans_strata(np.concatenate([np.cos(angles), np.sin(angles)], axis=1), n_strata, seed), \
-            "backbone-kmeans"
-    return kmeans_strata(descriptor(dataset.coords, topo.chirality_quads), n_strata, seed), "kmeans"
+        return kmeans_strata(np.concatenate([np.cos(angles), np.sin(angles)], axis=1), n_strata, seed,
+                             dataset.weights), "backbone-kmeans"
+    return kmeans_strata(descriptor(dataset.coords, topo.chirality_quads), n_strata, seed, dataset.weights), "kmeans"

@@ -15,7 +15,8 @@ from cgdml._io import CgdmlError
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"cgdml-map": "cgdml.map", "cgdml-fit": "cgdml.fit", "cgdml-simulate": "cgdml.simulate.__main__",
             "cgdml-fes": "cgdml.fes.__main__", "cgdml-export": "cgdml.export",
-            "cgdml-reference": "cgdml.reference.__main__", "cgdml-cvplot": "cgdml.cvplot"}
+            "cgdml-reference": "cgdml.reference.__main__", "cgdml-cvplot": "cgdml.cvplot",
+            "cgdml-learn": "cgdml.learn.__main__"}
 
 
 def console_scripts():

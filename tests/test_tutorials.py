@@ -36,7 +36,7 @@ def jupyter_env(tmp_path_factory):
 
 
 def test_notebooks_found():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_"]
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
 def test_notebooks_have_no_outputs():

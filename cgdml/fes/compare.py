@@ -201,7 +201,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     """Free-energy landscapes of CG trajectories compared with a reference: what ``python -m cgdml.fes`` does.
 
     ``trajectories``: a trajectory file (.h5 carries its topology), an mdtraj Trajectory, coordinates
-    (n, n_beads, 3) nm, or a list of these (pooled). ``reference``: a CGDataset, the path of one, or None.
+    (n, n_beads, 3) nm, or a list of these (pooled). ``reference``: a CGDataset, the path of one, or None
+    (only its frames of positive weight are read: :func:`reference_population`).
     ``topology``: a topology file for formats without one, or (with plain coordinates and no reference) a
     CGTopology or mdtraj Topology. ``cvs``: see :func:`cgdml.fes.cvs.landscape_panels` (default: the (phi, psi)
     of every residue, then the landscapes of any map as a second group; without backbone those landscapes);
@@ -256,6 +257,7 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
         from ..data import CGDataset
 
         ref, ref_name = CGDataset.load(reference), str(reference)
+    ref = reference_population(ref, ref_name)
     n_beads = xyz_list[0].shape[1] if xyz_list[0].ndim == 3 else None
     if ref is not None and ref.n_beads != n_beads:
         raise CgdmlError(f"{ref_name or 'reference'}: reference has {ref.n_beads} beads, trajectories have {n_beads}")
@@ -340,6 +342,19 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
                         else dict(results, panels=[results["panels"][k] for k in drawn]))
         plot_landscapes(plot, [panels[k] for k in drawn], bins, plot_results, distributions)
     return report
+
+
+def reference_population(ref, name=None):
+    """The frames of a reference :class:`cgdml.data.CGDataset` that are Boltzmann samples (weight > 0; restrained
+    frames of active learning have weight 0), in their order, so that its histograms and split-half floors are
+    populations. Unequal positive weights are refused (one line): the histograms here count frames."""
+    if ref is None or np.all(ref.weights == 1):
+        return ref
+    index, w = ref.population()
+    if w is not None:
+        raise CgdmlError(f"{name or 'the reference'}: its frames have unequal positive weights; landscapes compare "
+                         "unweighted frames (use a reference of plain Boltzmann samples)")
+    return ref.subset(index)
 
 
 def _load_model(model, n_beads):
