@@ -30,7 +30,7 @@ from . import kernels
 from ._io import CgdmlError
 from .data import check_coords_forces, learner_arrays
 from .features import as_quads, chain_quads, descriptor_jacobian, reduce_frames, reduced_rank  # noqa: F401
-from .linalg import cholesky_upper, gdml_preconditioner
+from .linalg import cholesky_upper, gdml_preconditioner, gdml_preconditioner_base
 from .model import GDMLModel
 from .validation import SIGMA, Interval, Options, check_params
 
@@ -119,43 +119,88 @@ class GDML(PredictsWithModel, BaseEstimator):
         learner_arrays("GDML", R, F)
         self.validate_params()
         R, F, E = check_coords_forces(R, F, E)
-        M, N = R.shape[:2]
-        quads = dihedral_quads(N, self.chiral, self.dihedrals)
         t0 = time.perf_counter()
         self.timings_ = {}
-        D, W, y, sq_jacobian = reduce_frames(R, F, quads, self.chiral_scale)
-        r = W.shape[2]
-        y = y.ravel()
-        lam = float(self.lam) * (mean_kernel_diagonal(self.sigma, sq_jacobian / (M * 3 * N))
-                                 if self.relative_lam else 1.0)
-        self.timings_["descriptors"] = time.perf_counter() - t0
-        log.debug("%d frames, %d beads, reduced size %d, lambda %.3g, descriptors %.2f s", M, N, M * r, lam,
-                  time.perf_counter() - t0)
-
-        size_gb = (M * r) ** 2 * 8 / 1e9
-        solver = self.solver
-        if solver == "auto":
-            # Noisy (CG) labels need a large relative lambda, which makes K + lam I well conditioned: conjugate
-            # gradients then converge in tens of iterations and beat an O((M r)^3) factorisation by far.
-            well_conditioned = self.relative_lam and self.lam >= 1e-2 and M * r > 4000
-            solver = "cholesky" if size_gb <= self.memory_budget_gb and not well_conditioned else "cg"
-        if solver == "cholesky":
-            a, lam = self._solve_cholesky(D, W, y, lam)
-        else:
-            a, lam = self._solve_cg(D, W, y, lam)
-        self.solver_ = solver
-        self.lam_ = lam
-        self.n_train_ = M
-        self.model_ = GDMLModel(D, np.einsum("mdr,mr->md", W, a.reshape(M, r)), self.sigma, quads,
-                                self.chiral_scale, 0.0, N)
+        frames = self._reduce(R, F)
+        (self.model_, record), = self._solve_path(frames, [float(self.lam)])
+        self.solver_, self.lam_, self.cg_iterations_ = record["solver"], record["lam_absolute"], record["cg_iterations"]
+        self.n_train_ = len(R)
         if E is not None:
             self.model_.offset = float(np.mean(E - self.model_.predict(R)[0]))
         self.timings_["total"] = time.perf_counter() - t0
         self.summary_ = dict(method="single GDML", chosen=dict(sigma=float(self.sigma), lam=float(self.lam),
-                                                               lam_absolute=float(lam), solver=solver,
+                                                               lam_absolute=float(self.lam_), solver=self.solver_,
                                                                cg_iterations=int(self.cg_iterations_)))
-        log.debug("fit done in %.2f s (%s)", time.perf_counter() - t0, solver)
+        log.debug("fit done in %.2f s (%s)", time.perf_counter() - t0, self.solver_)
         return self
+
+    def fit_path(self, R, F, lams):
+        """One model per regularisation in ``lams`` (each as ``lam`` would be: relative with ``relative_lam``), on
+        the same frames R, F (n, n_beads, 3) nm and kJ/mol/nm: a lambda path. Returns the list of
+        :class:`cgdml.model.GDMLModel`, in the order of ``lams``; ``path_`` records each one's lambda, solver and
+        CG iterations, ``timings_`` the shared and per-lambda stages (s).
+
+        Each model equals that of ``fit`` with ``lam`` set to its value (the same solver and solution, to rounding
+        for the dense solvers and within ``cg_tol`` for conjugate gradients), but the work that does not depend on
+        lambda is done once: the frames' descriptors and reduced Jacobians, and for conjugate gradients the kernel
+        operator and the lambda-free part of the preconditioner (benchmarks/results/bench_fit_speed.md).
+        """
+        learner_arrays("GDML", R, F)
+        self.validate_params()
+        lams = [float(v) for v in np.atleast_1d(lams)]
+        if not lams or not all(np.isfinite(v) and v > 0 for v in lams):
+            raise CgdmlError(f"fit_path needs positive finite lambdas, got {lams!r}")
+        R, F, _ = check_coords_forces(R, F)
+        self.timings_ = {}
+        frames = self._reduce(R, F)
+        out = self._solve_path(frames, lams)
+        self.path_ = [dict(lam=lam, **record) for lam, (_, record) in zip(lams, out)]
+        self.n_train_ = len(R)
+        return [model for model, _ in out]
+
+    def _reduce(self, R, F):
+        """The frames in their reduced basis: (D, W, y (M r,), lambda scale, quads, n_beads)."""
+        M, N = R.shape[:2]
+        quads = dihedral_quads(N, self.chiral, self.dihedrals)
+        t0 = time.perf_counter()
+        D, W, y, sq_jacobian = reduce_frames(R, F, quads, self.chiral_scale)
+        scale = mean_kernel_diagonal(self.sigma, sq_jacobian / (M * 3 * N)) if self.relative_lam else 1.0
+        self.timings_["descriptors"] = time.perf_counter() - t0
+        log.debug("%d frames, %d beads, reduced size %d, descriptors %.2f s", M, N, y.size, time.perf_counter() - t0)
+        return D, W, y.ravel(), scale, quads, N
+
+    def _solver_for(self, lam, M, r):
+        """The solver of a fit with regularisation ``lam`` (as given, relative or absolute) on M frames of rank r."""
+        if self.solver != "auto":
+            return self.solver
+        # Noisy (CG) labels need a large relative lambda, which makes K + lam I well conditioned: conjugate
+        # gradients then converge in tens of iterations and beat an O((M r)^3) factorisation by far.
+        well_conditioned = self.relative_lam and lam >= 1e-2 and M * r > 4000
+        size_gb = (M * r) ** 2 * 8 / 1e9
+        return "cholesky" if size_gb <= self.memory_budget_gb and not well_conditioned else "cg"
+
+    def _solve_path(self, frames, lams):
+        """[(GDMLModel, record)] for each lambda of ``lams`` on the reduced ``frames`` (see :meth:`_reduce`); the
+        conjugate-gradient solves share the kernel operator and the preconditioner's lambda-free part."""
+        D, W, y, scale, quads, N = frames
+        M, _, r = W.shape
+        shared = {}
+        out = []
+        for lam_given in lams:
+            solver = self._solver_for(lam_given, M, r)
+            lam = lam_given * scale
+            if solver == "cholesky":
+                a, lam = self._solve_cholesky(D, W, y, lam)
+            else:
+                a, lam = self._solve_cg(D, W, y, lam, shared)
+            model = GDMLModel(D, np.einsum("mdr,mr->md", W, a.reshape(M, r)), self.sigma, quads, self.chiral_scale,
+                              0.0, N)
+            out.append((model, dict(lam_absolute=float(lam), solver=solver, cg_iterations=int(self.cg_iterations_))))
+        return out
+
+    def _add_times(self, **seconds):
+        for key, value in seconds.items():  # a lambda path adds up its solves' stages
+            self.timings_[key] = self.timings_.get(key, 0.0) + value
 
     def _solve_cholesky(self, D, W, y, lam):
         n = y.shape[0]
@@ -177,7 +222,7 @@ class GDML(PredictsWithModel, BaseEstimator):
                 continue
             t2 = time.perf_counter()
             a = scipy.linalg.cho_solve(c, y, check_finite=False)
-            self.timings_.update(assembly=t1 - t0, factorization=t2 - t1, solve=time.perf_counter() - t2)
+            self._add_times(assembly=t1 - t0, factorization=t2 - t1, solve=time.perf_counter() - t2)
             log.debug("assembly %.2f s, Cholesky %.2f s", t1 - t0, t2 - t1)
             return a, lam
         raise CgdmlError(f"GDML kernel matrix is not positive definite even with lambda={lam:.3g}; "
@@ -191,14 +236,20 @@ class GDML(PredictsWithModel, BaseEstimator):
         fit = int(0.4 * self.memory_budget_gb * 1e9 / (8.0 * M * r * r))
         return max(1, min(M, 1200 // r, fit))
 
-    def _solve_cg(self, D, W, y, lam):
+    def _solve_cg(self, D, W, y, lam, shared=None):
+        """CG solve of (K + lam I) a = y; ``shared`` (a dict) keeps the kernel operator and the preconditioner's
+        lambda-free part for the next lambda of a path."""
         t0 = time.perf_counter()
-        op = kernels.ReducedKernelOperator(D, W, self.sigma)
+        shared = {} if shared is None else shared
+        m = self._inducing_count(*W.shape[::2])
+        if "op" not in shared:
+            shared["op"] = kernels.ReducedKernelOperator(D, W, self.sigma)
+            shared["precond"] = gdml_preconditioner_base(D, W, self.sigma, m)
+        op = shared["op"]
         n = y.shape[0]
         A = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda x: op.matvec(x) + lam * np.ravel(x),
                                                dtype=np.float64)
-        m = self._inducing_count(*W.shape[::2])
-        precond = gdml_preconditioner(D, W, self.sigma, lam, m)
+        precond = gdml_preconditioner(D, W, self.sigma, lam, m, base=shared["precond"])
         t1 = time.perf_counter()
         count = [0]
         bar = tqdm(total=int(self.cg_maxiter), desc="GDML CG", leave=False, disable=not log.isEnabledFor(logging.DEBUG))
@@ -211,7 +262,7 @@ class GDML(PredictsWithModel, BaseEstimator):
                                          M=precond, callback=callback)
         bar.close()
         self.cg_iterations_ = count[0]
-        self.timings_.update(cg_setup=t1 - t0, cg_iterations=time.perf_counter() - t1)
+        self._add_times(cg_setup=t1 - t0, cg_iterations=time.perf_counter() - t1)
         if info != 0:
             res = np.linalg.norm(A.matvec(a) - y) / np.linalg.norm(y)
             warnings.warn(f"GDML conjugate gradients stopped after {count[0]} iterations at relative residual "
