@@ -34,7 +34,7 @@ TETRA = ROOT / "data/ace-aaa-nme_implicit_300K"
 
 def run(cmd, tree, log, threads=None):
     env = dict(os.environ, PYTHONPATH=str(tree))
-    log("$ PYTHONPATH=" + str(tree) + " " + " ".join(map(str, cmd)))
+    log("$ PYTHONPATH=" + str(tree) + " " + " ".join("<script>" if "\n" in str(c) else str(c) for c in cmd))
     t0 = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], cwd=tree, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -69,11 +69,93 @@ def compare(model_a, model_b, data, n=500):
     return diff / float(np.sqrt(np.mean(fa ** 2))), diff, unc
 
 
+PATH_SNIPPET = """
+import json, sys, time, warnings
+import numpy as np
+from threadpoolctl import threadpool_limits
+import numba
+from cgdml.data import CGDataset
+from cgdml.pipeline import cg_estimator
+from cgdml.gdml import GDML
+data, n_frames, sigma, lams, out, use_path = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
+    [float(v) for v in sys.argv[4].split(",")], sys.argv[5], sys.argv[6] == "path"
+learner, R, F, _ = cg_estimator("two-layer")._prepare(CGDataset.load(data))
+idx = np.sort(np.random.default_rng(0).choice(len(R), n_frames, replace=False))
+Rt = R[np.random.default_rng(1).choice(len(R), 500, replace=False)]
+numba.set_num_threads(1)
+with threadpool_limits(1), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    t = time.perf_counter()
+    if use_path:
+        models = GDML(sigma=sigma, relative_lam=True, dihedrals=learner.dihedrals).fit_path(R[idx], F[idx], lams)
+    else:
+        models = [GDML(sigma=sigma, lam=lam, relative_lam=True, dihedrals=learner.dihedrals).fit(R[idx], F[idx]).model_
+                  for lam in lams]
+    wall = time.perf_counter() - t
+np.savez(out, wall=wall, forces=np.array([m.predict_forces(Rt) for m in models]))
+"""
+
+
+def path_part(trees, n_beads, data, work, log, n_frames=2000, sigma=4.0, lams="3,1,0.3"):
+    """One layer-1 batch (``n_frames`` residual-force frames, ``sigma``, the default lam1 grid), one thread: each
+    lambda fitted on its own in every tree, and as one lambda path in the last tree (the current code). Returns
+    rows (tree, how, wall s, max force difference to the first tree / its RMS force)."""
+    rows = []
+    runs = [(name, tree, "separate") for name, tree in trees] + [(trees[-1][0], trees[-1][1], "path")]
+    ref = None
+    for name, tree, how in runs:
+        out = work / f"path_{n_beads}_{name}_{how}.npz"
+        if not out.exists():
+            load = load_str()
+            run([sys.executable, "-c", PATH_SNIPPET, data, n_frames, sigma, lams, out, how], tree, log)
+            (work / f"{out.stem}.load").write_text(f"{load} -> {load_str()}")
+        res = np.load(out)
+        ref = res["forces"] if ref is None else ref
+        rel = float(np.abs(res["forces"] - ref).max() / np.sqrt(np.mean(ref ** 2)))
+        rows.append((name, how, float(res["wall"]), rel, (work / f"{out.stem}.load").read_text()))
+    return rows
+
+
+def eigh_vs_cholesky(n=3000):
+    """Seconds of one Cholesky factorisation and one symmetric eigendecomposition (evd) of an n x n SPD matrix,
+    one thread."""
+    import scipy.linalg
+    from threadpoolctl import threadpool_limits
+
+    A = np.random.default_rng(0).normal(size=(n, n))
+    A = A @ A.T / n + np.eye(n)
+    with threadpool_limits(1):
+        t = time.perf_counter()
+        scipy.linalg.cho_factor(A.copy(), check_finite=False)
+        chol = time.perf_counter() - t
+        t = time.perf_counter()
+        scipy.linalg.eigh(A, check_finite=False, driver="evd")
+        return chol, time.perf_counter() - t
+
+
+def svd_threads(n_frames=2000, n_desc=108, n_cols=42):
+    """Seconds of the batched SVD of reduce_frames (n_frames Jacobians n_desc x n_cols) with the process's BLAS
+    threads and with one."""
+    from threadpoolctl import threadpool_limits
+
+    J = np.random.default_rng(0).normal(size=(n_frames, n_desc, n_cols))
+    t = time.perf_counter()
+    np.linalg.svd(J, full_matrices=False)
+    default = time.perf_counter() - t
+    with threadpool_limits(1):
+        t = time.perf_counter()
+        np.linalg.svd(J, full_matrices=False)
+        return default, time.perf_counter() - t
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trees", nargs="+", required=True, help="NAME=PATH source trees, the first is the reference")
     p.add_argument("--maps", nargs="+", type=int, default=[11, 14])
     p.add_argument("--fit-args", default="", help="extra options of python -m cgdml.fit, one string")
+    p.add_argument("--parts", nargs="+", default=["fit", "path"], choices=["fit", "path"],
+                   help="fit: the whole fits; path: one layer-1 batch's lambdas, and the kernels behind the choices")
+    p.add_argument("--path-beads", type=int, default=14)
     p.add_argument("--workdir", default="/tmp/cgdml-bench-fit-speed")
     p.add_argument("--output", default=str(ROOT / "benchmarks/results/bench_fit_speed.md"))
     args = p.parse_args(argv)
@@ -83,7 +165,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", flush=True)  # noqa: E731
     extra = shlex.split(args.fit_args)
-    for n in args.maps:
+    for n in args.maps if "fit" in args.parts else []:
         data = map_data(n, work, log)
         for name, tree in trees:
             row_file = work / f"row_{n}_{name}.json"
@@ -107,8 +189,8 @@ def main(argv=None):
         f"{args.fit_args}` (child process; wall time, peak RSS of it and its children); load = the 1/5/15-minute "
         "load average before -> after the run. Trees: " + ", ".join(f"{name} = `{tree}`" for name, tree in trees))
     say()
-    say("| beads | tree | fit (min) | ratio to first | CV + layer 1 (min) | peak memory (GB) | chosen sigma1 lam1 sigma2 "
-        "lam2 | same choice | max force diff / RMS force | max force diff (kJ/mol/nm) | mean force uncertainty "
+    say("| beads | tree | fit (min) | ratio to first | CV + layer 1 (min) | peak memory (GB) | chosen sigma1 lam1 "
+        "sigma2 lam2 | same choice | max force diff / RMS force | max force diff (kJ/mol/nm) | mean force uncertainty "
         "(kJ/mol/nm) | load |")
     say("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.maps:
@@ -125,6 +207,24 @@ def main(argv=None):
             say(f"| {n} | {r['tree']} | {r['fit_s'] / 60:.1f} | {r['fit_s'] / ref['fit_s']:.2f} | {cv:.1f} | "
                 f"{r['peak_gb']:.2f} | {c['sigma1']:g} {c['lam1']:g} {c['sigma2']:g} {c['lam2']:g} | "
                 f"{'yes' if c == ref['chosen'] else 'NO'} | {rel:.1e} | {diff:.2g} | {unc:.3g} | {r['load']} |")
+    if "path" in args.parts:
+        n = args.path_beads
+        rows = path_part(trees, n, map_data(n, work, log), work, log)
+        say()
+        say(f"## One layer-1 batch: {n} beads, 2000 frames, sigma 4, lam 3, 1, 0.3 (one thread)")
+        say()
+        say("| tree | lambdas fitted | time (s) | ratio to first | max force difference / RMS force | load |")
+        say("|---|---|---|---|---|---|")
+        for name, how, wall, rel, load in rows:
+            say(f"| {name} | {'one at a time' if how == 'separate' else 'one lambda path'} | {wall:.1f} | "
+                f"{wall / rows[0][2]:.2f} | {rel:.1e} | {load} |")
+        chol, eig = eigh_vs_cholesky()
+        svd_default, svd_one = svd_threads()
+        say()
+        say(f"Kernels behind the choices (load {load_str()}): one symmetric eigendecomposition (scipy evd) of a "
+            f"3000 x 3000 matrix {eig:.2f} s against {chol:.2f} s for its Cholesky factorisation, one thread "
+            f"({eig / chol:.0f}x); the batched SVD of 2000 descriptor Jacobians (108 x 42, 14 beads) "
+            f"{svd_default:.2f} s with this process's BLAS threads, {svd_one:.2f} s with one.")
     say()
     say(f"Wall time of this run: {time.perf_counter() - t0:.0f} s.")
     say.write(args.output)

@@ -37,6 +37,10 @@ from .validation import SIGMA, Interval, Options, check_params
 POSITIVE = Interval(float, 0, None, "neither")  # a finite number > 0
 
 _MAX_LAMBDA_RETRIES = 4
+# A lambda path solves its dense (Cholesky) lambdas from one eigendecomposition when it has at least this many: a
+# symmetric eigendecomposition costs about 22 Cholesky factorisations of the same matrix (scipy's evd driver, one
+# thread, n = 3000: benchmarks/results/bench_fit_speed.md), each further lambda then O(n^2).
+EIGH_MIN_LAMBDAS = 20
 log = logging.getLogger(__name__)
 
 
@@ -76,11 +80,13 @@ class GDML(PredictsWithModel, BaseEstimator):
     Parameters: ``sigma`` kernel length scale (nm^-1, descriptor units); ``lam`` ridge regularisation, absolute
     (it adds to K's diagonal) or, with ``relative_lam=True``, relative to mean(diag K); ``chiral`` adds the
     sines of dihedral quadruples to the descriptor: ``dihedrals`` (n_quads, 4) from the CG topology, or
-    consecutive beads when None; ``chiral_scale`` scales them; ``solver`` is "auto", "cholesky" or "cg";
+    consecutive beads when None; ``chiral_scale`` scales them; ``solver`` is "auto", "cholesky", "eigh" or "cg";
     "auto" takes CG for large, well-conditioned systems (relative lam >= 1e-2) and otherwise Cholesky when the
-    reduced K fits ``memory_budget_gb``, which also bounds the CG preconditioner; ``cg_tol``/``cg_maxiter``
-    control CG; ``precond_frames`` is the number of Nyström frames of the CG preconditioner (default: about
-    1200 / r frames, within the memory budget).
+    reduced K fits ``memory_budget_gb``, which also bounds the CG preconditioner; "eigh" (a symmetric
+    eigendecomposition, three times Cholesky's memory) serves every lambda of :meth:`fit_path` from one
+    factorisation, and "auto" takes it for paths of :data:`EIGH_MIN_LAMBDAS` or more dense lambdas that fit;
+    ``cg_tol``/``cg_maxiter`` control CG; ``precond_frames`` is the number of Nyström frames of the CG
+    preconditioner (default: about 1200 / r frames, within the memory budget).
 
     Learned: ``model_`` (a :class:`cgdml.model.GDMLModel`), ``lam_`` the absolute lambda used, ``n_train_``,
     ``solver_``, ``cg_iterations_``, ``timings_`` (seconds per fit stage), ``summary_`` (what a fit record keeps).
@@ -88,7 +94,8 @@ class GDML(PredictsWithModel, BaseEstimator):
 
     _parameter_constraints = {
         "sigma": [SIGMA], "lam": [POSITIVE], "relative_lam": [bool], "chiral": [bool],
-        "dihedrals": [None, "array-like"], "chiral_scale": [POSITIVE], "solver": [Options(("auto", "cholesky", "cg"))],
+        "dihedrals": [None, "array-like"], "chiral_scale": [POSITIVE],
+        "solver": [Options(("auto", "cholesky", "eigh", "cg"))],
         "memory_budget_gb": [POSITIVE], "cg_tol": [POSITIVE], "cg_maxiter": [Interval(int, 1)],
         "precond_frames": [None, Interval(int, 1)]}
 
@@ -186,11 +193,16 @@ class GDML(PredictsWithModel, BaseEstimator):
         M, _, r = W.shape
         shared = {}
         out = []
-        for lam_given in lams:
-            solver = self._solver_for(lam_given, M, r)
+        solvers = [self._solver_for(lam, M, r) for lam in lams]
+        if (self.solver == "auto" and sum(s == "cholesky" for s in solvers) >= EIGH_MIN_LAMBDAS
+                and 3 * (M * r) ** 2 * 8 / 1e9 <= self.memory_budget_gb):
+            solvers = ["eigh" if s == "cholesky" else s for s in solvers]
+        for lam_given, solver in zip(lams, solvers):
             lam = lam_given * scale
             if solver == "cholesky":
                 a, lam = self._solve_cholesky(D, W, y, lam)
+            elif solver == "eigh":
+                a, lam = self._solve_eigh(D, W, y, lam, shared)
             else:
                 a, lam = self._solve_cg(D, W, y, lam, shared)
             model = GDMLModel(D, np.einsum("mdr,mr->md", W, a.reshape(M, r)), self.sigma, quads, self.chiral_scale,
@@ -227,6 +239,35 @@ class GDML(PredictsWithModel, BaseEstimator):
             return a, lam
         raise CgdmlError(f"GDML kernel matrix is not positive definite even with lambda={lam:.3g}; "
                          "use a larger lam (or relative_lam=True) or check for duplicate frames")
+
+    def _solve_eigh(self, D, W, y, lam, shared):
+        """(K + lam I)^-1 y from one symmetric eigendecomposition K = Q diag(w) Q^T, computed at the first lambda
+        of a path and kept in ``shared`` (with Q^T y) for the others: each further lambda costs O((M r)^2)."""
+        self.cg_iterations_ = 0
+        if "eigh" not in shared:
+            t0 = time.perf_counter()
+            K = kernels.assemble(D, W, self.sigma)  # lower block triangle, C order: K.T's upper one
+            t1 = time.perf_counter()
+            w, Q = scipy.linalg.eigh(K.T, lower=False, overwrite_a=True, check_finite=False, driver="evd")
+            del K
+            shared["eigh"] = (w, Q, Q.T @ y)
+            self._add_times(assembly=t1 - t0, factorization=time.perf_counter() - t1)
+        w, Q, Qty = shared["eigh"]
+        # positive definite in floating point: what a Cholesky factorisation would need (within its rounding)
+        floor = np.finfo(float).eps * max(abs(w[-1]), abs(w[0]))
+        for _ in range(_MAX_LAMBDA_RETRIES):
+            if w[0] + lam > floor:
+                break
+            warnings.warn(f"GDML kernel matrix not positive definite with lambda={lam:.3g}; "
+                          f"retrying with lambda={10 * lam:.3g}", RuntimeWarning, stacklevel=4)
+            lam *= 10.0
+        if w[0] + lam <= floor:
+            raise CgdmlError(f"GDML kernel matrix is not positive definite even with lambda={lam:.3g}; "
+                             "use a larger lam (or relative_lam=True) or check for duplicate frames")
+        t0 = time.perf_counter()
+        a = Q @ (Qty / (w + lam))
+        self._add_times(solve=time.perf_counter() - t0)
+        return a, lam
 
     def _inducing_count(self, M, r):
         """Nyström frames of the preconditioner: precond_frames, or as many as keep m r <= 1200 (setup costs
