@@ -51,11 +51,6 @@ def _fit_path_and_predict(coords, labels, train_idx, predict_on, sigma, lams, qu
     return [[model.predict_forces(coords[idx]).astype(np.float32) for idx in predict_on] for model in models]
 
 
-def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, quads, train_labels=None):
-    """:func:`_fit_path_and_predict` for one lambda: the forces (float32) on each index array in ``predict_on``."""
-    return _fit_path_and_predict(coords, labels, train_idx, predict_on, sigma, [lam], quads, train_labels)[0]
-
-
 @dataclass
 class _Work:
     """What the stages of one fit share: the task runner, the checkpoint cache, the data arrays (coords,
