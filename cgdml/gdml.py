@@ -38,7 +38,7 @@ POSITIVE = Interval(float, 0, None, "neither")  # a finite number > 0
 
 _MAX_LAMBDA_RETRIES = 4
 # A lambda path solves its dense (Cholesky) lambdas from one eigendecomposition when it has at least this many: a
-# symmetric eigendecomposition costs about 22 Cholesky factorisations of the same matrix (scipy's evd driver, one
+# symmetric eigendecomposition costs about 17 Cholesky factorisations of the same matrix (scipy's evd driver, one
 # thread, n = 3000: benchmarks/results/bench_fit_speed.md), each further lambda then O(n^2).
 EIGH_MIN_LAMBDAS = 20
 log = logging.getLogger(__name__)
