@@ -198,28 +198,30 @@ class TaskRunner:
         self.stats["shared_bytes"] += int(getattr(obj, "nbytes", 0))
         return self.client.scatter(obj, broadcast=True, hash=False)
 
-    def run(self, tasks, desc="tasks", limit_threads=False, bar=None):
+    def run(self, tasks, desc="tasks", limit_threads=False, bar=None, weights=None):
         """Yield ``(i, result)`` for the ``tasks`` [(fn, args)]: in order locally, as each finishes on Dask.
 
         Worker tasks run under :func:`limited_threads`, and so does a lone task run here for n_jobs > 1;
         ``limit_threads`` applies it to tasks run here with n_jobs = 1 too. ``bar``: a tqdm bar to advance by one
-        per finished task (an overall bar of the caller) instead of a bar of these tasks.
+        per finished task (an overall bar of the caller) instead of a bar of these tasks; ``weights`` (one int per
+        task) advance it by that much instead (a task that does several units of work).
         A failing task raises its exception here and cancels the tasks not yet finished; when the caller stops
         (an exception, Ctrl-C), local worker processes are killed rather than left running.
         """
         from tqdm import tqdm
 
         own = bar is None
+        steps = [1] * len(tasks) if weights is None else [int(w) for w in weights]
         if own:
-            bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress or not tasks, leave=False)
+            bar = tqdm(total=sum(steps), desc=desc, disable=not self.progress or not tasks, leave=False)
         try:
             if self.client is not None:
-                yield from self._run_dask(tasks, bar)
+                yield from self._run_dask(tasks, bar, steps)
             elif self.n_jobs == 1 or len(tasks) <= 1:
                 limit_threads = limit_threads or self.n_jobs != 1      # as in a worker process
                 for i, (fn, args) in enumerate(tasks):
                     result = limited_threads(fn, *args) if limit_threads else fn(*args)
-                    bar.update()
+                    bar.update(steps[i])
                     yield i, result
             else:
                 from joblib import Parallel, delayed
@@ -229,7 +231,7 @@ class TaskRunner:
                 try:
                     for i, result in enumerate(par(delayed(_local_worker_task)(fn, *args) for fn, args in tasks)):
                         done += 1
-                        bar.update()
+                        bar.update(steps[i])
                         yield i, result
                 finally:
                     if done < len(tasks):          # interrupted or failed: no orphan workers
@@ -238,7 +240,7 @@ class TaskRunner:
             if own:
                 bar.close()
 
-    def _run_dask(self, tasks, bar):
+    def _run_dask(self, tasks, bar, steps):
         from distributed import as_completed
 
         futures = {}
@@ -252,7 +254,7 @@ class TaskRunner:
             for future in as_completed(list(futures), loop=self.client.loop):
                 result = future.result()
                 i = futures.pop(future)
-                bar.update()
+                bar.update(steps[i])
                 yield i, result
         finally:
             if futures:

@@ -9,9 +9,11 @@ On (prior-subtracted) forces F at coordinates R, with the frames' strata as ``gr
 Hyperparameters are chosen by K-fold cross-validation over frames, folds balanced within strata
 (:func:`cgdml.selection.cross_validate_two_layer`; the scores are those of :mod:`cgdml.selection`). Every
 expensive unit of work is cached in ``workdir``, so an interrupted fit resumes where it stopped. Sub-model
-trainings run one after another, in local joblib processes (``n_jobs``) or on a Dask cluster (``scheduler``; see
-:mod:`cgdml.distributed`), where the data arrays are scattered once and each task carries only its batch
-indices. The prior, the strata and the CG model around the result are :class:`cgdml.pipeline.CGEstimator`'s.
+trainings run in local joblib processes (``n_jobs``; one per core by default) or on a Dask cluster (``scheduler``;
+see :mod:`cgdml.distributed`), where the data arrays are scattered once and each task carries only its batch
+indices; each task is one lambda path (the sub-models of all lambdas on one batch and sigma,
+:meth:`cgdml.gdml.GDML.fit_path`). The prior, the strata and the CG model around the result are
+:class:`cgdml.pipeline.CGEstimator`'s.
 """
 from __future__ import annotations
 
@@ -35,17 +37,18 @@ from .selection import SCORES, cross_validate_two_layer, decide, fold_sets, reso
 from .validation import N_JOBS, N_MODELS, SEED, SIGMA, Grid, Interval, Options, ParameterError, check_params
 
 
-def _fit_and_predict(coords, labels, train_idx, predict_on, sigma, lam, quads, train_labels=None):
-    """Train one GDML on frames ``train_idx`` and return its forces (float32) on each index array in ``predict_on``.
+def _fit_path_and_predict(coords, labels, train_idx, predict_on, sigma, lams, quads, train_labels=None):
+    """Train one GDML per lambda of ``lams`` on frames ``train_idx`` (a lambda path: :meth:`cgdml.gdml.GDML.fit_path`)
+    and return, per lambda, its forces (float32) on each index array in ``predict_on``.
 
     The labels are ``labels[train_idx]``, or ``train_labels`` when given (then ``labels`` is unused); ``quads``
     (n_quads, 4) are the descriptor's dihedrals.
     """
-    model = GDML(sigma=sigma, lam=lam, relative_lam=True, dihedrals=quads)
+    gdml = GDML(sigma=sigma, relative_lam=True, dihedrals=quads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an automatic lambda increase is recorded in lam_, not shouted
-        model.fit(coords[train_idx], labels[train_idx] if train_labels is None else train_labels)
-    return [model.predict_forces(coords[idx]).astype(np.float32) for idx in predict_on]
+        models = gdml.fit_path(coords[train_idx], labels[train_idx] if train_labels is None else train_labels, lams)
+    return [[model.predict_forces(coords[idx]).astype(np.float32) for idx in predict_on] for model in models]
 
 
 @dataclass
@@ -101,8 +104,9 @@ class TwoLayerGDML(PredictsWithModel, BaseEstimator):
     dihedrals, score_dihedrals : (n, 4) int array or None
         The descriptor's dihedrals and those of the score (None: consecutive beads).
     n_jobs : int
-        Parallel layer-1 trainings in local joblib processes (one thread each; 1: in this process; negative:
-        all cores but ``|n_jobs| - 1``).
+        Parallel sub-model trainings in local joblib processes (-1, the default: one per core; 1: in this process;
+        negative: all cores but ``|n_jobs| - 1``). Every training runs on one thread wherever it runs, so the
+        result does not depend on ``n_jobs``.
     scheduler : str or distributed.Client or None
         Run the layer-1 and CV trainings on Dask instead: ``tcp://HOST:PORT`` or a scheduler-file path. Results
         equal those of a local run with ``n_jobs > 1``, bit for bit.
@@ -143,7 +147,7 @@ class TwoLayerGDML(PredictsWithModel, BaseEstimator):
     def __init__(self, n_models=12, batch_size=2000, mean_set_size=2000, sigma1=(2.0, 4.0, 8.0),
                  lam1=(0.3, 1.0, 3.0), sigma2=(1.0, 2.0, 4.0), lam2=(1e-3, 1e-2, 1e-1), n_folds=2, cv_models=2,
                  cv_mean_set_size=600, cv_holdout=4000, cv_score="auto", chiral=True, dihedrals=None,
-                 score_dihedrals=None, n_jobs=1, seed=0, workdir=None, progress=True, scheduler=None):
+                 score_dihedrals=None, n_jobs=-1, seed=0, workdir=None, progress=True, scheduler=None):
         self.n_models = n_models
         self.batch_size = batch_size
         self.mean_set_size = mean_set_size
@@ -211,31 +215,40 @@ class TwoLayerGDML(PredictsWithModel, BaseEstimator):
         """Train the sub-models ``specs`` = [(sigma1, lam1, fold, i)] not yet in ``cache``; return their entries.
 
         A model of fold k draws its batch from the frames outside fold k (fold -1: from all frames) and
-        predicts on ``sets[k]``, a dict of named index arrays (held-out frames, mean sets).
+        predicts on ``sets[k]``, a dict of named index arrays (held-out frames, mean sets). The batch depends on
+        (fold, i) only: the lambdas of one (sigma1, fold, i) are one task, a lambda path on one batch.
         """
-        tasks, keys = [], []
         n_beads = work.coords.shape[1]
         expect = {k: {name: (len(idx), n_beads, 3) for name, idx in sets[k].items()} for k in sets}
         work.stage(desc)
+        paths = {}
         for s1, l1, k, i in specs:
             key = f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}"
             cached = work.cache.get(key, expect[k]) is not None
             work.account(key, cached)
-            if not cached:
-                pool = np.flatnonzero(folds != k)
-                batch = stratified_batch(strata, min(self.batch_size_, len(pool)), self._rng(2, k + 1, i), pool=pool)
-                tasks.append((_fit_and_predict, (work.coords_h, work.labels_h, batch, list(sets[k].values()), s1, l1,
-                                                 self.quads_)))
-                keys.append((key, k))
-        for j, preds in work.runner.run(tasks, desc, bar=work.bar):
-            key, k = keys[j]
-            work.cache.put(key, **{name: p.astype(np.float32) for name, p in zip(sets[k], preds)})
+            if not cached and key not in paths.setdefault((s1, k, i), {}).values():
+                paths[s1, k, i][l1] = key
+        tasks, keys = [], []
+        for (s1, k, i), by_lam in paths.items():
+            if not by_lam:
+                continue
+            pool = np.flatnonzero(folds != k)
+            batch = stratified_batch(strata, min(self.batch_size_, len(pool)), self._rng(2, k + 1, i), pool=pool)
+            lams = sorted(by_lam, reverse=True)
+            tasks.append((_fit_path_and_predict, (work.coords_h, work.labels_h, batch, list(sets[k].values()), s1,
+                                                  lams, self.quads_)))
+            keys.append(([by_lam[lam] for lam in lams], k))
+        for j, per_lam in work.runner.run(tasks, desc, bar=work.bar, limit_threads=True,
+                                          weights=[len(ks) for ks, _ in keys]):
+            names, k = keys[j]
+            for key, preds in zip(names, per_lam):
+                work.cache.put(key, **{name: p.astype(np.float32) for name, p in zip(sets[k], preds)})
         return [work.cache.get(f"l1_s{s1:g}_l{l1:g}_f{k}_m{i}") for s1, l1, k, i in specs]
 
     def _layer2_on_folds(self, work, sets, s1, l1, per_fold, ensembles, candidates):
         """Train each layer-2 candidate (sigma2, lam2) on each fold's CV mean set labelled by that fold's layer-1
-        ensemble; {(sigma2, lam2, fold): held-out predictions}."""
-        tasks, keys = [], []
+        ensemble; {(sigma2, lam2, fold): held-out predictions}. The lambdas of one (sigma2, fold) are one task."""
+        keys, paths = [], {}
         for s2, l2 in candidates:
             for k in range(self.n_folds):
                 key = f"l2_s{s1:g}_l{l1:g}_n{per_fold}_s{s2:g}_l{l2:g}_f{k}"
@@ -243,12 +256,19 @@ class TwoLayerGDML(PredictsWithModel, BaseEstimator):
                 cached = work.cache.get(key, {"held": (len(sets[k]["held"]), work.coords.shape[1], 3)}) is not None
                 work.account(key, cached)
                 if not cached:
-                    mean_labels = np.mean([e["mean"] for e in ensembles[k]], axis=0).astype(np.float64)
-                    tasks.append((key, (_fit_and_predict, (work.coords_h, None, sets[k]["mean"], [sets[k]["held"]],
-                                                           s2, l2, self.quads_, mean_labels))))
+                    paths.setdefault((s2, k), {})[l2] = key
+        tasks, names = [], []
+        for (s2, k), by_lam in paths.items():
+            mean_labels = np.mean([e["mean"] for e in ensembles[k]], axis=0).astype(np.float64)
+            lams = sorted(by_lam, reverse=True)
+            tasks.append((_fit_path_and_predict, (work.coords_h, None, sets[k]["mean"], [sets[k]["held"]], s2, lams,
+                                                  self.quads_, mean_labels)))
+            names.append([by_lam[lam] for lam in lams])
         work.stage("CV layer 2")
-        for j, (p_held,) in work.runner.run([t for _, t in tasks], "CV layer 2", bar=work.bar):
-            work.cache.put(tasks[j][0], held=p_held.astype(np.float32))
+        for j, per_lam in work.runner.run(tasks, "CV layer 2", bar=work.bar, limit_threads=True,
+                                          weights=[len(n) for n in names]):
+            for key, (p_held,) in zip(names[j], per_lam):
+                work.cache.put(key, held=p_held.astype(np.float32))
         return {(s2, l2, k): work.cache.get(key)["held"] for key, s2, l2, k in keys}
 
     def _cross_validate(self, work, strata, folds):
@@ -259,6 +279,12 @@ class TwoLayerGDML(PredictsWithModel, BaseEstimator):
         project = {k: score_projection(work.coords[sets[k]["held"]], self.cv_quads_) if dihedral_score else None
                    for k in range(self.n_folds)}
         targets = {k: work.labels[sets[k]["held"]] for k in range(self.n_folds)}
+
+        # every candidate's CV sub-models first, so that the lambdas of one (sigma1, batch) are one lambda path;
+        # cross_validate_two_layer then finds them in the cache
+        self._layer1([(s1, l1, k, i) for s1 in np.atleast_1d(self.sigma1) for l1 in np.atleast_1d(self.lam1)
+                      for k in range(self.n_folds) for i in range(self.cv_models)], work, strata, folds, sets,
+                     "CV layer 1")
 
         def train_layer1(s1, l1, n_per_fold, stage):
             specs = [(s1, l1, k, i) for k in range(self.n_folds) for i in range(n_per_fold)]

@@ -183,6 +183,13 @@ def reduced_rank(n_beads: int, n_desc: int) -> int:
     return min(n_desc, 3 * n_beads - 6 if n_beads >= 3 else 1)
 
 
+def _one_blas_thread():
+    """A context in which BLAS/LAPACK run on one thread (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def reduce_frames(R, F, quads=(), chiral_scale=1.0):
     """Each frame in its reduced basis: descriptors D (M, nd), W = U S (M, nd, r), forces y = V^T F (M, r)
     from the thin SVD J = U S V^T of the descriptor Jacobian, and sum |J|^2 (for mean(diag K)).
@@ -195,7 +202,10 @@ def reduce_frames(R, F, quads=(), chiral_scale=1.0):
     if not np.all(np.isfinite(J)):
         raise CgdmlError("descriptor undefined for some frame (overlapping or collinear beads)")
     r = reduced_rank(N, D.shape[1])
-    U, S, Vh = np.linalg.svd(J, full_matrices=False)
+    # one BLAS thread: M small SVDs are 5-20x slower with OpenBLAS threads than without, worst on a busy machine
+    # (benchmarks/results/bench_fit_speed.md)
+    with _one_blas_thread():
+        U, S, Vh = np.linalg.svd(J, full_matrices=False)
     W = U[:, :, :r] * S[:, None, :r]
     y = np.einsum("mkc,mc->mk", Vh[:, :r], F.reshape(M, -1))
     return D, W, y, float(np.sum(J * J))

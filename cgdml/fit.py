@@ -60,7 +60,7 @@ HELP = {
                       "fitted model by umbrella sampling (a no-op when no dihedral has such gaps)",
     "uncertainty": "compute the force posterior (the model's force uncertainty) and the simulation guard's "
                    "threshold, saved in the model file (docs/uncertainty.md)",
-    "n_jobs": "local processes for the layer-1 trainings (negative: all cores but |n| - 1)",
+    "n_jobs": "one-thread local processes for the sub-model trainings (-1: one per core; -n: all cores but n - 1)",
     "scheduler": "train the layer-1 sub-models on a Dask cluster: tcp://HOST:PORT or a scheduler file (instead of "
                  "--n-jobs local processes)",
     "seed": "random seed, >= 0",

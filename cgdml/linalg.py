@@ -134,14 +134,10 @@ def refine(matvec, inner_matvec, b, precond, x, tol, maxiter=500, steps=4):
 
 
 # ------------------------------------------------------------------------------------------- preconditioners
-def gdml_preconditioner(D, W, sigma, lam, m, seed=0):
-    """P^-1 (a scipy LinearOperator of size M r) for exact GDML's (K + lam I) a = y, K the reduced kernel of the
-    frames' descriptors D (M, nd) and reduced Jacobians W (M, nd, r) at length scale ``sigma``.
-
-    Nyström on ``m`` random frames plus the exact per-frame diagonal blocks: P = B B^T + Lam with
-    B = K_nm L^-T (K_mm = L L^T) and Lam_i = K_ii - B_i B_i^T + lam I (r x r blocks, a partially independent
-    conditional). P^-1 by Woodbury: only B (M r x m r) and an (m r)^2 matrix are kept.
-    """
+def gdml_preconditioner_base(D, W, sigma, m, seed=0):
+    """The lambda-free part of :func:`gdml_preconditioner`: (B (M r, m r), C (M, r, r)) with B = K_nm L^-T
+    (K_mm = L L^T, on ``m`` random frames) and C_i = K_ii - B_i B_i^T, the per-frame blocks that the Nyström
+    part misses. A lambda path computes it once per (frames, sigma)."""
     M, _, r = W.shape
     mr = m * r
     idx = np.sort(np.random.default_rng(seed).choice(M, m, replace=False))
@@ -154,13 +150,35 @@ def gdml_preconditioner(D, W, sigma, lam, m, seed=0):
     del Knm
     B3 = B.reshape(M, r, mr)
     Kii = 5.0 / (3.0 * sigma ** 2) * np.einsum("mdr,mds->mrs", W, W)  # Hc(0) = 5/(3 s^2) I
-    lam_blocks = Kii - np.einsum("mrk,msk->mrs", B3, B3) + lam * np.eye(r)
-    Linv = np.linalg.inv(lam_blocks)  # (M, r, r)
-    inner = np.eye(mr)
+    return B, Kii - np.einsum("mrk,msk->mrs", B3, B3)
+
+
+def gdml_preconditioner(D, W, sigma, lam, m, seed=0, base=None):
+    """P^-1 (a scipy LinearOperator of size M r) for exact GDML's (K + lam I) a = y, K the reduced kernel of the
+    frames' descriptors D (M, nd) and reduced Jacobians W (M, nd, r) at length scale ``sigma``.
+
+    Nyström on ``m`` random frames plus the exact per-frame diagonal blocks: P = B B^T + Lam with
+    B = K_nm L^-T (K_mm = L L^T) and Lam_i = K_ii - B_i B_i^T + lam I (r x r blocks, a partially independent
+    conditional). P^-1 by Woodbury: only B (M r x m r) and an (m r)^2 matrix are kept. ``base``: the
+    lambda-free (B, C) of :func:`gdml_preconditioner_base` for these arguments, when already computed.
+    The Woodbury matrix I + B^T Lam^-1 B = I + Z^T Z, Z_i = G_i^-1 B_i with Lam_i = G_i G_i^T, is one syrk.
+    """
+    M, _, r = W.shape
+    mr = m * r
+    B, C = gdml_preconditioner_base(D, W, sigma, m, seed) if base is None else base
+    B3 = B.reshape(M, r, mr)
+    lam_blocks = C + lam * np.eye(r)
+    try:
+        Ginv = np.linalg.inv(np.linalg.cholesky(lam_blocks))       # (M, r, r) lower-triangular inverses
+    except np.linalg.LinAlgError:                                    # C_i is PSD up to rounding; lam keeps it PD
+        raise CgdmlError(f"GDML preconditioner blocks are not positive definite with lambda={lam:.3g}; use a "
+                         "larger lam") from None
+    Linv = np.matmul(Ginv.transpose(0, 2, 1), Ginv)                  # Lam_i^-1
+    inner = np.eye(mr, order="F")
     for c0 in range(0, M, 256):
-        X = np.matmul(Linv[c0:c0 + 256], B3[c0:c0 + 256]).reshape(-1, mr)
-        inner += B3[c0:c0 + 256].reshape(-1, mr).T @ X
-    ci = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)
+        Z = np.matmul(Ginv[c0:c0 + 256], B3[c0:c0 + 256]).reshape(-1, mr)
+        syrk_upper(1.0, Z.T, inner)  # Z.T is Fortran-ordered: no copy
+    ci = (cholesky_upper(inner), False)
 
     def apply(x):
         z = np.matmul(Linv, np.asarray(x).reshape(M, r, 1)).ravel()

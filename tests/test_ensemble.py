@@ -115,3 +115,34 @@ def test_learner_fits_arrays_with_groups(noisy_toy):
     assert np.bincount(groups[a.mean_set_index_]).tolist() == [15, 15, 15, 15]   # drawn evenly over the strata
     np.testing.assert_array_equal(a.predict_forces(R[:5]), b.predict_forces(R[:5]))
     assert len(np.unique(TwoLayerGDML(**kw).fit(R, F).strata_)) == 1
+
+
+def test_lambda_paths_in_processes_equal_one_training_per_lambda_here(noisy_toy, monkeypatch):
+    """The CV sub-models of one (sigma, batch) are one lambda path (GDML.fit_path), in one-thread local processes
+    by default; the CV table, the choice and the model equal those of one conjugate-gradient training per lambda
+    in this process, bit for bit (the batches of 750 frames x 6 make the layer-1 solves CG, those of layer 2
+    Cholesky and CG)."""
+    from cgdml import ensemble
+    from cgdml.ensemble import TwoLayerGDML
+
+    data, _ = noisy_toy
+    R, F = data.coords[:3000], data.forces[:3000]
+    groups = np.arange(3000) % 5
+    kw = dict(n_models=2, batch_size=750, mean_set_size=100, sigma1=[2.0], lam1=[3.0, 0.3], sigma2=[1.0, 2.0],
+              lam2=[1e-1, 1e-3], cv_models=1, cv_mean_set_size=700, cv_holdout=100, progress=False)
+    assert TwoLayerGDML().n_jobs == -1
+    paths = TwoLayerGDML(**kw).fit(R, F, groups=groups)
+
+    path_fn, calls = ensemble._fit_path_and_predict, []
+
+    def one_lambda_at_a_time(coords, labels, idx, predict_on, sigma, lams, *rest):
+        calls.append(len(lams))
+        return [path_fn(coords, labels, idx, predict_on, sigma, [lam], *rest)[0] for lam in lams]
+
+    monkeypatch.setattr(ensemble, "_fit_path_and_predict", one_lambda_at_a_time)
+    single = TwoLayerGDML(n_jobs=1, **kw).fit(R, F, groups=groups)
+    assert calls == [2] * 6   # CV layer 1 (2 folds; the final layer 1 is theirs), CV layer 2 ((sigma2, fold))
+    assert paths.cv_scores_ == single.cv_scores_
+    assert (paths.sigma1_, paths.lam1_, paths.sigma2_, paths.lam2_) == (single.sigma1_, single.lam1_, single.sigma2_,
+                                                                        single.lam2_)
+    np.testing.assert_array_equal(paths.predict_forces(R[:20]), single.predict_forces(R[:20]))

@@ -118,6 +118,65 @@ def test_cholesky_and_cg_agree():
     assert GDML(memory_budget_gb=1e-6, **kw).fit(R[:30], F[:30]).solver_ == "cg"
 
 
+def test_lambda_path_equals_one_fit_per_lambda():
+    """fit_path: every solver's models equal the per-lambda fits (one eigendecomposition for all the eigh lambdas,
+    the CG lambdas sharing the kernel operator and the preconditioner's lambda-free part), and the held-out
+    scores of the whole grid with them."""
+    R, _, F = samples(120, seed=6)
+    F = F + np.random.default_rng(7).normal(scale=5.0, size=F.shape)
+    Rt, _, Ft = samples(40, seed=8)
+    lams = [3.0, 0.3, 1e-2, 1e-3]
+    for solver, kw in (("cholesky", {}), ("cg", dict(precond_frames=30, cg_tol=1e-12))):
+        for path_solver in ((solver,) if solver == "cg" else ("cholesky", "eigh")):
+            est = GDML(sigma=20.0, relative_lam=True, solver=path_solver, **kw)
+            path = est.fit_path(R, F, lams)
+            assert [p["solver"] for p in est.path_] == [path_solver] * len(lams)
+            for lam, model, rec in zip(lams, path, est.path_):
+                one = GDML(sigma=20.0, lam=lam, relative_lam=True, solver=solver, **kw).fit(R, F)
+                assert rec["lam_absolute"] == one.lam_
+                want, got = one.predict_forces(Rt), model.predict_forces(Rt)
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())
+                score_one, score_path = np.mean((want - Ft) ** 2), np.mean((got - Ft) ** 2)
+                assert score_path == pytest.approx(score_one, rel=1e-8)
+    # the auto solver takes one eigendecomposition for a long dense path, and keeps the same solutions
+    many = list(np.geomspace(1e-4, 1e-2, 20))
+    est = GDML(sigma=20.0, relative_lam=True)
+    models = est.fit_path(R[:40], F[:40], many)
+    assert {p["solver"] for p in est.path_} == {"eigh"}
+    for lam in (many[0], many[-1]):
+        want = GDML(sigma=20.0, lam=lam, relative_lam=True).fit(R[:40], F[:40]).predict_forces(Rt)
+        np.testing.assert_allclose(models[many.index(lam)].predict_forces(Rt), want, atol=1e-8 * np.abs(want).max())
+
+
+def test_eigh_path_raises_lambda_of_a_singular_kernel():
+    R, _, F = samples(10, seed=10)
+    R, F = np.concatenate([R, R, R]), np.concatenate([F, F, F])  # duplicates: K has exact zero modes
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = GDML(sigma=50.0, solver="eigh")
+        est.fit_path(R, F, [1e-16, 1.0])
+    assert est.path_[0]["lam_absolute"] > 1e-16 and est.path_[1]["lam_absolute"] == 1.0
+    assert any("not positive definite" in str(w.message) for w in caught)
+
+
+def test_gdml_preconditioner_is_the_inverse_of_its_nystrom_matrix():
+    """P^-1 from the Woodbury identity (one syrk) equals the dense inverse of P = B B^T + blockdiag(Lam)."""
+    from cgdml.linalg import gdml_preconditioner, gdml_preconditioner_base
+    from cgdml.features import reduce_frames
+
+    R, _, F = samples(30, seed=12)
+    D, W, _, _ = reduce_frames(R, F, chain_quads(5))
+    M, _, r = W.shape
+    B, C = gdml_preconditioner_base(D, W, 20.0, 6)
+    lam = 0.1 * np.mean(np.einsum("ii->i", C.reshape(M * r, r)[:r]))
+    P = B @ B.T
+    for i in range(M):
+        P[i * r:(i + 1) * r, i * r:(i + 1) * r] += C[i] + lam * np.eye(r)
+    x = np.random.default_rng(13).normal(size=M * r)
+    got = gdml_preconditioner(D, W, 20.0, lam, 6).matvec(x)
+    np.testing.assert_allclose(got, np.linalg.solve(P, x), rtol=1e-8, atol=1e-10 * np.abs(got).max())
+
+
 def test_relative_lambda_scales_with_kernel_diagonal():
     R, _, F = samples(20, seed=9)
     D, J = descriptor_jacobian(R, chain_quads(5))
