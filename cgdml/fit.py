@@ -57,8 +57,8 @@ HELP = {
     "prior_dihedrals": "Boltzmann-inverted free-energy profiles of the backbone phi and psi (or the proper "
                        "dihedrals) in the prior (auto: on when the beads belong to two or more amino acids, "
                        "backbone map or C-alpha trace)",
-    "residual_weight": "weight of the learned force on top of the prior, 0 to 1 (default: judged among 1, 0.5, "
-                       "0.25 and 0 by the landscapes of short simulations against the training frames)",
+    "residual_weight": "weight of the learned force on top of the prior, 0 to 1 (default: judged among 1, 0.3, "
+                       "0.1 and 0 by the landscapes of short simulations against the training frames)",
     "balance_basins": "give dihedral arcs separated by unsampled gaps their training populations, measured on the "
                       "fitted model by umbrella sampling (a no-op when no dihedral has such gaps)",
     "uncertainty": "compute the force posterior (the model's force uncertainty) and the simulation guard's "

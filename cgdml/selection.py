@@ -12,6 +12,10 @@ the mean-force error would:
   force error is dominated by the stiff bonds and angles (docs/method.md §2.6);
 - ``"auto"``: ``"dihedral"`` when there is a soft dihedral, else ``"force"``.
 
+The fit's last choice is not a score table's: :func:`judge_residual_weight` weighs the learned force on top of the
+prior by the landscapes of short simulations against the training frames, where force scores cannot see what
+moves a soft landscape (docs/method.md §2.6, the residual weight).
+
 A score table is a list of dicts with at least ``sigma``, ``lam`` and ``mse`` (and ``mse_folds`` or ``mse_se``
 for its spread); :func:`decide` picks its winner by the one-standard-error rule and records whether the choice
 was decisive and whether it sits on an edge of the grid (MODEL.json ``selection``).
@@ -280,8 +284,8 @@ def cross_validate_two_layer(layer1_grid, layer2_grid, targets, projections, *, 
 
 # ------------------------------------------------------------------------- the landscape judge of the residual
 #: Candidate weights of the learned (GDML) force on top of the prior: the fit as it is, shrunk toward the prior,
-#: and the prior alone (docs/method.md §2.7).
-JUDGE_WEIGHTS = (1.0, 0.5, 0.25, 0.0)
+#: and the prior alone (docs/method.md §2.6, the residual weight).
+JUDGE_WEIGHTS = (1.0, 0.3, 0.1, 0.0)
 #: The judge's short simulation of each candidate: :func:`cgdml.simulate.model_run.simulate_model` arguments
 #: (50 replicas x 60 ps with the default 3 fs multiple-time-step BAOAB, started from training frames).
 JUDGE_RUN = dict(replicas=50, steps=20000, burn_in=4000, save_every=50)
@@ -346,8 +350,8 @@ def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=
         runner = ranked[1]
         decisive = bool(runner["stopped"] > 0 or runner["js"] - best["js"] > JUDGE_MARGIN * best["js_std"])
     record = dict(rule="lowest mean landscape JS of a short simulation against the training frames "
-                       "(docs/method.md §2.7)", winner=best["weight"], decisive=decisive, margin=JUDGE_MARGIN,
-                  candidates=rows, run=run)
+                       "(docs/method.md §2.6, the residual weight)", winner=best["weight"], decisive=decisive,
+                  margin=JUDGE_MARGIN, candidates=rows, run=run)
     return best["weight"], record
 
 
