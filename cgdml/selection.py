@@ -115,6 +115,34 @@ def grid_edges(table, entry):
     return edges
 
 
+#: How many times a hold-out search extends its grid past an edge that its winner sits on.
+MAX_EXTENSIONS = 3
+#: The range an extended grid stays in: sigma (1/nm) and relative lambda.
+EXTENSION_BOUNDS = {"sigma": (0.25, 256.0), "lam": (1e-4, 1e4)}
+
+
+def extension_candidates(table, winner):
+    """The (sigma, lam) candidates one step past each grid edge that ``winner`` sits on (:func:`grid_edges`): the
+    edge value times (upper) or over (lower) the grid's outermost ratio on that side, with the winner's other
+    hyperparameter; none past :data:`EXTENSION_BOUNDS` or already in ``table``."""
+    out = []
+    for name in ("sigma", "lam"):
+        values = sorted({float(e[name]) for e in table})
+        if len(values) < 2 or float(winner[name]) not in (values[0], values[-1]):
+            continue
+        upper = float(winner[name]) == values[-1]
+        step = values[-1] / values[-2] if upper else values[1] / values[0]
+        new = values[-1] * step if upper else values[0] / step
+        lo, hi = EXTENSION_BOUNDS[name]
+        if not lo <= new <= hi:
+            continue
+        cand = dict(sigma=float(winner["sigma"]), lam=float(winner["lam"]))
+        cand[name] = float(new)
+        if not any(np.isclose(e["sigma"], cand["sigma"]) and np.isclose(e["lam"], cand["lam"]) for e in table):
+            out.append((cand["sigma"], cand["lam"]))
+    return out
+
+
 def decide(table, key="mse"):
     """The winner of a score table (dicts with ``sigma``, ``lam`` and ``key``) and the record of the choice.
 
@@ -127,7 +155,8 @@ def decide(table, key="mse"):
 
     Returns (winner, record): record is a JSON-ready dict with ``rule``, ``decisive``, ``n_candidates``,
     ``n_tied`` (candidates within one standard error, the lowest included), ``standard_error``, ``lowest`` and
-    ``winner`` (sigma, lam, score) and ``edges`` (:func:`grid_edges` of the winner). It is what MODEL.json keeps
+    ``winner`` (sigma, lam, score), ``edges`` (:func:`grid_edges` of the winner) and, when the search extended
+    its grid (:func:`extension_candidates`), ``extended`` (the added candidates). It is what MODEL.json keeps
     as ``selection``; :func:`selection_note` says it in one line.
     """
     lowest = min(table, key=lambda entry: entry[key])
@@ -138,10 +167,11 @@ def decide(table, key="mse"):
         tied = [e for e in table if e[key] <= lowest[key] + se]
         winner = lowest
     point = lambda e: dict(sigma=float(e["sigma"]), lam=float(e["lam"]), score=float(e[key]))  # noqa: E731
+    extended = [dict(sigma=float(e["sigma"]), lam=float(e["lam"])) for e in table if e.get("extension")]
     record = dict(rule="lowest score" if se is None else "lowest score; within one standard error of it: tied",
                   decisive=None if se is None else len(tied) == 1, n_candidates=len(table),
                   n_tied=len(tied), standard_error=se, lowest=point(lowest), winner=point(winner),
-                  edges=grid_edges(table, winner))
+                  edges=grid_edges(table, winner), **({"extended": extended} if extended else {}))
     return winner, record
 
 
