@@ -25,6 +25,7 @@ and what ``python -m cgdml.cvplot`` draws (:mod:`cgdml.selection_report`).
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 
@@ -366,8 +367,6 @@ def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=
         if len(frames) < 2:
             rows.append(dict(weight=float(weight), js=float("inf"), js_std=None, stopped=stopped, frames=0))
             continue
-        import warnings
-
         with warnings.catch_warnings():   # frames outside the training range are the judge's business, not news
             warnings.simplefilter("ignore", UserWarning)
             report = compare_landscapes(frames, dataset, n_boot=50, seed=seed)
