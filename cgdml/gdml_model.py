@@ -61,6 +61,12 @@ class GDMLModel:
     def _g(self, R, energy):
         return kernels.hessian_apply(descriptor(R, self.quads, self.chiral_scale), self._tables, energy=energy)
 
+    def scaled(self, weight):
+        """This force field times ``weight`` (a new GDMLModel: coefficients and offset scaled; weight 0 keeps the
+        arrays and predicts zero)."""
+        return GDMLModel(self.train_descriptors, float(weight) * self.coefficients, self.sigma, self.quads,
+                         self.chiral_scale, float(weight) * self.offset, self.n_beads)
+
     def predict(self, R):
         """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm."""
         R = as_coordinates(R, self.n_beads, "GDML model")

@@ -51,7 +51,8 @@ from .gdml import POSITIVE, PredictsWithModel, dihedral_quads, mean_kernel_diago
 from .linalg import SampledPreconditioner, default_precond_frames, pcg, refine
 from .model import GDMLModel
 from .sampling import stratified_batch
-from .selection import SCORES, decide, holdout_scores, holdout_search, holdout_split, resolve_score, score_projection
+from .selection import (MAX_EXTENSIONS, SCORES, decide, extension_candidates, holdout_scores, holdout_search,
+                        holdout_split, resolve_score, score_projection)
 from .validation import SEED, SIGMA, Grid, Interval, Options, check_params
 
 INDUCING = ("stratified", "random")
@@ -296,7 +297,15 @@ class NystromGDML(PredictsWithModel, BaseEstimator):
         chosen = (float(sigmas[0]), float(lams[0]))
         if len(sigmas) * len(lams) > 1:
             t = time.perf_counter()
-            self.selection_scores_ = self._select(R, F, groups, quads, m, sigmas, lams, score, soft)
+            candidates = [(s, lam) for s in sigmas for lam in sorted(lams, reverse=True)]  # large lambda first
+            table = self._select(R, F, groups, quads, m, candidates, score, soft)
+            for _ in range(MAX_EXTENSIONS):   # a winner on an edge of the grid: search one step past it
+                more = extension_candidates(table, decide(table)[0])
+                if not more:
+                    break
+                table += [dict(entry, extension=True)
+                          for entry in self._select(R, F, groups, quads, m, more, score, soft)]
+            self.selection_scores_ = table
             winner, self.selection_ = decide(self.selection_scores_)
             chosen = (winner["sigma"], winner["lam"])
             self.timings_["selection_s"] = time.perf_counter() - t
@@ -320,8 +329,8 @@ class NystromGDML(PredictsWithModel, BaseEstimator):
         """The dihedrals (n, 4) of the dihedral score: ``score_dihedrals``, or consecutive beads."""
         return chain_quads(n_beads) if self.score_dihedrals is None else as_quads(self.score_dihedrals, n_beads)
 
-    def _select(self, R, F, groups, quads, m, sigmas, lams, score, soft):
-        """The hold-out score table of every (sigma, lam) candidate (:func:`cgdml.selection.holdout_search`), by
+    def _select(self, R, F, groups, quads, m, candidates, score, soft):
+        """The hold-out score table of the (sigma, lam) ``candidates`` (:func:`cgdml.selection.holdout_search`), by
         ``score`` ("force" or "dihedral", along the dihedrals ``soft``)."""
         val, train = holdout_split(len(R), self.holdout, self.select_frames, self.seed)
         frames = ReducedFrames(R[train], F[train], quads, self.chiral_scale, self.chunk)
@@ -344,7 +353,6 @@ class NystromGDML(PredictsWithModel, BaseEstimator):
         h.update(json.dumps([len(R), m, int(self.select_inducing), int(self.select_frames), float(self.holdout),
                              self.inducing, quads.tolist(), soft.tolist(), float(self.chiral_scale), float(self.tol),
                              int(self.seed), score, self.dtype]).encode())
-        candidates = [(s, lam) for s in sigmas for lam in sorted(lams, reverse=True)]  # large lambda: fewest steps
         return holdout_search(candidates, evaluate, WorkCache(self.workdir, h.hexdigest()[:16]))
 
     def _solve(self, frames, groups, sigma, lam, m, warm=None, workdir=None):

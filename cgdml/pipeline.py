@@ -45,7 +45,7 @@ from .model import CGModel, fit_record
 from .nystrom import NystromGDML
 from .prior import CGPrior
 from .sampling import STRATA, make_strata, stratified_batch
-from .selection import resolve_score
+from .selection import judge_residual_weight, resolve_score
 from .validation import SEED, Interval, Options, ParameterError, check_param, check_params, value_type
 
 METHODS = ("auto", "nystrom", "two-layer", "single")
@@ -223,7 +223,11 @@ class CGEstimator(BaseEstimator):
     strata : how frames are stratified for the learner (:func:`cgdml.sampling.make_strata`): "auto", "phi-psi",
         "backbone-kmeans" or "kmeans"; grid_bins (phi/psi grid) and n_strata (k-means).
     prior_repulsion, prior_dihedrals : the prior's repulsion and dihedral profiles (True, False or "auto":
-        on for peptides of two or more residues), :class:`cgdml.prior.CGPrior`.
+        on when the beads belong to two or more amino acids), :class:`cgdml.prior.CGPrior`.
+    residual_weight : the weight of the learned force on top of the prior: "auto" (the default) judges the
+        weights :data:`cgdml.selection.JUDGE_WEIGHTS` by the landscapes of short simulations against the training
+        frames (:func:`cgdml.selection.judge_residual_weight`, on one thread), or a number in [0, 1] (1: the fit as
+        it is; 0: the prior alone).
     balance_basins : afterwards give dihedral arcs that the training frames leave disconnected their training
         populations (:func:`cgdml.basins.balance_basins`, on one thread; a no-op when no dihedral has gaps).
     uncertainty : compute the force posterior and its guard threshold (see the module docstring), saved with the
@@ -240,11 +244,12 @@ class CGEstimator(BaseEstimator):
         "learner": [None, object], "n_frames": [None, Interval(int, 1)],
         "subset": [Options(("stratified", "random"))], "strata": [Options(STRATA)], "grid_bins": [Interval(int, 1)],
         "n_strata": [Interval(int, 1)], "prior_repulsion": [bool], "prior_dihedrals": [bool, Options(("auto",))],
-        "balance_basins": [bool], "uncertainty": [bool], "seed": [SEED], "progress": [bool]}
+        "balance_basins": [bool], "residual_weight": [Interval(float, 0, 1, "both"), Options(("auto",))],
+        "uncertainty": [bool], "seed": [SEED], "progress": [bool]}
 
     def __init__(self, learner=None, n_frames=None, subset="stratified", strata="auto", grid_bins=12, n_strata=50,
-                 prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, uncertainty=True, seed=0,
-                 progress=True):
+                 prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, residual_weight="auto",
+                 uncertainty=True, seed=0, progress=True):
         self.learner = learner
         self.n_frames = n_frames
         self.subset = subset
@@ -254,6 +259,7 @@ class CGEstimator(BaseEstimator):
         self.prior_repulsion = prior_repulsion
         self.prior_dihedrals = prior_dihedrals
         self.balance_basins = balance_basins
+        self.residual_weight = residual_weight
         self.uncertainty = uncertainty
         self.seed = seed
         self.progress = progress
@@ -329,9 +335,19 @@ class CGEstimator(BaseEstimator):
             model.uncertainty_threshold, rule = self._threshold(model, dataset)
             timings["uncertainty_threshold_s"] = time.perf_counter() - t
             model.info["uncertainty"] = _posterior_record(posterior, rule, timings)
+        from .distributed import limited_threads
+
+        if self.residual_weight == "auto":
+            t = time.perf_counter()
+            weight, judged = limited_threads(lambda: judge_residual_weight(model, dataset, seed=self.seed))
+            timings["judge_s"] = time.perf_counter() - t
+        else:
+            weight, judged = float(self.residual_weight), dict(rule="given", winner=float(self.residual_weight))
+        if weight != 1.0:
+            model.gdml = model.gdml.scaled(weight)
+        model.info["residual_weight"] = judged
         if self.balance_basins:
             from .basins import balance_basins
-            from .distributed import limited_threads
 
             # one thread, as the simulate CLI's default: batched replica force calls run faster than with numba's
             # threads on a shared machine (NOTES.md, "Threads")
@@ -396,6 +412,9 @@ class CGEstimator(BaseEstimator):
         balanced = len(info.get("basin_balance", []))
         line = (f"fit: {info['method']} on {info['data']['n_frames']} frames in {info['wall_time_s']:.0f} s; "
                 f"chosen {chosen}" + (f"; {balanced} dihedral(s) balanced" if balanced else ""))
+        judged = info.get("residual_weight") or {}
+        if judged.get("rule") not in (None, "given"):
+            line += f"; residual weight {judged['winner']:g} (judged by short simulations)"
         if logging.getLogger("cgdml").hasHandlers() or not self.progress:
             log.info(line)
         else:

@@ -158,14 +158,15 @@ def needs_table(coefficients, lo, hi, x0, k, kT, rule_kT=TABLE_RULE_KT, region_k
 def uses_dihedral_profiles(setting, topology=None):
     """Whether a prior with ``dihedrals=setting`` (True, False or "auto") fits dihedral profiles.
 
-    "auto": yes for a peptide of two or more residues with backbone dihedrals in ``topology``, no otherwise:
-    with several residues the global descriptor spreads the frames over every combination of residue states and
-    the profiles supply each dihedral's free energy; with one, the kernel sees the whole (phi, psi) landscape and
-    the product of one-dimensional profiles adds a coupling error it must undo (docs/method.md §2.5; the
-    measurements are in NOTES.md and docs/).
+    "auto": yes when the beads of ``topology`` belong to two or more amino acids (:attr:`CGTopology.n_amino_acids`,
+    by residue name: a backbone map or a C-alpha trace alike), no otherwise: with several residues the global
+    descriptor spreads the frames over every combination of residue states and the profiles supply each
+    dihedral's free energy; with one, the kernel sees the whole (phi, psi) landscape and the product of
+    one-dimensional profiles adds a coupling error it must undo (docs/method.md §2.5; the measurements are in
+    NOTES.md and docs/).
     """
     if setting == "auto":
-        return topology is not None and topology.is_polypeptide
+        return topology is not None and topology.n_amino_acids >= 2
     if not isinstance(setting, (bool, np.bool_)):
         raise CgdmlError(f"prior dihedrals must be True, False or 'auto', got {setting!r}")
     return bool(setting)
@@ -186,7 +187,7 @@ class CGPrior(BaseEstimator):
     residue, or every proper dihedral of a molecule without a backbone), smoothed and capped
     (:func:`dihedral_profiles`): the learned model then fits what the independent dihedral profiles miss (their
     coupling), and where it has no data it falls back to them rather than to bonds and angles alone.
-    ``dihedrals="auto"`` turns them on for peptides of two or more residues (the topology's backbone; see
+    ``dihedrals="auto"`` turns them on when the beads belong to two or more amino acids (by residue name; see
     :func:`uses_dihedral_profiles`) and off otherwise. The repulsion acts on bead pairs at least three bonds
     apart in the bead graph; r_min,p is the smallest distance that pair reaches in the training data, so the
     repulsion costs about kT there and rises steeply below it.

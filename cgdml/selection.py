@@ -12,6 +12,10 @@ the mean-force error would:
   force error is dominated by the stiff bonds and angles (docs/method.md §2.6);
 - ``"auto"``: ``"dihedral"`` when there is a soft dihedral, else ``"force"``.
 
+The fit's last choice is not a score table's: :func:`judge_residual_weight` weighs the learned force on top of the
+prior by the landscapes of short simulations against the training frames, where force scores cannot see what
+moves a soft landscape (docs/method.md §2.6, the residual weight).
+
 A score table is a list of dicts with at least ``sigma``, ``lam`` and ``mse`` (and ``mse_folds`` or ``mse_se``
 for its spread); :func:`decide` picks its winner by the one-standard-error rule and records whether the choice
 was decisive and whether it sits on an edge of the grid (MODEL.json ``selection``).
@@ -21,6 +25,7 @@ and what ``python -m cgdml.cvplot`` draws (:mod:`cgdml.selection_report`).
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 
@@ -111,6 +116,34 @@ def grid_edges(table, entry):
     return edges
 
 
+#: How many times a hold-out search extends its grid past an edge that its winner sits on.
+MAX_EXTENSIONS = 3
+#: The range an extended grid stays in: sigma (1/nm) and relative lambda.
+EXTENSION_BOUNDS = {"sigma": (0.25, 256.0), "lam": (1e-4, 1e4)}
+
+
+def extension_candidates(table, winner):
+    """The (sigma, lam) candidates one step past each grid edge that ``winner`` sits on (:func:`grid_edges`): the
+    edge value times (upper) or over (lower) the grid's outermost ratio on that side, with the winner's other
+    hyperparameter; none past :data:`EXTENSION_BOUNDS` or already in ``table``."""
+    out = []
+    for name in ("sigma", "lam"):
+        values = sorted({float(e[name]) for e in table})
+        if len(values) < 2 or float(winner[name]) not in (values[0], values[-1]):
+            continue
+        upper = float(winner[name]) == values[-1]
+        step = values[-1] / values[-2] if upper else values[1] / values[0]
+        new = values[-1] * step if upper else values[0] / step
+        lo, hi = EXTENSION_BOUNDS[name]
+        if not lo <= new <= hi:
+            continue
+        cand = dict(sigma=float(winner["sigma"]), lam=float(winner["lam"]))
+        cand[name] = float(new)
+        if not any(np.isclose(e["sigma"], cand["sigma"]) and np.isclose(e["lam"], cand["lam"]) for e in table):
+            out.append((cand["sigma"], cand["lam"]))
+    return out
+
+
 def decide(table, key="mse"):
     """The winner of a score table (dicts with ``sigma``, ``lam`` and ``key``) and the record of the choice.
 
@@ -123,7 +156,8 @@ def decide(table, key="mse"):
 
     Returns (winner, record): record is a JSON-ready dict with ``rule``, ``decisive``, ``n_candidates``,
     ``n_tied`` (candidates within one standard error, the lowest included), ``standard_error``, ``lowest`` and
-    ``winner`` (sigma, lam, score) and ``edges`` (:func:`grid_edges` of the winner). It is what MODEL.json keeps
+    ``winner`` (sigma, lam, score), ``edges`` (:func:`grid_edges` of the winner) and, when the search extended
+    its grid (:func:`extension_candidates`), ``extended`` (the added candidates). It is what MODEL.json keeps
     as ``selection``; :func:`selection_note` says it in one line.
     """
     lowest = min(table, key=lambda entry: entry[key])
@@ -134,10 +168,11 @@ def decide(table, key="mse"):
         tied = [e for e in table if e[key] <= lowest[key] + se]
         winner = lowest
     point = lambda e: dict(sigma=float(e["sigma"]), lam=float(e["lam"]), score=float(e[key]))  # noqa: E731
+    extended = [dict(sigma=float(e["sigma"]), lam=float(e["lam"])) for e in table if e.get("extension")]
     record = dict(rule="lowest score" if se is None else "lowest score; within one standard error of it: tied",
                   decisive=None if se is None else len(tied) == 1, n_candidates=len(table),
                   n_tied=len(tied), standard_error=se, lowest=point(lowest), winner=point(winner),
-                  edges=grid_edges(table, winner))
+                  edges=grid_edges(table, winner), **({"extended": extended} if extended else {}))
     return winner, record
 
 
@@ -276,3 +311,83 @@ def cross_validate_two_layer(layer1_grid, layer2_grid, targets, projections, *, 
         table.append(dict(layer=2, sigma=float(s2), lam=float(l2), mse=float(np.mean(fold_scores)),
                           mse_folds=fold_scores, sigma1=s1, lam1=l1, models_per_fold=per_fold))
     return table, final
+
+
+# ------------------------------------------------------------------------- the landscape judge of the residual
+#: Candidate weights of the learned (GDML) force on top of the prior: the fit as it is, shrunk toward the prior,
+#: and the prior alone (docs/method.md §2.6, the residual weight).
+JUDGE_WEIGHTS = (1.0, 0.3, 0.1, 0.0)
+#: The judge's short simulation of each candidate: :func:`cgdml.simulate.model_run.simulate_model` arguments
+#: (50 replicas x 60 ps with the default 3 fs multiple-time-step BAOAB, started from training frames).
+JUDGE_RUN = dict(replicas=50, steps=20000, burn_in=4000, save_every=50)
+#: The judge is decisive when the runner-up's score exceeds the winner's by more than this many of the winner's
+#: bootstrap standard deviations.
+JUDGE_MARGIN = 2.0
+
+
+def landscape_score(report):
+    """The judge's score of a :func:`cgdml.fes.compare.compare_landscapes` report against the training frames:
+    the mean JS divergence (nats) over every landscape it scored, headline and extra (each residue's (phi, psi);
+    every soft torsion, consecutive pair, bond angle and the end-to-end distance), and the bootstrap standard
+    deviation of the headline mean (None without one)."""
+    scored = [p["metrics"]["js"] for p in report["panels"] if "metrics" in p]
+    boot = (report.get("mean") or {}).get("bootstrap")
+    return float(np.mean(scored)), (float(boot["js"]["std"]) if boot else None)
+
+
+def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=0):
+    """The weight of the learned force on top of the prior, judged by the landscapes of short simulations.
+
+    Held-out force errors rank candidates by their force error, and on a coarse map the instantaneous forces are
+    mostly noise: a learned residual whose held-out score ties with zero can still move the soft dihedrals and
+    angles by kT, because their mean forces are a few kJ/mol/nm. The prior's Boltzmann-inverted terms come from
+    the frames' positions, which carry those distributions with far less noise. So each candidate ``weight`` x
+    the learned force + the prior is simulated (``run``, default :data:`JUDGE_RUN`, the same seed for every
+    candidate, from ``model``'s training sample) and scored against the training frames of ``dataset`` by
+    :func:`landscape_score`; the lowest score wins. A candidate whose simulation lost replicas (blow-ups) loses
+    to one that lost none.
+
+    Returns (weight, record): record is JSON-ready, with ``rule``, ``winner``, ``decisive`` (the runner-up is more
+    than :data:`JUDGE_MARGIN` bootstrap standard deviations worse; None without a bootstrap), ``candidates``
+    (weight, js, js_std, stopped replicas, frames) and ``run``.
+    """
+    import copy
+
+    from .fes.compare import compare_landscapes
+    from .simulate.model_run import simulate_model
+
+    run = dict(JUDGE_RUN if run is None else run)
+    rows = []
+    for weight in weights:
+        candidate = copy.copy(model)
+        candidate.gdml = model.gdml.scaled(weight)
+        sim = simulate_model(candidate, seed=seed, guard="off", progress=False, **run)
+        frames = sim.coordinates()
+        stopped = int(np.sum(~np.asarray(sim.result.alive)))
+        if len(frames) < 2:
+            rows.append(dict(weight=float(weight), js=float("inf"), js_std=None, stopped=stopped, frames=0))
+            continue
+        with warnings.catch_warnings():   # frames outside the training range are the judge's business, not news
+            warnings.simplefilter("ignore", UserWarning)
+            report = compare_landscapes(frames, dataset, n_boot=50, seed=seed)
+        js, std = landscape_score(report)
+        rows.append(dict(weight=float(weight), js=js, js_std=std, stopped=stopped, frames=int(len(frames))))
+    ranked = sorted(rows, key=lambda r: (r["stopped"] > 0, r["js"]))
+    best = ranked[0]
+    decisive = None
+    if len(ranked) > 1 and best["js_std"] is not None and np.isfinite(best["js"]):
+        runner = ranked[1]
+        decisive = bool(runner["stopped"] > 0 or runner["js"] - best["js"] > JUDGE_MARGIN * best["js_std"])
+    record = dict(rule="lowest mean landscape JS of a short simulation against the training frames "
+                       "(docs/method.md §2.6, the residual weight)", winner=best["weight"], decisive=decisive,
+                  margin=JUDGE_MARGIN, candidates=rows, run=run)
+    return best["weight"], record
+
+
+def judge_note(record):
+    """One line on a judge that was not decisive, or None."""
+    if not record or record.get("decisive") is not False:
+        return None
+    scores = ", ".join(f"{r['weight']:g}: {r['js']:.3g}" for r in record["candidates"])
+    return (f"residual weight not decisive: the landscapes of weights {scores} (JS, nats) are within "
+            f"{record['margin']:g} bootstrap standard deviations; took {record['winner']:g}")

@@ -22,6 +22,19 @@ from scipy.sparse.csgraph import connected_components, shortest_path
 from ._io import CgdmlError, TempFile
 
 
+#: Force-field residue names of amino acids that mdtraj's table lacks (protonation and disulfide variants).
+AMINO_ACID_VARIANTS = frozenset({"HIE", "HID", "HIP", "HSD", "HSE", "HSP", "CYX", "CYM", "ASH", "GLH", "LYN"})
+
+
+def is_amino_acid(residue_name):
+    """Whether ``residue_name`` names an amino acid (mdtraj's one-letter table or a force-field variant; caps
+    such as ACE and NME are not amino acids)."""
+    from mdtraj.core.residue_names import _AMINO_ACID_CODES
+
+    name = str(residue_name).upper()
+    return _AMINO_ACID_CODES.get(name) is not None or name in AMINO_ACID_VARIANTS
+
+
 def _element_symbol(name):
     return name[0].upper() if name[:1].upper() in ("C", "N", "O", "S", "H", "P") else "C"
 
@@ -217,8 +230,15 @@ class CGTopology:
     @property
     def is_polypeptide(self):
         """True for a peptide of two or more residues with backbone phi and psi (:meth:`backbone`): what the fit
-        defaults key on (:func:`cgdml.pipeline.default_method`, :func:`cgdml.prior.uses_dihedral_profiles`)."""
+        method's default keys on (:func:`cgdml.pipeline.default_method`)."""
         return len(self.backbone()) >= 2
+
+    @property
+    def n_amino_acids(self):
+        """The number of amino-acid residues the beads belong to, by residue name (caps such as ACE and NME do
+        not count), whatever the map keeps of them: a C-alpha trace of a tripeptide has 3, as its backbone map
+        does. What the prior's dihedral profiles key on (:func:`cgdml.prior.uses_dihedral_profiles`)."""
+        return len({rid for rid, name in zip(self.residue_ids, self.residue_names) if is_amino_acid(name)})
 
     def backbone_quads(self):
         """All backbone dihedrals (2 n_residues, 4): phi_1, psi_1, phi_2, psi_2, ..."""

@@ -1,7 +1,8 @@
 """Shared test helpers and toy systems (pytest fixtures; test modules never import one another).
 
 - ``numerical_forces``: -dE/dR by central differences, for finite-difference force checks;
-- ``noisy_toy``: a 4-bead molecule whose mean force is known exactly, with CG-like noisy labels.
+- ``noisy_toy``: a 4-bead molecule whose mean force is known exactly, with CG-like noisy labels;
+- ``short_judge_runs`` (autouse): fits judge their residual weight on short simulations.
 
 Hypothesis profiles: "ci" (the default, and what .ci/run uses) draws the same examples on every run
 (derandomised, no example database), so the README's test command gives the same result on every fresh clone;
@@ -36,6 +37,15 @@ def finite_difference_forces(energy, R, h=1e-6):
             Rm[:, b, c] -= h
             F[:, b, c] = -(energy(Rp) - energy(Rm)) / (2 * h)
     return F
+
+
+@pytest.fixture(autouse=True)
+def short_judge_runs(monkeypatch):
+    """Fits in the tests judge the residual weight (cgdml.selection.judge_residual_weight) on short simulations:
+    8 replicas x 3 ps instead of the library's 50 x 60 ps, so that every fit still runs the judge's code path."""
+    import cgdml.selection
+
+    monkeypatch.setattr(cgdml.selection, "JUDGE_RUN", dict(replicas=8, steps=1000, burn_in=200, save_every=20))
 
 
 @pytest.fixture(scope="session")

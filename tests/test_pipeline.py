@@ -168,6 +168,7 @@ def test_auto_defaults_follow_the_number_of_residues():
 
     from cgdml.pipeline import default_method
     from cgdml.prior import uses_dihedral_profiles
+    from cgdml.topology import CGTopology
 
     for n_residues, method, profiles in ((1, "nystrom", False), (3, "two-layer", True)):
         top = peptide_topology(n_residues)
@@ -175,6 +176,15 @@ def test_auto_defaults_follow_the_number_of_residues():
         assert default_method(SimpleNamespace(cg_topology=top)) == method
         assert uses_dihedral_profiles("auto", top) is profiles
     assert uses_dihedral_profiles("auto", None) is False and uses_dihedral_profiles(True, None) is True
+    # a C-alpha trace (every bead named CA, no backbone) of ACE-AAA-NME: profiles by its amino acids, inducing-point
+    # by its (absent) backbone; the caps do not count, nor do beads without residue names
+    trace = CGTopology(["CA"] * 5, [(i, i + 1) for i in range(4)], residue_ids=[1, 2, 3, 4, 5],
+                       residue_names=["ACE", "ALA", "ALA", "HIE", "NME"])
+    assert trace.backbone() == [] and trace.n_amino_acids == 3 and uses_dihedral_profiles("auto", trace) is True
+    assert default_method(SimpleNamespace(cg_topology=trace)) == "nystrom"
+    one = CGTopology(["CA"] * 3, [(0, 1), (1, 2)], residue_ids=[1, 2, 3], residue_names=["ACE", "ALA", "NME"])
+    assert one.n_amino_acids == 1 and uses_dihedral_profiles("auto", one) is False
+    assert CGTopology.chain(["A", "B", "C", "D"], warn=False).n_amino_acids == 0
     with pytest.raises(CgdmlError, match="prior dihedrals"):
         uses_dihedral_profiles("yes", None)
 

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from cgdml.selection import best, decide, grid_edges, holdout_scores, selection_note, standard_error
+from cgdml.selection import (MAX_EXTENSIONS, best, decide, extension_candidates, grid_edges, holdout_scores,
+                             selection_note, standard_error)
 
 
 def table(scores, folds_sd=0.0, sigmas=(2.0, 4.0, 8.0), lams=(1e-4, 1e-3, 1e-2), seed=0):
@@ -121,7 +122,41 @@ def test_fit_command_records_the_selection_and_says_when_it_hit_an_edge(noisy_to
                      "--lam", "1", "--strata", "kmeans", "--no-progress"]) == 0
     info = json.loads(out.with_suffix(".json").read_text())
     rec = info["selection"]
-    assert rec["n_candidates"] == 2 and rec["edges"] and rec["decisive"] in (True, False)
+    # the winner sat on an edge of (1, 2): the search went past it, one step per extension, until it did not
+    extended = rec.get("extended", [])
+    assert rec["n_candidates"] == 2 + len(extended) >= 3 and rec["decisive"] in (True, False)
+    assert [e["sigma"] for e in extended] == [4.0, 8.0, 16.0][:len(extended)] or \
+        [e["sigma"] for e in extended] == [0.5, 0.25][:len(extended)]
+    assert bool(rec["edges"]) is (len(extended) == MAX_EXTENSIONS or extended[-1]["sigma"] in (0.25,))
     assert (rec["winner"]["sigma"], rec["winner"]["lam"]) == (info["chosen"]["sigma"], info["chosen"]["lam"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("selection ")]
-    assert lines == [selection_note(rec)]
+    note = selection_note(rec)
+    assert lines == ([note] if note else [])
+
+
+def test_extension_steps_past_the_edge_the_winner_sits_on():
+    """One geometric step past each edge of the winner, with its other hyperparameter; none inside the grid,
+    none beyond the bounds, none already scored."""
+    table = [dict(sigma=s, lam=lam, mse=1.0) for s in (2.0, 4.0, 8.0) for lam in (0.3, 1.0, 3.0)]
+    assert extension_candidates(table, dict(sigma=4.0, lam=1.0)) == []
+    assert extension_candidates(table, dict(sigma=8.0, lam=0.3)) == [(16.0, 0.3), (8.0, 0.09)]
+    assert extension_candidates(table + [dict(sigma=16.0, lam=0.3, mse=1.0)], dict(sigma=8.0, lam=0.3)) == \
+        [(8.0, 0.09)]
+    edge = [dict(sigma=1.0, lam=3000.0, mse=1.0), dict(sigma=1.0, lam=9000.0, mse=1.0)]
+    assert extension_candidates(edge, edge[1]) == []   # 27000 is past the bound
+
+
+def test_a_lambda_grid_below_the_noise_is_extended_upward(noisy_toy):
+    """Labels four times noisier than the learnable force: a grid of tiny lambdas puts the winner on its upper
+    edge, and the inducing-point fit scores candidates past it until the winner is inside (or the extensions run
+    out), recording them."""
+    from cgdml.nystrom import NystromGDML
+
+    data, _ = noisy_toy
+    fit = NystromGDML(sigma=2.0, lam=(1e-4, 3e-4), n_inducing=60, select_inducing=60, progress=False).fit(
+        data.coords[:1500], data.forces[:1500])
+    rec = fit.selection_
+    lams = [e["lam"] for e in rec["extended"]]
+    assert lams and np.allclose(lams, [9e-4, 2.7e-3, 8.1e-3][:len(lams)])
+    assert rec["winner"]["lam"] > 3e-4 and fit.summary_["chosen"]["lam"] == rec["winner"]["lam"]
+    assert len(fit.selection_scores_) == 2 + len(lams)
