@@ -18,7 +18,7 @@ from pathlib import Path
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, claim_outputs, configure_logging,
                    dataset_from_args, run_cli, show_progress, with_provenance)
 from ._io import CgdmlError, check_output, save_json, tomllib
-from .selection import judge_note, selection_note
+from .selection import judge_summary, selection_note
 
 COMMAND = "cgdml.fit"
 FIT_METHODS = ("two-layer", "nystrom", "single")
@@ -57,8 +57,7 @@ HELP = {
     "prior_dihedrals": "Boltzmann-inverted free-energy profiles of the backbone phi and psi (or the proper "
                        "dihedrals) in the prior (auto: on when the beads belong to two or more amino acids, "
                        "backbone map or C-alpha trace)",
-    "residual_weight": "weight of the learned force on top of the prior, 0 to 1 (default: judged among 1, 0.3, "
-                       "0.1 and 0 by the landscapes of short simulations against the training frames)",
+    "residual_weight": "weight (0 to 1) of the learned force on top of the prior; default: judged by short runs",
     "balance_basins": "give dihedral arcs separated by unsampled gaps their training populations, measured on the "
                       "fitted model by umbrella sampling (a no-op when no dihedral has such gaps)",
     "uncertainty": "compute the force posterior (the model's force uncertainty) and the simulation guard's "
@@ -219,14 +218,8 @@ def _fit(args, typed, output, summary, workdir):
     note = selection_note(model.info.get("selection"))
     if note:
         print(note)
-    judged = model.info.get("residual_weight") or {}
-    if judged.get("candidates"):
-        print(f"residual weight {judged['winner']:g} of the learned force on top of the prior (landscape JS against "
-              "the training frames: " + ", ".join(f"{r['weight']:g}: {r['js']:.3g}" for r in judged["candidates"])
-              + ")")
-        note = judge_note(judged)
-        if note:
-            print(note)
+    for line in judge_summary(model.info.get("residual_weight")):
+        print(line)
     for term in model.info.get("basin_balance", []):
         print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "
               f"{' '.join(f'{p:.2%}' for p in term['model_population'])} -> "

@@ -384,6 +384,17 @@ def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=
     return best["weight"], record
 
 
+def judge_summary(record):
+    """What ``python -m cgdml.fit`` prints of a judge's record: the weight and its candidates' scores, and the
+    :func:`judge_note` when it was not decisive; no lines for a given weight or none."""
+    if not record or not record.get("candidates"):
+        return []
+    scores = ", ".join(f"{r['weight']:g}: {r['js']:.3g}" for r in record["candidates"])
+    lines = [f"residual weight {record['winner']:g} of the learned force on top of the prior (landscape JS against "
+             f"the training frames: {scores})"]
+    return lines + ([judge_note(record)] if judge_note(record) else [])
+
+
 def judge_note(record):
     """One line on a judge that was not decisive, or None."""
     if not record or record.get("decisive") is not False:
