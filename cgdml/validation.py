@@ -49,6 +49,14 @@ def _is_real(value):
     return isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_positive_number(value):
+    """Whether ``value`` reads as a finite number > 0 (a float, an int, a numeric string); never raises."""
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
 class Interval:
     """A number (``kind`` int or float; floats must be finite) between ``low`` and ``high`` (None: unbounded);
     ``closed`` is "both", "left", "right" or "neither"."""

@@ -2,6 +2,7 @@
 
 - ``numerical_forces``: -dE/dR by central differences, for finite-difference force checks;
 - ``noisy_toy``: a 4-bead molecule whose mean force is known exactly, with CG-like noisy labels;
+- ``write_small_model``: a small alanine-dipeptide model file, for tests of the commands around one;
 - ``short_judge_runs`` (autouse): fits judge their residual weight on short simulations.
 
 Hypothesis profiles: "ci" (the default, and what .ci/run uses) draws the same examples on every run
@@ -46,6 +47,25 @@ def short_judge_runs(monkeypatch):
     import cgdml.selection
 
     monkeypatch.setattr(cgdml.selection, "JUDGE_RUN", dict(replicas=8, steps=1000, burn_in=200, save_every=20))
+
+
+@pytest.fixture(scope="session")
+def write_small_model():
+    """``write_small_model(path)``: save a small CG model of the shipped alanine dipeptide (a prior and a GDML on 60
+    frames) to ``path`` and return it, for tests of the commands around a model file."""
+    def write(path):
+        from cgdml.gdml import GDML
+        from cgdml.mapping import load_default_cg_dataset
+        from cgdml.model import CGModel
+        from cgdml.prior import CGPrior
+
+        ds = load_default_cg_dataset(stride=50)
+        prior = CGPrior().fit(ds.coords, ds.temperature)
+        gdml = GDML(sigma=0.4, lam=0.1, relative_lam=True).fit(ds.coords[:60],
+                                                                ds.forces[:60] - prior.forces(ds.coords[:60]))
+        CGModel(gdml.model_, prior, ds.system, ds.coords[:40]).save(path)
+        return path
+    return write
 
 
 @pytest.fixture(scope="session")

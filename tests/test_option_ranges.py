@@ -21,18 +21,8 @@ BIG = "1000000000000"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from cgdml.gdml import GDML
-    from cgdml.mapping import load_default_cg_dataset
-    from cgdml.model import CGModel
-    from cgdml.prior import CGPrior
-
-    ds = load_default_cg_dataset(stride=50)
-    prior = CGPrior().fit(ds.coords, ds.temperature)
-    gdml = GDML(sigma=0.4, lam=0.1, relative_lam=True).fit(ds.coords[:60], ds.forces[:60] - prior.forces(ds.coords[:60]))
-    path = tmp_path_factory.mktemp("ranges") / "m.npz"
-    CGModel(gdml.model_, prior, ds.system, ds.coords[:40]).save(path)
-    return path
+def model(tmp_path_factory, write_small_model):
+    return write_small_model(tmp_path_factory.mktemp("ranges") / "m.npz")
 
 
 def test_the_shared_validators():

@@ -74,18 +74,8 @@ def test_fes_and_cvplot_leave_other_pictures_alone(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from cgdml.gdml import GDML
-    from cgdml.mapping import load_default_cg_dataset
-    from cgdml.model import CGModel
-    from cgdml.prior import CGPrior
-
-    ds = load_default_cg_dataset(stride=50)
-    prior = CGPrior().fit(ds.coords, ds.temperature)
-    gdml = GDML(sigma=0.4, lam=0.1, relative_lam=True).fit(ds.coords[:60], ds.forces[:60] - prior.forces(ds.coords[:60]))
-    path = tmp_path_factory.mktemp("own") / "m.npz"
-    CGModel(gdml.model_, prior, ds.system, ds.coords[:40]).save(path)
-    return path
+def model(tmp_path_factory, write_small_model):
+    return write_small_model(tmp_path_factory.mktemp("own") / "m.npz")
 
 
 def test_export_writes_only_into_its_own_directories(model, tmp_path):

@@ -28,6 +28,7 @@ import numpy as np
 
 from .._io import CgdmlError, OutputLock, load_npz, remove_stale_temps, save_json, save_npz
 from ..data import CGDataset, dataset_argument
+from ..validation import is_positive_number
 from .choose import SCORES, choose_configurations, dihedral_uncertainty
 from .label import LABEL_DEFAULTS, RestrainedLabeller, check_map_fits
 
@@ -124,11 +125,7 @@ def active_learn(allatom, cgmap, dataset, outdir, *, budget_ns, target_uncertain
     from ..simulate import simulate_model
 
     dataset = dataset_argument(dataset, "active_learn")
-    try:
-        ok = np.isfinite(float(budget_ns)) and float(budget_ns) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    if not is_positive_number(budget_ns):
         raise CgdmlError(f"the all-atom budget must be a number of ns > 0, got {budget_ns!r}")
     if target_uncertainty is not None and not target_uncertainty > 0:
         raise CgdmlError(f"target_uncertainty must be > 0 kJ/mol/nm, got {target_uncertainty!r}")

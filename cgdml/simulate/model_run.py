@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import CgdmlError, CgdmlTypeError, atomic_path, check_memory, save_json
+from ..validation import is_positive_number
 from .integrators import INTEGRATORS
 from .replicas import group_checkpoints, simulate
 from .reporters import ThresholdGuard, bond_blowup
@@ -106,13 +107,8 @@ def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn
     guard_every = DEFAULTS["guard_every"] if guard_every is None else guard_every
     if not (isinstance(guard_every, (int, np.integer)) and guard_every >= 1):
         raise CgdmlError(f"{spell('guard_every')} must be an integer >= 1 (steps), got {guard_every!r}")
-    if guard_threshold is not None:
-        try:
-            ok = np.isfinite(float(guard_threshold)) and float(guard_threshold) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise CgdmlError(f"{spell('guard_threshold')} must be a number > 0 (kJ/mol/nm), got {guard_threshold!r}")
+    if guard_threshold is not None and not is_positive_number(guard_threshold):
+        raise CgdmlError(f"{spell('guard_threshold')} must be a number > 0 (kJ/mol/nm), got {guard_threshold!r}")
     if scheduler is not None:
         from ..distributed import check_scheduler
 
