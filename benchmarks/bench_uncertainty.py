@@ -576,9 +576,9 @@ def coverage_table(rows, args, say):
     say()
     say("Coverage over the bins with >= 20 reference frames (nominal 95%); ESS: Kish effective sample size of "
         "the samples' weights, min and median over the samples, as a fraction of the frames (the band is reweighted "
-        f"only above {args.min_ess:.0%}, first order in the energy deviations below it, docs/uncertainty.md §11" + (", the library's default" if args.min_ess == 0.1 else
-                                             ": **a diagnostic setting, below the library's 10%**") +
-        "); missed: populated "
+        f"only above {args.min_ess:.0%}" + (", the library's default" if args.min_ess == 0.1 else
+                                             ": **a diagnostic setting, not the library's 10%**") +
+        "; first order in the energy deviations below it, docs/uncertainty.md §11); missed: populated "
         "bins the model never visits (outside by definition); widen: the factor by which the band would have to "
         "widen to cover 95% of the bins; median bin std over the visited bins; band s: "
         "wall time of the whole `compare_landscapes` call with the model band.")

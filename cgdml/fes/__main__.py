@@ -21,8 +21,9 @@ and the JSON keys ``model``, ``reweighting`` and, per panel, ``model_uncertainty
 ``model_uncertainty_undefined``: why not; see :func:`cgdml.fes.compare.compare_panels`). When the reweighting
 collapses (some sample's effective sample size under 10% of the frames) the band is first order in the samples'
 energy deviations instead, with one warning line (``estimator`` in the JSON; ``--model-estimator`` forces one, a
-diagnostic). A model fitted by an older cgdml has no posterior: one warning line, no model band. ``--refits R1.npz R2.npz ...`` (block-jackknife
-refits of the model) add the spread of refitting the whole estimator to the model band.
+diagnostic). A model fitted by an older cgdml has no posterior: one warning line, no model band.
+``--refits R1.npz R2.npz ...`` (block-jackknife refits of the model) add the spread of refitting the whole
+estimator to the model band.
 """
 from __future__ import annotations
 

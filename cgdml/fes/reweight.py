@@ -155,8 +155,8 @@ class ModelWeights:
 
     @property
     def estimator_used(self):
-        """"reweighted" or "first-order": the forced ``estimator``, else first order when :attr:`too_small`.
-        Samples and refits always share one estimator."""
+        """The band's estimator, "reweighted" or "first-order": the forced ``estimator``, else first order when
+        :attr:`too_small`. Samples and refits always share one estimator."""
         if self.estimator != "auto":
             return self.estimator
         return "first-order" if self.too_small else "reweighted"
