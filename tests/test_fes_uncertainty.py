@@ -216,6 +216,13 @@ def test_a_low_ess_sample_is_flagged():
     fine = ModelWeights(sample_weights(np.delete(E, 3, axis=0), KT), KT)
     assert not fine.too_small and fine.low_ess_samples.tolist() == [] and fine.warning() is None
     assert fine.estimator_used == "reweighted"
+    # forcing reweighting against the ESS (a diagnostic): the reweighted band, and a warning that says so
+    forced = ModelWeights(sample_weights(E, KT), KT, energies=E, estimator="reweighted")
+    assert forced.estimator_used == "reweighted" and "forced and understates" in forced.warning()
+    fu = compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=forced)["panels"][0]["model_uncertainty"]
+    assert fu["estimator"] == "reweighted" and fu["bins"]["model_std"] != u["bins"]["model_std"]
+    with pytest.raises(CgdmlError, match="estimator must be one of"):
+        ModelWeights(sample_weights(E, KT), KT, estimator="exact")
 
 
 def test_small_effective_sample_size_gives_a_first_order_band():
