@@ -79,8 +79,9 @@ def build_parser():
     p.add_argument("--scheduler", default=None, help="run the --tasks groups on a Dask cluster: tcp://HOST:PORT "
                    "or a scheduler file (checkpoints need a file system the workers share)")
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS["precision"],
-                   help=f"precision of the GDML force's kernel sums (default {DEFAULTS['precision']}; float32 is "
-                   "about twice as fast at a relative force error of ~1e-5, benchmarks/results/bench_beads.md)")
+                   help=f"precision of the GDML force's kernel sums (default {DEFAULTS['precision']}: float32 runs "
+                   "the GDML force up to twice as fast at a relative force error of ~1e-5; float64 as before; "
+                   "benchmarks/results/bench_beads.md)")
     g = p.add_argument_group("uncertainty guard", "watch the model's force uncertainty: a replica above the "
                              "threshold has left the training data (docs/uncertainty.md)")
     g.add_argument("--guard", choices=GUARDS, default="warn",
