@@ -17,10 +17,10 @@ to N frames to time fits of a larger dataset than the reference holds (said so i
 Run: ``python benchmarks/bench_beads.py [--tetra DIR] [--maps 5 6 10 11 14 20] [--frames 40000]``; writes
 benchmarks/results/bench_beads.md with every finished row in ``--workdir`` (rows are reused when rerun).
 
-Precision (``--precision-models 5=M5.npz 14=M14.npz ...``, fitted models): for each model, ``python -m
+Precision (``--precision-models 5=M5.npz 14=M14.npz ...``, fitted models, each with a label): for each model, ``python -m
 cgdml.simulate`` (100 replicas x 2000 steps, 1 thread) with ``--precision float64`` and ``float32``, interleaved,
 ``--repeat`` times; the float32 force error (max and RMS of F32 - F64 over the float64 run's last 500 frames and
-the 100 start frames); and, for the largest model, the throughput of the same model cut to its first M
+the 100 start frames); and, for the model with the most GDML configurations, the throughput of the same model cut to its first M
 configurations with the GDML term scaled by 0 (the prior's dynamics at the full kernel cost of M configurations:
 what a model compressed onto M inducing configurations would run at). Replaces the section "Precision of the
 GDML force" of ``--output`` (or appends it).
@@ -127,7 +127,7 @@ def precision_section(models, workdir, output, repeat, cut_sizes, log):
     py, work = sys.executable, Path(workdir) / "precision"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for beads, path in sorted(models.items()):
+    for beads, path in models.items():
         model = CGModel.load(path)
         rates = {"float64": [], "float32": []}
         for k in range(repeat):
@@ -143,7 +143,7 @@ def precision_section(models, workdir, output, repeat, cut_sizes, log):
                          rms_g=np.sqrt(np.mean(G64 ** 2)), load=load_str()))
         log(f"{beads} beads: {rows[-1]}")
     cut = []
-    beads, path = max(models.items())
+    beads, path = max(models.items(), key=lambda item: (CGModel.load(item[1]).gdml.n_train, CGModel.load(item[1]).n_beads))
     model = CGModel.load(path)
     for M in cut_sizes:
         g = model.gdml
@@ -205,7 +205,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", flush=True)  # noqa: E731
     if args.precision_models:
-        models = {int(b): Path(m) for b, m in (x.split("=", 1) for x in args.precision_models)}
+        models = {b: Path(m) for b, m in (x.split("=", 1) for x in args.precision_models)}
         return precision_section(models, args.workdir, args.output, args.repeat, args.cut, log)
     py = sys.executable
     for n in args.maps:

@@ -1,5 +1,6 @@
-"""Single-precision GDML evaluation (GDMLModel precision="float32"): forces against float64, finite differences of
-its own energy, energy conservation in NVE, and the simulate option that selects it."""
+"""Faster GDML models: single-precision evaluation (GDMLModel precision="float32": forces against float64, finite
+differences of its own energy, energy conservation in NVE, the simulate option) and compression onto fewer
+inducing configurations (cgdml.nystrom.compress)."""
 import numpy as np
 import pytest
 
@@ -124,3 +125,49 @@ def test_simulate_precision_option(write_small_model, tmp_path):
     assert np.abs(outs["float32"] - outs["float64"]).max() < 1e-4           # nm, after 40 steps
     with pytest.raises(CgdmlError, match="--precision"):
         main([str(model_file), "-o", str(tmp_path / "x.h5"), "--precision", "float16"] + args)
+
+
+def test_compress_keeps_the_force_field(toy_model):
+    """A 400-configuration toy model refitted onto 200 inducing configurations from its own forces at 2000 frames:
+    held-out forces within a few % of the original's (more inducing configurations, closer), energies equal up to
+    a constant."""
+    from cgdml.nystrom import compress
+
+    gdml, ds = toy_model
+    R, held = ds.coords[:2000], ds.coords[3000:3300]
+    F = gdml.predict_forces(held)
+    err = {}
+    for m in (50, 200):
+        small = compress(gdml, R, n_inducing=m)
+        assert small.n_train == m and small.sigma == gdml.sigma and np.array_equal(small.quads, gdml.quads)
+        err[m] = relative_rms(small.predict_forces(held), F)
+    assert err[200] < 0.05 and err[200] < err[50] / 2, err
+    dE = small.predict(held)[0] - gdml.predict(held)[0]
+    assert np.abs(dE.mean()) < 0.05 * np.std(gdml.predict(held)[0]) and np.std(dE) < 0.05 * np.std(gdml.predict(held)[0])
+
+
+def test_compress_a_cg_model(ala2_model, tmp_path):
+    """A CG model keeps its prior, system and sample, gains the compressed term and a fit record, and saves."""
+    from cgdml.mapping import load_default_cg_dataset
+    from cgdml.model import CGModel
+    from cgdml.nystrom import compress
+
+    R = load_default_cg_dataset(stride=20).coords[:1500]
+    small = compress(ala2_model, R, n_inducing=30)
+    assert small.gdml.n_train == 30 and ala2_model.gdml.n_train == 60 and small.prior is ala2_model.prior
+    rec = small.info["compressed"]
+    assert rec["from_configurations"] == 60 and rec["n_inducing"] == 30 and rec["n_frames"] == len(R)
+    X = R[::50]
+    # the record's difference is the GDML forces' over R (every frame: fewer than check_frames); 60 configurations
+    # at sigma 0.4 overlap little, so half of them cannot carry the field: the accuracy test is the toy's
+    diff = relative_rms(small.gdml.predict_forces(R, "float64"), ala2_model.gdml.predict_forces(R, "float64"))
+    assert 0 < rec["relative_rms_difference"] == pytest.approx(diff, rel=1e-9)
+    assert np.allclose(small.forces(X) - ala2_model.forces(X),
+                       small.gdml.predict_forces(X) - ala2_model.gdml.predict_forces(X), atol=1e-6)
+    small.save(tmp_path / "small.npz")
+    again = CGModel.load(tmp_path / "small.npz")
+    assert again.gdml.n_train == 30 and again.info["compressed"] == rec
+    with pytest.raises(CgdmlError, match="n_inducing"):
+        compress(ala2_model, R, n_inducing=60)
+    with pytest.raises(CgdmlError, match="compress"):
+        compress(ala2_model, R[:, :4])
