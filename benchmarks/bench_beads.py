@@ -159,7 +159,7 @@ def precision_section(models, workdir, output, repeat, cut_sizes, log):
     say()
     say(f"{time.strftime('%Y-%m-%d')}, this 2-core machine, beside other work (load = 1/5/15-minute averages when the "
         "row finished). `python benchmarks/bench_beads.py --precision-models "
-        + " ".join(f"{b}=MODEL" for b in sorted(models)) + f" --repeat {repeat}`: `python -m cgdml.simulate` with "
+        + " ".join(f"{b}=MODEL" for b in models) + f" --repeat {repeat}`: `python -m cgdml.simulate` with "
         "100 replicas x 2000 steps, 1 thread, the default multiple-time-step Langevin, `--precision float64` and "
         "`float32` run one after the other (each number one run; compare within a row). Force error: F(float32) - "
         "F(float64) of the whole model over the float64 run's last 500 frames and the 100 start frames; "

@@ -136,8 +136,8 @@ class CGModel:
         return self.gdml.precision
 
     def with_precision(self, precision):
-        """This model with its GDML term evaluated at ``precision`` ("float64" or "float32"; float32 is about
-        twice as fast, see :class:`GDMLModel`): a shallow copy sharing every array."""
+        """This model with its GDML term evaluated at ``precision`` ("float64" or "float32"; float32 kernel sums run
+        about twice as fast, see :class:`GDMLModel`): a shallow copy sharing every array."""
         other = copy.copy(self)
         other.gdml = self.gdml.with_precision(precision)
         return other

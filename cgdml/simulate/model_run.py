@@ -39,7 +39,7 @@ from .reporters import ThresholdGuard, bond_blowup
 # configuration the guard saw.
 # The GDML force's kernel sums run in float32 (about the training descriptors' centre, final combination in
 # float64): ~1e-5 relative force error, NVE drift as float64's, the tetrapeptide's landscapes within their bootstrap
-# intervals of float64's, ~1.5-1.9x the throughput of a two-layer model (benchmarks/results/bench_beads.md).
+# intervals of float64's, ~1.5x the throughput of the 14-bead two-layer model (benchmarks/results/bench_beads.md).
 DEFAULTS = {"replicas": 100, "steps": 34000, "save_every": 100, "burn_in": 6800, "guard_every": 1000,
             "precision": "float32",
             "langevin": {"dt": 0.003, "friction": 1.0, "slow_every": 2},
