@@ -17,13 +17,13 @@ to N frames to time fits of a larger dataset than the reference holds (said so i
 Run: ``python benchmarks/bench_beads.py [--tetra DIR] [--maps 5 6 10 11 14 20] [--frames 40000]``; writes
 benchmarks/results/bench_beads.md with every finished row in ``--workdir`` (rows are reused when rerun).
 
-Precision (``--precision-models 5=M5.npz 14=M14.npz ...``, fitted models, each with a label): for each model, ``python -m
-cgdml.simulate`` (100 replicas x 2000 steps, 1 thread) with ``--precision float64`` and ``float32``, interleaved,
-``--repeat`` times; the float32 force error (max and RMS of F32 - F64 over the float64 run's last 500 frames and
-the 100 start frames); and, for the model with the most GDML configurations, the throughput of the same model cut to its first M
-configurations with the GDML term scaled by 0 (the prior's dynamics at the full kernel cost of M configurations:
-what a model compressed onto M inducing configurations would run at). Replaces the section "Precision of the
-GDML force" of ``--output`` (or appends it).
+Precision (``--precision-models 5=M5.npz 14=M14.npz ...``, fitted models, each with a label): for each model,
+``python -m cgdml.simulate`` (100 replicas x 2000 steps, 1 thread) with ``--precision float64`` and ``float32``,
+interleaved, ``--repeat`` times; the float32 force error (max and RMS of F32 - F64 over the float64 run's last 500
+frames and the 100 start frames); and, for the model with the most GDML configurations (then beads), the throughput
+of the same model cut to its first M configurations with the GDML term scaled by 0 (the prior's dynamics at the full
+kernel cost of M configurations: what a model compressed onto M inducing configurations would run at). Replaces the
+section "Precision of the GDML force" of ``--output`` (or appends it).
 """
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def precision_section(models, workdir, output, repeat, cut_sizes, log):
                          rms_g=np.sqrt(np.mean(G64 ** 2)), load=load_str()))
         log(f"{beads} beads: {rows[-1]}")
     cut = []
-    beads, path = max(models.items(), key=lambda item: (CGModel.load(item[1]).gdml.n_train, CGModel.load(item[1]).n_beads))
+    size = {label: (CGModel.load(p).gdml.n_train, CGModel.load(p).n_beads) for label, p in models.items()}
+    beads, path = max(models.items(), key=lambda item: size[item[0]])
     model = CGModel.load(path)
     for M in cut_sizes:
         g = model.gdml

@@ -337,9 +337,9 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
     ``guard``: what a replica whose force uncertainty exceeds ``guard_threshold`` (kJ/mol/nm; default the
     model's ``uncertainty_threshold``), checked every ``guard_every`` steps, causes: "warn" (default), "stop-replica",
     "stop-run" or "off" (see the module docstring); a model without a force posterior runs unguarded, with a
-    warning that says so. ``precision``: "float64" or "float32" kernel sums for the GDML force (the guard's
-    posterior stays float64; accuracy and speed: benchmarks/results/bench_beads.md). ``output``: write the trajectory there, with its .pdb and .json (the checkpoint is then
-    removed).
+    warning that says so. ``precision``: "float32" (default) or "float64" kernel sums for the GDML force (the
+    guard's posterior stays float64; accuracy and speed: benchmarks/results/bench_beads.md). ``output``: write the
+    trajectory there, with its .pdb and .json (the checkpoint is then removed).
     """
     from ..data import CGDataset
     from ..model import CGModel
