@@ -454,7 +454,8 @@ def compress(model, R, n_inducing="auto", lam=1e-5, tol=1e-5, maxiter=1000, seed
     as an inducing-point model (accuracy and landscapes: benchmarks/results/bench_beads.md).
 
     ``model``: a :class:`cgdml.model.CGModel` (returned as a copy with the new GDML term, its fit record extended
-    with ``compressed``) or a :class:`GDMLModel`. ``n_inducing``: m, or "auto". ``check_frames``: up to this many
+    with ``compressed``; prior, offsets and force posterior are kept: the posterior describes the training data,
+    which the new term was fitted to reproduce) or a :class:`GDMLModel`. ``n_inducing``: m, or "auto". ``check_frames``: up to this many
     frames of R (evenly spaced) give the record's ``relative_rms_difference`` of the GDML forces, new against old.
     """
     import copy
