@@ -16,6 +16,14 @@ to N frames to time fits of a larger dataset than the reference holds (said so i
 
 Run: ``python benchmarks/bench_beads.py [--tetra DIR] [--maps 5 6 10 11 14 20] [--frames 40000]``; writes
 benchmarks/results/bench_beads.md with every finished row in ``--workdir`` (rows are reused when rerun).
+
+Precision (``--precision-models 5=M5.npz 14=M14.npz ...``, fitted models, each with a label): for each model,
+``python -m cgdml.simulate`` (100 replicas x 2000 steps, 1 thread) with ``--precision float64`` and ``float32``,
+interleaved, ``--repeat`` times; the float32 force error (max and RMS of F32 - F64 over the float64 run's last 500
+frames and the 100 start frames); and, for the model with the most GDML configurations (then beads), the throughput
+of the same model cut to its first M configurations with the GDML term scaled by 0 (the prior's dynamics at the full
+kernel cost of M configurations: what a model compressed onto M inducing configurations would run at). Replaces the
+section "Precision of the GDML force" of ``--output`` (or appends it).
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import Report, load_str
+from _common import Report, load_str, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["--top", ROOT / "data/ala2_implicit_300K.pdb", "--traj", ROOT / "data/ala2_implicit_300K.npz",
@@ -100,6 +108,87 @@ def tile(data, n_frames, out, seed=0):
     CGDataset(coords, forces, ds.system, dict(ds.info, tiled=n_frames)).save(out)
 
 
+PRECISION_TITLE = "## Precision of the GDML force"
+
+
+def _simulate_rate(py, model, precision, traj, log):
+    run([py, "-m", "cgdml.simulate", model, "--replicas", "100", "--steps", "2000", "--burn-in", "0", "--quiet",
+         "--threads", "1", "--precision", precision, "-o", traj], log)
+    return json.loads(traj.with_suffix(".json").read_text())["timings"]["replica_steps_per_s"]
+
+
+def precision_section(models, workdir, output, repeat, cut_sizes, log):
+    """The float64/float32 throughput and force-error tables of the models {beads: path} (see the docstring)."""
+    import mdtraj as md
+
+    from cgdml.model import CGModel
+    from cgdml.simulate import start_configurations
+
+    py, work = sys.executable, Path(workdir) / "precision"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for beads, path in models.items():
+        model = CGModel.load(path)
+        rates = {"float64": [], "float32": []}
+        for k in range(repeat):
+            for prec in rates:
+                rates[prec].append(_simulate_rate(py, path, prec, work / f"sim{beads}_{prec}_{k}.h5", log))
+        R = np.concatenate([md.load(str(work / f"sim{beads}_float64_0.h5")).xyz[-500:].astype(np.float64),
+                            start_configurations(model, 100)])
+        F64, F32 = model.forces(R), model.with_precision("float32").forces(R)
+        G64 = model.slow_forces(R)
+        d = F32 - F64
+        rows.append(dict(beads=beads, M=model.gdml.n_train, rates=rates, max=np.abs(d).max(),
+                         rms=np.sqrt(np.mean(d ** 2)), rms_f=np.sqrt(np.mean(F64 ** 2)),
+                         rms_g=np.sqrt(np.mean(G64 ** 2)), load=load_str()))
+        log(f"{beads} beads: {rows[-1]}")
+    cut = []
+    size = {label: (CGModel.load(p).gdml.n_train, CGModel.load(p).n_beads) for label, p in models.items()}
+    beads, path = max(models.items(), key=lambda item: size[item[0]])
+    model = CGModel.load(path)
+    for M in cut_sizes:
+        g = model.gdml
+        part = type(g)(g.train_descriptors[:M], g.coefficients[:M], g.sigma, g.quads, g.chiral_scale, g.offset,
+                       g.n_beads).scaled(0.0)
+        small = work / f"cut{beads}_{M}.npz"
+        CGModel(part, model.prior, model.system, model.train_coords_sample, model.info, model.offsets).save(small)
+        cut.append(dict(M=M, rates={prec: _simulate_rate(py, small, prec, work / f"cut{beads}_{M}_{prec}.h5", log)
+                                    for prec in ("float64", "float32")}, load=load_str()))
+        log(f"cut to {M}: {cut[-1]}")
+    say = Report()
+    say(PRECISION_TITLE)
+    say()
+    say(f"{time.strftime('%Y-%m-%d')}, this 2-core machine, beside other work (load = 1/5/15-minute averages when the "
+        "row finished). `python benchmarks/bench_beads.py --precision-models "
+        + " ".join(f"{b}=MODEL" for b in models) + f" --repeat {repeat}`: `python -m cgdml.simulate` with "
+        "100 replicas x 2000 steps, 1 thread, the default multiple-time-step Langevin, `--precision float64` and "
+        "`float32` run one after the other (each number one run; compare within a row). Force error: F(float32) - "
+        "F(float64) of the whole model over the float64 run's last 500 frames and the 100 start frames; "
+        "|F| and |F_gdml| are the RMS of the whole force and of its GDML term.")
+    say()
+    say("| beads | M (GDML configurations) | replica-steps/s float64 | float32 | speed-up | max abs error (kJ/mol/nm) "
+        "| RMS error | RMS error / RMS F | RMS error / RMS F_gdml | load |")
+    say("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        r64, r32 = r["rates"]["float64"], r["rates"]["float32"]
+        say(f"| {r['beads']} | {r['M']} | {' / '.join(f'{x:,.0f}' for x in r64)} | "
+            f"{' / '.join(f'{x:,.0f}' for x in r32)} | {' / '.join(f'{b / a:.2f}' for a, b in zip(r64, r32))} | "
+            f"{r['max']:.2g} | {r['rms']:.2g} | {r['rms'] / r['rms_f']:.1e} | {r['rms'] / r['rms_g']:.1e} | "
+            f"{r['load']} |")
+    if cut:
+        say()
+        say(f"The {beads}-bead model cut to its first M configurations, GDML term scaled by 0 (the kernel cost of a "
+            "model on M configurations, the prior's dynamics): replica-steps/s.")
+        say()
+        say("| M | float64 | float32 | load |")
+        say("|---|---|---|---|")
+        for c in cut:
+            say(f"| {c['M']} | {c['rates']['float64']:,.0f} | {c['rates']['float32']:,.0f} | {c['load']} |")
+    text = Path(output).read_text() if Path(output).exists() else ""
+    head = text.split(PRECISION_TITLE)[0].rstrip("\n")
+    write_text_atomic(output, (head + "\n\n" if head else "") + say.text)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--maps", nargs="+", type=int, default=[5, 6, 10, 11, 14, 20])
@@ -108,9 +197,17 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=None, help="tile every dataset to this many frames")
     p.add_argument("--workdir", default="/tmp/cgdml-bench-beads")
     p.add_argument("--output", default=str(ROOT / "benchmarks/results/bench_beads.md"))
+    p.add_argument("--precision-models", nargs="+", default=None, metavar="BEADS=MODEL",
+                   help="only the precision tables, for these fitted models")
+    p.add_argument("--repeat", type=int, default=1, help="runs per precision (--precision-models)")
+    p.add_argument("--cut", nargs="*", type=int, default=[2000, 1000, 500, 333],
+                   help="configuration counts of the cut-model table (--precision-models)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     log = lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", flush=True)  # noqa: E731
+    if args.precision_models:
+        models = {b: Path(m) for b, m in (x.split("=", 1) for x in args.precision_models)}
+        return precision_section(models, args.workdir, args.output, args.repeat, args.cut, log)
     py = sys.executable
     for n in args.maps:
         work = Path(args.workdir) / f"b{n}"

@@ -304,7 +304,10 @@ def bench_case(case, args, log):
     if "coverage" in args.parts and "coverage" not in row:
         row["coverage"] = landscape(model, post, ref, args, work, case, log)
         save()
-    key = f"coverage_refits{args.refits}"
+    key = f"coverage_refits{args.refits}" + ("" if args.estimator == "auto" else f"_{args.estimator}")
+    if "coverage" in args.parts and args.estimator != "auto" and f"coverage_{args.estimator}" not in row:
+        row[f"coverage_{args.estimator}"] = landscape(model, post, ref, args, work, case, log)
+        save()
     if "coverage" in args.parts and args.refits and key not in row:
         refits = jackknife_refits(train, settings, args, work, log)
         row[key] = landscape(model, post, ref, args, work, case, log, refits)
@@ -360,7 +363,9 @@ def landscape(model, post, ref, args, work, case, log, refits=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rep = compare_landscapes(xyz, ref, model=model, block=block, min_ess=args.min_ess, refits=refits,
-                                 plot=work / ("fes.png" if refits is None else f"fes_refits{len(refits)}.png"))
+                                 estimator=args.estimator,
+                                 plot=work / (("fes" if refits is None else f"fes_refits{len(refits)}")
+                                              + ("" if args.estimator == "auto" else f"_{args.estimator}") + ".png"))
     band_s = time.perf_counter() - t
     out = {"n_frames": int(len(xyz)), "block": block, "reweighting": rep.get("reweighting"), "band_s": band_s,
            "undefined": rep.get("model_uncertainty_undefined"), "panels": [],
@@ -570,10 +575,10 @@ def coverage_table(rows, args, say):
                 f"{f['js']:.4f} |")
     say()
     say("Coverage over the bins with >= 20 reference frames (nominal 95%); ESS: Kish effective sample size of "
-        "the samples' weights, min and median over the samples, as a fraction of the frames (the band is reported "
+        "the samples' weights, min and median over the samples, as a fraction of the frames (the band is reweighted "
         f"only above {args.min_ess:.0%}" + (", the library's default" if args.min_ess == 0.1 else
-                                             ": **a diagnostic setting, below the library's 10%**") +
-        "); missed: populated "
+                                             ": **a diagnostic setting, not the library's 10%**") +
+        "; first order in the energy deviations below it, docs/uncertainty.md §11); missed: populated "
         "bins the model never visits (outside by definition); widen: the factor by which the band would have to "
         "widen to cover 95% of the bins; median bin std over the visited bins; band s: "
         "wall time of the whole `compare_landscapes` call with the model band.")
@@ -622,7 +627,9 @@ def coverage_entries(rows):
 
 def band_name(cov):
     K = cov.get("n_refits") or 0
-    return "posterior" if not K else f"posterior + {K} jackknife refits"
+    name = "posterior" if not K else f"posterior + {K} jackknife refits"
+    estimator = (cov.get("reweighting") or {}).get("estimator")
+    return name if estimator is None else f"{name}, {estimator}"
 
 
 def cost_table(rows, say):
@@ -692,12 +699,15 @@ def main(argv=None):
                    "the band with the posterior alone is always measured)")
     p.add_argument("--min-ess", type=float, default=0.1, help="smallest effective sample size of the reweighting, "
                    "a fraction of the frames (default 0.1, the library's; 0: a diagnostic band however unreliable)")
+    p.add_argument("--estimator", choices=("auto", "reweighted", "first-order"), default="auto",
+                   help="the model band's estimator (default auto: reweighted while every ESS >= --min-ess, else "
+                   "first order; forcing one also measures it beside the auto band)")
     p.add_argument("--output", default=str(RESULTS / "bench_uncertainty.md"))
     args = p.parse_args(argv)
     args.parts = set(args.parts)
     sizes = ("max_reduced", "sample_frames", "max_eval", "replicas", "steps")
     args.given = ([k for k in sizes if getattr(args, k) is not None] + ["min_ess"] * (args.min_ess != 0.1)
-                  + ["refits"] * bool(args.refits))
+                  + ["refits"] * bool(args.refits) + ["estimator"] * (args.estimator != "auto"))
     if args.refits == 1 or args.refits < 0:
         raise SystemExit("--refits must be 0 or at least 2")
     base = QUICK if args.quick else dict(max_reduced=4000, sample_frames=5000, max_eval=2000, replicas=None,

@@ -9,6 +9,8 @@ Units: coordinates nm, energies kJ/mol, forces kJ/mol/nm; sigma in descriptor un
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from . import kernels
@@ -21,6 +23,14 @@ GDML_VERSION = 2
 _OLD_GDML_FORMAT = "cgdml.gdml"  # version 1: the estimator's own arrays (read, never written)
 
 
+def check_precision(precision):
+    """``precision`` if it is one of :data:`cgdml.kernels.PRECISIONS` ("float64", "float32"), else a one-line
+    :class:`CgdmlError`."""
+    if not isinstance(precision, str) or precision not in kernels.PRECISIONS:
+        raise CgdmlError(f"precision must be one of {', '.join(kernels.PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 class GDMLModel:
     """A GDML force field: F(x) = J(x)^T sum_j Hc(D(x) - D_j) v_j and its energy (see :mod:`cgdml.kernels`).
 
@@ -28,9 +38,14 @@ class GDMLModel:
     coefficients (M, n_desc): their descriptor-space coefficients v_j; sigma (nm^-1) the Matérn length scale;
     quads (n_quads, 4): the bead quadruples whose dihedral sines end the descriptor, scaled by chiral_scale;
     offset (kJ/mol) is added to energies; n_beads the bead count.
+
+    ``precision`` ("float64" or "float32"): how :meth:`predict` and :meth:`predict_forces` evaluate the kernel
+    sums unless told otherwise; float32 runs them in single precision (:func:`cgdml.kernels.hessian_apply`), about
+    twice as fast, to a relative force error of ~1e-5 (benchmarks/results/bench_beads.md). Not saved with the model.
     """
 
-    def __init__(self, train_descriptors, coefficients, sigma, quads, chiral_scale=1.0, offset=0.0, n_beads=None):
+    def __init__(self, train_descriptors, coefficients, sigma, quads, chiral_scale=1.0, offset=0.0, n_beads=None,
+                 precision="float64"):
         self.train_descriptors = np.ascontiguousarray(train_descriptors, dtype=np.float64)
         self.coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
         self.sigma = float(sigma)
@@ -38,6 +53,7 @@ class GDMLModel:
         self.offset = float(offset)
         self.n_beads = int(n_beads)
         self.quads = as_quads(quads, self.n_beads)
+        self.precision = check_precision(precision)
         self._check()
         self._tables = kernels.TrainTables(self.train_descriptors, self.coefficients, self.sigma)
         self._sq_train = np.einsum("md,md->m", self.train_descriptors, self.train_descriptors)
@@ -58,25 +74,36 @@ class GDMLModel:
     def n_train(self):
         return len(self.train_descriptors)
 
-    def _g(self, R, energy):
-        return kernels.hessian_apply(descriptor(R, self.quads, self.chiral_scale), self._tables, energy=energy)
+    def _g(self, R, energy, precision):
+        precision = self.precision if precision is None else check_precision(precision)
+        return kernels.hessian_apply(descriptor(R, self.quads, self.chiral_scale), self._tables, energy=energy,
+                                     precision=precision)
 
     def scaled(self, weight):
         """This force field times ``weight`` (a new GDMLModel: coefficients and offset scaled; weight 0 keeps the
         arrays and predicts zero)."""
         return GDMLModel(self.train_descriptors, float(weight) * self.coefficients, self.sigma, self.quads,
-                         self.chiral_scale, float(weight) * self.offset, self.n_beads)
+                         self.chiral_scale, float(weight) * self.offset, self.n_beads, self.precision)
 
-    def predict(self, R):
-        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm."""
+    def with_precision(self, precision):
+        """This model evaluated at ``precision`` ("float64" or "float32") by default: a shallow copy that shares
+        the arrays and prediction tables."""
+        other = copy.copy(self)
+        other.precision = check_precision(precision)
+        return other
+
+    def predict(self, R, precision=None):
+        """Energies (n,) kJ/mol (up to a constant) and forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm;
+        ``precision`` "float64" or "float32" (None: the model's :attr:`precision`)."""
         R = as_coordinates(R, self.n_beads, "GDML model")
-        g, E = self._g(R, True)
+        g, E = self._g(R, True, precision)
         return E + self.offset, descriptor_vjp(R, g, self.quads, self.chiral_scale)
 
-    def predict_forces(self, R):
-        """Forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm, without energies (the simulation path)."""
+    def predict_forces(self, R, precision=None):
+        """Forces (n, n_beads, 3) kJ/mol/nm at R (n, n_beads, 3) nm, without energies (the simulation path);
+        ``precision`` as in :meth:`predict`."""
         R = as_coordinates(R, self.n_beads, "GDML model")
-        g, _ = self._g(R, False)
+        g, _ = self._g(R, False, precision)
         return descriptor_vjp(R, g, self.quads, self.chiral_scale)
 
     def nearest_train_distance(self, R, chunk=1024):

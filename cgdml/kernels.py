@@ -131,13 +131,19 @@ class TrainTables:
 
     With a = sqrt5 / s, one GEMM of the augmented batch [x, 1, |x|^2] with ``Z`` gives a^2 r_ij^2 and
     d_ij . v_j = x_i . v_j - D_j . v_j side by side; two more GEMMs with ``VA`` = [V, -D.V] and ``DA`` = [D, 1]
-    give the descriptor-space force g_i, its row sums and the energy.
+    give the descriptor-space force g_i, its row sums and the energy. :meth:`single` gives the same matrices in
+    float32 about the training descriptors' centre c (so that |x - c|^2 + |D - c|^2 - 2 (x - c).(D - c) keeps
+    its accuracy), for :func:`hessian_apply` with ``precision="float32"``.
     """
 
-    def __init__(self, Dt, V, sigma):
+    def __init__(self, Dt, V, sigma, center=None, dtype=np.float64):
         Dt = np.ascontiguousarray(Dt, dtype=np.float64)
         V = np.ascontiguousarray(V, dtype=np.float64)
+        self._arrays = (Dt, V)
         M, nd = Dt.shape
+        self.center = None if center is None else np.asarray(center, dtype=np.float64)
+        if self.center is not None:
+            Dt = Dt - self.center
         a2 = 5.0 / sigma ** 2
         tv = np.einsum("md,md->m", Dt, V)
         Z = np.zeros((2 * M, nd + 2))
@@ -146,49 +152,64 @@ class TrainTables:
         Z[:M, nd + 1] = a2
         Z[M:, :nd] = V
         Z[M:, nd] = -tv
-        self.ZT = np.ascontiguousarray(Z.T)
-        self.VA = np.ascontiguousarray(np.column_stack([V, -tv]))
-        self.DA = np.ascontiguousarray(np.column_stack([Dt, np.ones(M)]))
-        self.M, self.nd, self.sigma = M, nd, float(sigma)
+        self.ZT = np.ascontiguousarray(Z.T, dtype=dtype)
+        self.VA = np.ascontiguousarray(np.column_stack([V, -tv]), dtype=dtype)
+        self.DA = np.ascontiguousarray(np.column_stack([Dt, np.ones(M)]), dtype=dtype)
+        self.M, self.nd, self.sigma, self.dtype = M, nd, float(sigma), np.dtype(dtype)
+        self._single = None
+
+    def single(self):
+        """The float32 tables about the centre of the training descriptors (built on first use, then kept)."""
+        if self.dtype == np.float32:
+            return self
+        if self._single is None:
+            Dt, V = self._arrays
+            self._single = TrainTables(Dt, V, self.sigma, center=Dt.mean(axis=0), dtype=np.float32)
+        return self._single
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
-def _pass1(P, M, A):
-    """P[:, :M] holds a^2 r^2: overwrite it with a r, and A with -a r (exp of A follows in numpy)."""
+def _pass1(P, M, A, zero):
+    """P[:, :M] holds a^2 r^2: overwrite it with a r, and A with -a r (exp of A follows in numpy). ``zero`` in
+    P's dtype keeps float32 arithmetic in float32."""
     B = P.shape[0]
     for i in range(B):
         for j in range(M):
-            ar = np.sqrt(max(P[i, j], 0.0))
+            ar = np.sqrt(max(P[i, j], zero))
             P[i, j] = ar
             A[i, j] = -ar
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
-def _pass2(P, M, A):
+def _pass2(P, M, A, one):
     """With A = exp(-a r): P[:, :M] <- (1 + a r) e (scaled c1) and P[:, M:] <- e (d.v) (scaled c2 d.v)."""
     B = P.shape[0]
     for i in range(B):
         for j in range(M):
             e = A[i, j]
-            P[i, j] = (1.0 + P[i, j]) * e
+            P[i, j] = (one + P[i, j]) * e
             P[i, M + j] *= e
 
 
 def _apply_rows(X, tab, energy):
+    """g (B, nd) and E (B,) or None for descriptors X (B, nd) float64: GEMMs in ``tab``'s dtype, about its centre
+    when it has one; the last combination (where G2 and x cancel) in float64."""
     B, nd = X.shape
-    M = tab.M
+    M, dt = tab.M, tab.dtype
     s = tab.sigma
-    XA = np.empty((B, nd + 2))
+    if tab.center is not None:
+        X = X - tab.center
+    XA = np.empty((B, nd + 2), dtype=dt)
     XA[:, :nd] = X
     XA[:, nd] = 1.0
     XA[:, nd + 1] = np.einsum("bd,bd->b", X, X)
     P = XA @ tab.ZT  # (B, 2M): a^2 r^2 | d.v
-    A = np.empty((B, M))
-    _pass1(P, M, A)
+    A = np.empty((B, M), dtype=dt)
+    _pass1(P, M, A, dt.type(0.0))
     np.exp(A, out=A)
-    _pass2(P, M, A)
-    G1 = P[:, :M] @ tab.VA  # sum_j c1' [v_j, -tv_j]
-    G2 = P[:, M:] @ tab.DA  # sum_j c2' (d.v) [D_j, 1]
+    _pass2(P, M, A, dt.type(1.0))
+    G1 = np.asarray(P[:, :M] @ tab.VA, dtype=np.float64)  # sum_j c1' [v_j, -tv_j]
+    G2 = np.asarray(P[:, M:] @ tab.DA, dtype=np.float64)  # sum_j c2' (d.v) [D_j, 1]
     k = 5.0 / (3.0 * s ** 4)
     g = (k * s * s) * G1[:, :nd] + (5.0 * k) * (G2[:, :nd] - G2[:, nd:] * X)
     E = None
@@ -214,13 +235,23 @@ def _executor(n):
     return _executor_for(n, os.getpid())
 
 
-def hessian_apply(Dx, tab, energy=False, chunk=256, n_threads=None):
+PRECISIONS = ("float64", "float32")
+
+
+def hessian_apply(Dx, tab, energy=False, chunk=256, n_threads=None, precision="float64"):
     """g_i = sum_j Hc(Dx_i - D_j) v_j for a batch Dx (B, nd), and E_i = sum_j grad phi(d_ij) . v_j if ``energy``.
 
     ``tab`` is a :class:`TrainTables`. Rows are processed in chunks with single-threaded GEMMs, spread over
     ``n_threads`` Python threads (default: numba's thread count), which is much faster than multi-threaded
-    BLAS on these thin products, above all on a busy machine. Returns g (B, nd) and E (B,) or None.
+    BLAS on these thin products, above all on a busy machine. ``precision="float32"`` runs the GEMMs and the
+    pair coefficients in single precision about the training descriptors' centre (:meth:`TrainTables.single`;
+    accuracy: benchmarks/results/bench_beads.md), the final combination in float64. Returns g (B, nd) and E (B,)
+    or None, float64.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        tab = tab.single()
     Dx = np.ascontiguousarray(Dx, dtype=np.float64)
     B = Dx.shape[0]
     n_threads = nb.get_num_threads() if n_threads is None else int(n_threads)

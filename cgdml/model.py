@@ -14,6 +14,7 @@ Units: coordinates nm, energies kJ/mol, forces kJ/mol/nm; sigma in descriptor un
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -128,6 +129,18 @@ class CGModel:
 
     def _check(self, R):
         return as_coordinates(R, self.n_beads, "model")
+
+    @property
+    def precision(self):
+        """How the GDML term's kernel sums are evaluated: "float64" or "float32" (:class:`GDMLModel`)."""
+        return self.gdml.precision
+
+    def with_precision(self, precision):
+        """This model with its GDML term evaluated at ``precision`` ("float64" or "float32"; float32 kernel sums run
+        about twice as fast, see :class:`GDMLModel`): a shallow copy sharing every array."""
+        other = copy.copy(self)
+        other.gdml = self.gdml.with_precision(precision)
+        return other
 
     def forces(self, R):
         """Forces (n, n_beads, 3) in kJ/mol/nm for R (n, n_beads, 3) in nm. The simulation hot path."""

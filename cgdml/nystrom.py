@@ -28,6 +28,10 @@ size m r (:class:`cgdml.linalg.SampledPreconditioner`).
 Hyperparameters: with several (sigma, lam) candidates, :class:`NystromGDML` chooses by hold-out
 (:func:`cgdml.selection.holdout_search`) on smaller models, then fits the winner on every frame.
 
+:func:`compress` refits a fitted model's GDML term (e.g. a two-layer model's 2000 mean-force configurations) onto
+fewer inducing configurations by this same least-squares fit to its own forces: a faster model, nearly the same
+force field.
+
 Units: nm, kJ/mol/nm; sigma in descriptor units (nm^-1); lam relative to mean(diag K) as in GDML.
 """
 from __future__ import annotations
@@ -436,3 +440,54 @@ class NystromGDML(PredictsWithModel, BaseEstimator):
         Path(workdir).mkdir(parents=True, exist_ok=True)
         return Path(workdir) / f"nystrom_cg_{h.hexdigest()[:16]}.npz"
 
+
+
+def compress(model, R, n_inducing="auto", lam=1e-5, tol=1e-5, maxiter=1000, seed=0, check_frames=2000):
+    """A model whose GDML term is refitted onto ``n_inducing`` configurations: cheaper to evaluate, nearly the same
+    force field.
+
+    The new term is the inducing-point least-squares fit (:class:`NystromGDML` at the model's sigma, quadruples and
+    chiral scale, ``lam`` relative and small: its labels are noise-free) to the model's own GDML forces at the
+    configurations R (N, n_beads, 3) nm, e.g. the training frames; its energy offset matches the old one on
+    average over R. The prediction cost grows with the configuration count, so a two-layer model's 2000 mean-force
+    configurations compressed onto the inducing-point default (:func:`default_inducing`) simulate about as fast
+    as an inducing-point model (accuracy and landscapes: benchmarks/results/bench_beads.md).
+
+    ``model``: a :class:`cgdml.model.CGModel` (returned as a copy with the new GDML term, its fit record extended
+    with ``compressed``; prior, offsets and force posterior are kept: the posterior describes the training data,
+    which the new term was fitted to reproduce) or a :class:`GDMLModel`. ``n_inducing``: m, or "auto". ``check_frames``: up to this many
+    frames of R (evenly spaced) give the record's ``relative_rms_difference`` of the GDML forces, new against old.
+    """
+    import copy
+
+    from .data import as_coordinates
+    from .model import CGModel
+
+    cg = model if isinstance(model, CGModel) else None
+    g = model.gdml if cg is not None else model
+    if not isinstance(g, GDMLModel):
+        raise CgdmlError(f"compress takes a CGModel or a GDMLModel, got {type(model).__name__}")
+    R = as_coordinates(R, g.n_beads, "compress")
+    m = default_inducing(g.n_beads, len(R)) if n_inducing == "auto" else int(n_inducing)
+    if not 1 <= m < g.n_train:
+        raise CgdmlError(f"n_inducing must be between 1 and the model's {g.n_train - 1} (fewer configurations than "
+                         f"it has), got {n_inducing!r}")
+    t0 = time.perf_counter()
+    est = NystromGDML(n_inducing=m, sigma=g.sigma, lam=lam, dihedrals=g.quads, chiral_scale=g.chiral_scale,
+                      inducing="random", tol=tol, maxiter=maxiter, dtype="float32", seed=seed,
+                      progress=False).fit(R, g.predict_forces(R))
+    new = est.model_
+    check = R[np.linspace(0, len(R) - 1, min(len(R), int(check_frames))).astype(int)]
+    E_old, F_old = g.predict(check, precision="float64")
+    E_new, F_new = new.predict(check, precision="float64")
+    new = GDMLModel(new.train_descriptors, new.coefficients, new.sigma, new.quads, new.chiral_scale,
+                    float(np.mean(E_old - E_new)), new.n_beads, g.precision)
+    if cg is None:
+        return new
+    record = dict(from_configurations=g.n_train, n_inducing=m, n_frames=len(R), lam=float(lam),
+                  lam_absolute=float(est.lam_), cg_iterations=int(est.cg_iterations_),
+                  relative_rms_difference=float(np.sqrt(np.mean((F_new - F_old) ** 2) / np.mean(F_old ** 2))),
+                  seconds=time.perf_counter() - t0)
+    out = copy.copy(cg)
+    out.gdml, out.info = new, dict(cg.info, compressed=record)
+    return out

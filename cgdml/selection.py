@@ -318,8 +318,9 @@ def cross_validate_two_layer(layer1_grid, layer2_grid, targets, projections, *, 
 #: and the prior alone (docs/method.md §2.6, the residual weight).
 JUDGE_WEIGHTS = (1.0, 0.3, 0.1, 0.0)
 #: The judge's short simulation of each candidate: :func:`cgdml.simulate.model_run.simulate_model` arguments
-#: (50 replicas x 60 ps with the default 3 fs multiple-time-step BAOAB, started from training frames).
-JUDGE_RUN = dict(replicas=50, steps=20000, burn_in=4000, save_every=50)
+#: (50 replicas x 60 ps with the default 3 fs multiple-time-step BAOAB, started from training frames; the GDML
+#: force in float64, as when the judge was calibrated, so that fits do not change with the simulation default).
+JUDGE_RUN = dict(replicas=50, steps=20000, burn_in=4000, save_every=50, precision="float64")
 #: The judge is decisive when the runner-up's score exceeds the winner's by more than this many of the winner's
 #: bootstrap standard deviations.
 JUDGE_MARGIN = 2.0

@@ -1,8 +1,10 @@
 """Model uncertainty of landscapes (cgdml.fes.reweight, docs/uncertainty.md §9): posterior-sample energies,
 reweighting against analytically reweighted histograms, the per-bin model spread, the JSON keys, the band shrinking
-as the samples agree, the effective sample size flag, the fes command's --model option end to end and a model
-without a posterior."""
+as the samples agree, the effective sample size flag and the first-order band that replaces reweighting below it
+(equal to the reweighted band for small deviations, exact for deviations constant within each bin), the fes
+command's --model option end to end and a model without a posterior."""
 import json
+import warnings
 
 import mdtraj as md
 import numpy as np
@@ -15,8 +17,8 @@ from cgdml.data import CGDataset
 from cgdml.fes import compare_landscapes, compare_panels, histogram_fes
 from cgdml.fes.__main__ import main
 from cgdml.fes.cvs import Panel
-from cgdml.fes.reweight import (Z95, ModelWeights, as_grid, coverage, effective_sample_size, jackknife_std, model_band,
-                                sample_energies, sample_weights)
+from cgdml.fes.reweight import (Z95, ModelWeights, aligned_free_energy, as_grid, coverage, effective_sample_size,
+                                first_order_counts, jackknife_std, model_band, sample_energies, sample_weights)
 from cgdml.gdml import GDML
 from cgdml.gdml_model import GDMLModel
 from cgdml.model import CGModel
@@ -119,7 +121,8 @@ def test_band_json_keys_and_quadrature():
     out = compare_panels([panel(model_cv, ref_cv)], bins=12, n_boot=20, block=100, model_weights=mw)
     e = out["panels"][0]
     u = e["model_uncertainty"]
-    assert set(u) == {"n_samples", "sampling", "bins", "metrics", "band", "coverage"} and u["n_samples"] == 16
+    assert set(u) == {"n_samples", "sampling", "estimator", "bins", "metrics", "band", "coverage"}
+    assert u["n_samples"] == 16 and u["estimator"] == "reweighted"
     assert set(u["bins"]) == {"shape", "free_energy", "model_std", "sampling_std", "std", "difference",
                               "reference_std"}
     assert u["bins"]["shape"] == [12, 12] and len(u["bins"]["model_std"]) == 12
@@ -138,7 +141,7 @@ def test_band_json_keys_and_quadrature():
                         "inside_sampling_only", "inside_with_reference_noise", "widen_to_95"} and cov["n_bins"] > 20
     assert cov["inside_model_only"] <= cov["inside"] and cov["inside_sampling_only"] <= cov["inside"]
     assert cov["inside"] <= cov["inside_with_reference_noise"]
-    assert set(out["mean"]["model_uncertainty"]) == {"n_samples", "metrics", "band"}
+    assert set(out["mean"]["model_uncertainty"]) == {"n_samples", "estimator", "metrics", "band"}
     # samples without spread: no model part, the band is the bootstrap's
     flat = compare_panels([panel(model_cv, ref_cv)], bins=12, n_boot=20, block=100,
                           model_weights=ModelWeights(sample_weights(np.zeros((4, 3000)), KT), KT))
@@ -196,33 +199,138 @@ def test_sample_energies_scale_with_the_sample_coefficients(toy):
 
 
 def test_a_low_ess_sample_is_flagged():
-    """One sample whose weights sit on a few frames: named in low_ess_samples, and the whole band withheld."""
+    """One sample whose weights sit on a few frames: named in low_ess_samples, and the whole band (every sample,
+    not just that one) is first order instead of reweighted (it used to be withheld: the contract changed in
+    issue 25's fallback)."""
     rng = np.random.default_rng(5)
     cv = rng.uniform(-np.pi, np.pi, size=(2000, 2))
     E = rng.normal(0.0, 0.1, (6, 2000)) * KT
     E[3] = rng.normal(0.0, 5.0, 2000) * KT
-    mw = ModelWeights(sample_weights(E, KT), KT)
+    mw = ModelWeights(sample_weights(E, KT), KT, energies=E)
     assert mw.low_ess_samples.tolist() == [3] and mw.too_small and mw.summary()["low_ess_samples"] == [3]
-    assert "1 of 6 samples" in mw.why()
+    assert "1 of 6 samples" in mw.warning() and "first order" in mw.warning()
+    assert mw.estimator_used == "first-order" and mw.summary()["estimator"] == "first-order"
     out = compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=mw)
-    assert "model_uncertainty" not in out["panels"][0] and "effective sample size" in \
-        out["panels"][0]["model_uncertainty_undefined"]
+    u = out["panels"][0]["model_uncertainty"]
+    assert u["estimator"] == "first-order" and "model_uncertainty_undefined" not in out["panels"][0]
     fine = ModelWeights(sample_weights(np.delete(E, 3, axis=0), KT), KT)
-    assert not fine.too_small and fine.low_ess_samples.tolist() == [] and fine.why() is None
+    assert not fine.too_small and fine.low_ess_samples.tolist() == [] and fine.warning() is None
+    assert fine.estimator_used == "reweighted"
+    # forcing reweighting against the ESS (a diagnostic): the reweighted band, and a warning that says so
+    forced = ModelWeights(sample_weights(E, KT), KT, energies=E, estimator="reweighted")
+    assert forced.estimator_used == "reweighted" and "forced and understates" in forced.warning()
+    fu = compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=forced)["panels"][0]["model_uncertainty"]
+    assert fu["estimator"] == "reweighted" and fu["bins"]["model_std"] != u["bins"]["model_std"]
+    with pytest.raises(CgdmlError, match="estimator must be one of"):
+        ModelWeights(sample_weights(E, KT), KT, estimator="exact")
 
 
-def test_small_effective_sample_size_is_flagged_not_reported():
+def test_small_effective_sample_size_gives_a_first_order_band():
+    """Every sample's weights on a few frames (5 kT of noise per frame): no reweighted band, but the first-order
+    one, whose per-bin spread is that of the samples' bin means of dE / kT (aligned), a constant per sample
+    apart; the metrics get a finite spread; energies recovered from the weights give the same band."""
     rng = np.random.default_rng(2)
-    cv = rng.uniform(-np.pi, np.pi, size=(500, 2))
-    E = rng.normal(0.0, 20.0, (8, 500)) * KT          # a few frames carry all the weight
-    mw = ModelWeights(sample_weights(E, KT), KT)
-    assert mw.too_small and mw.ess_fraction.max() < 0.1 and "effective sample size" in mw.why()
+    cv = rng.uniform(-np.pi, np.pi, size=(20000, 2))
+    E = (rng.normal(0.0, 5.0, (8, 20000)) + rng.normal(0.0, 30.0, (8, 1))) * KT
+    mw = ModelWeights(sample_weights(E, KT), KT, energies=E)
+    assert mw.too_small and mw.ess_fraction.max() < 0.1 and "effective sample size" in mw.warning()
     summary = mw.summary()
-    assert summary["ess_too_small"] is True and summary["n_samples"] == 8
+    assert summary["ess_too_small"] is True and summary["n_samples"] == 8 and summary["estimator"] == "first-order"
     assert set(summary["ess_fraction"]) == {"min", "median", "max"}
     out = compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=mw)
-    assert "model_uncertainty" not in out["panels"][0] and "model_uncertainty" not in out["mean"]
-    assert out["panels"][0]["model_uncertainty_undefined"] == mw.why()
+    u = out["panels"][0]["model_uncertainty"]
+    assert u["estimator"] == "first-order" and out["mean"]["model_uncertainty"]["estimator"] == "first-order"
+    from cgdml.fes.histograms import bin_index
+    idx = bin_index(cv, [np.linspace(-np.pi, np.pi, 9)] * 2)
+    h = np.bincount(idx, minlength=64).astype(float)
+    assert h.min() > 200
+    mean = np.stack([np.bincount(idx, weights=e, minlength=64) for e in E / KT]) / h
+    want = np.std(mean - (mean @ (h / h.sum()))[:, None], axis=0, ddof=1)
+    np.testing.assert_allclose(as_grid(u["bins"]["model_std"]).ravel(), want, rtol=0.02, atol=1e-4)
+    # the bin means' noise: 5 kT / sqrt(frames in the bin), not the 30 kT constants, not a collapse
+    assert np.median(want * np.sqrt(h)) == pytest.approx(5.0, rel=0.2)
+    assert all(np.isfinite(u["band"][k]["model_std"]) and u["band"][k]["model_std"] > 0 for k in ("fes_rmse", "js"))
+    bare = ModelWeights(sample_weights(E, KT), KT)
+    np.testing.assert_allclose(as_grid(compare_panels([panel(cv, cv)], bins=8, n_boot=0, model_weights=bare)
+                                       ["panels"][0]["model_uncertainty"]["bins"]["model_std"]),
+                               as_grid(u["bins"]["model_std"]), atol=2e-4)
+
+
+def test_first_order_band_ignores_a_constant_in_the_deviations():
+    """An energy sample is defined up to a constant: adding c_s to dE_s changes neither estimator's band, also
+    when the reference populates bins the model never visits (they enter the alignment)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(50_000)
+    edges = np.linspace(-6, 6, 49)
+    idx = np.searchsorted(edges, x, side="right") - 1
+    idx[(x < -6) | (x >= 6)] = -1
+    ref = np.full(48, 50.0)                               # flat: the model misses the outer bins
+    E = KT * rng.normal(0.0, 0.3, (10, 1)) * x[None] ** 2
+    assert (np.bincount(idx[idx >= 0], minlength=48) == 0).sum() > 10
+    for est in ("weights", "energies"):
+        a, b = ((model_band(idx, sample_weights(e, KT), [48], h_ref=ref, n_boot=0) if est == "weights" else
+                 model_band(idx, None, [48], h_ref=ref, n_boot=0, energies=e / KT))
+                for e in (E, E + KT * rng.normal(0.0, 50.0, (10, 1))))
+        np.testing.assert_allclose(as_grid(a[0]["bins"]["model_std"]), as_grid(b[0]["bins"]["model_std"]),
+                                   atol=2e-4, equal_nan=True)
+        for k in ("fes_rmse", "js"):
+            np.testing.assert_allclose(a[1][k], b[1][k], rtol=1e-6)
+
+
+def test_first_order_equals_reweighting_for_small_deviations():
+    """Frames x ~ N(0, 1), samples dE_s = kT b_s x with small b_s: the first-order per-bin spread is exactly
+    std(b) |xbar_b - sum_b w(b) xbar_b| (linear response), and the reweighted one agrees with it to O(b^2); so do
+    the metrics' spreads."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal(200_000)
+    edges = np.linspace(-3, 3, 25)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, -1, 24)
+    idx[(x < -3) | (x >= 3)] = -1
+    ref = np.bincount(idx[idx >= 0], minlength=24).astype(float)[::-1].copy()   # a skewed reference
+    bs = rng.normal(0.0, 0.02, 24)
+    E = KT * bs[:, None] * x[None]
+    rw, m_rw = model_band(idx, sample_weights(E, KT), [24], h_ref=ref, n_boot=0)
+    fo, m_fo = model_band(idx, None, [24], h_ref=ref, n_boot=0, energies=E / KT)
+    assert rw["estimator"] == "reweighted" and fo["estimator"] == "first-order"
+    counts = np.bincount(idx[idx >= 0], minlength=24)
+    xbar = np.bincount(idx[idx >= 0], weights=x[idx >= 0], minlength=24) / counts
+    want = np.std(bs, ddof=1) * np.abs(xbar - (ref / ref.sum()) @ xbar)
+    np.testing.assert_allclose(as_grid(fo["bins"]["model_std"]), want, atol=1e-4)
+    pop = counts > 500
+    np.testing.assert_allclose(as_grid(rw["bins"]["model_std"])[pop], as_grid(fo["bins"]["model_std"])[pop],
+                               rtol=0.03, atol=3e-4)
+    for k in ("fes_rmse", "js"):
+        np.testing.assert_allclose(m_fo[k], m_rw[k], rtol=0.05)
+        assert fo["metrics"][k]["model_std"] == pytest.approx(rw["metrics"][k]["model_std"], rel=0.05)
+    assert fo["coverage"]["n_bins"] == rw["coverage"]["n_bins"]
+    assert fo["bins"]["free_energy"] == rw["bins"]["free_energy"]
+
+
+def test_first_order_is_exact_for_deviations_constant_in_each_bin():
+    """dE_s(x) = kT c_s(b(x)), several kT from bin to bin: exact reweighting moves bin b by c_s(b) (aligned), and
+    the first-order landscape and histograms are the same, whatever the size; the ESS has collapsed."""
+    rng = np.random.default_rng(11)
+    n_bins = 10
+    idx = rng.integers(0, n_bins, 100_000)
+    idx[:500] = -1                                           # some frames outside the range
+    c = rng.normal(0.0, 3.0, (6, n_bins))
+    E = KT * np.where(idx >= 0, c[:, np.clip(idx, 0, None)], rng.normal(0.0, 3.0, (6, len(idx))))
+    W = sample_weights(E, KT)
+    assert effective_sample_size(W).min() / len(idx) < 0.1
+    shift, H_fo = first_order_counts(idx, E / KT, n_bins)
+    np.testing.assert_allclose(shift - shift[:, :1], c - c[:, :1], atol=1e-9)
+    from cgdml.fes.reweight import reweighted_counts
+    np.testing.assert_allclose(H_fo, reweighted_counts(idx, W, n_bins), rtol=1e-9)
+    h = np.bincount(idx[idx >= 0], minlength=n_bins).astype(float)
+    rw, m_rw = model_band(idx, W, [n_bins], h_ref=h, n_boot=0)
+    fo, m_fo = model_band(idx, None, [n_bins], h_ref=h, n_boot=0, energies=E / KT)
+    align = h / h.sum()
+    F0 = aligned_free_energy(h, h.sum(), align)
+    exact = F0 + c - (c @ align)[:, None]                    # analytic: -ln(h e^-c) aligned
+    np.testing.assert_allclose(as_grid(fo["bins"]["model_std"]), np.std(exact, axis=0, ddof=1), atol=1e-4)
+    np.testing.assert_allclose(as_grid(fo["bins"]["model_std"]), as_grid(rw["bins"]["model_std"]), atol=1e-4)
+    for k in ("fes_rmse", "js"):
+        np.testing.assert_allclose(m_fo[k], m_rw[k], rtol=1e-9)
 
 
 def test_compare_landscapes_with_a_model(toy, tmp_path):
@@ -234,20 +342,40 @@ def test_compare_landscapes_with_a_model(toy, tmp_path):
     assert report["model_uncertainty"] == report["panels"][0]["model_uncertainty"]    # a single landscape
     assert "band" in report["model_uncertainty"] and "model_uncertainty" in report["mean"]
     assert (tmp_path / "f.png").stat().st_size > 20000
-    # a large posterior scale: the weights collapse, a warning and a flag instead of a number
+    assert report["reweighting"]["estimator"] == "reweighted" == report["model_uncertainty"]["estimator"]
+    # forced first order with the ESS intact: a band of the same size (the deviations are small), no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forced = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, estimator="first-order")
+    fu, ru = forced["model_uncertainty"], report["model_uncertainty"]
+    assert fu["estimator"] == "first-order" and forced["reweighting"]["estimator"] == "first-order"
+    ok = as_grid(ru["bins"]["model_std"]) > 0.01
+    np.testing.assert_allclose(np.median(as_grid(fu["bins"]["model_std"])[ok] / as_grid(ru["bins"]["model_std"])[ok]),
+                               1.0, rtol=0.1)
+    with pytest.raises(CgdmlError, match="estimator must be one of"):
+        compare_landscapes(xyz, ds, model=model, estimator="second-order")
+    # a large posterior scale: the weights collapse; one warning, and a first-order band instead of none
+    scale = 300.0
     big = ForcePosterior(**{**vars_of(model.uncertainty), "sample_coefficients":
-                            1e4 * model.uncertainty.sample_coefficients})
+                            scale * model.uncertainty.sample_coefficients})
     loud = CGModel(model.gdml, model.prior, model.system, model.train_coords_sample)
     loud.uncertainty = big
-    with pytest.warns(UserWarning, match="effective sample size"):
+    with pytest.warns(UserWarning) as caught:
         report = compare_landscapes(xyz, ds, model=loud, n_boot=0)
-    assert report["reweighting"]["ess_too_small"] and "model_uncertainty" not in report
-    assert "effective sample size" in report["model_uncertainty_undefined"]
+    lines = [str(w.message) for w in caught if "effective sample size" in str(w.message)]
+    assert len(lines) == 1 and "first order in the model's energy uncertainty" in lines[0]
+    assert report["reweighting"]["ess_too_small"] and report["reweighting"]["estimator"] == "first-order"
+    assert "model_uncertainty_undefined" not in report and report["model_uncertainty"]["estimator"] == "first-order"
+    assert "coverage" in report["model_uncertainty"] and "band" in report["model_uncertainty"]
+    # the first-order shifts are linear in the deviations: the per-bin spread is the small one times the scale
+    loud_std = as_grid(report["model_uncertainty"]["bins"]["model_std"])
+    np.testing.assert_allclose(loud_std[ok], scale * as_grid(fu["bins"]["model_std"])[ok], rtol=1e-3,
+                               atol=scale * 1e-4)       # the report rounds to 1e-4
     # without a reference: per-bin spreads only
     report = compare_landscapes(xyz, None, topology=ds.cg_topology, model=model, n_boot=10, block=100,
                                 plot=tmp_path / "g.png")
     u = report["panels"][0]["model_uncertainty"]
-    assert set(u) == {"n_samples", "sampling", "bins"} and "difference" not in u["bins"]
+    assert set(u) == {"n_samples", "sampling", "estimator", "bins"} and "difference" not in u["bins"]
 
 
 def vars_of(post):
@@ -308,6 +436,17 @@ def test_cli_model_option(toy, tmp_path, capsys, monkeypatch):
     assert "free energy std per bin" in out and "reference inside the band" in out
     bins = report["model_uncertainty"]["bins"]
     assert np.nanmax(as_grid(bins["model_std"])) > 0 and bins["shape"] == [8, 8]
+    assert report["model_uncertainty"]["estimator"] == "reweighted" and "(first order)" not in out
+    # forcing the first-order band (a diagnostic): said in the output and the JSON
+    assert main([str(traj), "--reference", str(ref), "--model", str(path), "-o", str(png), "--json", str(js),
+                 "--n-boot", "8", "--block", "100", "--bins", "8", "--model-estimator", "first-order"]) == 0
+    out = capsys.readouterr().out
+    assert "model band: first order in the energy deviations of 12 posterior samples" in out
+    assert "posterior spread (first order) over 12 samples" in out
+    assert json.loads(js.read_text())["model_uncertainty"]["estimator"] == "first-order"
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(traj), "--reference", str(ref), "-o", str(png), "--model-estimator", "first-order"])
+    assert exc.value.code == 2 and "--model-estimator applies only with --model" in capsys.readouterr().err
     # without a reference: the per-bin band alone, printed and saved
     assert main([str(traj), "--model", str(path), "-o", str(png), "--json", str(js), "--n-boot", "8",
                  "--block", "100"]) == 0
@@ -369,7 +508,8 @@ def test_refits_add_their_jackknife_variance_per_bin():
 
 def test_refits_widen_the_band_and_coverage(toy, tmp_path):
     """Refits identical to the model add nothing; refits that differ widen the band (coverage can only rise), and
-    keep the band without them as inside_without_refits; a refit whose weights collapse withholds the band."""
+    keep the band without them as inside_without_refits; a refit whose weights collapse makes the whole band
+    (samples and refits) first order, with a warning (it used to withhold the band)."""
     ds, model, xyz = toy
     plain = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8)
     same = compare_landscapes(xyz, ds, model=model, n_boot=10, block=100, bins=8, refits=[model, model, model])
@@ -395,9 +535,11 @@ def test_refits_widen_the_band_and_coverage(toy, tmp_path):
         assert u["metrics"][k]["model_std"] == pytest.approx(np.hypot(u["metrics"][k]["posterior_std"],
                                                                       u["metrics"][k]["refit_std"]))
         assert u["band"][k]["model_std"] > plain["model_uncertainty"]["band"][k]["model_std"]
-    with pytest.warns(UserWarning, match="refit reweighting unreliable"):
+    with pytest.warns(UserWarning, match="refit reweighting collapsed.*first order"):
         rep = compare_landscapes(xyz, ds, model=model, n_boot=0, refits=[shifted(c) for c in (1e3, -1e3)])
-    assert "model_uncertainty" not in rep and rep["reweighting"]["low_ess_refits"]
+    u = rep["model_uncertainty"]
+    assert rep["reweighting"]["low_ess_refits"] and u["estimator"] == "first-order" and u["n_refits"] == 2
+    assert np.nanmedian(as_grid(u["bins"]["refit_std"])) > np.nanmedian(as_grid(u["bins"]["posterior_std"]))
     with pytest.raises(CgdmlError, match="at least 2 refits"):
         compare_landscapes(xyz, ds, model=model, refits=[model])
     with pytest.raises(CgdmlError, match="need the model"):

@@ -18,9 +18,12 @@ that kind; printed, a line each); with a single headline landscape also the top-
 reweighted with the model's posterior function samples (docs/uncertainty.md §11), per bin and for the metrics,
 combined with the bootstrap into a 95% band, a map of the per-bin standard deviation beside the difference map,
 and the JSON keys ``model``, ``reweighting`` and, per panel, ``model_uncertainty`` (or
-``model_uncertainty_undefined``: why not; see :func:`cgdml.fes.compare.compare_panels`). A model fitted by an
-older cgdml has no posterior: one warning line, no model band. ``--refits R1.npz R2.npz ...`` (block-jackknife
-refits of the model) add the spread of refitting the whole estimator to the model band.
+``model_uncertainty_undefined``: why not; see :func:`cgdml.fes.compare.compare_panels`). When the reweighting
+collapses (some sample's effective sample size under 10% of the frames) the band is first order in the samples'
+energy deviations instead, with one warning line (``estimator`` in the JSON; ``--model-estimator`` forces one, a
+diagnostic). A model fitted by an older cgdml has no posterior: one warning line, no model band.
+``--refits R1.npz R2.npz ...`` (block-jackknife refits of the model) add the spread of refitting the whole
+estimator to the model band.
 """
 from __future__ import annotations
 
@@ -71,7 +74,8 @@ def _model_line(prefix, e):
         return None
     b = u["band"]
     what = "sampling and model" if u["sampling"] else "model only"
-    line = (f"{prefix}posterior spread over {u['n_samples']} samples: RMSE {b['fes_rmse']['model_std']:.3f} kT, "
+    order = " (first order)" if u.get("estimator") == "first-order" else ""
+    line = (f"{prefix}posterior spread{order} over {u['n_samples']} samples: RMSE {b['fes_rmse']['model_std']:.3f} kT, "
             f"JS {b['js']['model_std']:.4f}; 95% band ({what}): RMSE {b['fes_rmse']['lo']:.3f}-"
             f"{b['fes_rmse']['hi']:.3f}, JS {b['js']['lo']:.4f}-{b['js']['hi']:.4f}")
     cov = u.get("coverage") or {}
@@ -146,6 +150,10 @@ def build_parser():
     p.add_argument("--refits", nargs="+", metavar="REFIT", help="with --model: K >= 2 block-jackknife refits of "
                    "the model (the same fit, each without one of K contiguous blocks of the training frames); their "
                    "spread joins the model band (docs/uncertainty.md section 11)")
+    p.add_argument("--model-estimator", choices=("auto", "reweighted", "first-order"), default="auto",
+                   help="with --model: how the posterior samples give landscapes (default auto: reweighting while "
+                   "every sample keeps an effective sample size of 10%% of the frames, else first order in their "
+                   "energy deviations; forcing one is a diagnostic)")
     p.add_argument("--temperature", type=positive_float, default=None, help="with --model: the temperature (K) "
                    "the trajectories were run at (default: the model's)")
     p.add_argument("-o", "--output", required=True, help="plot file (.png, .pdf, .svg)")
@@ -179,10 +187,12 @@ def _fes(a, out):
         raise CgdmlError("--temperature applies only with --model (it is the temperature of the reweighting)")
     if a.refits and a.model is None:
         raise CgdmlError("--refits applies only with --model (they are refits of it)")
+    if a.model_estimator != "auto" and a.model is None:
+        raise CgdmlError("--model-estimator applies only with --model")
     try:
         report = compare_landscapes(a.traj, a.reference, topology=a.top, cvs=a.cv, bins=a.bins, n_boot=a.n_boot,
                                     block=a.block, lagtime=a.lagtime, plot=out, model=a.model,
-                                    temperature=a.temperature, refits=a.refits)
+                                    temperature=a.temperature, refits=a.refits, estimator=a.model_estimator)
     except ParameterError as exc:
         if exc.name not in ("block", "lagtime"):
             raise
@@ -190,10 +200,15 @@ def _fes(a, out):
     for kind, why in report.get("missing", {}).items():
         print(f"no {kind} landscape: {why}")
     rw = report.get("reweighting")
-    if rw and not rw["ess_too_small"]:
+    if rw:
         e = rw["ess_fraction"]
-        print(f"model band: {rw['n_samples']} posterior samples reweight the {rw['n_frames']} frames (effective "
-              f"sample size {e['min']:.0%}-{e['max']:.0%} of them)")
+        if rw.get("estimator") == "first-order":
+            print(f"model band: first order in the energy deviations of {rw['n_samples']} posterior samples over "
+                  f"the {rw['n_frames']} frames (reweighting's effective sample size {e['min']:.1%}-{e['max']:.0%} "
+                  "of them)")
+        else:
+            print(f"model band: {rw['n_samples']} posterior samples reweight the {rw['n_frames']} frames (effective "
+                  f"sample size {e['min']:.0%}-{e['max']:.0%} of them)")
         if rw.get("n_refits"):
             r = rw["refit_ess_fraction"]
             print(f"and {rw['n_refits']} jackknife refits (effective sample size {r['min']:.0%}-{r['max']:.0%}); "

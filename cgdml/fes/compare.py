@@ -14,7 +14,7 @@ from .._io import CgdmlError
 from .cvs import MAP_KINDS, as_cg_topology, cv_groups, landscape_panels, missing_map_landscapes
 from .histograms import (bin_counts, bin_index, bootstrap_draws, bootstrap_summary, bootstrap_undefined,
                          check_bootstrap, metrics_from_counts, split_half_floor)
-from .reweight import METRICS, MIN_COUNT, MIN_ESS, metric_band, model_band, model_weights
+from .reweight import ESTIMATORS, METRICS, MIN_COUNT, MIN_ESS, metric_band, model_band, model_weights
 
 log = logging.getLogger("cgdml.fes")
 #: trajectory formats that carry their topology (others need a topology file)
@@ -38,10 +38,11 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weight
     ``mean`` is None.
 
     ``model_weights`` (a :class:`cgdml.fes.reweight.ModelWeights` over the pooled model frames) adds to every
-    entry ``model_uncertainty`` (:func:`cgdml.fes.reweight.model_band`), or ``model_uncertainty_undefined`` (why)
-    when the weights' effective sample size is too small:
+    entry ``model_uncertainty`` (:func:`cgdml.fes.reweight.model_band`): reweighted, or first order in the energy
+    deviations when the weights' effective sample size is too small (``ModelWeights.estimator_used``):
 
-    - ``n_samples``; ``sampling`` (whether the band includes the bootstrap's sampling part);
+    - ``n_samples``; ``sampling`` (whether the band includes the bootstrap's sampling part); ``estimator``
+      ("reweighted" or "first-order");
     - ``bins``: ``shape`` (bins per dimension) and per-bin nested lists in kT (None where undefined):
       ``free_energy`` (aligned as the metric aligns it), ``model_std`` (spread over the posterior samples),
       ``sampling_std`` (block bootstrap; None without one), ``std`` (the two in quadrature: the 95% band is
@@ -52,7 +53,8 @@ def compare_panels(panels, bins=36, n_boot=200, block=None, seed=0, model_weight
       ``coverage`` (:func:`cgdml.fes.reweight.coverage`: how often the reference lies inside the band over the
       bins with at least ``min_count`` reference frames).
 
-    ``mean`` then gets ``model_uncertainty`` with the spread and band of the mean metrics over the same samples.
+    ``mean`` then gets ``model_uncertainty`` with the spread and band of the mean metrics over the same samples
+    (and the ``estimator``).
     """
     entries, idx_models, h_refs = [], [], []
     for p in panels:
@@ -116,11 +118,11 @@ def _mean_of(entries):
 
 def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_weights, min_count):
     """Each entry's ``model_uncertainty`` (see :func:`compare_panels`), and the mean's."""
-    why = model_weights.why()
-    if why:
-        for e in entries + ([mean] if mean else []):
-            e["model_uncertainty_undefined"] = why
-        return
+    estimator = model_weights.estimator_used
+    energies = {}
+    if estimator == "first-order":
+        energies = {"energies": model_weights.reduced_energies(),
+                    "refit_energies": model_weights.reduced_energies(refits=True)}
     samples = []
     for p, e in zip(panels, entries):
         edges = p.edges(bins)
@@ -128,7 +130,7 @@ def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_wei
         h_ref = None if p.reference is None else bin_counts(p.reference, edges)
         ref_idx = None if p.reference is None else bin_index(p.reference, edges)
         band, metrics = model_band(bin_index(p.model, edges), model_weights.weights, shape, h_ref, n_boot, block,
-                                   seed, ref_idx, min_count, model_weights.refit_weights)
+                                   seed, ref_idx, min_count, model_weights.refit_weights, **energies)
         if metrics is not None:
             band["band"] = {k: metric_band(e["metrics"][k], metrics[k], (e.get("bootstrap") or {}).get(k),
                                            metrics.get(k + "_refits")) for k in METRICS}
@@ -138,7 +140,7 @@ def _add_model_bands(panels, entries, mean, bins, n_boot, block, seed, model_wei
     if mean and samples:
         per_sample = {k: np.mean([s[k] for s in samples], axis=0) for k in samples[0]}
         mean["model_uncertainty"] = {
-            "n_samples": model_weights.n_samples,
+            "n_samples": model_weights.n_samples, "estimator": estimator,
             "metrics": {k: {"point": mean[k], "model_mean": float(per_sample[k].mean()),
                             "model_std": float(per_sample[k].std(ddof=1))} for k in METRICS},
             "band": {k: metric_band(mean[k], per_sample[k], (mean.get("bootstrap") or {}).get(k),
@@ -197,7 +199,7 @@ def _as_list(x):
 
 def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None, bins=36, n_boot=200, block=None,
                        lagtime=None, seed=0, plot=None, model=None, temperature=None, min_ess=MIN_ESS,
-                       min_count=MIN_COUNT, refits=None):
+                       min_count=MIN_COUNT, refits=None, estimator="auto"):
     """Free-energy landscapes of CG trajectories compared with a reference: what ``python -m cgdml.fes`` does.
 
     ``trajectories``: a trajectory file (.h5 carries its topology), an mdtraj Trajectory, coordinates
@@ -212,9 +214,12 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
 
     ``model``: the :class:`cgdml.model.CGModel` that made the trajectories (or its path), for the model's share
     of the uncertainty: the frames are reweighted with its posterior function samples (docs/uncertainty.md §11)
-    at ``temperature`` K (the trajectories'; default the model's), reported only while every sample's weights
-    keep an effective sample size of ``min_ess`` of the frames; the coverage counts bins with ``min_count``
-    reference frames. A model without a force posterior gets a one-line warning and no model band.
+    at ``temperature`` K (the trajectories'; default the model's) while every sample's weights keep an effective
+    sample size of ``min_ess`` of the frames; below it the band is first order in the samples' energy deviations
+    (each bin moves by their mean over its frames), with a one-line warning. ``estimator`` ("auto", or
+    "reweighted" / "first-order" to force one: a diagnostic) chooses. The coverage counts bins with
+    ``min_count`` reference frames. A model without a force posterior gets a one-line warning and no model
+    band.
     ``refits``: K >= 2 block-jackknife refits of ``model`` (CGModels or paths: the same fit, each without one of K
     contiguous blocks of its training frames); the frames are reweighted with their energy differences too, and
     their jackknife variance is added to the model band (docs/uncertainty.md §11).
@@ -229,10 +234,10 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     once: angles in the distribution block, not the extra panels whose CVs a headline panel already shows.
     With ``model``: ``model`` (its file name, None for an object), ``reweighting``
     (:meth:`cgdml.fes.reweight.ModelWeights.summary`: n_samples, kT, n_frames, ess_fraction {min, median,
-    max}, min_ess_fraction, low_ess_samples, ess_too_small) when it has a posterior, and
-    ``model_uncertainty_undefined`` (why) when it has none or the effective sample size is too small; each panel
-    (and ``mean``) has ``model_uncertainty`` or ``model_uncertainty_undefined`` (see :func:`compare_panels`), and
-    a single headline landscape's ``model_uncertainty`` is copied to the top level.
+    max}, min_ess_fraction, low_ess_samples, ess_too_small, estimator) when it has a posterior, and
+    ``model_uncertainty_undefined`` (why) when it has none; each panel (and ``mean``) has ``model_uncertainty``
+    (see :func:`compare_panels`; ``estimator`` says which), and a single headline landscape's
+    ``model_uncertainty`` is copied to the top level.
     """
     if int(bins) != bins or bins < 2:
         raise CgdmlError(f"bins must be an integer >= 2, got {bins}")
@@ -240,6 +245,8 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
         raise CgdmlError(f"n_boot must be 0 or >= 2, got {n_boot}")
     if lagtime is not None and not lagtime >= 1:
         raise CgdmlError(f"lagtime must be >= 1 frame, got {lagtime}")
+    if estimator not in ESTIMATORS:
+        raise CgdmlError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     items = _as_list(trajectories)
     names = [str(t) if isinstance(t, (str, Path)) else None for t in items]
     top_file = topology if isinstance(topology, (str, Path)) else None
@@ -289,10 +296,11 @@ def compare_landscapes(trajectories, reference=None, *, topology=None, cvs=None,
     if cg_model is not None:
         report["model"] = model_name
         weights, why = _model_weights(cg_model, model_name, np.concatenate(xyz_list), temperature, min_ess,
-                                      _load_refits(refits, n_beads))
+                                      _load_refits(refits, n_beads), estimator)
         if weights is not None:
             report["reweighting"] = weights.summary()
-            why = weights.why()
+            if weights.warning():
+                warnings.warn(weights.warning())
         if why:
             report["model_uncertainty_undefined"] = why
             warnings.warn(why)
@@ -385,7 +393,7 @@ def _load_refits(refits, n_beads):
     return models
 
 
-def _model_weights(model, name, xyz, temperature, min_ess, refits=None):
+def _model_weights(model, name, xyz, temperature, min_ess, refits=None, estimator="auto"):
     """(ModelWeights, None), or (None, why) for a model without a force posterior."""
     posterior = getattr(model, "uncertainty", None)
     if posterior is None:
@@ -398,7 +406,7 @@ def _model_weights(model, name, xyz, temperature, min_ess, refits=None):
         E = model.energy_forces(xyz)[0]
         dE = np.array([r.energy_forces(xyz)[0] - E for r in refits])
     return model_weights(posterior, xyz, kT(model.temperature if temperature is None else temperature), min_ess,
-                         dE), None
+                         dE, estimator), None
 
 
 def _cv_name(cv_sets, panels):

@@ -118,11 +118,13 @@ def _band(entry):
         return None
     out = {k: (None if v is None else as_grid(v)) for k, v in band["bins"].items() if k != "shape"}
     out["coverage"] = band.get("coverage")
+    out["estimator"] = band.get("estimator")
     return out
 
 
 def _band_title(band):
-    lines = [f"model std (kT), median {np.nanmedian(band['model_std']):.2f}"]
+    order = ", first order" if band.get("estimator") == "first-order" else ""
+    lines = [f"model std (kT{order}), median {np.nanmedian(band['model_std']):.2f}"]
     if band.get("sampling_std") is not None:
         lines.append(f"sampling std: median {np.nanmedian(band['sampling_std']):.2f} kT")
     cov = band.get("coverage")

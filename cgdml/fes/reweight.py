@@ -9,7 +9,10 @@ sample gives one landscape per sample; their spread per bin (kT) and the spread 
 :mod:`cgdml.fes.histograms`. The two are combined in quadrature into a 95% band.
 
 Reweighting is trustworthy only while no sample's weights sit on a few frames: :class:`ModelWeights` checks the
-Kish effective sample size of every sample, and below ``min_ess`` (a fraction of the frames) reports no number.
+Kish effective sample size of every sample, and below ``min_ess`` (a fraction of the frames) the band is taken to
+first order in the energy deviations instead (:func:`first_order_counts`): bin b of sample s moves by the mean of
+dE_s / kT over the bin's frames, which needs no weights and so cannot collapse. It is exact for deviations that are
+constant within each bin and for small ones, an approximation otherwise (docs/uncertainty.md §11).
 
 Free energies are aligned as the metric aligns them (docs/method.md §3): F(b) - sum_b w(b) F(b) with w the
 reference's population (the model's own without a reference), an empty bin counting as half a sample.
@@ -30,8 +33,11 @@ from ..data import as_coordinates
 from ..features import descriptor
 from .histograms import block_resamples, check_bootstrap, metrics_from_counts
 
-#: smallest Kish effective sample size, as a fraction of the frames, at which a reweighted landscape is reported
+#: smallest Kish effective sample size, as a fraction of the frames, at which the band is reweighted (below it:
+#: first order)
 MIN_ESS = 0.1
+#: the estimators of the model band: "auto" (reweighted while the ESS allows, else first order) or either forced
+ESTIMATORS = ("auto", "reweighted", "first-order")
 #: reference bins with fewer frames are not counted in the band coverage
 MIN_COUNT = 20
 Z95 = 1.959963984540054
@@ -91,13 +97,24 @@ class ModelWeights:
     """Reweighting factors of the frames of a CG trajectory under the posterior function samples.
 
     ``weights`` (n_samples, n_frames), each row summing to 1; ``kT`` kJ/mol (the trajectories' temperature);
-    ``min_ess``: the smallest acceptable effective sample size, as a fraction of the frames.
+    ``min_ess``: the smallest effective sample size, as a fraction of the frames, at which the band is reweighted
+    (below it the band is first order: :attr:`estimator_used`).
     """
     weights: np.ndarray
     kT: float
     min_ess: float = MIN_ESS
     #: reweighting factors (n_refits, n_frames) of block-jackknife refits of the model, or None
     refit_weights: np.ndarray = None
+    #: the energy deviations (n_samples, n_frames) kJ/mol the weights came from (None: recovered from the weights)
+    energies: np.ndarray = None
+    #: the refits' energy deviations U_k - U (n_refits, n_frames) kJ/mol, or None
+    refit_energies: np.ndarray = None
+    #: "auto" (reweighted while every ESS allows, else first order), "reweighted" or "first-order" (forced)
+    estimator: str = "auto"
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise CgdmlError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
 
     @property
     def n_samples(self):
@@ -131,37 +148,58 @@ class ModelWeights:
 
     @property
     def too_small(self):
-        """True when some sample's (or refit's) effective sample size is below ``min_ess``: no model band is
-        reported (dropping those samples would keep the ones closest to the mean, and the band would understate
-        the spread)."""
+        """True when some sample's (or refit's) effective sample size is below ``min_ess``: reweighting is not
+        trusted, and the band is first order (dropping those samples would keep the ones closest to the mean,
+        and the band would understate the spread)."""
         return bool(len(self.low_ess_samples) or len(self.low_ess_refits))
 
-    def why(self):
-        """One line on why no model band is reported (None when it is)."""
+    @property
+    def estimator_used(self):
+        """The band's estimator, "reweighted" or "first-order": the forced ``estimator``, else first order when
+        :attr:`too_small`. Samples and refits always share one estimator."""
+        if self.estimator != "auto":
+            return self.estimator
+        return "first-order" if self.too_small else "reweighted"
+
+    def reduced_energies(self, refits=False):
+        """The energy deviations over kT (n_samples, n_frames), or the refits' with ``refits`` (None without
+        refits): the stored energies, else -ln w (each row up to a constant, which the first-order band
+        ignores)."""
+        E, w = (self.refit_energies, self.refit_weights) if refits else (self.energies, self.weights)
+        if E is not None:
+            return np.atleast_2d(np.asarray(E, dtype=np.float64)) / self.kT
+        if w is None:
+            return None
+        return -np.log(np.maximum(w, np.finfo(np.float64).tiny))
+
+    def warning(self):
+        """One line when the band is not the trusted reweighted one (the ESS collapsed, or an estimator was
+        forced against it), else None."""
         if not self.too_small:
             return None
-        if not len(self.low_ess_samples):
-            e = self.refit_ess_fraction
-            return (f"refit reweighting unreliable: the effective sample size of a jackknife refit's weights falls "
-                    f"to {e.min():.1%} of the frames ({len(self.low_ess_refits)} of {self.n_refits} refits below "
-                    f"{self.min_ess:.0%}); the refits differ too much from the model over these frames for "
-                    "reweighting, so no model band is reported (the band would understate it)")
-        e = self.ess_fraction
-        return (f"posterior reweighting unreliable: the effective sample size of the weights falls to "
-                f"{e.min():.1%} of the frames ({len(self.low_ess_samples)} of {self.n_samples} samples below "
-                f"{self.min_ess:.0%}, median {np.median(e):.1%}); the model's "
-                "energy uncertainty is too large over these frames for reweighting, so no model band is reported "
-                "(the band would understate it)")
+        if len(self.low_ess_samples):
+            e, what = self.ess_fraction, "posterior sample"
+            count = f"{len(self.low_ess_samples)} of {self.n_samples} samples below {self.min_ess:.0%}"
+        else:
+            e, what = self.refit_ess_fraction, "jackknife refit"
+            count = f"{len(self.low_ess_refits)} of {self.n_refits} refits below {self.min_ess:.0%}"
+        head = (f"{what} reweighting collapsed: the effective sample size of the weights falls to {e.min():.1%} of "
+                f"the frames ({count}, median {np.median(e):.1%})")
+        if self.estimator_used == "reweighted":
+            return head + "; the reweighted model band was forced and understates the spread"
+        return (head + "; the model band is first order in the model's energy uncertainty instead (each bin moves "
+                "by the bin's mean energy deviation, docs/uncertainty.md §11), an approximation")
 
     def summary(self):
         """The report's description: n_samples, kT, n_frames, the ESS fractions (min, median, max),
-        min_ess_fraction, low_ess_samples (indices) and the flag ess_too_small; with refits also n_refits,
-        refit_ess_fraction (min, median, max) and low_ess_refits."""
+        min_ess_fraction, low_ess_samples (indices), the flag ess_too_small and the estimator of the band
+        ("reweighted" or "first-order"); with refits also n_refits, refit_ess_fraction (min, median, max) and
+        low_ess_refits."""
         e = self.ess_fraction
         out = {"n_samples": int(self.n_samples), "kT": float(self.kT), "n_frames": int(self.weights.shape[1]),
                "ess_fraction": {"min": float(e.min()), "median": float(np.median(e)), "max": float(e.max())},
                "min_ess_fraction": float(self.min_ess), "low_ess_samples": self.low_ess_samples.tolist(),
-               "ess_too_small": self.too_small}
+               "ess_too_small": self.too_small, "estimator": self.estimator_used}
         if self.n_refits:
             r = self.refit_ess_fraction
             out.update(n_refits=self.n_refits, low_ess_refits=self.low_ess_refits.tolist(),
@@ -170,11 +208,11 @@ class ModelWeights:
         return out
 
 
-def model_weights(posterior, R, kT, min_ess=MIN_ESS, refit_energies=None):
+def model_weights(posterior, R, kT, min_ess=MIN_ESS, refit_energies=None, estimator="auto"):
     """:class:`ModelWeights` of frames R (n, n_beads, 3) nm under the samples of ``posterior`` (a
     :class:`cgdml.uncertainty.ForcePosterior`) at ``kT`` kJ/mol (the temperature the frames were sampled at).
     ``refit_energies`` (K, n) kJ/mol: U_k - U at the frames for K >= 2 block-jackknife refits of the model (any
-    constant per row), or None."""
+    constant per row), or None; ``estimator``: see :class:`ModelWeights`."""
     if posterior.n_samples < 2:
         raise CgdmlError(f"a model band needs at least 2 posterior samples, the posterior has {posterior.n_samples}")
     if not 0 <= min_ess <= 1:
@@ -185,7 +223,9 @@ def model_weights(posterior, R, kT, min_ess=MIN_ESS, refit_energies=None):
         if E.shape[0] < 2 or E.shape[1] != len(R):
             raise CgdmlError(f"refit energies shaped {E.shape}, expected (at least 2 refits, {len(R)} frames)")
         refit = sample_weights(E, kT)
-    return ModelWeights(sample_weights(sample_energies(posterior, R), kT), float(kT), float(min_ess), refit)
+    E_s = sample_energies(posterior, R)
+    return ModelWeights(sample_weights(E_s, kT), float(kT), float(min_ess), refit, E_s,
+                        None if refit is None else E, estimator)
 
 
 def jackknife_std(values):
@@ -211,6 +251,33 @@ def reweighted_counts(idx, weights, n_bins):
     W = weights[:, inside]
     W = W * (inside.sum() / W.sum(axis=1, keepdims=True))
     return np.stack([np.bincount(idx[inside], weights=w, minlength=n_bins) for w in W])
+
+
+def first_order_counts(idx, reduced_energies, n_bins):
+    """The first-order landscapes of energy deviations ``reduced_energies`` (S, n) (over kT) of the frames with
+    flat bin indices ``idx`` (n,) (-1: outside): (shift (S, n_bins), counts (S, n_bins)).
+
+    shift_s(b) = <dE_s / kT>_b - <dE_s / kT> (the mean over the bin's frames minus the mean over all frames in
+    range; 0 in a bin without frames, which keeps its half sample): to first order in the deviation (the
+    cumulant expansion of -ln <exp(-dE_s / kT)>_b and of the normalisation), the bin's free energy -ln p_s(b)
+    moves by it. It does not depend on a constant added to dE_s. counts_s(b) = h(b) exp(-shift_s(b)), scaled to
+    the frames in range, is the histogram of the frames reweighted with the deviation averaged over each bin
+    (for the metrics; exactly the reweighted histogram when the deviation is constant within each bin). Needs no
+    per-frame weights, so it never collapses.
+    """
+    inside = idx >= 0
+    i = idx[inside]
+    E = np.atleast_2d(np.asarray(reduced_energies, dtype=np.float64))[:, inside]
+    if not np.isfinite(E).all():
+        raise CgdmlError("energy deviations hold NaN or inf")
+    h = np.bincount(i, minlength=n_bins).astype(np.float64)
+    sums = np.stack([np.bincount(i, weights=e, minlength=n_bins) for e in E])
+    shift = np.where(h > 0, sums / np.maximum(h, 1.0) - E.mean(axis=1, keepdims=True), 0.0)
+    with np.errstate(divide="ignore"):
+        logH = np.log(h)[None] - shift
+    logH -= logH.max(axis=1, keepdims=True)
+    H = np.exp(logH)
+    return shift, H * (inside.sum() / H.sum(axis=1, keepdims=True))
 
 
 def bootstrap_bin_std(idx, w, n_boot, block, seed):
@@ -241,8 +308,19 @@ def as_grid(values):
     return np.array(values, dtype=np.float64)
 
 
+def _landscapes(idx, weights, energies, n_bins, n_in, align, F):
+    """(counts (S, n_bins), aligned free energies (S, n_bins)) of the samples: reweighted, or first order when
+    ``energies`` (S, n, over kT) is given: F_s = F + shift_s - sum_b align(b) shift_s(b) with the shift of
+    :func:`first_order_counts` (F: the model's aligned free energy)."""
+    if energies is None:
+        H = reweighted_counts(idx, weights, n_bins)
+        return H, aligned_free_energy(H, np.full(len(H), n_in), align)
+    shift, H = first_order_counts(idx, energies, n_bins)
+    return H, F[None] + shift - (shift @ align)[:, None]
+
+
 def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, ref_idx=None, min_count=MIN_COUNT,
-               refit_weights=None):
+               refit_weights=None, energies=None, refit_energies=None):
     """The model band of one landscape: per-bin standard deviations and, with a reference, the metrics' spread
     and the coverage of the reference by the 95% band.
 
@@ -253,7 +331,10 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
     bin indices, time-ordered, for the reference's own sampling noise in the coverage; ``min_count`` the
     reference frames a bin needs to count in the coverage; ``refit_weights`` (K, n) the reweighting factors of K
     block-jackknife refits, whose jackknife variance (:func:`jackknife_std`) adds to the posterior samples' in
-    ``model_std`` (the two parts are kept as ``posterior_std`` and ``refit_std``), or None.
+    ``model_std`` (the two parts are kept as ``posterior_std`` and ``refit_std``), or None. ``energies`` (S, n)
+    and ``refit_energies`` (K, n): the energy deviations over kT; when given, the band is first order
+    (:func:`first_order_counts`: each bin's free energy moves by the bin's mean deviation, the metrics come from
+    the histograms of the frames reweighted with it) and ``weights``/``refit_weights`` are not used.
 
     Returns (entry, sample_metrics): entry is the report's ``model_uncertainty`` of the landscape (keys in
     :func:`cgdml.fes.compare.compare_panels`), sample_metrics {metric: (S,)} for averaging over landscapes, with
@@ -265,16 +346,19 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
     h_model = np.bincount(idx[inside], minlength=n_bins).astype(np.float64)
     align = (h_ref if h_ref is not None else h_model)
     align = align / align.sum()
-    H = reweighted_counts(idx, weights, n_bins)                     # (S, n_bins)
-    F_s = aligned_free_energy(H, np.full(len(H), n_in), align)
+    first_order = energies is not None
+    if first_order and refit_energies is None and refit_weights is not None:
+        refit_energies = -np.log(np.maximum(refit_weights, np.finfo(np.float64).tiny))
+    F = aligned_free_energy(h_model, n_in, align)
+    H, F_s = _landscapes(idx, weights, energies, n_bins, n_in, align, F)           # (S, n_bins) each
     visited = h_model > 0
     posterior_std = np.where(visited, np.std(F_s, axis=0, ddof=1), np.nan)
     model_std, refit_std, H_k = posterior_std, None, None
-    entry = {"n_samples": int(len(H)), "sampling": bool(n_boot)}
-    if refit_weights is not None:
-        H_k = reweighted_counts(idx, refit_weights, n_bins)
-        refit_std = np.where(visited, jackknife_std(aligned_free_energy(H_k, np.full(len(H_k), n_in), align)),
-                             np.nan)
+    entry = {"n_samples": int(len(H)), "sampling": bool(n_boot),
+             "estimator": "first-order" if first_order else "reweighted"}
+    if (refit_energies if first_order else refit_weights) is not None:
+        H_k, F_k = _landscapes(idx, refit_weights, refit_energies if first_order else None, n_bins, n_in, align, F)
+        refit_std = np.where(visited, jackknife_std(F_k), np.nan)
         model_std = np.hypot(posterior_std, refit_std)
         entry["n_refits"] = int(len(H_k))
     if n_boot:
@@ -283,7 +367,6 @@ def model_band(idx, weights, shape, h_ref=None, n_boot=200, block=None, seed=0, 
     else:
         sampling_std = np.zeros(n_bins)
     std = np.sqrt(model_std ** 2 + sampling_std ** 2)
-    F = aligned_free_energy(h_model, n_in, align)
     bins = {"shape": [int(s) for s in shape], "free_energy": F, "model_std": model_std,
             "sampling_std": sampling_std if n_boot else None, "std": std}
     if refit_std is not None:

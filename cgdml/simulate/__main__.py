@@ -12,6 +12,7 @@ from .._cli import (COUNT_MAX, ArgumentParser, add_verbosity_arguments, claim_ou
                     float_between, int_between, jobs_int, pdb_with_provenance, run_cli, seed_int, show_progress,
                     threads_int, with_provenance)
 from .._io import CgdmlError, atomic_path, check_output, save_json
+from ..kernels import PRECISIONS
 from . import DEFAULTS, INTEGRATORS, group_checkpoints, run_settings, simulate_model
 from .model_run import GUARD_REASON, GUARDS
 
@@ -77,6 +78,10 @@ def build_parser():
                    "(default 1: one after another)")
     p.add_argument("--scheduler", default=None, help="run the --tasks groups on a Dask cluster: tcp://HOST:PORT "
                    "or a scheduler file (checkpoints need a file system the workers share)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS["precision"],
+                   help=f"precision of the GDML force's kernel sums (default {DEFAULTS['precision']}: float32 runs "
+                   "the GDML force up to twice as fast at a relative force error of ~1e-5; float64 as before; "
+                   "benchmarks/results/bench_beads.md)")
     g = p.add_argument_group("uncertainty guard", "watch the model's force uncertainty: a replica above the "
                              "threshold has left the training data (docs/uncertainty.md)")
     g.add_argument("--guard", choices=GUARDS, default="warn",
@@ -121,7 +126,7 @@ def _options(a):
                 friction=a.friction, integrator=a.integrator, save_every=a.save_every, temperature=a.temperature,
                 seed=a.seed, checkpoint_every=a.checkpoint_every, blowup_factor=a.blowup_factor, threads=a.threads,
                 tasks=a.tasks, jobs=a.jobs, scheduler=a.scheduler, guard=a.guard, guard_every=a.guard_every,
-                guard_threshold=a.guard_threshold)
+                guard_threshold=a.guard_threshold, precision=a.precision)
 
 
 def _simulate(a, out, pdb, side, ckpt):

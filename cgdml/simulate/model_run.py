@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import CgdmlError, CgdmlTypeError, atomic_path, check_memory, save_json
+from ..kernels import PRECISIONS
 from ..validation import is_positive_number
 from .integrators import INTEGRATORS
 from .replicas import group_checkpoints, simulate
@@ -36,7 +37,11 @@ from .reporters import ThresholdGuard, bond_blowup
 # costs some tens of default steps for a 5-bead model, so every 1000 steps keeps it well within 10% of the run
 # (measured: docs/uncertainty.md §10); a multiple of save_every, so that the frame at an event is the
 # configuration the guard saw.
+# The GDML force's kernel sums run in float32 (about the training descriptors' centre, final combination in
+# float64): ~1e-5 relative force error, NVE drift as float64's, the tetrapeptide's landscapes within their bootstrap
+# intervals of float64's, ~1.5x the throughput of the 14-bead two-layer model (benchmarks/results/bench_beads.md).
 DEFAULTS = {"replicas": 100, "steps": 34000, "save_every": 100, "burn_in": 6800, "guard_every": 1000,
+            "precision": "float32",
             "langevin": {"dt": 0.003, "friction": 1.0, "slow_every": 2},
             "overdamped": {"dt": 0.002, "friction": 1000.0, "slow_every": 1}}
 GUARDS = ("warn", "stop-replica", "stop-run", "off")
@@ -51,13 +56,14 @@ def default_burn_in(steps):
 def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn_in=None, dt=None, slow_every=None,
                  friction=None, integrator="langevin", save_every=DEFAULTS["save_every"], temperature=None, seed=0,
                  checkpoint_every=None, blowup_factor=2.0, threads=1, tasks=1, jobs=1, scheduler=None, guard="warn",
-                 guard_every=None, guard_threshold=None, spell=str):
+                 guard_every=None, guard_threshold=None, precision=DEFAULTS["precision"], spell=str):
     """The settings of a model run with the defaults completed and checked: a dict with these same keys.
 
     dt ps (default by integrator, :data:`DEFAULTS`); slow_every: the GDML force every K steps (default 2 with
     the default dt, else 1: a dt of one's own alone means plain BAOAB); friction 1/ps (default by integrator);
     burn_in steps (:func:`default_burn_in`); temperature K (None: the model's); guard one of :data:`GUARDS`,
-    guard_every steps (default ``DEFAULTS["guard_every"]``), guard_threshold kJ/mol/nm (None: the model's).
+    guard_every steps (default ``DEFAULTS["guard_every"]``), guard_threshold kJ/mol/nm (None: the model's);
+    precision of the GDML kernel sums, "float64" or "float32" (:meth:`cgdml.model.CGModel.with_precision`).
     ``spell(name)``: how a message names a parameter (the command passes its option names). A bad value is a
     one-line :class:`CgdmlError`.
     """
@@ -109,6 +115,8 @@ def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn
         raise CgdmlError(f"{spell('guard_every')} must be an integer >= 1 (steps), got {guard_every!r}")
     if guard_threshold is not None and not is_positive_number(guard_threshold):
         raise CgdmlError(f"{spell('guard_threshold')} must be a number > 0 (kJ/mol/nm), got {guard_threshold!r}")
+    if not (isinstance(precision, str) and precision in PRECISIONS):
+        raise CgdmlError(f"{spell('precision')} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if scheduler is not None:
         from ..distributed import check_scheduler
 
@@ -118,7 +126,7 @@ def run_settings(*, replicas=DEFAULTS["replicas"], steps=DEFAULTS["steps"], burn
                 save_every=int(save_every), temperature=temperature, seed=int(seed),
                 checkpoint_every=checkpoint_every, blowup_factor=float(blowup_factor), threads=int(threads),
                 tasks=int(tasks), jobs=int(jobs), scheduler=scheduler, guard=guard, guard_every=int(guard_every),
-                guard_threshold=None if guard_threshold is None else float(guard_threshold))
+                guard_threshold=None if guard_threshold is None else float(guard_threshold), precision=precision)
 
 
 def start_configurations(model, n_replicas, seed=0, start=None):
@@ -316,7 +324,7 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
                    slow_every=None, friction=None, integrator="langevin", save_every=DEFAULTS["save_every"],
                    temperature=None, seed=0, start=None, checkpoint=None, checkpoint_every=None, blowup_factor=2.0,
                    threads=1, tasks=1, jobs=1, scheduler=None, guard="warn", guard_every=None, guard_threshold=None,
-                   progress=True, reporters=(), output=None):
+                   precision=DEFAULTS["precision"], progress=True, reporters=(), output=None):
     """Simulate a fitted CG model as ``python -m cgdml.simulate`` does; returns a :class:`ModelRun`.
 
     ``model``: a :class:`cgdml.model.CGModel` or the path of one. Replicas start from frames of ``start`` (a
@@ -329,8 +337,9 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
     ``guard``: what a replica whose force uncertainty exceeds ``guard_threshold`` (kJ/mol/nm; default the
     model's ``uncertainty_threshold``), checked every ``guard_every`` steps, causes: "warn" (default), "stop-replica",
     "stop-run" or "off" (see the module docstring); a model without a force posterior runs unguarded, with a
-    warning that says so. ``output``: write the trajectory there, with its .pdb and .json (the checkpoint is then
-    removed).
+    warning that says so. ``precision``: "float32" (default) or "float64" kernel sums for the GDML force (the
+    guard's posterior stays float64; accuracy and speed: benchmarks/results/bench_beads.md). ``output``: write the
+    trajectory there, with its .pdb and .json (the checkpoint is then removed).
     """
     from ..data import CGDataset
     from ..model import CGModel
@@ -345,7 +354,7 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
                      integrator=integrator, save_every=save_every, temperature=temperature, seed=seed,
                      checkpoint_every=checkpoint_every, blowup_factor=blowup_factor, threads=threads, tasks=tasks,
                      jobs=jobs, scheduler=scheduler, guard=guard, guard_every=guard_every,
-                     guard_threshold=guard_threshold)
+                     guard_threshold=guard_threshold, precision=precision)
     model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
     start_name = str(start) if isinstance(start, (str, os.PathLike)) else None
     if model_name:
@@ -368,12 +377,15 @@ def simulate_model(model, *, replicas=DEFAULTS["replicas"], steps=DEFAULTS["step
                 "save_every": s["save_every"], "integrator": s["integrator"], "friction_per_ps": s["friction"],
                 "temperature_K": float(temperature), "seed": s["seed"], "start": start_name,
                 "burn_in_steps": s["burn_in"], "blowup_bond_nm": blowup_nm, "tasks": s["tasks"],
-                "slow_every": s["slow_every"]}
+                "slow_every": s["slow_every"], "precision": s["precision"]}
     guard_reporter, guard_settings = _uncertainty_guard(model, s)
     settings["guard"] = guard_settings
     tag = {"model_sha256": model_sha256(model), "blowup": blowup_nm}
     if guard_reporter is not None:
         tag["guard"] = {k: guard_settings[k] for k in ("action", "every", "threshold")}
+    if s["precision"] != "float64":              # float64 runs keep the tag of earlier versions' checkpoints
+        tag["precision"] = s["precision"]
+    model = model.with_precision(s["precision"])
     forces = (model.fast_forces, model.slow_forces) if s["slow_every"] > 1 else model.forces
     with _limited_threads(s["threads"]):
         result = simulate(forces, x0, masses=model.masses, temperature=temperature, dt=s["dt"], n_steps=s["steps"],
