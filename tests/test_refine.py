@@ -89,7 +89,7 @@ def test_the_ibi_step_moves_density_towards_the_data():
     assert np.average(step, weights=p) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_refinement_restores_the_angle_dihedral_coupling(exact_toy):
+def test_refinement_restores_the_angle_dihedral_coupling(exact_toy, tmp_path):
     """The prior alone (bonds, angles, a dihedral profile; residual weight 0) misses the toy's 8 kT
     (theta_1 - 1.9) cos(phi) coupling, so its 0-3 distance distribution is off; iterative Boltzmann correction
     of that distance brings the short runs' landscapes (which include the 0-3 distance) at least 1.5x closer to
@@ -103,6 +103,15 @@ def test_refinement_restores_the_angle_dihedral_coupling(exact_toy):
     assert record["kept"] == int(np.argmin(scores)) and record["kept"] > 0, scores
     assert min(scores) < scores[0] / 1.5, scores
     assert len(refined.prior.pair_correction_pairs_) == 1 and len(model.prior.pair_correction_pairs_) == 0
+    # a model with corrections is written as format 3, which an older cgdml refuses instead of dropping them
+    from cgdml.model import CGModel
+
+    for m, version in ((model, 2), (refined, 3)):
+        m.save(tmp_path / f"v{version}.npz")
+        assert int(np.load(tmp_path / f"v{version}.npz")["format_version"]) == version
+    back = CGModel.load(tmp_path / "v3.npz")
+    R = exact_toy.coords[:10]
+    np.testing.assert_allclose(back.energy_forces(R)[1], refined.energy_forces(R)[1], rtol=1e-10, atol=1e-8)
 
 
 def test_the_fit_records_the_refinement(exact_toy):
