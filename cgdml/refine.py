@@ -15,7 +15,9 @@ correction is defined where both densities are, flat past that, and capped. The 
 same update from their own distributions, since the pair terms would otherwise move them; the damping a < 1
 keeps the correlated updates from overshooting. Each iteration is scored like the
 judge (the mean landscape JS against the training frames), and the best of no correction and every iteration is
-kept, so the refinement can only make the model agree better with its own training frames' landscapes.
+kept, so the refinement can only make the model agree better with its own training frames' landscapes. An
+iteration that scores worse than the best so far is discarded, and the next one starts again from the best with
+half the step (a backtracking line search: on the 11-bead backbone of ACE-AAA-NME a second half step diverged).
 """
 from __future__ import annotations
 
@@ -146,11 +148,12 @@ def refine_pairs(model, dataset, *, frames=None, baseline=None, iterations=REFIN
     run with the same ``run`` and ``seed``, when the caller has them (the residual-weight judge's winner),
     else simulated here; ``iterations`` IBI steps, each followed by a run.
 
+    Each iteration steps from the best one so far, and halves its step after one that scored worse.
     Returns (model, record): the best of the uncorrected model and every iteration (lowest score; a run that lost
     replicas loses), and a JSON-ready record with ``rule``, ``pairs`` (how many), ``kept`` (the iteration kept, 0
     for none), ``decisive`` (the kept one beats the uncorrected model by more than
     :data:`cgdml.selection.JUDGE_MARGIN` bootstrap standard deviations; None without a bootstrap or when none
-    was kept), ``iterations`` (iteration, js, js_std, stopped, frames, max_correction_kT) and ``run``.
+    was kept), ``iterations`` (iteration, js, js_std, stopped, frames, max_correction_kT, step) and ``run``.
     """
     from .fes.compare import reference_population
 
@@ -172,28 +175,37 @@ def refine_pairs(model, dataset, *, frames=None, baseline=None, iterations=REFIN
     quads, nodes = model.prior.dihedral_quads_, profile_nodes(model.prior)
     phi_data = dihedrals(target, quads)[0] if len(quads) else None
     dihedral_values = np.zeros((len(quads), len(nodes)))
-    rows = [dict(iteration=0, **baseline, max_correction_kT=0.0)]
+    rows = [dict(iteration=0, **baseline, max_correction_kT=0.0, step=0.0)]
     models = [model]
+    better = lambda a, b: (a["stopped"] > 0, a["js"]) < (b["stopped"] > 0, b["js"])  # noqa: E731
+    best, step = 0, REFINE_DAMPING
+    best_values, best_dihedrals, best_frames = values, dihedral_values, frames
     for it in range(1, int(iterations) + 1):
-        if rows[-1]["frames"] < 2:
+        if rows[best]["frames"] < 2:
             break
-        X = np.asarray(frames, dtype=np.float64)
+        X = np.asarray(best_frames, dtype=np.float64)
         r_model = bond_lengths(X, pairs)
+        values = best_values.copy()
         for p in range(len(pairs)):
-            values[p] += REFINE_DAMPING * ibi_update(r_model[:, p], r_data[:, p], grids[p], kT, widths[p])
+            values[p] += step * ibi_update(r_model[:, p], r_data[:, p], grids[p], kT, widths[p])
         values = np.clip(values, -CORRECTION_CAP_KT * kT, CORRECTION_CAP_KT * kT)
+        dihedral_values = best_dihedrals.copy()
         if len(quads):
             phi_model = dihedrals(X, quads)[0]
             for t in range(len(quads)):
-                dihedral_values[t] += REFINE_DAMPING * dihedral_update(phi_model[:, t], phi_data[:, t], nodes, kT)
+                dihedral_values[t] += step * dihedral_update(phi_model[:, t], phi_data[:, t], nodes, kT)
             dihedral_values = np.clip(dihedral_values, -CORRECTION_CAP_KT * kT, CORRECTION_CAP_KT * kT)
         candidate = corrected(model, pairs, values, grids, dihedral_values)
         row, frames = short_run_score(candidate, dataset, run, seed)
         largest = max(np.abs(values).max(), np.abs(dihedral_values).max(initial=0.0))
-        rows.append(dict(iteration=it, **row, max_correction_kT=float(largest / kT)))
+        rows.append(dict(iteration=it, **row, max_correction_kT=float(largest / kT), step=float(step)))
         models.append(candidate)
-    best = min(rows, key=lambda r: (r["stopped"] > 0, r["js"]))
-    record.update(kept=best["iteration"], iterations=rows)
-    if best["iteration"] and best["js_std"] is not None:
-        record["decisive"] = bool(rows[0]["stopped"] > 0 or rows[0]["js"] - best["js"] > JUDGE_MARGIN * best["js_std"])
-    return models[best["iteration"]], record
+        if better(rows[-1], rows[best]):
+            best, best_values, best_dihedrals, best_frames = it, values, dihedral_values, frames
+        else:   # backtrack: the next step starts again from the best iteration, half as long
+            step /= 2
+    kept = rows[best]
+    record.update(kept=best, iterations=rows)
+    if best and kept["js_std"] is not None:
+        record["decisive"] = bool(rows[0]["stopped"] > 0 or rows[0]["js"] - kept["js"] > JUDGE_MARGIN * kept["js_std"])
+    return models[best], record
