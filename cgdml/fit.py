@@ -1,12 +1,11 @@
 """``python -m cgdml.fit``: fit a CG force field (prior + inducing-point or two-layer GDML), write MODEL.npz + .json.
 
-After the fit, dihedral basins that the training frames leave disconnected get the populations the frames
-give them (:mod:`cgdml.basins`; ``--no-balance-basins`` turns this off).
+After the fit, dihedral basins that the training frames leave disconnected get the populations the frames give
+them (:mod:`cgdml.basins`; ``--no-balance-basins`` turns this off).
 
-With no dataset it maps and fits the shipped alanine-dipeptide data. Work is checkpointed in
-``MODEL.npz.work/``; rerunning the same command after an interruption resumes from it. The fit options are the
-parameters of :class:`cgdml.pipeline.CGEstimator` and of the chosen method's learner, under their own names
-(``--n-folds`` is ``n_folds``); one that the method does not take is refused.
+With no dataset it fits the shipped alanine-dipeptide data. Work is checkpointed in ``MODEL.npz.work/``, and a
+rerun after an interruption resumes from it. Options are the parameters of :class:`cgdml.pipeline.CGEstimator`
+and the method's learner (``--n-folds`` is ``n_folds``); one the method does not take is refused.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from pathlib import Path
 from ._cli import (ArgumentParser, add_dataset_arguments, add_verbosity_arguments, claim_outputs, configure_logging,
                    dataset_from_args, run_cli, show_progress, with_provenance)
 from ._io import CgdmlError, check_output, save_json, tomllib
-from .selection import judge_summary, selection_note
+from .selection import judged_summary, selection_note
 
 COMMAND = "cgdml.fit"
 FIT_METHODS = ("two-layer", "nystrom", "single")
@@ -58,6 +57,7 @@ HELP = {
                        "dihedrals) in the prior (auto: on when the beads belong to two or more amino acids, "
                        "backbone map or C-alpha trace)",
     "residual_weight": "weight (0 to 1) of the learned force on top of the prior; default: judged by short runs",
+    "refine_pairs": "correct distances of beads 3+ bonds apart by iterative Boltzmann inversion (judged by short runs)",
     "balance_basins": "give dihedral arcs separated by unsampled gaps their training populations, measured on the "
                       "fitted model by umbrella sampling (a no-op when no dihedral has such gaps)",
     "uncertainty": "compute the force posterior (the model's force uncertainty) and the simulation guard's "
@@ -218,7 +218,7 @@ def _fit(args, typed, output, summary, workdir):
     note = selection_note(model.info.get("selection"))
     if note:
         print(note)
-    for line in judge_summary(model.info.get("residual_weight")):
+    for line in judged_summary(model.info):
         print(line)
     for term in model.info.get("basin_balance", []):
         print(f"balanced dihedral {'-'.join(map(str, term['beads']))}: arc populations "

@@ -25,7 +25,10 @@ from .data import as_coordinates
 from .gdml_model import GDML_FORMAT, GDML_VERSION, GDMLModel  # noqa: F401 (cgdml.model.GDMLModel is this class)
 from .system import CGSystem
 
-MODEL_FORMAT_VERSION = 2
+#: The newest model file format this cgdml reads and writes. A file is written with the lowest version that holds
+#: all it carries, so older cgdml reads what it can use and refuses what it would silently drop: 3 adds the prior's
+#: pair-distance corrections (cgdml.refine), which a version-2 reader would ignore.
+MODEL_FORMAT_VERSION = 3
 
 
 def fit_record(method, params, chosen, dataset, timings, **extra):
@@ -216,7 +219,8 @@ class CGModel:
             arrays.update({f"uncertainty/{k}": v for k, v in self.uncertainty.to_arrays().items()})
             if self.uncertainty_threshold is not None:
                 arrays["uncertainty/threshold"] = np.float64(self.uncertainty_threshold)
-        arrays.update(format_version=np.int64(MODEL_FORMAT_VERSION), kind=np.array("cgdml.CGModel"),
+        version = 3 if len(self.prior.pair_correction_pairs_) else 2
+        arrays.update(format_version=np.int64(version), kind=np.array("cgdml.CGModel"),
                       **self.system.to_arrays(), train_coords_sample=self.train_coords_sample.astype(np.float32),
                       info_json=np.array(json.dumps(self.info, default=json_default)))
         save_npz(path, **arrays)

@@ -5,10 +5,13 @@ The System has one particle per bead (mass ``model.masses``, amu), no constraint
 
 - force group 0, the prior: its harmonic bonds and angles as native forces, ``HarmonicBondForce`` (k/2 (r - r0)^2)
   and ``HarmonicAngleForce`` (k/2 (theta - theta0)^2), each tabulated bond or angle as a two- or three-particle
-  ``CustomCompoundBondForce`` (``CustomBondForce`` takes no tabulated functions) on a non-periodic ``Continuous1DFunction`` (the same natural spline) with its harmonic
+  ``CustomCompoundBondForce`` (``CustomBondForce`` takes no tabulated functions) on a non-periodic
+  ``Continuous1DFunction`` (the same natural spline) with its harmonic
   continuation past the table's ends, and a ``CustomBondForce`` ``eps*(rmin/r)^12`` with per-pair
   parameters for the repulsion pairs, and one four-particle ``CustomCompoundBondForce`` per dihedral profile of
-  the prior (``prior.dihedral_profile`` tabulated at 3600 points as a periodic ``Continuous1DFunction``);
+  the prior (``prior.dihedral_profile`` tabulated at 3600 points as a periodic ``Continuous1DFunction``), and
+  one two-particle ``CustomCompoundBondForce`` per pair-distance correction (:mod:`cgdml.refine`), tabulated at
+  3600 points and flat past its range;
 - force group 1, the GDML term as an ``openmm.PythonForce`` that calls ``model.gdml.predict`` once per force
   evaluation (energies include the model's constant offset, so the System's energy is ``model.energy_forces``'s
   exactly, not up to a constant);
@@ -152,6 +155,21 @@ def _bonded_table_force(openmm, prior, kind, term, beads):
     return force
 
 
+def _pair_correction_force(openmm, prior, term, beads, n_table=None):
+    """Pair-distance correction ``term`` of ``prior`` (:mod:`cgdml.refine`) on ``beads``: a two-particle
+    ``CustomCompoundBondForce`` ``table(clamp(distance, lo, hi))``, flat past either end as the prior's term, with
+    ``table`` the natural spline through ``n_table`` + 1 samples of the prior's clamped spline (equal within the
+    spline error; the two differ most in the first and last intervals, whose slopes end at zero)."""
+    lo, hi = map(float, prior.pair_correction_spline_range_[term])
+    values = prior.pair_correction(term, np.linspace(lo, hi, (n_table or N_TABLE) + 1))
+    force = openmm.CustomCompoundBondForce(2, "table(min(max(distance(p1, p2), lo), hi))")
+    force.addTabulatedFunction("table", openmm.Continuous1DFunction(list(map(float, values)), lo, hi, False))
+    for name in ("lo", "hi"):
+        force.addPerBondParameter(name)
+    force.addBond([int(b) for b in beads], [lo, hi])
+    return force
+
+
 def _prior_forces(prior, openmm, n_table=None):
     """The prior as OpenMM forces (group 0): native bonds and angles, custom repulsion and dihedral profiles."""
     bonds = openmm.HarmonicBondForce()
@@ -177,6 +195,9 @@ def _prior_forces(prior, openmm, n_table=None):
         for (i, j), rmin in zip(prior.repulsion_pairs_, prior.repulsion_rmin_):
             rep.addBond(int(i), int(j), [float(prior.repulsion_eps_), float(rmin)])
         forces.append(("cgdml prior repulsion", rep))
+    for t, (i, j) in enumerate(prior.pair_correction_pairs_):
+        forces.append((f"cgdml prior pair correction {t} (beads {i} {j})",
+                       _pair_correction_force(openmm, prior, t, (i, j), n_table)))
     grid = np.linspace(-np.pi, np.pi, (n_table or N_TABLE) + 1)
     for t, quad in enumerate(prior.dihedral_quads_):
         values = prior.dihedral_profile(t, grid)

@@ -228,6 +228,9 @@ class CGEstimator(BaseEstimator):
         weights :data:`cgdml.selection.JUDGE_WEIGHTS` by the landscapes of short simulations against the training
         frames (:func:`cgdml.selection.judge_residual_weight`, on one thread), or a number in [0, 1] (1: the fit as
         it is; 0: the prior alone).
+    refine_pairs : afterwards correct the distances of beads three or more bonds apart by iterative Boltzmann
+        inversion against the training frames, keeping the iteration whose short run's landscapes are closest to
+        them, or none (:func:`cgdml.refine.refine_pairs`, on one thread; docs/method.md §2.6).
     balance_basins : afterwards give dihedral arcs that the training frames leave disconnected their training
         populations (:func:`cgdml.basins.balance_basins`, on one thread; a no-op when no dihedral has gaps).
     uncertainty : compute the force posterior and its guard threshold (see the module docstring), saved with the
@@ -244,12 +247,13 @@ class CGEstimator(BaseEstimator):
         "learner": [None, object], "n_frames": [None, Interval(int, 1)],
         "subset": [Options(("stratified", "random"))], "strata": [Options(STRATA)], "grid_bins": [Interval(int, 1)],
         "n_strata": [Interval(int, 1)], "prior_repulsion": [bool], "prior_dihedrals": [bool, Options(("auto",))],
-        "balance_basins": [bool], "residual_weight": [Interval(float, 0, 1, "both"), Options(("auto",))],
+        "balance_basins": [bool], "refine_pairs": [bool],
+        "residual_weight": [Interval(float, 0, 1, "both"), Options(("auto",))],
         "uncertainty": [bool], "seed": [SEED], "progress": [bool]}
 
     def __init__(self, learner=None, n_frames=None, subset="stratified", strata="auto", grid_bins=12, n_strata=50,
                  prior_repulsion=True, prior_dihedrals="auto", balance_basins=True, residual_weight="auto",
-                 uncertainty=True, seed=0, progress=True):
+                 refine_pairs=True, uncertainty=True, seed=0, progress=True):
         self.learner = learner
         self.n_frames = n_frames
         self.subset = subset
@@ -260,6 +264,7 @@ class CGEstimator(BaseEstimator):
         self.prior_dihedrals = prior_dihedrals
         self.balance_basins = balance_basins
         self.residual_weight = residual_weight
+        self.refine_pairs = refine_pairs
         self.uncertainty = uncertainty
         self.seed = seed
         self.progress = progress
@@ -337,15 +342,26 @@ class CGEstimator(BaseEstimator):
             model.info["uncertainty"] = _posterior_record(posterior, rule, timings)
         from .distributed import limited_threads
 
+        frames = baseline = None
         if self.residual_weight == "auto":
             t = time.perf_counter()
-            weight, judged = limited_threads(lambda: judge_residual_weight(model, dataset, seed=self.seed))
+            weight, judged, frames = limited_threads(lambda: judge_residual_weight(model, dataset, seed=self.seed,
+                                                                                  return_frames=True))
+            baseline = next({k: v for k, v in r.items() if k != "weight"} for r in judged["candidates"]
+                            if r["weight"] == weight)
             timings["judge_s"] = time.perf_counter() - t
         else:
             weight, judged = float(self.residual_weight), dict(rule="given", winner=float(self.residual_weight))
         if weight != 1.0:
             model.gdml = model.gdml.scaled(weight)
         model.info["residual_weight"] = judged
+        if self.refine_pairs:
+            from .refine import refine_pairs
+
+            t = time.perf_counter()
+            model, model.info["pair_correction"] = limited_threads(
+                lambda: refine_pairs(model, dataset, frames=frames, baseline=baseline, seed=self.seed))
+            timings["refine_s"] = time.perf_counter() - t
         if self.balance_basins:
             from .basins import balance_basins
 

@@ -272,6 +272,7 @@ class CGPrior(BaseEstimator):
         else:
             self.dihedral_quads_ = np.zeros((0, 4), dtype=np.int64)
             self.dihedral_splines_ = np.zeros((0, PROFILE_NODES, 4))
+        self.set_pair_corrections(np.zeros((0, 2), dtype=np.int64), np.zeros((0, TABLE_INTERVALS, 4)), np.zeros((0, 2)))
         r_all = bond_lengths(R_all, self.bond_pairs_)
         self.max_bond_length_ = float(r_all.max()) if r_all.size else 0.0
         return self
@@ -309,6 +310,19 @@ class CGPrior(BaseEstimator):
         return table_values(getattr(self, f"{kind}_splines_")[term], *getattr(self, f"{kind}_spline_range_")[term],
                             x, k)
 
+    def set_pair_corrections(self, pairs, splines, ranges):
+        """Set the pair-distance corrections (:mod:`cgdml.refine`): bead pairs (n, 2), spline coefficients
+        (n, intervals, 4) in kJ/mol on [lo, hi] = ``ranges`` (n, 2) nm (as :func:`bonded_table`'s), each flat past
+        its ends (a clamped spline: zero slope there, so no force outside the range); returns self."""
+        self.pair_correction_pairs_ = np.ascontiguousarray(pairs, dtype=np.int64).reshape(-1, 2)
+        self.pair_correction_splines_ = np.ascontiguousarray(splines, dtype=np.float64)
+        self.pair_correction_spline_range_ = np.ascontiguousarray(ranges, dtype=np.float64).reshape(-1, 2)
+        return self
+
+    def pair_correction(self, term, r):
+        """The pair-distance correction (kJ/mol) of term ``term`` at distances r (nm), flat past its range."""
+        return table_values(self.pair_correction_splines_[term], *self.pair_correction_spline_range_[term], r, 0.0)
+
     def energy_forces(self, R):
         """Energies (n,) in kJ/mol and forces (n, n_beads, 3) in kJ/mol/nm for R (n, n_beads, 3) in nm."""
         R = np.ascontiguousarray(R, dtype=np.float64)
@@ -319,7 +333,8 @@ class CGPrior(BaseEstimator):
                                     f64(self.dihedral_splines_), np.ascontiguousarray(self.bond_tabulated_, np.bool_),
                                     f64(self.bond_splines_), f64(self.bond_spline_range_),
                                     np.ascontiguousarray(self.angle_tabulated_, np.bool_), f64(self.angle_splines_),
-                                    f64(self.angle_spline_range_))
+                                    f64(self.angle_spline_range_), self.pair_correction_pairs_,
+                                    f64(self.pair_correction_splines_), f64(self.pair_correction_spline_range_))
 
     def dihedral_profile(self, term, angles):
         """The fitted profile U_d (kJ/mol) of dihedral term ``term`` at ``angles`` (rad)."""
@@ -347,13 +362,15 @@ class CGPrior(BaseEstimator):
     _OPTIONAL = {"dihedral_quads_": (0, 4), "dihedral_splines_": (0, PROFILE_NODES, 4)}  # absent in older files
     _TABLES = ("bond_tabulated_", "bond_splines_", "bond_spline_range_", "angle_tabulated_", "angle_splines_",
                "angle_spline_range_")  # absent in older files: every bond and angle harmonic
+    _CORRECTIONS = {"pair_correction_pairs_": (0, 2), "pair_correction_splines_": (0, TABLE_INTERVALS, 4),
+                    "pair_correction_spline_range_": (0, 2)}  # absent in older files: no corrections
     _EMPTY = {"bond_pairs_": (0, 2), "bond_r0_": (0,), "bond_k_": (0,), "angle_triples_": (0, 3),
               "angle_theta0_": (0,), "angle_k_": (0,), "repulsion_pairs_": (0, 2), "repulsion_rmin_": (0,),
               **_OPTIONAL}  # the shape of each array when the prior has no terms of its kind
 
     def to_arrays(self):
         """Learned state as a dict of arrays (for embedding in a model file)."""
-        out = {name: getattr(self, name) for name in self._ARRAYS + self._TABLES}
+        out = {name: getattr(self, name) for name in self._ARRAYS + self._TABLES + tuple(self._CORRECTIONS)}
         out.update(repulsion=np.bool_(self.repulsion), temperature_=np.float64(self.temperature_),
                    repulsion_eps_=np.float64(self.repulsion_eps_), max_bond_length_=np.float64(self.max_bond_length_))
         return out
@@ -381,6 +398,12 @@ class CGPrior(BaseEstimator):
                 if value.size == 0:  # absent (an older file: every term harmonic) or no terms of this kind
                     value = np.zeros(empty, dtype=bool if dtype == "b" else np.float64)
                 setattr(prior, name, np.ascontiguousarray(value))
+        for name, empty in cls._CORRECTIONS.items():
+            index = name.endswith("pairs_")
+            value = (f.get(name, lambda v, index=index: as_array(v, "i" if index else "f")) if name in f
+                     else np.zeros(0))
+            setattr(prior, name, np.ascontiguousarray(value if value.size else
+                                                      np.zeros(empty, dtype=np.int64 if index else np.float64)))
         prior.bonded = "auto" if prior.bond_tabulated_.any() or prior.angle_tabulated_.any() else "harmonic"
         prior.dihedrals = prior.dihedrals_ = len(prior.dihedral_quads_) > 0
         prior.temperature_ = f.get("temperature_", lambda v: as_float(v, positive=True))
@@ -394,7 +417,8 @@ class CGPrior(BaseEstimator):
         tables = lambda kind: (f"{kind}_tabulated_", f"{kind}_splines_", f"{kind}_spline_range_")  # noqa: E731
         shapes = [("bond_pairs_", 2, ("bond_r0_", "bond_k_") + tables("bond")),
                   ("angle_triples_", 3, ("angle_theta0_", "angle_k_") + tables("angle")),
-                  ("repulsion_pairs_", 2, ("repulsion_rmin_",)), ("dihedral_quads_", 4, ("dihedral_splines_",))]
+                  ("repulsion_pairs_", 2, ("repulsion_rmin_",)), ("dihedral_quads_", 4, ("dihedral_splines_",)),
+                  ("pair_correction_pairs_", 2, ("pair_correction_splines_", "pair_correction_spline_range_"))]
         trailing = {"splines_": 2, "spline_range_": 1}  # trailing dimensions: (nodes, 4) and (2,)
         for index_name, width, param_names in shapes:
             index, params = getattr(self, index_name), [getattr(self, p) for p in param_names]
@@ -412,8 +436,12 @@ class CGPrior(BaseEstimator):
             for name, p in zip(param_names, params):
                 if not np.isfinite(p).all():
                     raise CgdmlError(f"damaged prior: field 'prior/{name}' holds NaN or inf")
-        for kind in ("bond", "angle"):
-            on, splines, ranges = (getattr(self, name) for name in tables(kind))
+        for kind in ("bond", "angle", "pair_correction"):
+            if kind == "pair_correction":
+                splines, ranges = self.pair_correction_splines_, self.pair_correction_spline_range_
+                on = np.ones(len(ranges), dtype=bool)
+            else:
+                on, splines, ranges = (getattr(self, name) for name in tables(kind))
             if splines.shape[1] < 1 or np.any(ranges[on, 1] <= ranges[on, 0]):
                 raise CgdmlError(f"damaged prior: field 'prior/{kind}_spline_range_' holds an empty range or "
                                  f"'prior/{kind}_splines_' no interval")
@@ -451,7 +479,8 @@ def _table(x, c, lo, hi, k):
 
 @numba.njit(parallel=True, cache=True)
 def _prior_energy_forces(R, bonds, r0, kb, angles, theta0, ka, rep_pairs, rmin, eps, quads, splines,
-                         bond_tab, bond_splines, bond_range, angle_tab, angle_splines, angle_range):
+                         bond_tab, bond_splines, bond_range, angle_tab, angle_splines, angle_range, corr_pairs,
+                         corr_splines, corr_range):
     n, n_beads = R.shape[0], R.shape[1]
     E = np.zeros(n)
     F = np.zeros((n, n_beads, 3))
@@ -513,6 +542,16 @@ def _prior_energy_forces(R, bonds, r0, kb, angles, theta0, ka, rep_pairs, rmin, 
             x = (rmin[p] / r) ** 12
             e += eps * x
             g = -12.0 * eps * x / (r * r)  # dU/dr / r
+            for c in range(3):
+                F[f, i, c] += g * d[c]
+                F[f, j, c] -= g * d[c]
+        for p in range(corr_pairs.shape[0]):
+            i, j = corr_pairs[p, 0], corr_pairs[p, 1]
+            d = R[f, j] - R[f, i]
+            r = np.sqrt((d * d).sum())
+            u, dudr = _table(r, corr_splines[p], corr_range[p, 0], corr_range[p, 1], 0.0)
+            e += u
+            g = dudr / r
             for c in range(3):
                 F[f, i, c] += g * d[c]
                 F[f, j, c] -= g * d[c]

@@ -336,7 +336,7 @@ def landscape_score(report):
     return float(np.mean(scored)), (float(boot["js"]["std"]) if boot else None)
 
 
-def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=0):
+def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=0, return_frames=False):
     """The weight of the learned force on top of the prior, judged by the landscapes of short simulations.
 
     Held-out force errors rank candidates by their force error, and on a coarse map the instantaneous forces are
@@ -350,29 +350,18 @@ def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=
 
     Returns (weight, record): record is JSON-ready, with ``rule``, ``winner``, ``decisive`` (the runner-up is more
     than :data:`JUDGE_MARGIN` bootstrap standard deviations worse; None without a bootstrap), ``candidates``
-    (weight, js, js_std, stopped replicas, frames) and ``run``.
+    (weight, js, js_std, stopped replicas, frames) and ``run``; with ``return_frames`` also the winner's frames
+    (n, n_beads, 3) nm as a third item.
     """
     import copy
 
-    from .fes.compare import compare_landscapes
-    from .simulate.model_run import simulate_model
-
     run = dict(JUDGE_RUN if run is None else run)
-    rows = []
+    rows, frames = [], {}
     for weight in weights:
         candidate = copy.copy(model)
         candidate.gdml = model.gdml.scaled(weight)
-        sim = simulate_model(candidate, seed=seed, guard="off", progress=False, **run)
-        frames = sim.coordinates()
-        stopped = int(np.sum(~np.asarray(sim.result.alive)))
-        if len(frames) < 2:
-            rows.append(dict(weight=float(weight), js=float("inf"), js_std=None, stopped=stopped, frames=0))
-            continue
-        with warnings.catch_warnings():   # frames outside the training range are the judge's business, not news
-            warnings.simplefilter("ignore", UserWarning)
-            report = compare_landscapes(frames, dataset, n_boot=50, seed=seed)
-        js, std = landscape_score(report)
-        rows.append(dict(weight=float(weight), js=js, js_std=std, stopped=stopped, frames=int(len(frames))))
+        row, frames[float(weight)] = short_run_score(candidate, dataset, run, seed)
+        rows.append(dict(weight=float(weight), **row))
     ranked = sorted(rows, key=lambda r: (r["stopped"] > 0, r["js"]))
     best = ranked[0]
     decisive = None
@@ -382,7 +371,29 @@ def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=
     record = dict(rule="lowest mean landscape JS of a short simulation against the training frames "
                        "(docs/method.md §2.6, the residual weight)", winner=best["weight"], decisive=decisive,
                   margin=JUDGE_MARGIN, candidates=rows, run=run)
+    if return_frames:
+        return best["weight"], record, frames[best["weight"]]
     return best["weight"], record
+
+
+def short_run_score(model, dataset, run=None, seed=0):
+    """Simulate ``model`` briefly (``run``: :func:`cgdml.simulate.model_run.simulate_model` arguments, default
+    :data:`JUDGE_RUN`; guard off, from the model's training sample) and score its landscapes against the frames
+    of ``dataset`` (:func:`landscape_score`). Returns (row, frames): row {js, js_std, stopped (replicas lost),
+    frames (count)}, js inf when fewer than 2 frames were written; frames (n, n_beads, 3) nm."""
+    from .fes.compare import compare_landscapes
+    from .simulate.model_run import simulate_model
+
+    sim = simulate_model(model, seed=seed, guard="off", progress=False, **dict(JUDGE_RUN if run is None else run))
+    frames = sim.coordinates()
+    stopped = int(np.sum(~np.asarray(sim.result.alive)))
+    if len(frames) < 2:
+        return dict(js=float("inf"), js_std=None, stopped=stopped, frames=0), frames
+    with warnings.catch_warnings():   # frames outside the training range are the judge's business, not news
+        warnings.simplefilter("ignore", UserWarning)
+        report = compare_landscapes(frames, dataset, n_boot=50, seed=seed)
+    js, std = landscape_score(report)
+    return dict(js=js, js_std=std, stopped=stopped, frames=int(len(frames))), frames
 
 
 def judge_summary(record):
@@ -403,3 +414,21 @@ def judge_note(record):
     scores = ", ".join(f"{r['weight']:g}: {r['js']:.3g}" for r in record["candidates"])
     return (f"residual weight not decisive: the landscapes of weights {scores} (JS, nats) are within "
             f"{record['margin']:g} bootstrap standard deviations; took {record['winner']:g}")
+
+
+def refinement_summary(record):
+    """What ``python -m cgdml.fit`` prints of a pair-distance refinement record (:func:`cgdml.refine.refine_pairs`):
+    one line (none without iterations)."""
+    if not record or len(record.get("iterations", [])) < 2:
+        return []
+    scores = ", ".join(f"{r['iteration']}: {r['js']:.3g}" for r in record["iterations"])
+    kept = record["kept"]
+    return [f"pair-distance correction of {record['pairs']} bead pairs: "
+            + (f"iteration {kept} kept" if kept else "none kept") + f" (landscape JS against the training frames by "
+            f"iteration: {scores})" + (" (not decisive)" if record.get("decisive") is False else "")]
+
+
+def judged_summary(info):
+    """The lines ``python -m cgdml.fit`` prints of a model's ``info`` about its choices by short runs: the
+    residual weight (:func:`judge_summary`) and the pair-distance refinement (:func:`refinement_summary`)."""
+    return judge_summary(info.get("residual_weight")) + refinement_summary(info.get("pair_correction"))

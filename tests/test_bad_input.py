@@ -690,14 +690,16 @@ def test_killed_fit_resumes_from_its_checkpoints(fit_data, tmp_path):
 
     args = [fit_data, "--method", "two-layer", "--n-models", 4, "--batch-size", 120, "--mean-set-size", 100,
             "--sigma1", 2, "--lam1", 1, 10,
-            "--sigma2", 2, "--lam2", 0.01, 0.1, "--folds", 2, "--cv-models", 1, "--seed", 3]
-    # the uninterrupted fit, in this process (the command line is a thin shell over it)
+            "--sigma2", 2, "--lam2", 0.01, 0.1, "--folds", 2, "--cv-models", 1, "--seed", 3,
+            "--residual-weight", 1, "--no-refine-pairs"]
+    # the uninterrupted fit, in this process (the command line is a thin shell over it); the judge and the pair
+    # refinement are left out: their short runs are what the conftest shrinks here but not in the subprocess
     work_clean = tmp_path / "clean.work"
     with threadpool_limits(1):
         clean = cg_estimator("two-layer", n_models=4, batch_size=120, mean_set_size=100, sigma1=[2.0],
                              lam1=[1.0, 10.0], sigma2=[2.0], lam2=[0.01, 0.1], n_folds=2, cv_models=1, seed=3,
-                             workdir=work_clean, progress=False, balance_basins=False
-                             ).fit(CGDataset.load(fit_data)).model_
+                             workdir=work_clean, progress=False, balance_basins=False, residual_weight=1.0,
+                             refine_pairs=False).fit(CGDataset.load(fit_data)).model_
     trained_clean = len(list(work_clean.glob("l[12]_*.npz")))
     assert trained_clean == 4 + 2 + 4                  # CV layer 1, the rest of layer 1, CV layer 2
 

@@ -14,7 +14,7 @@ RUN = dict(replicas=16, steps=2000, burn_in=400, save_every=20)
 def _fit(dataset, dihedrals, weight=1.0):
     learner = NystromGDML(sigma=4.0, lam=0.01, n_inducing=200, progress=False)
     return CGEstimator(learner, prior_dihedrals=dihedrals, balance_basins=False, uncertainty=False,
-                       residual_weight=weight, progress=False).fit(dataset).model_
+                       residual_weight=weight, refine_pairs=False, progress=False).fit(dataset).model_
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,8 @@ def test_the_cg_estimator_is_the_prior_plus_the_learner_on_the_residual_forces(s
     from cgdml.prior import CGPrior
 
     ds = small_dataset[0]
-    fit = CGEstimator(GDML(sigma=3.0, lam=1.0, relative_lam=True), balance_basins=False, progress=False).fit(ds)
+    fit = CGEstimator(GDML(sigma=3.0, lam=1.0, relative_lam=True), balance_basins=False, refine_pairs=False,
+                      progress=False).fit(ds)
     prior = CGPrior().fit(ds.coords, ds.temperature, ds.cg_topology)
     gdml = GDML(sigma=3.0, lam=1.0, relative_lam=True, dihedrals=ds.cg_topology.chirality_quads).fit(
         ds.coords, ds.forces - prior.forces(ds.coords))
