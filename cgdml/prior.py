@@ -31,28 +31,35 @@ TABLE_RULE_SMOOTHING = 1.0            # ... the profile smoothed by Silverman's 
 BONDED = ("auto", "tabulated", "harmonic")
 
 
+def dihedral_density(angles, nodes, smoothing=PROFILE_SMOOTHING, weights=None):
+    """Smoothed density (len(nodes),) of the dihedral angles (n,) rad at ``nodes`` rad: the histogram on 1-degree
+    bins (frames weighted by ``weights``, default equal) smoothed by a wrapped Gaussian of width ``smoothing``
+    (rad), normalised over the bins, interpolated periodically between the bin centres."""
+    fine = 360
+    width = 2 * np.pi / fine
+    counts = np.histogram(angles, bins=fine, range=(-np.pi, np.pi), weights=weights)[0].astype(float)
+    p = gaussian_filter1d(counts, smoothing / width, mode="wrap")
+    p /= max(p.sum(), 1e-300)
+    centres = -np.pi + (np.arange(fine) + 0.5) * width
+    return np.interp(nodes, centres, p, period=2 * np.pi)
+
+
 def dihedral_profiles(angles, kT, nodes=PROFILE_NODES, smoothing=PROFILE_SMOOTHING, cap_kT=PROFILE_CAP_KT,
                       weights=None):
     """Periodic cubic splines of the free energy -kT ln p(phi) of each column of ``angles`` (n_frames, n) in rad
     (frames weighted by ``weights`` (n_frames,), default equal).
 
-    p is the histogram on 1-degree bins smoothed by a wrapped Gaussian of width ``smoothing`` (rad); the profile
-    is capped ``cap_kT`` above its minimum (unsampled arcs become a flat barrier, not an infinite one) and shifted
-    to zero mean. Returns the spline coefficients (n, nodes, 4): on node interval k, starting at
-    phi_k = -pi + k 2 pi / nodes, U = ((c0 x + c1) x + c2) x + c3 with x = phi - phi_k (kJ/mol).
+    p is the histogram on 1-degree bins smoothed by a wrapped Gaussian of width ``smoothing`` (rad)
+    (:func:`dihedral_density`); the profile is capped ``cap_kT`` above its minimum (unsampled arcs become a flat
+    barrier, not an infinite one) and shifted to zero mean. Returns the spline coefficients (n, nodes, 4): on node
+    interval k, starting at phi_k = -pi + k 2 pi / nodes, U = ((c0 x + c1) x + c2) x + c3 with x = phi - phi_k
+    (kJ/mol).
     """
     angles = np.asarray(angles, dtype=np.float64).reshape(len(angles), -1)
-    fine = 360
-    width = 2 * np.pi / fine
     out = np.zeros((angles.shape[1], nodes, 4))
     grid = -np.pi + np.arange(nodes + 1) * (2 * np.pi / nodes)
-    centres = -np.pi + (np.arange(fine) + 0.5) * width   # of the fine bins
     for d in range(angles.shape[1]):
-        counts = np.histogram(angles[:, d], bins=fine, range=(-np.pi, np.pi), weights=weights)[0].astype(float)
-        p = gaussian_filter1d(counts, smoothing / width, mode="wrap")
-        p /= p.sum()
-        # values at the nodes, interpolated periodically between the bin centres
-        p_nodes = np.interp(grid[:-1], centres, p, period=2 * np.pi)
+        p_nodes = dihedral_density(angles[:, d], grid[:-1], smoothing, weights)
         F = -kT * np.log(np.maximum(p_nodes, p_nodes.max() * np.exp(-cap_kT)))
         F -= F.mean()
         spline = CubicSpline(grid, np.append(F, F[0]), bc_type="periodic")

@@ -28,7 +28,7 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
 from .geometry import bond_lengths, dihedrals
-from .prior import PROFILE_SMOOTHING, TABLE_INTERVALS, bandwidth
+from .prior import TABLE_INTERVALS, bandwidth, dihedral_density
 from . import selection
 from .selection import JUDGE_MARGIN, short_run_score
 from .units import kT as thermal_energy
@@ -91,17 +91,6 @@ def correction_splines(values, grids):
     (n_pairs, 2) nm, as :meth:`cgdml.prior.CGPrior.set_pair_corrections` takes them."""
     splines = np.stack([CubicSpline(g, v, bc_type="clamped").c.T for g, v in zip(grids, values)])
     return splines, np.stack([grids[:, 0], grids[:, -1]], axis=1)
-
-
-def dihedral_density(phi, nodes):
-    """Smoothed density of the dihedral angles phi (n,) rad at the profile ``nodes`` (n_nodes,) rad: 1-degree
-    bins smoothed by the wrapped Gaussian of the prior's profiles (:data:`cgdml.prior.PROFILE_SMOOTHING`)."""
-    fine = 360
-    width = 2 * np.pi / fine
-    counts = np.histogram(phi, bins=fine, range=(-np.pi, np.pi))[0].astype(np.float64)
-    p = gaussian_filter1d(counts, PROFILE_SMOOTHING / width, mode="wrap") / max(len(phi), 1)
-    centres = -np.pi + (np.arange(fine) + 0.5) * width
-    return np.interp(nodes, centres, p, period=2 * np.pi)
 
 
 def dihedral_update(phi_model, phi_data, nodes, kT):
