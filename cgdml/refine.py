@@ -72,17 +72,22 @@ def density(r, grid, width):
     return p[::4]
 
 
-def ibi_update(r_model, r_data, grid, kT, width):
-    """The IBI step kT ln[p_model / p_data] (len(grid),) kJ/mol of one pair on ``grid``, defined where both
-    densities exceed :data:`MIN_RELATIVE_DENSITY` of the data density's maximum and held at its nearest defined
-    value past that (zero when nowhere defined), its population-weighted mean removed."""
-    p_m, p_d = density(r_model, grid, width), density(r_data, grid, width)
-    floor = MIN_RELATIVE_DENSITY * p_d.max()
-    ok = (p_m > floor) & (p_d > floor)
+def log_ratio_step(p_model, p_data, x, kT, period=None):
+    """The IBI step kT ln[p_model / p_data] (len(x),) kJ/mol from two densities at the points x, defined where both
+    exceed :data:`MIN_RELATIVE_DENSITY` of the data density's maximum and interpolated (periodically with
+    ``period``) between and past those points (zero when nowhere defined), its population-weighted mean removed."""
+    floor = MIN_RELATIVE_DENSITY * p_data.max()
+    ok = (p_model > floor) & (p_data > floor)
     if ok.sum() < 2:
-        return np.zeros(len(grid))
-    step = np.interp(grid, grid[ok], kT * np.log(p_m[ok] / p_d[ok]))
-    return step - np.average(step, weights=p_d + 1e-300)
+        return np.zeros(len(x))
+    step = np.interp(x, x[ok], kT * np.log(p_model[ok] / p_data[ok]), period=period)
+    return step - np.average(step, weights=p_data + 1e-300)
+
+
+def ibi_update(r_model, r_data, grid, kT, width):
+    """The IBI step (len(grid),) kJ/mol of one pair's distances on ``grid`` (:func:`log_ratio_step` of the
+    :func:`density` of the model's and the data's distances, both smoothed by ``width`` nm)."""
+    return log_ratio_step(density(r_model, grid, width), density(r_data, grid, width), grid, kT)
 
 
 def correction_splines(values, grids):
@@ -94,16 +99,10 @@ def correction_splines(values, grids):
 
 
 def dihedral_update(phi_model, phi_data, nodes, kT):
-    """The IBI step kT ln[p_model / p_data] (n_nodes,) kJ/mol of one dihedral profile at its ``nodes``, defined
-    where both densities exceed :data:`MIN_RELATIVE_DENSITY` of the data's maximum and interpolated periodically
-    between (zero when nowhere defined), its population-weighted mean removed."""
-    p_m, p_d = dihedral_density(phi_model, nodes), dihedral_density(phi_data, nodes)
-    floor = MIN_RELATIVE_DENSITY * p_d.max()
-    ok = (p_m > floor) & (p_d > floor)
-    if ok.sum() < 2:
-        return np.zeros(len(nodes))
-    step = np.interp(nodes, nodes[ok], kT * np.log(p_m[ok] / p_d[ok]), period=2 * np.pi)
-    return step - np.average(step, weights=p_d + 1e-300)
+    """The IBI step (n_nodes,) kJ/mol of one dihedral profile at its ``nodes`` (:func:`log_ratio_step` of the
+    smoothed dihedral densities, :func:`cgdml.prior.dihedral_density`)."""
+    return log_ratio_step(dihedral_density(phi_model, nodes), dihedral_density(phi_data, nodes), nodes, kT,
+                          period=2 * np.pi)
 
 
 def profile_nodes(prior):
