@@ -101,7 +101,7 @@ def build_parser():
     p.add_argument("--config", help="TOML file with fit options, the option names with dashes or underscores "
                    "(command-line options override it)")
     p.add_argument("--method", choices=["auto", *FIT_METHODS], default="auto",
-                   help="auto (the default): two-layer for peptides of two or more residues, nystrom otherwise; "
+                   help="auto (the default): nystrom, for every map; "
                    "two-layer: the two-layer ensemble (hyperparameters by K-fold cross-validation); nystrom: "
                    "inducing-point GDML fitted to every frame (sigma and lam by hold-out); single: one GDML on "
                    "--n-frames frames, a baseline")
@@ -191,7 +191,7 @@ def _fit(args, typed, output, summary, workdir):
 
             check_scheduler(options["scheduler"])
         dataset = dataset_from_args(args)
-        method = resolve_method(dataset, args.method)
+        method = resolve_method(args.method)
         progress = show_progress(args)
         estimator = cg_estimator(method, progress=progress, workdir=workdir, **fit_params(method, options))
     except ParameterError as exc:

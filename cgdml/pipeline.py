@@ -49,6 +49,9 @@ from .selection import judge_residual_weight, resolve_score
 from .validation import SEED, Interval, Options, ParameterError, check_param, check_params, value_type
 
 METHODS = ("auto", "nystrom", "two-layer", "single")
+# What "auto" fits, for every map: chosen by the worst case over the maps of benchmarks/bench_maps.py against
+# independent 50 ns references (docs/guide/fitting.md); the two-layer fit was 2-3x worse on peptide backbones
+DEFAULT_METHOD = "nystrom"
 # method -> (learner class, the method's learner defaults where they differ from the class's)
 LEARNERS = {"nystrom": (NystromGDML, {}), "two-layer": (TwoLayerGDML, {}),
             "single": (GDML, dict(sigma=4.0, lam=3.0, relative_lam=True))}
@@ -85,22 +88,11 @@ def distinct_frames(coords):
     return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()))
 
 
-def default_method(dataset):
-    """The fit method ``"auto"`` picks for ``dataset``: ``"two-layer"`` for a peptide of two or more residues (the
-    CG topology's backbone), ``"nystrom"`` otherwise. Chosen by landscape accuracy across maps and molecules;
-    which of the two suits peptides best is not settled (the evidence: NOTES.md and docs/)."""
-    return "two-layer" if dataset.cg_topology.is_polypeptide else "nystrom"
-
-
-def resolve_method(dataset, method="auto"):
-    """``method``, or for ``"auto"`` the one :func:`default_method` picks for ``dataset``."""
+def resolve_method(method="auto"):
+    """``method``, or for ``"auto"`` :data:`DEFAULT_METHOD` (one method for every map)."""
     if method not in METHODS:
         raise CgdmlError(f"unknown fit method {method!r} (choose {', '.join(METHODS)})")
-    if method == "auto":
-        method = default_method(dataset)
-        log.debug("fit method: %s (auto: %d residue(s) with backbone dihedrals)", method,
-                  len(dataset.cg_topology.backbone()))
-    return method
+    return DEFAULT_METHOD if method == "auto" else method
 
 
 def method_of(learner):
@@ -215,9 +207,9 @@ class CGEstimator(BaseEstimator):
     Parameters
     ----------
     learner : a learner estimator (:class:`cgdml.gdml.GDML`, :class:`cgdml.nystrom.NystromGDML` or
-        :class:`cgdml.ensemble.TwoLayerGDML`), fitted on a copy; None: the ``"auto"`` method's with its defaults
-        (:func:`default_method`). Its ``dihedrals`` (descriptor) and ``score_dihedrals`` (hyperparameter score)
-        left at None are taken from the dataset's CG topology: its chirality quadruples and its soft dihedrals.
+        :class:`cgdml.ensemble.TwoLayerGDML`), fitted on a copy; None: :data:`DEFAULT_METHOD`'s with its defaults. Its
+        ``dihedrals`` (descriptor) and ``score_dihedrals`` (hyperparameter score) left at None are taken from the
+        dataset's CG topology: its chirality quadruples and its soft dihedrals.
     n_frames : train the learner on this many frames (None: all), drawn by ``subset``: "stratified" (uniformly
         over the strata) or "random". The prior is always fitted to every frame.
     strata : how frames are stratified for the learner (:func:`cgdml.sampling.make_strata`): "auto", "phi-psi",
@@ -276,7 +268,7 @@ class CGEstimator(BaseEstimator):
     def _learner_for(self, dataset):
         """A fresh learner with this estimator's parameters, its topology-dependent ones filled in."""
         if self.learner is None:
-            cls, defaults = LEARNERS[resolve_method(dataset, "auto")]
+            cls, defaults = LEARNERS[resolve_method("auto")]
             learner = cls(**defaults, seed=self.seed, progress=self.progress)
         else:
             learner = type(self.learner)(**self.learner.get_params(deep=False))  # shares (not copies) a Dask client
@@ -454,13 +446,12 @@ def _posterior_record(posterior, rule, timings):
 def fit_cg_model(dataset, method="auto", **params):
     """Fit a CG force field to a :class:`cgdml.data.CGDataset`; returns a :class:`cgdml.model.CGModel`.
 
-    ``method``: "auto" (the default: :func:`default_method`, two-layer for peptides of two or more residues,
-    inducing-point otherwise), "nystrom", "two-layer" or "single" (see the module docstring). ``params`` are the
-    parameters of :class:`CGEstimator` and of the method's learner (e.g. ``sigma1=(2, 4)``, ``n_models=12`` for
-    two-layer; ``sigma``, ``lam``, ``n_inducing`` for nystrom; ``n_frames``, ``sigma``, ``lam`` for single), and
-    ``seed``, ``progress`` and ``workdir`` (checkpoints, so that an interrupted fit resumes). A parameter that
-    does not apply to the method is refused. This is what ``python -m cgdml.fit`` runs; the record of the fit is
+    ``method``: "auto" (the default: :data:`DEFAULT_METHOD`, inducing-point GDML for every map), "nystrom",
+    "two-layer" or "single" (see the module docstring). ``params`` are the parameters of :class:`CGEstimator`
+    and of the method's learner (e.g. ``sigma1=(2, 4)``, ``n_models=12`` for two-layer; ``sigma``, ``lam``,
+    ``n_inducing`` for nystrom; ``n_frames``, ``sigma``, ``lam`` for single), and ``seed``, ``progress`` and
+    ``workdir`` (checkpoints, so that an interrupted fit resumes). A parameter that does not apply to the method is refused. This is what ``python -m cgdml.fit`` runs; the record of the fit is
     ``model.info``.
     """
     dataset = dataset_argument(dataset, "fit_cg_model")
-    return cg_estimator(resolve_method(dataset, method), **params).fit(dataset).model_
+    return cg_estimator(resolve_method(method), **params).fit(dataset).model_

@@ -228,12 +228,6 @@ class CGTopology:
         return [(label, np.array(phi), np.array(psi)) for _, _, label, phi, psi in sorted(found)]
 
     @property
-    def is_polypeptide(self):
-        """True for a peptide of two or more residues with backbone phi and psi (:meth:`backbone`): what the fit
-        method's default keys on (:func:`cgdml.pipeline.default_method`)."""
-        return len(self.backbone()) >= 2
-
-    @property
     def n_amino_acids(self):
         """The number of amino-acid residues the beads belong to, by residue name (caps such as ACE and NME do
         not count), whatever the map keeps of them: a C-alpha trace of a tripeptide has 3, as its backbone map

@@ -163,26 +163,26 @@ def peptide_topology(n_residues):
     return CGTopology(names, [(i, i + 1) for i in range(len(names) - 1)], residue_ids=resid, residue_names=resname)
 
 
-def test_auto_defaults_follow_the_number_of_residues():
-    """Two or more residues: the two-layer fit with the prior's dihedral profiles; one: inducing-point, none."""
-    from types import SimpleNamespace
-
-    from cgdml.pipeline import default_method
+def test_one_default_method_and_profiles_by_amino_acids():
+    """"auto" fits inducing-point GDML for every map; the prior's dihedral profiles are on for two or more amino
+    acids (backbone or not), off for one."""
+    from cgdml.pipeline import DEFAULT_METHOD, resolve_method
     from cgdml.prior import uses_dihedral_profiles
     from cgdml.topology import CGTopology
 
-    for n_residues, method, profiles in ((1, "nystrom", False), (3, "two-layer", True)):
+    assert resolve_method("auto") == DEFAULT_METHOD == "nystrom" and resolve_method("two-layer") == "two-layer"
+    with pytest.raises(CgdmlError, match="unknown fit method 'tree'"):
+        resolve_method("tree")
+    for n_residues, profiles in ((1, False), (3, True)):
         top = peptide_topology(n_residues)
-        assert len(top.backbone()) == n_residues and top.is_polypeptide is (n_residues >= 2)
-        assert default_method(SimpleNamespace(cg_topology=top)) == method
+        assert len(top.backbone()) == n_residues
         assert uses_dihedral_profiles("auto", top) is profiles
     assert uses_dihedral_profiles("auto", None) is False and uses_dihedral_profiles(True, None) is True
-    # a C-alpha trace (every bead named CA, no backbone) of ACE-AAA-NME: profiles by its amino acids, inducing-point
-    # by its (absent) backbone; the caps do not count, nor do beads without residue names
+    # a C-alpha trace (every bead named CA, no backbone) of ACE-AAA-NME: profiles by its amino acids; the caps do
+    # not count, nor do beads without residue names
     trace = CGTopology(["CA"] * 5, [(i, i + 1) for i in range(4)], residue_ids=[1, 2, 3, 4, 5],
                        residue_names=["ACE", "ALA", "ALA", "HIE", "NME"])
     assert trace.backbone() == [] and trace.n_amino_acids == 3 and uses_dihedral_profiles("auto", trace) is True
-    assert default_method(SimpleNamespace(cg_topology=trace)) == "nystrom"
     one = CGTopology(["CA"] * 3, [(0, 1), (1, 2)], residue_ids=[1, 2, 3], residue_names=["ACE", "ALA", "NME"])
     assert one.n_amino_acids == 1 and uses_dihedral_profiles("auto", one) is False
     assert CGTopology.chain(["A", "B", "C", "D"], warn=False).n_amino_acids == 0
