@@ -166,6 +166,9 @@ class NormalEquations:
         return K
 
 
+#: Below this relative lambda the preconditioner samples 2 m frames instead of m / 2: with nearly noise-free
+#: labels (compress) it must carry the system; measured at 0.1, m / 2 still saved time (NOTES.md)
+SMALL_LAM = 0.05
 MAX_REDUCED_SIZE = 12_000  # m r of the default inducing count: the preconditioner holds ~3 (m r)^2 doubles (3.5 GB)
 
 
@@ -371,11 +374,13 @@ class NystromGDML(PredictsWithModel, BaseEstimator):
         fast = NormalEquations(frames, idx, sigma, lam_abs, self.chunk, np.float32) \
             if np.dtype(self.dtype) == np.float32 else system  # float32 iterations, float64 residuals
         t = time.perf_counter()
-        key = ("precond", float(sigma), m, self.inducing, self.seed)
+        small_lam = lam < SMALL_LAM   # nearly noise-free labels: the preconditioner carries the system
+        key = ("precond", float(sigma), m, self.inducing, self.seed, small_lam)
         base = warm.precond.get(key) if warm is not None else None
         if base is None:
             n_sample = min(frames.n_frames, int(self.precond_frames or default_precond_frames(
-                frames.n_frames, system.m, frames.D.shape[1], frames.r)))
+                frames.n_frames, system.m, frames.D.shape[1], frames.r,
+                min_frames=2 * system.m if small_lam else None)))
             sample = np.sort(np.random.default_rng([self.seed, 0x9C]).choice(frames.n_frames, n_sample,
                                                                               replace=False))
             base = SampledPreconditioner.factor(system, sample)

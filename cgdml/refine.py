@@ -17,7 +17,7 @@ keeps the correlated updates from overshooting. Each iteration is scored like th
 judge (the mean landscape JS against the training frames), and the best of no correction and every iteration is
 kept, so the refinement can only make the model agree better with its own training frames' landscapes. An
 iteration that scores worse than the best so far is discarded, and the next one starts again from the best with
-half the step (a backtracking line search: on the 11-bead backbone of ACE-AAA-NME a second half step diverged).
+half the step (a backtracking line search).
 """
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ from .units import kT as thermal_energy
 #: score still fell at the 8th (0.071 -> 0.041 after 3 -> 0.023 after 8), and the independent references' js / floor
 #: went from 8.6x (3) to 2.6x (8; NOTES.md, "Pair-distance refinement")
 REFINE_ITERATIONS = 8
-#: The fraction of each IBI step taken: the pair distances and the dihedrals they span are corrected together
-#: and are correlated, so full steps overshoot (on a C-alpha trace of ACE-AAA-NME full steps diverged, half
-#: steps converged in two iterations: NOTES.md, "Pair-distance refinement")
-REFINE_DAMPING = 0.5
+#: The fraction of each IBI step taken first (halved after each worse iteration): the pair distances and the
+#: dihedrals they span are corrected together and are correlated, so full steps overshoot (on a C-alpha trace of
+#: ACE-AAA-NME full steps diverged), and on backbone maps, with many more pairs, so did half steps; a quarter
+#: step was better on two of three maps and even on the third (NOTES.md, "Pair-distance refinement")
+REFINE_DAMPING = 0.25
 #: A correction stays within this many kT of its mean
 CORRECTION_CAP_KT = 3.0
 #: The correction is updated where both densities exceed this fraction of the data density's maximum

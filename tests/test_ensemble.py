@@ -18,14 +18,17 @@ def mean_force_error(model, data, F_true, test):
 def two_layer(data, **params):
     """The CG estimator of a two-layer fit (prior + TwoLayerGDML), without basin balancing; ``.learner_`` is the
     fitted TwoLayerGDML, ``.model_`` the CGModel. The learned force is kept whole (residual weight 1): these
-    tests measure the learner, not the landscape judge (tests/test_judge.py)."""
+    tests measure the learner, not the landscape judge (tests/test_judge.py) nor the refinement (test_refine.py)."""
     params.setdefault("residual_weight", 1.0)
+    params.setdefault("refine_pairs", False)
     return cg_estimator("two-layer", balance_basins=False, progress=False, **params).fit(data)
 
 
 def fit_single(data, n_frames, **params):
-    """One GDML on n_frames stratified frames (the single-model baseline), as a CGModel, its learned force whole."""
+    """One GDML on n_frames stratified frames (the single-model baseline), as a CGModel, its learned force whole,
+    unrefined."""
     params.setdefault("residual_weight", 1.0)
+    params.setdefault("refine_pairs", False)
     return fit_cg_model(data, "single", n_frames=n_frames, balance_basins=False, progress=False, **params)
 
 
