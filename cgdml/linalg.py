@@ -191,8 +191,9 @@ def gdml_preconditioner(D, W, sigma, lam, m, seed=0, base=None):
 def default_precond_frames(n_frames, m, n_desc, r, products=24, min_frames=None):
     """Sampled frames s of the :class:`SampledPreconditioner`: as many as make its setup (s r (m r)^2 flops of
     syrk) cost the flops of ``products`` normal-equation products (2 N m (7 n_desc + 9) each), at least
-    ``min_frames`` (None: m / 2) and at most N. More frames cut the CG iterations, and syrk runs at about three times the flop rate of the streamed
-    product, so the setup then costs about as much time as the iterations it leaves. The floor m / 2 (not the
+    ``min_frames`` (None: m / 2) and at most N. More frames cut the CG iterations, and syrk runs at about three
+    times the flop rate of the streamed product, so the setup then costs about as much time as the iterations it
+    leaves. The floor m / 2 (not the
     Falkon-like 2 m) because below ~100k frames the products are cheap and the setup is the fit: on 5,000 frames
     it cut a fit 2.2x (11 beads, m 444: 9 -> 19 iterations) and 2.6x (5 beads, m 1000; NOTES.md). A small
     lambda (nearly noise-free labels) leaves the preconditioner to carry the system: give it 2 m there.

@@ -207,9 +207,9 @@ class CGEstimator(BaseEstimator):
     Parameters
     ----------
     learner : a learner estimator (:class:`cgdml.gdml.GDML`, :class:`cgdml.nystrom.NystromGDML` or
-        :class:`cgdml.ensemble.TwoLayerGDML`), fitted on a copy; None: :data:`DEFAULT_METHOD`'s with its defaults. Its
-        ``dihedrals`` (descriptor) and ``score_dihedrals`` (hyperparameter score) left at None are taken from the
-        dataset's CG topology: its chirality quadruples and its soft dihedrals.
+        :class:`cgdml.ensemble.TwoLayerGDML`), fitted on a copy; None: :data:`DEFAULT_METHOD`'s with its
+        defaults. Its ``dihedrals`` (descriptor) and ``score_dihedrals`` (hyperparameter score) left at None are
+        taken from the dataset's CG topology: its chirality quadruples and its soft dihedrals.
     n_frames : train the learner on this many frames (None: all), drawn by ``subset``: "stratified" (uniformly
         over the strata) or "random". The prior is always fitted to every frame.
     strata : how frames are stratified for the learner (:func:`cgdml.sampling.make_strata`): "auto", "phi-psi",
@@ -450,8 +450,8 @@ def fit_cg_model(dataset, method="auto", **params):
     "two-layer" or "single" (see the module docstring). ``params`` are the parameters of :class:`CGEstimator`
     and of the method's learner (e.g. ``sigma1=(2, 4)``, ``n_models=12`` for two-layer; ``sigma``, ``lam``,
     ``n_inducing`` for nystrom; ``n_frames``, ``sigma``, ``lam`` for single), and ``seed``, ``progress`` and
-    ``workdir`` (checkpoints, so that an interrupted fit resumes). A parameter that does not apply to the method is refused. This is what ``python -m cgdml.fit`` runs; the record of the fit is
-    ``model.info``.
+    ``workdir`` (checkpoints, so that an interrupted fit resumes). A parameter that does not apply to the method
+    is refused. This is what ``python -m cgdml.fit`` runs; the record of the fit is ``model.info``.
     """
     dataset = dataset_argument(dataset, "fit_cg_model")
     return cg_estimator(resolve_method(method), **params).fit(dataset).model_

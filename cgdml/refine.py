@@ -39,8 +39,9 @@ from .units import kT as thermal_energy
 REFINE_ITERATIONS = 8
 #: The fraction of each IBI step taken first (halved after each worse iteration): the pair distances and the
 #: dihedrals they span are corrected together and are correlated, so full steps overshoot (on a C-alpha trace of
-#: ACE-AAA-NME full steps diverged), and on backbone maps, with many more pairs, so did half steps; a quarter
-#: step was better on two of three maps and even on the third (NOTES.md, "Pair-distance refinement")
+#: ACE-AAA-NME full steps diverged), and on backbone maps, with many more pairs, so did half steps. A quarter
+#: step was better on two backbone maps and worse on two C-alpha traces; chosen by the worst case (NOTES.md,
+#: "Pair-distance refinement")
 REFINE_DAMPING = 0.25
 #: A correction stays within this many kT of its mean
 CORRECTION_CAP_KT = 3.0
