@@ -30,7 +30,7 @@ from scipy.ndimage import gaussian_filter1d
 from .geometry import bond_lengths, dihedrals
 from .prior import TABLE_INTERVALS, bandwidth, dihedral_density
 from . import selection
-from .selection import JUDGE_MARGIN, short_run_score
+from .selection import clearly_better, run_rank, short_run_score
 from .units import kT as thermal_energy
 
 #: IBI iterations after the uncorrected model's run: on the 11-bead backbone of ACE-AAA-NME the training-frame
@@ -169,7 +169,6 @@ def refine_pairs(model, dataset, *, frames=None, baseline=None, iterations=REFIN
     dihedral_values = np.zeros((len(quads), len(nodes)))
     rows = [dict(iteration=0, **baseline, max_correction_kT=0.0, step=0.0)]
     models = [model]
-    better = lambda a, b: (a["stopped"] > 0, a["js"]) < (b["stopped"] > 0, b["js"])  # noqa: E731
     best, step = 0, REFINE_DAMPING
     best_values, best_dihedrals, best_frames = values, dihedral_values, frames
     for it in range(1, int(iterations) + 1):
@@ -192,12 +191,12 @@ def refine_pairs(model, dataset, *, frames=None, baseline=None, iterations=REFIN
         largest = max(np.abs(values).max(), np.abs(dihedral_values).max(initial=0.0))
         rows.append(dict(iteration=it, **row, max_correction_kT=float(largest / kT), step=float(step)))
         models.append(candidate)
-        if better(rows[-1], rows[best]):
+        if run_rank(rows[-1]) < run_rank(rows[best]):
             best, best_values, best_dihedrals, best_frames = it, values, dihedral_values, frames
         else:   # backtrack: the next step starts again from the best iteration, half as long
             step /= 2
     kept = rows[best]
     record.update(kept=best, iterations=rows)
     if best and kept["js_std"] is not None:
-        record["decisive"] = bool(rows[0]["stopped"] > 0 or rows[0]["js"] - kept["js"] > JUDGE_MARGIN * kept["js_std"])
+        record["decisive"] = clearly_better(kept, rows[0])
     return models[best], record

@@ -336,6 +336,18 @@ def landscape_score(report):
     return float(np.mean(scored)), (float(boot["js"]["std"]) if boot else None)
 
 
+def run_rank(row):
+    """Sort key of a :func:`short_run_score` row: a run that lost replicas after every run that lost none, then the
+    lower mean landscape JS first."""
+    return row["stopped"] > 0, row["js"]
+
+
+def clearly_better(best, other):
+    """Whether the short run ``best`` beats ``other`` decisively: ``other`` lost replicas, or its JS is more than
+    :data:`JUDGE_MARGIN` of ``best``'s bootstrap standard deviation above ``best``'s."""
+    return bool(other["stopped"] > 0 or other["js"] - best["js"] > JUDGE_MARGIN * best["js_std"])
+
+
 def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=0, return_frames=False):
     """The weight of the learned force on top of the prior, judged by the landscapes of short simulations.
 
@@ -362,12 +374,11 @@ def judge_residual_weight(model, dataset, weights=JUDGE_WEIGHTS, run=None, seed=
         candidate.gdml = model.gdml.scaled(weight)
         row, frames[float(weight)] = short_run_score(candidate, dataset, run, seed)
         rows.append(dict(weight=float(weight), **row))
-    ranked = sorted(rows, key=lambda r: (r["stopped"] > 0, r["js"]))
+    ranked = sorted(rows, key=run_rank)
     best = ranked[0]
     decisive = None
     if len(ranked) > 1 and best["js_std"] is not None and np.isfinite(best["js"]):
-        runner = ranked[1]
-        decisive = bool(runner["stopped"] > 0 or runner["js"] - best["js"] > JUDGE_MARGIN * best["js_std"])
+        decisive = clearly_better(best, ranked[1])
     record = dict(rule="lowest mean landscape JS of a short simulation against the training frames "
                        "(docs/method.md §2.6, the residual weight)", winner=best["weight"], decisive=decisive,
                   margin=JUDGE_MARGIN, candidates=rows, run=run)
